@@ -1,0 +1,160 @@
+"""Typed, frozen configurations filled from YAML and ``key=value`` overrides.
+
+Every command and recipe is a frozen dataclass. OmegaConf does the parsing and type conversion
+(``trainer.steps=200`` becomes an ``int``); this module adds what users need on top of it: an unknown
+key is an error that suggests the closest valid key, a wrong value names its key, and ``describe``
+lists every key with its default and help for ``--help``.
+
+Example:
+    >>> @dataclass(frozen=True)
+    ... class Cfg:
+    ...     scale: int = opt(2, "upsampling factor")
+    >>> parse_overrides(Cfg, ["scale=4"]).scale
+    4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from edgesr.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line help text shown by ``edgesr CMD --help``."""
+    if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raises a :class:`ConfigError` naming ``key`` when ``value`` is not one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def check_range(key: str, value: float, *, low: float | None = None, high: float | None = None) -> None:
+    """Raises a :class:`ConfigError` naming ``key`` when ``value`` lies outside ``[low, high]``."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{key}={value!r} is out of range {bounds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    key: str
+    type: str
+    default: Any
+    help: str
+
+
+def describe(cls: type, prefix: str = "") -> list[KeyInfo]:
+    """Every (dotted) key of a config dataclass with its type, default and help, in declaration order."""
+    rows: list[KeyInfo] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, prefix=f"{key}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        type_name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        rows.append(KeyInfo(key, type_name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
+    valid = [row.key for row in describe(cls)]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{key}'{where}{hint}")
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"argument '{item}' is not of the form key=value")
+    return key.strip(), value
+
+
+def parse_overrides(
+    cls: type[T],
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+    source: str | None = None,
+) -> T:
+    """Builds a frozen ``cls`` from its defaults, then ``base`` (e.g. a YAML file), then ``overrides``.
+
+    Args:
+        cls: a (frozen) dataclass whose fields all have defaults.
+        overrides: ``key=value`` strings; dotted keys reach nested dataclasses.
+        base: a mapping merged before the overrides (e.g. a loaded recipe).
+        source: where ``base`` came from, named in error messages (a file path).
+
+    Raises:
+        ConfigError: for an unknown key (with the closest valid key), a value of the wrong type, or a
+            value that the dataclass's ``__post_init__`` rejects.
+    """
+    valid = {row.key for row in describe(cls)}
+    pairs = [_split_override(item) for item in overrides]
+    for key, _ in pairs:
+        # A nested dataclass given whole (``trainer={...}``) is fine; anything else must be a leaf key.
+        if key not in valid and not any(v.startswith(key + ".") for v in valid):
+            raise _unknown_key_error(cls, key, "")
+    schema = OmegaConf.structured(cls)
+    OmegaConf.set_readonly(schema, False)  # frozen dataclasses come back read-only; we merge into a copy
+    where = f" in {source}" if source else ""
+    try:
+        merged = schema
+        if base is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.create(dict(base)))
+        if pairs:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs]))
+        return typing.cast(T, OmegaConf.to_object(merged))
+    except OmegaConfBaseException as exc:
+        full_key = getattr(exc, "full_key", None) or "?"
+        if type(exc).__name__ == "ConfigKeyError":
+            raise _unknown_key_error(cls, str(full_key), where) from None
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"bad value for '{full_key}'{where}: {message}") from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Loads a YAML file into ``cls`` (unknown keys are errors), then applies ``overrides``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # a YAML syntax error: say which file
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(raw).__name__}")
+    return parse_overrides(cls, overrides, base=raw, source=str(path))
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, to be written next to a run's outputs."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

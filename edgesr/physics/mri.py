@@ -1,0 +1,115 @@
+"""The multi-coil SENSE forward model as a tensor-only ``nn.Module``, and batched conjugate gradient.
+
+``A x = M F (S x)`` maps a complex image ``x`` to the undersampled k-space of every coil: ``S`` the
+coil sensitivities, ``F`` the centered orthonormal FFT, ``M`` the Cartesian mask. Its adjoint is
+``A^H y = sum_c conj(S_c) F^H (M y_c)``. Both take plain tensors (no physics object), so networks that
+call them (MoDL's data consistency, DeepcomplexMRI's k-space layers) stay exportable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from edgesr.physics.fft import complex_conj, complex_mul, fft2c, ifft2c
+
+
+def _check_shapes(image: torch.Tensor | None, kspace: torch.Tensor | None, sens_maps: torch.Tensor, mask: torch.Tensor) -> None:
+    if sens_maps.dim() != 4 or sens_maps.shape[1] % 2:
+        raise ValueError(f"sens_maps must be [B, 2C, H, W]; got shape {tuple(sens_maps.shape)}")
+    batch, _, height, width = sens_maps.shape
+    if image is not None and (image.dim() != 4 or image.shape[1] != 2 or image.shape[-2:] != (height, width)):
+        raise ValueError(f"image must be [B, 2, {height}, {width}] to match sens_maps; got shape {tuple(image.shape)}")
+    if kspace is not None and kspace.shape != sens_maps.shape:
+        raise ValueError(f"kspace must have the shape of sens_maps {tuple(sens_maps.shape)}; got {tuple(kspace.shape)}")
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-1] != width or mask.shape[-2] not in (1, height):
+        raise ValueError(f"mask must be [B or 1, 1, 1 or {height}, {width}]; got shape {tuple(mask.shape)}")
+
+
+class MultiCoilSense(nn.Module):
+    """SENSE operator for Cartesian multi-coil MRI on channel-pair tensors.
+
+    Shapes: image ``[B, 2, H, W]``; sens_maps and kspace ``[B, 2C, H, W]``; mask ``[B, 1, 1, W]`` (or
+    ``[B, 1, H, W]``, or batch 1 to broadcast), 1 at sampled locations.
+
+    Example:
+        >>> A = MultiCoilSense()
+        >>> y = A(x, maps, mask)                  # forward
+        >>> x_adj = A.A_adjoint(y, maps, mask)    # adjoint
+    """
+
+    def A(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _check_shapes(image, None, sens_maps, mask)
+        return fft2c(complex_mul(sens_maps, image)) * mask
+
+    def A_adjoint(self, kspace: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _check_shapes(None, kspace, sens_maps, mask)
+        coil_images = complex_mul(complex_conj(sens_maps), ifft2c(kspace * mask))
+        return coil_images.unflatten(1, (-1, 2)).sum(dim=1)
+
+    def normal(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``A^H A x``, the operator that CG-SENSE and MoDL's data consistency invert."""
+        return self.A_adjoint(self.A(image, sens_maps, mask), sens_maps, mask)
+
+    def forward(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.A(image, sens_maps, mask)
+
+
+def add_complex_noise(kspace: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adds circular complex Gaussian noise with ``E|n|^2 = sigma^2`` to a channel-pair tensor.
+
+    With the orthonormal FFT the same ``sigma`` is the noise level of each coil image.
+    """
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0; got {sigma}")
+    if sigma == 0:
+        return kspace
+    noise = torch.randn(kspace.shape, generator=generator, dtype=kspace.dtype, device=kspace.device)
+    return kspace + noise * (sigma / 2**0.5)
+
+
+def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real inner product per batch item, shaped ``[B, 1, 1, 1]`` for broadcasting."""
+    return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
+
+
+def conjugate_gradient(
+    normal_op: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    *,
+    x0: torch.Tensor | None = None,
+    n_iter: int = 10,
+    tol: float = 0.0,
+) -> torch.Tensor:
+    """Solves ``normal_op(x) = rhs`` for a Hermitian positive-definite operator, per batch item.
+
+    On channel-pair tensors the real inner product ``sum(a * b)`` equals ``Re<a, b>``, which is what CG
+    needs for a Hermitian operator. The loop is differentiable (MoDL back-propagates through it).
+
+    Args:
+        normal_op: maps ``[B, 2, H, W]`` to the same shape, e.g. ``x -> A^H A x + lam * x``.
+        rhs: right-hand side ``[B, 2, H, W]``.
+        x0: starting point (zeros when omitted).
+        n_iter: number of CG steps.
+        tol: stop early when every item's residual norm falls below ``tol * ||rhs||`` (0 runs all steps,
+            which keeps the graph's shape fixed for export).
+    """
+    x = torch.zeros_like(rhs) if x0 is None else x0
+    r = rhs - normal_op(x) if x0 is not None else rhs.clone()
+    p = r.clone()
+    rr = _batch_dot(r, r)
+    rhs_norm2 = _batch_dot(rhs, rhs)
+    tiny = torch.finfo(rhs.dtype).tiny
+    for _ in range(n_iter):
+        Ap = normal_op(p)
+        alpha = rr / _batch_dot(p, Ap).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = _batch_dot(r, r)
+        if tol > 0 and bool(torch.all(rr_new <= (tol**2) * rhs_norm2)):
+            break
+        p = r + (rr_new / rr.clamp_min(tiny)) * p
+        rr = rr_new
+    return x

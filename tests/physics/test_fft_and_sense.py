@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgesr.physics import MultiCoilSense, cartesian_mask, conjugate_gradient, fft2c, from_complex, ifft2c, to_complex
+from edgesr.physics.coils import estimate_coil_maps, simulate_coil_maps, smooth_phase
+from edgesr.physics.fft import complex_abs, complex_conj, complex_mul
+from edgesr.physics.mri import add_complex_noise
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> complex:
+    """Complex inner product <a, b> = sum conj(a) * b of channel-pair tensors."""
+    return complex(torch.sum(torch.conj(to_complex(a)) * to_complex(b)))
+
+
+def test_channel_pair_round_trip_and_layout():
+    x = _randn(2, 6, 5, 7)
+    z = to_complex(x)
+    assert z.shape == (2, 3, 5, 7)
+    torch.testing.assert_close(z.real[:, 1], x[:, 2])
+    torch.testing.assert_close(z.imag[:, 1], x[:, 3])
+    torch.testing.assert_close(from_complex(z), x)
+
+
+def test_complex_helpers_match_torch_complex():
+    a, b = _randn(1, 4, 5, 3, seed=1), _randn(1, 4, 5, 3, seed=2)
+    torch.testing.assert_close(to_complex(complex_mul(a, b)), to_complex(a) * to_complex(b))
+    torch.testing.assert_close(to_complex(complex_conj(a)), torch.conj(to_complex(a)))
+    torch.testing.assert_close(complex_abs(a), to_complex(a).abs())
+
+
+def test_odd_channel_count_is_rejected_with_shape():
+    with pytest.raises(ValueError, match=r"\(1, 3, 4, 4\)"):
+        to_complex(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(37, 31), (32, 32), (16, 9)])
+def test_fft2c_is_centered_orthonormal_numpy_equivalent(shape):
+    x = _randn(1, 2, *shape)
+    z = to_complex(x)[0, 0].numpy()
+    expected = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(z), norm="ortho"))
+    np.testing.assert_allclose(to_complex(fft2c(x))[0, 0].numpy(), expected, atol=1e-10)
+    torch.testing.assert_close(ifft2c(fft2c(x)), x)
+    # Adjointness of the unitary pair: <F x, y> = <x, F^H y>.
+    y = _randn(1, 2, *shape, seed=3)
+    assert abs(_inner(fft2c(x), y) - _inner(x, ifft2c(y))) <= 1e-10 * abs(_inner(x, ifft2c(y)))
+
+
+@pytest.mark.parametrize("mask_rows", [1, 37])
+def test_sense_operator_is_adjoint(mask_rows):
+    height, width, coils = 37, 31, 4
+    maps = simulate_coil_maps(height, width, coils, seed=5).double().unsqueeze(0)
+    mask = cartesian_mask(width, 3, seed=1).double().view(1, 1, 1, width).expand(1, 1, mask_rows, width)
+    A = MultiCoilSense()
+    x, y = _randn(1, 2, height, width, seed=6), _randn(1, 2 * coils, height, width, seed=7)
+    lhs, rhs = _inner(A(x, maps, mask), y), _inner(x, A.A_adjoint(y, maps, mask))
+    assert abs(lhs - rhs) <= 1e-5 * abs(rhs)
+
+
+def test_sense_operator_rejects_bad_shapes():
+    A = MultiCoilSense()
+    maps = torch.zeros(1, 8, 10, 12)
+    with pytest.raises(ValueError, match="image must be"):
+        A(torch.zeros(1, 2, 10, 11), maps, torch.ones(1, 1, 1, 12))
+    with pytest.raises(ValueError, match="mask must be"):
+        A(torch.zeros(1, 2, 10, 12), maps, torch.ones(1, 1, 1, 11))
+
+
+def test_simulated_maps_have_unit_rss_and_vary_with_seed():
+    maps = simulate_coil_maps(37, 31, 8, seed=1)
+    rss = complex_abs(maps).pow(2).sum(0)
+    torch.testing.assert_close(rss, torch.ones_like(rss), atol=1e-5, rtol=0)
+    assert not torch.allclose(maps, simulate_coil_maps(37, 31, 8, seed=2))
+    torch.testing.assert_close(maps, simulate_coil_maps(37, 31, 8, seed=1))
+
+
+def test_smooth_phase_is_bounded_and_smooth():
+    phase = smooth_phase(64, 48, seed=3, max_phase=np.pi)
+    assert float(phase.abs().max()) <= np.pi + 1e-5
+    # Smooth: neighbouring pixels differ by a small fraction of the range.
+    assert float(phase.diff(dim=0).abs().max()) < 0.5
+
+
+def test_cg_sense_recovers_image_from_fully_sampled_data():
+    height, width, coils = 24, 20, 4
+    maps = simulate_coil_maps(height, width, coils, seed=0).unsqueeze(0).double()
+    mask = torch.ones(1, 1, 1, width, dtype=torch.float64)
+    x = _randn(1, 2, height, width, seed=9)
+    A = MultiCoilSense()
+    rhs = A.A_adjoint(A(x, maps, mask), maps, mask)
+    solved = conjugate_gradient(lambda v: A.normal(v, maps, mask), rhs, n_iter=30)
+    torch.testing.assert_close(solved, x, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lowres", "espirit"])
+def test_estimated_maps_reproduce_the_true_maps_on_the_object(method):
+    height, width, coils = 48, 40, 6
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    disk = ((yy**2 + xx**2) < 0.6).float()
+    image = from_complex(torch.polar(disk * (1.0 + 0.3 * yy), smooth_phase(height, width, seed=1))[None])
+    maps = simulate_coil_maps(height, width, coils, seed=3)
+    mask = cartesian_mask(width, 3, center_fraction=0.3, seed=0)
+    kspace = MultiCoilSense()(image[None], maps[None], mask.view(1, 1, 1, -1))[0]
+    estimated = estimate_coil_maps(kspace, mask, method=method)
+    # Maps are defined up to a common phase: compare the coil-combined image S^H S x on the object.
+    true_z, est_z = to_complex(maps), to_complex(estimated)
+    relative_phase = torch.angle(torch.sum(torch.conj(est_z) * true_z, dim=0))
+    est_z = est_z * torch.exp(1j * relative_phase)
+    inside = disk.bool()
+    error = (est_z - true_z).abs()[:, inside].pow(2).sum() / true_z.abs()[:, inside].pow(2).sum()
+    assert float(error) < 0.05
+
+
+def test_complex_noise_has_requested_power():
+    x = torch.zeros(1, 8, 64, 64)
+    noisy = add_complex_noise(x, 0.5, generator=torch.Generator().manual_seed(0))
+    power = float(complex_abs(noisy).pow(2).mean())
+    assert power == pytest.approx(0.25, rel=0.05)
