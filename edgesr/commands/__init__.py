@@ -1,0 +1,36 @@
+"""The ``edgesr`` commands: each is a frozen config dataclass plus a function that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edgesr.commands.baseline import BaselineConfig, run_baseline
+from edgesr.commands.data import InfoConfig, run_info, run_prepare
+from edgesr.data.prepare import PrepareConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    config: type | None
+    run: Callable[[Any], int] | None
+    arrives_with: str = ""  # for commands that a later issue fills in
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("data prepare", "build the cached data set from real MR and CT volumes (idempotent)", PrepareConfig, run_prepare),
+        Command("data info", "show the prepared data set: sources, licenses, split sizes", InfoConfig, run_info),
+        Command("baseline", "score the classical SR and recon baselines on the test split", BaselineConfig, run_baseline),
+        Command("train", "train a teacher model (RDN, SRGAN, MoDL, DeepcomplexMRI)", None, None, "issue 3 (teachers)"),
+        Command("enhance", "run a trained model on your image or k-space", None, None, "issue 3 (teachers)"),
+        Command("compress", "distil, prune and quantize a teacher by a recipe", None, None, "the compression issue"),
+        Command("export", "export to ONNX Runtime, OpenVINO or TensorRT and verify", None, None, "the export issue"),
+        Command("bench", "latency, throughput and memory on a device profile", None, None, "the benchmark issue"),
+        Command("report", "tables, plots and JSON from benchmark runs", None, None, "the benchmark issue"),
+    )
+}

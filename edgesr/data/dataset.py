@@ -1,0 +1,66 @@
+"""Read access to a prepared data set (see :mod:`edgesr.data.prepare`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from edgesr.data.prepare import dataset_dir
+from edgesr.data.splits import SPLITS
+from edgesr.errors import DataError, SourceUnavailableError
+
+
+class SliceSample(NamedTuple):
+    """One axial slice of a prepared volume.
+
+    ``image`` is float32 ``[H, W]`` in the volume's intensity unit; ``volume_max`` is the maximum of the
+    whole reference volume, the normaliser of the evaluation protocol.
+    """
+
+    image: np.ndarray
+    volume: str
+    index: int
+    modality: str
+    volume_max: float
+
+
+class PreparedDataset:
+    """The cached default data set; ``PreparedDataset()`` opens the default location."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.path = dataset_dir(root)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise SourceUnavailableError(f"no prepared data set at {self.path}; run `edgesr data prepare` first")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{manifest_path}: corrupt manifest ({exc}); run `edgesr data prepare force=true`") from None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def volumes(self, modality: str | None = None) -> list[dict[str, Any]]:
+        return [v for v in self.manifest["volumes"] if modality is None or v["modality"] == modality]
+
+    def load_volume(self, name: str) -> np.ndarray:
+        """The whole volume ``[S, H, W]`` (memory-mapped, read-only)."""
+        if name not in self._cache:
+            entry = next((v for v in self.manifest["volumes"] if v["name"] == name), None)
+            if entry is None:
+                raise DataError(f"volume {name!r} is not in the data set at {self.path}")
+            self._cache[name] = np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+        return self._cache[name]
+
+    def slices(self, split: str, modality: str | None = None) -> Iterator[SliceSample]:
+        """Every slice of ``split`` (``train``/``val``/``test``), volume by volume, in slice order."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        for entry in self.volumes(modality):
+            volume = self.load_volume(entry["name"])
+            for index in entry["splits"][split]:
+                yield SliceSample(
+                    np.array(volume[index], dtype=np.float32), entry["name"], index, entry["modality"], entry["max_intensity"]
+                )

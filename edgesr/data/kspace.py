@@ -1,0 +1,151 @@
+"""Loaders for raw multi-coil k-space: fastMRI-style HDF5 and ISMRMRD HDF5.
+
+Both return a :class:`KSpaceVolume` with complex64 k-space ``[S, C, H, W]`` (H readout, W phase
+encode, centered: DC at ``[H // 2, W // 2]``) and the 1-D sampling mask ``[W]``. Coil maps are not
+part of raw data; estimate them from the ACS lines with :func:`edgesr.physics.coils.estimate_coil_maps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from edgesr.errors import DataError
+
+
+@dataclass(frozen=True)
+class KSpaceVolume:
+    """Raw multi-coil k-space of a stack of 2-D slices.
+
+    Attributes:
+        kspace: complex64 ``[S, C, H, W]``.
+        mask: float32 ``[W]``, 1 at acquired phase-encode lines (read from the file, else the columns
+            that hold any non-zero sample).
+        source: the file it was read from.
+        format: ``fastmri`` or ``ismrmrd``.
+        header: the ISMRMRD XML header when the file has one.
+        reference: a reconstruction stored beside the data (fastMRI's ``reconstruction_rss``).
+    """
+
+    kspace: np.ndarray
+    mask: np.ndarray
+    source: Path
+    format: str
+    header: str | None = None
+    reference: np.ndarray | None = None
+
+
+def _check_kspace(kspace: np.ndarray, path: Path) -> np.ndarray:
+    if not np.iscomplexobj(kspace):
+        raise DataError(f"{path}: k-space must be complex, got dtype {kspace.dtype}")
+    if kspace.ndim == 3:  # single-coil fastMRI: [S, H, W]
+        kspace = kspace[:, None]
+    if kspace.ndim != 4:
+        raise DataError(f"{path}: k-space must be [slices, coils, rows, cols], got shape {kspace.shape}")
+    if not np.isfinite(kspace).all():
+        raise DataError(f"{path}: k-space holds NaN/Inf values")
+    return np.ascontiguousarray(kspace.astype(np.complex64, copy=False))
+
+
+def _mask_from_data(kspace: np.ndarray) -> np.ndarray:
+    """Columns with any non-zero sample in any slice or coil."""
+    return (np.abs(kspace).reshape(-1, kspace.shape[-1]).max(axis=0) > 0).astype(np.float32)
+
+
+def load_fastmri(path: str | Path) -> KSpaceVolume:
+    """A fastMRI HDF5 file: dataset ``kspace`` ``[S, C, H, W]`` (or ``[S, H, W]``), optional ``mask``,
+    ``reconstruction_rss`` and the ``ismrmrd_header`` attribute."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "kspace" not in f:
+                raise DataError(f"{path}: no 'kspace' dataset (found: {', '.join(f.keys()) or 'nothing'})")
+            kspace = _check_kspace(np.asarray(f["kspace"]), path)
+            mask = np.asarray(f["mask"], dtype=np.float32).reshape(-1) if "mask" in f else _mask_from_data(kspace)
+            reference = np.asarray(f["reconstruction_rss"], dtype=np.float32) if "reconstruction_rss" in f else None
+            header = f.attrs.get("ismrmrd_header")
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if mask.shape[0] != kspace.shape[-1]:
+        raise DataError(f"{path}: mask has {mask.shape[0]} entries for {kspace.shape[-1]} phase-encode columns")
+    if isinstance(header, bytes):
+        header = header.decode("utf-8")
+    return KSpaceVolume(kspace, mask, path, "fastmri", header=header, reference=reference)
+
+
+def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
+    """An ISMRMRD HDF5 file of 2-D Cartesian acquisitions (one readout line per acquisition).
+
+    The grid comes from the header's encoded matrix; each line goes to its ``kspace_encode_step_1``
+    (shifted so the header's encoding centre lands on ``W // 2``) and ``slice`` index. Noise,
+    navigator and phase-correction acquisitions are skipped.
+    """
+    import ismrmrd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            if group not in f or "data" not in f[group]:
+                raise DataError(f"{path}: no ISMRMRD acquisitions at /{group}/data")
+        dataset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable ISMRMRD file ({exc})") from None
+    try:
+        xml = dataset.read_xml_header()
+        xml = xml.decode("utf-8") if isinstance(xml, bytes) else xml
+        header = ismrmrd.xsd.CreateFromDocument(xml)
+        encoding = header.encoding[0]
+        n_pe = int(encoding.encodedSpace.matrixSize.y)
+        limits = encoding.encodingLimits
+        pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
+        n_slices = int(limits.slice.maximum) + 1 if limits.slice else 1
+        skip = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA)
+        kspace: np.ndarray | None = None
+        for i in range(dataset.number_of_acquisitions()):
+            acq = dataset.read_acquisition(i)
+            if any(acq.is_flag_set(flag) for flag in skip):
+                continue
+            data = np.asarray(acq.data)  # [coils, samples]
+            if kspace is None:
+                kspace = np.zeros((n_slices, data.shape[0], data.shape[1], n_pe), dtype=np.complex64)
+            if data.shape != kspace.shape[1:3]:
+                raise DataError(f"{path}: acquisition {i} has shape {data.shape}, expected {kspace.shape[1:3]}")
+            line = int(acq.idx.kspace_encode_step_1) - pe_center + n_pe // 2
+            slice_index = int(acq.idx.slice)
+            if not (0 <= line < n_pe and 0 <= slice_index < n_slices):
+                raise DataError(f"{path}: acquisition {i} lies outside the encoded matrix (line {line}, slice {slice_index})")
+            kspace[slice_index, :, :, line] = data
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read ISMRMRD header or acquisitions ({exc})") from None
+    finally:
+        dataset.close()
+    if kspace is None:
+        raise DataError(f"{path}: no imaging acquisitions")
+    kspace = _check_kspace(kspace, path)
+    return KSpaceVolume(kspace, _mask_from_data(kspace), path, "ismrmrd", header=xml)
+
+
+def load_kspace(path: str | Path) -> KSpaceVolume:
+    """Loads raw k-space from an HDF5 file, telling ISMRMRD (``/dataset/data``) from fastMRI (``/kspace``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            is_ismrmrd = "dataset" in f and "kspace" not in f
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    return load_ismrmrd(path) if is_ismrmrd else load_fastmri(path)

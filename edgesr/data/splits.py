@@ -1,0 +1,37 @@
+"""Train/val/test splits by anatomical region of a volume, with guard gaps.
+
+Slices of one volume are grouped into contiguous blocks; the blocks take the splits of a fixed,
+repeating pattern, so every split samples the whole head (inferior to superior) while no slice of one
+split lies within ``gap`` slices of another split (neighbouring slices are nearly identical, and a
+test slice next to a training slice would measure memory, not generalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    block: int = 12
+    gap: int = 2
+    pattern: tuple[str, ...] = ("train", "train", "test", "train", "train", "val")
+
+
+def split_slices(indices: list[int], policy: SplitPolicy = SplitPolicy()) -> dict[str, list[int]]:
+    """Assigns usable slice indices (ascending, possibly with holes) to the splits of ``policy``."""
+    if any(name not in SPLITS for name in policy.pattern):
+        raise ValueError(f"split pattern may only name {SPLITS}; got {policy.pattern}")
+    if not indices:
+        return {name: [] for name in SPLITS}
+    first = indices[0]
+    label = {i: policy.pattern[((i - first) // policy.block) % len(policy.pattern)] for i in indices}
+    result: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for i in indices:
+        # Drop a slice when a slice of another split lies within `gap` of it.
+        neighbours = (label.get(j) for j in range(i - policy.gap, i + policy.gap + 1))
+        if all(n is None or n == label[i] for n in neighbours):
+            result[label[i]].append(i)
+    return result

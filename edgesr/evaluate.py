@@ -1,0 +1,158 @@
+"""The evaluation protocol (DESIGN.md section 3) applied to the prepared test split.
+
+One place that turns a split into (input, reference) pairs and scores methods on them, so that the
+baselines here and every later model report are measured the same way:
+
+* each slice is divided by its *volume's* maximum, so ``data_range = 1``;
+* SR: the HR slice is centre-cropped to a multiple of the scale, degraded (``mr-kspace`` for MR,
+  ``ct-blur`` for CT unless told otherwise), upsampled, and scored without ``scale`` border pixels;
+* recon: the slice becomes a simulated multi-coil acquisition (:mod:`edgesr.physics.simulate`) with a
+  seed fixed per (volume, slice), and the magnitude of the reconstruction is scored.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from edgesr.data.dataset import PreparedDataset, SliceSample
+from edgesr.metrics import crop_border, nmse, psnr, ssim
+from edgesr.physics.degrade import crop_to_multiple, degrade
+from edgesr.physics.fft import complex_abs
+from edgesr.physics.simulate import ReconSample, simulate_multicoil
+
+DEFAULT_DEGRADATION = {"MR": "mr-kspace", "CT": "ct-blur"}
+
+SRMethod = Callable[[torch.Tensor, int, str], torch.Tensor]  # (lr [1,1,h,w], scale, degradation) -> sr
+ReconMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (kspace, maps, mask) -> image
+
+
+@dataclass
+class MethodScores:
+    """Per-slice metrics of one method on one setting, and their means."""
+
+    method: str
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    nmse: list[float] = field(default_factory=list)
+    slices: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, pred: torch.Tensor, ref: torch.Tensor, slice_id: str) -> None:
+        self.psnr.append(float(psnr(pred, ref, 1.0)))
+        self.ssim.append(float(ssim(pred, ref, 1.0)))
+        self.nmse.append(float(nmse(pred, ref)))
+        self.slices.append(slice_id)
+
+    def summary(self) -> dict[str, float | int | str]:
+        n = len(self.psnr)
+        return {
+            "method": self.method,
+            "slices": n,
+            "psnr_db": round(sum(self.psnr) / n, 3) if n else float("nan"),
+            "ssim": round(sum(self.ssim) / n, 4) if n else float("nan"),
+            "nmse": round(sum(self.nmse) / n, 5) if n else float("nan"),
+            "psnr_min_db": round(min(self.psnr), 3) if n else float("nan"),
+            "seconds_per_slice": round(self.seconds / n, 4) if n else float("nan"),
+        }
+
+
+def slice_seed(sample: SliceSample, base_seed: int = 0) -> int:
+    """A seed fixed per (volume, slice): the same acquisition in every run and for every method."""
+    return (zlib.crc32(sample.volume.encode()) + 1009 * sample.index + 7919 * base_seed) % (2**31)
+
+
+def _limited(samples: Iterable[SliceSample], max_slices: int) -> Iterator[SliceSample]:
+    """At most ``max_slices`` per volume (0: all), spread evenly over the volume's split."""
+    if max_slices <= 0:
+        yield from samples
+        return
+    by_volume: dict[str, list[SliceSample]] = {}
+    for sample in samples:
+        by_volume.setdefault(sample.volume, []).append(sample)
+    for items in by_volume.values():
+        step = max(1, len(items) // max_slices)
+        yield from items[::step][:max_slices]
+
+
+def sr_pairs(
+    dataset: PreparedDataset,
+    *,
+    modality: str,
+    scale: int,
+    split: str = "test",
+    degradation: str | None = None,
+    noise_std: float = 0.0,
+    max_slices: int = 0,
+    seed: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, str]]:
+    """``(lr [1,1,h,w], hr [1,1,H,W], slice_id)`` pairs of the protocol, intensities / volume max."""
+    kind = degradation or DEFAULT_DEGRADATION[modality]
+    for sample in _limited(dataset.slices(split, modality), max_slices):
+        hr = crop_to_multiple(torch.from_numpy(sample.image / sample.volume_max)[None, None], scale)
+        generator = torch.Generator().manual_seed(slice_seed(sample, seed))
+        lr = degrade(hr, scale, kind, noise_std=noise_std, generator=generator)
+        yield lr, hr, f"{sample.volume}:{sample.index}"
+
+
+def score_sr(
+    methods: dict[str, SRMethod],
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor, str]],
+    *,
+    scale: int,
+    degradation: str,
+) -> list[MethodScores]:
+    scores = {name: MethodScores(name) for name in methods}
+    for lr, hr, slice_id in pairs:
+        for name, method in methods.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                sr = method(lr, scale, degradation)
+            scores[name].seconds += time.perf_counter() - started
+            scores[name].add(crop_border(sr, scale), crop_border(hr, scale), slice_id)
+    return list(scores.values())
+
+
+def recon_samples(
+    dataset: PreparedDataset,
+    *,
+    acceleration: float,
+    mask_kind: str = "random",
+    n_coils: int = 8,
+    center_fraction: float = 0.08,
+    noise_std: float = 0.005,
+    split: str = "test",
+    max_slices: int = 0,
+    seed: int = 0,
+) -> Iterator[tuple[ReconSample, str]]:
+    """Simulated acquisitions of the MR slices of ``split`` (intensities / volume max)."""
+    for sample in _limited(dataset.slices(split, "MR"), max_slices):
+        image = torch.from_numpy(sample.image / sample.volume_max)
+        simulated = simulate_multicoil(
+            image,
+            acceleration=acceleration,
+            seed=slice_seed(sample, seed),
+            n_coils=n_coils,
+            mask_kind=mask_kind,
+            center_fraction=center_fraction,
+            noise_std=noise_std,
+        )
+        yield simulated, f"{sample.volume}:{sample.index}"
+
+
+def score_recon(methods: dict[str, ReconMethod], samples: Iterable[tuple[ReconSample, str]]) -> list[MethodScores]:
+    scores = {name: MethodScores(name) for name in methods}
+    for sample, slice_id in samples:
+        reference = complex_abs(sample.target[None])
+        mask = sample.mask.view(1, 1, 1, -1)
+        for name, method in methods.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                image = method(sample.kspace[None], sample.sens_maps[None], mask)
+            scores[name].seconds += time.perf_counter() - started
+            scores[name].add(complex_abs(image), reference, slice_id)
+    return list(scores.values())
