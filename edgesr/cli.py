@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgesrError as exc:
         if os.environ.get("EDGESR_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

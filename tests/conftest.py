@@ -1,0 +1,78 @@
+"""Fixtures that *create* small files in every supported format (no downloads, no golden files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edgesr.data.sources import SOURCES
+
+
+def write_dicom_slice(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    position_z: float,
+    instance: int,
+    series_uid: str,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+) -> None:
+    """One CT-like single-frame DICOM file with the tags a series reader needs."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyInstanceUID = "1.2.3"
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [0.0, 0.0, position_z]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.7, 0.8]
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def dicom_series(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 3-slice 37x31 series written in shuffled order; returns (folder, expected HU volume)."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 3000, size=(3, 37, 31)).astype(np.uint16)
+    uid = generate_uid()
+    # File names deliberately out of anatomical order: the reader must sort by position.
+    for file_index, slice_index in enumerate([2, 0, 1]):
+        write_dicom_slice(
+            folder / f"img{file_index}.dcm", stored[slice_index], position_z=-10.0 + 2.5 * slice_index,
+            instance=slice_index + 1, series_uid=uid, slope=1.0, intercept=-1024.0,
+        )
+    return folder, stored.astype(np.float32) - 1024.0
+
+
+def real_sources_available() -> bool:
+    return all(source.locate() is not None for source in SOURCES)
+
+
+needs_real_data = pytest.mark.skipif(
+    not real_sources_available(), reason="real data packages not installed (run `bash .ci/setup`)"
+)

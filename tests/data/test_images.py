@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from edgesr.data.images import load_dicom_series, load_image
+from edgesr.errors import DataError
+
+
+def test_dicom_series_sorted_by_position_with_rescale(dicom_series):
+    folder, expected = dicom_series
+    volume = load_image(folder)
+    assert volume.format == "dicom"
+    np.testing.assert_array_equal(volume.data, expected)
+    assert volume.spacing == pytest.approx((2.5, 0.7, 0.8))
+    assert volume.meta["modality"] == "CT"
+    assert volume.dtype == "uint16"
+
+
+def test_truncated_dicom_names_the_file(dicom_series):
+    folder, _ = dicom_series
+    victim = sorted(folder.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-500])
+    with pytest.raises(DataError, match=victim.name):
+        load_dicom_series(folder)
+
+
+def test_dicom_folder_without_dicom_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="no DICOM files"):
+        load_image(tmp_path)
+
+
+def test_nifti_keeps_affine_and_slices_along_third_axis(tmp_path):
+    data = np.arange(5 * 7 * 3, dtype=np.int16).reshape(5, 7, 3)
+    affine = np.diag([0.5, 0.6, 2.0, 1.0])
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    volume = load_image(path)
+    assert volume.data.shape == (3, 5, 7)
+    np.testing.assert_array_equal(volume.data[1], data[:, :, 1])
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-6)  # NIfTI stores float32
+    assert volume.spacing == pytest.approx((2.0, 0.5, 0.6))
+    assert volume.dtype == "int16"
+
+
+def test_nifti_with_nan_is_rejected(tmp_path):
+    data = np.ones((6, 6, 2), dtype=np.float32)
+    data[2, 3, 1] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(DataError, match=r"nan\.nii\.gz.*NaN"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_8_and_16_bit(tmp_path, dtype):
+    pixels = (np.arange(37 * 31).reshape(37, 31) % np.iinfo(dtype).max).astype(dtype)
+    path = tmp_path / "slice.png"
+    Image.fromarray(pixels).save(path)
+    volume = load_image(path)
+    assert volume.data.shape == (1, 37, 31)
+    np.testing.assert_array_equal(volume.data[0], pixels.astype(np.float32))
+    assert volume.dtype == np.dtype(dtype).name
+
+
+def test_colour_png_is_rejected(tmp_path):
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(DataError, match="grayscale"):
+        load_image(path)
+
+
+def test_multipage_tiff_and_npy(tmp_path):
+    stack = np.random.default_rng(1).integers(0, 65535, size=(2, 9, 11)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    np.testing.assert_array_equal(load_image(tmp_path / "stack.tif").data, stack.astype(np.float32))
+    np.save(tmp_path / "img.npy", stack[0].astype(np.float64))
+    assert load_image(tmp_path / "img.npy").data.shape == (1, 9, 11)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((2, 3, 4, 5)), "2-D image or 3-D volume"),
+        (np.array(["a", "b"]), "unsupported data type"),
+        (np.full((4, 4), np.inf), "NaN/Inf"),
+    ],
+)
+def test_bad_npy_arrays(tmp_path, array, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(DataError, match=message):
+        load_image(path)
+
+
+def test_missing_and_unknown_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_image(tmp_path / "absent.nii.gz")
+    (tmp_path / "x.jpg2").write_bytes(b"123")
+    with pytest.raises(DataError, match="unsupported image format"):
+        load_image(tmp_path / "x.jpg2")

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import h5py
+import ismrmrd
+import numpy as np
+import pytest
+import torch
+
+from edgesr.data.kspace import load_fastmri, load_ismrmrd, load_kspace
+from edgesr.errors import DataError
+from edgesr.physics.simulate import simulate_multicoil
+from edgesr.physics.fft import to_complex
+
+
+def _simulated_kspace(slices: int = 2, height: int = 37, width: int = 31, coils: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    kspace, mask = [], None
+    for s in range(slices):
+        image = torch.from_numpy(rng.random((height, width)).astype(np.float32))
+        sample = simulate_multicoil(image, acceleration=3, seed=s, n_coils=coils, center_fraction=0.2)
+        kspace.append(to_complex(sample.kspace).numpy())
+        mask = sample.mask.numpy()
+    return np.stack(kspace), mask  # masks are seeded per slice; the last one is enough for the header test
+
+
+def test_fastmri_file_round_trip(tmp_path):
+    kspace, _ = _simulated_kspace()
+    path = tmp_path / "file1000.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace)
+        f.create_dataset("reconstruction_rss", data=np.ones((2, 20, 20), dtype=np.float32))
+        f.attrs["ismrmrd_header"] = "<ismrmrdHeader/>"
+    loaded = load_kspace(path)
+    assert loaded.format == "fastmri"
+    np.testing.assert_array_equal(loaded.kspace, kspace)
+    expected_mask = (np.abs(kspace).reshape(-1, kspace.shape[-1]).max(axis=0) > 0).astype(np.float32)
+    np.testing.assert_array_equal(loaded.mask, expected_mask)
+    assert loaded.reference is not None and loaded.header == "<ismrmrdHeader/>"
+
+
+def test_single_coil_fastmri_gets_a_coil_axis(tmp_path):
+    path = tmp_path / "single.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=np.ones((3, 8, 6), dtype=np.complex64))
+        f.create_dataset("mask", data=np.ones(6, dtype=bool))
+    assert load_fastmri(path).kspace.shape == (3, 1, 8, 6)
+
+
+def test_hdf5_without_kspace_names_file_and_contents(tmp_path):
+    path = tmp_path / "nokspace.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=np.zeros((2, 2)))
+    with pytest.raises(DataError, match=r"nokspace\.h5: no 'kspace' dataset \(found: image\)"):
+        load_kspace(path)
+
+
+def test_real_valued_or_corrupt_hdf5_is_rejected(tmp_path):
+    path = tmp_path / "real.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=np.zeros((1, 2, 4, 4), dtype=np.float32))
+    with pytest.raises(DataError, match="must be complex"):
+        load_kspace(path)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not an hdf5 file")
+    with pytest.raises(DataError, match="broken.h5"):
+        load_kspace(broken)
+
+
+def _write_ismrmrd(path, kspace: np.ndarray, sampled: np.ndarray) -> None:
+    """Writes [S, C, H, W] k-space as one ISMRMRD acquisition per sampled phase-encode line."""
+    slices, coils, readout, n_pe = kspace.shape
+    xml = f"""<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
+  <experimentalConditions><H1resonanceFrequency_Hz>63500000</H1resonanceFrequency_Hz></experimentalConditions>
+  <encoding>
+    <encodedSpace><matrixSize><x>{readout}</x><y>{n_pe}</y><z>1</z></matrixSize>
+      <fieldOfView_mm><x>200</x><y>200</y><z>5</z></fieldOfView_mm></encodedSpace>
+    <reconSpace><matrixSize><x>{readout}</x><y>{n_pe}</y><z>1</z></matrixSize>
+      <fieldOfView_mm><x>200</x><y>200</y><z>5</z></fieldOfView_mm></reconSpace>
+    <encodingLimits>
+      <kspace_encoding_step_1><minimum>0</minimum><maximum>{n_pe - 1}</maximum><center>{n_pe // 2}</center></kspace_encoding_step_1>
+      <slice><minimum>0</minimum><maximum>{slices - 1}</maximum><center>0</center></slice>
+    </encodingLimits>
+    <trajectory>cartesian</trajectory>
+  </encoding>
+</ismrmrdHeader>"""
+    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    dataset.write_xml_header(xml)
+    noise = ismrmrd.Acquisition.from_array(np.ones((coils, readout), dtype=np.complex64))
+    noise.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+    dataset.append_acquisition(noise)
+    for s in range(slices):
+        for line in np.flatnonzero(sampled):
+            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(kspace[s, :, :, line]))
+            acq.idx.kspace_encode_step_1 = int(line)
+            acq.idx.slice = s
+            dataset.append_acquisition(acq)
+    dataset.close()
+
+
+def test_ismrmrd_file_is_assembled_on_the_encoded_grid(tmp_path):
+    kspace, _ = _simulated_kspace(slices=2, coils=3)
+    sampled = np.abs(kspace).reshape(-1, kspace.shape[-1]).max(axis=0) > 0
+    path = tmp_path / "raw.h5"
+    _write_ismrmrd(path, kspace, sampled)
+    loaded = load_kspace(path)
+    assert loaded.format == "ismrmrd"
+    np.testing.assert_allclose(loaded.kspace, kspace, atol=0)
+    np.testing.assert_array_equal(loaded.mask, sampled.astype(np.float32))
+    assert "ismrmrdHeader" in (loaded.header or "")
+
+
+def test_ismrmrd_without_acquisitions(tmp_path):
+    path = tmp_path / "empty.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("dataset")
+    with pytest.raises(DataError, match="no ISMRMRD acquisitions"):
+        load_ismrmrd(path)

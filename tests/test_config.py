@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from edgesr.config import check_choice, describe, load_yaml, opt, parse_overrides, to_yaml
+from edgesr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Trainer:
+    steps: int = opt(100, "optimisation steps")
+    lr: float = opt(1e-3, "learning rate")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = opt("kd", "recipe name")
+    scales: tuple[int, ...] = opt((2, 4), "scales")
+    trainer: Trainer = opt(Trainer(), "trainer")
+
+    def __post_init__(self) -> None:
+        check_choice("name", self.name, ("kd", "prune"))
+
+
+def test_defaults_and_dotted_overrides():
+    cfg = parse_overrides(Recipe, ["trainer.steps=200", "scales=[2,3]", "name=prune"])
+    assert cfg == Recipe(name="prune", scales=(2, 3), trainer=Trainer(steps=200))
+    with pytest.raises(AttributeError):
+        cfg.name = "x"  # frozen
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.stesp'; did you mean 'trainer\.steps'\?"):
+        parse_overrides(Recipe, ["trainer.stesp=3"])
+
+
+def test_bad_values_name_their_key():
+    with pytest.raises(ConfigError, match="trainer.steps"):
+        parse_overrides(Recipe, ["trainer.steps=many"])
+    with pytest.raises(ConfigError, match="name='distil' is not valid"):
+        parse_overrides(Recipe, ["name=distil"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(Recipe, ["trainer.steps"])
+
+
+def test_yaml_unknown_key_names_the_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: kd\ntrainer:\n  step: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.step' in .*recipe\.yaml; did you mean 'trainer\.steps'"):
+        load_yaml(Recipe, path)
+    path.write_text("name: kd\ntrainer:\n  steps: 5\n")
+    cfg = load_yaml(Recipe, path, ["trainer.lr=0.1"])
+    assert cfg.trainer == Trainer(steps=5, lr=0.1)
+    assert "steps: 5" in to_yaml(cfg)
+
+
+def test_describe_lists_nested_keys_with_defaults_and_help():
+    rows = {row.key: row for row in describe(Recipe)}
+    assert set(rows) == {"name", "scales", "trainer.steps", "trainer.lr"}
+    assert rows["trainer.steps"].default == 100
+    assert rows["trainer.lr"].help == "learning rate"
