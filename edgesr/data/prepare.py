@@ -134,7 +134,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         "version": DATASET_VERSION,
         "created_by": f"edgesr {__version__}",
         "fingerprint": fingerprint,
-        "split_policy": dataclasses.asdict(policy),
+        "split_policy": fingerprint["split_policy"],
         "volumes": volumes,
         "unavailable": unavailable,
         "prepare_seconds": round(time.perf_counter() - started, 2),
