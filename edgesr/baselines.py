@@ -71,7 +71,9 @@ def recon_l1_wavelet(
     import sigpy.mri  # imported here: sigpy loads numba, which takes seconds
 
     outputs = []
-    for y, maps, m in zip(to_complex(kspace), to_complex(sens_maps), mask.expand(kspace.shape[0], -1, -1, -1)):
+    for y, maps, m in zip(
+        to_complex(kspace), to_complex(sens_maps), mask.expand(kspace.shape[0], -1, -1, -1), strict=True
+    ):
         weights = np.broadcast_to(m[0].numpy(), y.shape[-2:]).astype(np.float32)
         x = sigpy.mri.app.L1WaveletRecon(
             y.numpy(), maps.numpy(), lam, weights=weights, max_iter=n_iter, show_pbar=False

@@ -25,7 +25,9 @@ USAGE = "usage: edgesr <command> [key=value ...]   (edgesr <command> --help list
 
 
 def _print_overview(console: Console) -> None:
-    console.print(f"edgesr {__version__}: medical image SR and MRI reconstruction for the console and the edge\n")
+    console.print(
+        f"edgesr {__version__}: medical image SR and MRI reconstruction for the console and the edge\n"
+    )
     console.print(USAGE + "\n")
     table = Table(show_header=True, box=None)
     table.add_column("command")
@@ -89,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if flags:
             raise ConfigError(f"unknown option {flags[0]}; edgesr takes key=value arguments ({USAGE})")
         if command.run is None or command.config is None:
-            raise EdgesrError(f"'edgesr {command.name}' is not available yet: it arrives with {command.arrives_with}")
+            raise EdgesrError(
+                f"'edgesr {command.name}' is not available yet: it arrives with {command.arrives_with}"
+            )
         cfg = parse_overrides(command.config, rest)
         return command.run(cfg)
     except EdgesrError as exc:

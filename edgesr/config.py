@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -33,7 +34,7 @@ T = TypeVar("T")
 def opt(default: Any, help: str) -> Any:
     """A dataclass field with a default and a one-line help text shown by ``edgesr CMD --help``."""
     if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
 
 

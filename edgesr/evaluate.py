@@ -28,7 +28,9 @@ from edgesr.physics.simulate import ReconSample, simulate_multicoil
 DEFAULT_DEGRADATION = {"MR": "mr-kspace", "CT": "ct-blur"}
 
 SRMethod = Callable[[torch.Tensor, int, str], torch.Tensor]  # (lr [1,1,h,w], scale, degradation) -> sr
-ReconMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (kspace, maps, mask) -> image
+ReconMethod = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]  # (kspace, maps, mask) -> image
 
 
 @dataclass
@@ -144,7 +146,9 @@ def recon_samples(
         yield simulated, f"{sample.volume}:{sample.index}"
 
 
-def score_recon(methods: dict[str, ReconMethod], samples: Iterable[tuple[ReconSample, str]]) -> list[MethodScores]:
+def score_recon(
+    methods: dict[str, ReconMethod], samples: Iterable[tuple[ReconSample, str]]
+) -> list[MethodScores]:
     scores = {name: MethodScores(name) for name in methods}
     for sample, slice_id in samples:
         reference = complex_abs(sample.target[None])

@@ -26,7 +26,9 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.dim() != 4:
         raise ValueError(f"pred must be [B, C, H, W]; got shape {tuple(pred.shape)}")
     if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
 
 
 def _data_range(target: torch.Tensor, data_range: float | torch.Tensor | None) -> torch.Tensor:
@@ -51,7 +53,9 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).pow(2).flatten(1).mean(dim=1)
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor | None = None) -> torch.Tensor:
+def psnr(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per item ``[B]``: ``10 log10(data_range^2 / MSE)``.
 
     Args:
@@ -78,7 +82,9 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return window / window.sum()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor | None = None) -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Structural similarity per item ``[B]`` (see the module docstring for the exact convention).
 
     Args:
@@ -106,5 +112,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float | torch.Ten
     cov_xy = blur(pred * target) - mu_x * mu_y
     peak = _data_range(target, data_range).repeat_interleave(channels).view(-1, 1, 1, 1)
     c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return ssim_map.view(batch, channels, -1).mean(dim=(1, 2))

@@ -63,8 +63,13 @@ def dicom_series(tmp_path: Path) -> tuple[Path, np.ndarray]:
     # File names deliberately out of anatomical order: the reader must sort by position.
     for file_index, slice_index in enumerate([2, 0, 1]):
         write_dicom_slice(
-            folder / f"img{file_index}.dcm", stored[slice_index], position_z=-10.0 + 2.5 * slice_index,
-            instance=slice_index + 1, series_uid=uid, slope=1.0, intercept=-1024.0,
+            folder / f"img{file_index}.dcm",
+            stored[slice_index],
+            position_z=-10.0 + 2.5 * slice_index,
+            instance=slice_index + 1,
+            series_uid=uid,
+            slope=1.0,
+            intercept=-1024.0,
         )
     return folder, stored.astype(np.float32) - 1024.0
 

@@ -24,7 +24,10 @@ def test_bicubic_on_the_kspace_grid_beats_bicubic_on_the_wrong_grid(scale):
     right = baselines.sr_bicubic(lr, scale, "mr-kspace")
     wrong = bicubic_upsample(lr, scale)  # assumes the area grid
     ref = crop_border(hr, scale)
-    assert float(psnr(crop_border(right, scale), ref, 1.0)) > float(psnr(crop_border(wrong, scale), ref, 1.0)) + 0.3
+    assert (
+        float(psnr(crop_border(right, scale), ref, 1.0))
+        > float(psnr(crop_border(wrong, scale), ref, 1.0)) + 0.3
+    )
 
 
 def test_zero_fill_is_the_stronger_mr_baseline_at_x2():

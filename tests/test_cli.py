@@ -47,7 +47,9 @@ def test_missing_data_set_tells_how_to_prepare(tmp_path, capsys):
 
 
 def test_console_script_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "edgesr", "--version"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgesr", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and "edgesr" in result.stdout
 
 

@@ -48,7 +48,9 @@ def test_bad_values_name_their_key():
 def test_yaml_unknown_key_names_the_file(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("name: kd\ntrainer:\n  step: 5\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.step' in .*recipe\.yaml; did you mean 'trainer\.steps'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'trainer\.step' in .*recipe\.yaml; did you mean 'trainer\.steps'"
+    ):
         load_yaml(Recipe, path)
     path.write_text("name: kd\ntrainer:\n  steps: 5\n")
     cfg = load_yaml(Recipe, path, ["trainer.lr=0.1"])

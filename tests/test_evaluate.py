@@ -20,7 +20,15 @@ def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
     volume = (np.stack(slices) * 100).astype(np.float32)
     path = tmp_path / "fake.bin"
     path.write_bytes(b"fake")
-    source = Source("fake-mr", "MR", "synthetic", "test", "CC0", locate=lambda: path, load=lambda p: SourceVolume(volume, (1, 1, 1)))
+    source = Source(
+        "fake-mr",
+        "MR",
+        "synthetic",
+        "test",
+        "CC0",
+        locate=lambda: path,
+        load=lambda p: SourceVolume(volume, (1, 1, 1)),
+    )
     monkeypatch.setattr(prepare_module, "SOURCES", (source,))
     prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
     return PreparedDataset(tmp_path / "cache")
@@ -33,7 +41,9 @@ def test_sr_pairs_follow_the_protocol(tiny_dataset):
     assert hr.shape == (1, 1, 36, 32) and lr.shape == (1, 1, 18, 16)  # cropped to a multiple of 2
     assert float(hr.max()) <= 1.0  # divided by the volume maximum
     assert slice_id.startswith("fake-mr:")
-    scores = score_sr({"zero-fill": lambda x, s, _: baselines.sr_zero_fill(x, s)}, pairs, scale=2, degradation="mr-kspace")
+    scores = score_sr(
+        {"zero-fill": lambda x, s, _: baselines.sr_zero_fill(x, s)}, pairs, scale=2, degradation="mr-kspace"
+    )
     summary = scores[0].summary()
     assert summary["slices"] == len(pairs) and summary["psnr_db"] > 30
 
@@ -42,7 +52,7 @@ def test_recon_samples_are_reproducible_and_limited(tiny_dataset):
     first = list(recon_samples(tiny_dataset, acceleration=4, max_slices=2))
     second = list(recon_samples(tiny_dataset, acceleration=4, max_slices=2))
     assert len(first) == 2
-    for (a, id_a), (b, id_b) in zip(first, second):
+    for (a, id_a), (b, id_b) in zip(first, second, strict=True):
         assert id_a == id_b
         torch.testing.assert_close(a.kspace, b.kspace)
     scores = score_recon({"zero-filled": baselines.recon_zero_filled}, first)

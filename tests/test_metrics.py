@@ -34,7 +34,12 @@ def test_psnr_and_ssim_match_scikit_image_on_real_slices(index):
     deg_t = torch.from_numpy(degraded).float()[None, None]
     expected_psnr = peak_signal_noise_ratio(reference, degraded, data_range=data_range)
     expected_ssim = structural_similarity(
-        reference, degraded, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        reference,
+        degraded,
+        data_range=data_range,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
     )
     assert float(psnr(deg_t, ref_t, data_range)) == pytest.approx(expected_psnr, abs=1e-4)
     assert float(ssim(deg_t, ref_t, data_range)) == pytest.approx(expected_ssim, abs=1e-4)

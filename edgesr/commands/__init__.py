@@ -23,14 +23,46 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("data prepare", "build the cached data set from real MR and CT volumes (idempotent)", PrepareConfig, run_prepare),
-        Command("data info", "show the prepared data set: sources, licenses, split sizes", InfoConfig, run_info),
-        Command("baseline", "score the classical SR and recon baselines on the test split", BaselineConfig, run_baseline),
-        Command("train", "train a teacher model (RDN, SRGAN, MoDL, DeepcomplexMRI)", None, None, "issue 3 (teachers)"),
+        Command(
+            "data prepare",
+            "build the cached data set from real MR and CT volumes (idempotent)",
+            PrepareConfig,
+            run_prepare,
+        ),
+        Command(
+            "data info", "show the prepared data set: sources, licenses, split sizes", InfoConfig, run_info
+        ),
+        Command(
+            "baseline",
+            "score the classical SR and recon baselines on the test split",
+            BaselineConfig,
+            run_baseline,
+        ),
+        Command(
+            "train",
+            "train a teacher model (RDN, SRGAN, MoDL, DeepcomplexMRI)",
+            None,
+            None,
+            "issue 3 (teachers)",
+        ),
         Command("enhance", "run a trained model on your image or k-space", None, None, "issue 3 (teachers)"),
-        Command("compress", "distil, prune and quantize a teacher by a recipe", None, None, "the compression issue"),
-        Command("export", "export to ONNX Runtime, OpenVINO or TensorRT and verify", None, None, "the export issue"),
-        Command("bench", "latency, throughput and memory on a device profile", None, None, "the benchmark issue"),
+        Command(
+            "compress",
+            "distil, prune and quantize a teacher by a recipe",
+            None,
+            None,
+            "the compression issue",
+        ),
+        Command(
+            "export",
+            "export to ONNX Runtime, OpenVINO or TensorRT and verify",
+            None,
+            None,
+            "the export issue",
+        ),
+        Command(
+            "bench", "latency, throughput and memory on a device profile", None, None, "the benchmark issue"
+        ),
         Command("report", "tables, plots and JSON from benchmark runs", None, None, "the benchmark issue"),
     )
 }

@@ -25,7 +25,9 @@ class BaselineConfig:
     task: str = opt("all", "sr, recon or all")
     modality: str = opt("all", "SR data: MR, CT or all (recon always uses MR)")
     scales: tuple[int, ...] = opt((2, 4), "SR scale factors, e.g. scales=[2,3,4]")
-    degradation: str = opt("", "SR degradation (mr-kspace, ct-blur, bicubic); default: mr-kspace for MR, ct-blur for CT")
+    degradation: str = opt(
+        "", "SR degradation (mr-kspace, ct-blur, bicubic); default: mr-kspace for MR, ct-blur for CT"
+    )
     sr_noise_std: float = opt(0.0, "SR: noise std added to the LR image (fraction of the volume maximum)")
     accelerations: tuple[float, ...] = opt((4.0, 6.0), "recon: undersampling factors R")
     masks: tuple[str, ...] = opt(("random",), "recon: mask kinds, random and/or equispaced")
@@ -33,7 +35,9 @@ class BaselineConfig:
     center_fraction: float = opt(0.08, "recon: fraction of fully sampled central lines (ACS)")
     recon_noise_std: float = opt(0.005, "recon: complex noise std per coil (fraction of the volume maximum)")
     cg_lambda: float = opt(baselines.CG_SENSE_LAMBDA, "CG-SENSE Tikhonov weight (chosen on the val split)")
-    cs_lambda: float = opt(baselines.L1_WAVELET_LAMBDA, "L1-wavelet regularisation weight (chosen on the val split)")
+    cs_lambda: float = opt(
+        baselines.L1_WAVELET_LAMBDA, "L1-wavelet regularisation weight (chosen on the val split)"
+    )
     cs_iterations: int = opt(baselines.L1_WAVELET_ITERATIONS, "L1-wavelet iterations")
     split: str = opt("test", "which split to score: test, val or train")
     max_slices: int = opt(0, "at most this many slices per volume, spread evenly (0: all)")
@@ -66,7 +70,10 @@ def run_baseline(cfg: BaselineConfig) -> int:
     started = time.perf_counter()
     if cfg.task in ("sr", "all"):
         modalities = ("MR", "CT") if cfg.modality == "all" else (cfg.modality,)
-        sr_methods = {"bicubic": baselines.sr_bicubic, "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s)}
+        sr_methods = {
+            "bicubic": baselines.sr_bicubic,
+            "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s),
+        }
         for modality in modalities:
             if not dataset.volumes(modality):
                 console.print(f"[yellow]no {modality} volumes in the data set; skipping SR on {modality}[/]")
@@ -75,8 +82,14 @@ def run_baseline(cfg: BaselineConfig) -> int:
             for scale in cfg.scales:
                 with console.status(f"SR x{scale} on {modality} ({kind})"):
                     pairs = sr_pairs(
-                        dataset, modality=modality, scale=scale, split=cfg.split, degradation=kind,
-                        noise_std=cfg.sr_noise_std, max_slices=cfg.max_slices, seed=cfg.seed,
+                        dataset,
+                        modality=modality,
+                        scale=scale,
+                        split=cfg.split,
+                        degradation=kind,
+                        noise_std=cfg.sr_noise_std,
+                        max_slices=cfg.max_slices,
+                        seed=cfg.seed,
                     )
                     scores = score_sr(sr_methods, pairs, scale=scale, degradation=kind)
                 setting = {"task": "sr", "modality": modality, "scale": scale, "degradation": kind}
@@ -91,15 +104,30 @@ def run_baseline(cfg: BaselineConfig) -> int:
             for r in cfg.accelerations:
                 with console.status(f"recon R={r:g} ({kind} mask, {cfg.coils} coils)"):
                     samples = recon_samples(
-                        dataset, acceleration=r, mask_kind=kind, n_coils=cfg.coils, center_fraction=cfg.center_fraction,
-                        noise_std=cfg.recon_noise_std, split=cfg.split, max_slices=cfg.max_slices, seed=cfg.seed,
+                        dataset,
+                        acceleration=r,
+                        mask_kind=kind,
+                        n_coils=cfg.coils,
+                        center_fraction=cfg.center_fraction,
+                        noise_std=cfg.recon_noise_std,
+                        split=cfg.split,
+                        max_slices=cfg.max_slices,
+                        seed=cfg.seed,
                     )
                     scores = score_recon(recon_methods, samples)
-                setting = {"task": "recon", "modality": "MR", "acceleration": r, "mask": kind, "coils": cfg.coils}
+                setting = {
+                    "task": "recon",
+                    "modality": "MR",
+                    "acceleration": r,
+                    "mask": kind,
+                    "coils": cfg.coils,
+                }
                 results += [setting | s.summary() for s in scores]
     report = {
         "split": cfg.split,
-        "protocol": "edgesr v1: intensities / volume max, data_range 1, SSIM 11x11 Gaussian sigma 1.5, SR border = scale",
+        "protocol": (
+            "edgesr v1: intensity / volume max, data_range 1, SSIM 11x11 Gaussian s=1.5, SR border=scale"
+        ),
         "sources": [v["name"] for v in dataset.volumes()],
         "results": results,
         "seconds": round(time.perf_counter() - started, 1),
@@ -127,8 +155,12 @@ def _print_tables(console: Console, report: dict[str, Any]) -> None:
             table.add_column(column, justify="left" if column == "method" else "right")
         for row in rows:
             table.add_row(
-                row["method"], f"{row['psnr_db']:.2f}", f"{row['ssim']:.4f}", f"{row['nmse']:.5f}",
-                f"{row['psnr_min_db']:.2f}", f"{row['seconds_per_slice']:.3f}",
+                row["method"],
+                f"{row['psnr_db']:.2f}",
+                f"{row['ssim']:.4f}",
+                f"{row['nmse']:.5f}",
+                f"{row['psnr_min_db']:.2f}",
+                f"{row['seconds_per_slice']:.3f}",
             )
         console.print(table)
     console.print(f"sources: {', '.join(report['sources'])}; {report['seconds']} s")

@@ -38,7 +38,20 @@ def run_info(cfg: InfoConfig) -> int:
             "created_by": manifest["created_by"],
             "split_policy": manifest["split_policy"],
             "volumes": [
-                {k: v[k] for k in ("name", "modality", "description", "package", "license", "input_path", "input_sha256", "shape", "spacing_mm")}
+                {
+                    k: v[k]
+                    for k in (
+                        "name",
+                        "modality",
+                        "description",
+                        "package",
+                        "license",
+                        "input_path",
+                        "input_sha256",
+                        "shape",
+                        "spacing_mm",
+                    )
+                }
                 | {"split_slices": sizes[v["name"]]}
                 for v in manifest["volumes"]
             ],
@@ -53,12 +66,19 @@ def run_info(cfg: InfoConfig) -> int:
     for v in manifest["volumes"]:
         s = sizes[v["name"]]
         table.add_row(
-            v["name"], v["modality"], "x".join(map(str, v["shape"])), "x".join(f"{x:g}" for x in v["spacing_mm"]),
-            str(s["train"]), str(s["val"]), str(s["test"]),
+            v["name"],
+            v["modality"],
+            "x".join(map(str, v["shape"])),
+            "x".join(f"{x:g}" for x in v["spacing_mm"]),
+            str(s["train"]),
+            str(s["val"]),
+            str(s["test"]),
         )
     console.print(table)
     for v in manifest["volumes"]:
-        console.print(f"{v['name']}: {v['description']}; from {v['package']}; license: {v['license']}", highlight=False)
+        console.print(
+            f"{v['name']}: {v['description']}; from {v['package']}; license: {v['license']}", highlight=False
+        )
     for missing in manifest["unavailable"]:
         console.print(f"[yellow]not used[/]: {missing['name']} ({missing['package']}: {missing['reason']})")
     return 0

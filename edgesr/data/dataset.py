@@ -35,11 +35,15 @@ class PreparedDataset:
         self.path = dataset_dir(root)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise SourceUnavailableError(f"no prepared data set at {self.path}; run `edgesr data prepare` first")
+            raise SourceUnavailableError(
+                f"no prepared data set at {self.path}; run `edgesr data prepare` first"
+            )
         try:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest_path}: corrupt manifest ({exc}); run `edgesr data prepare force=true`") from None
+            raise DataError(
+                f"{manifest_path}: corrupt manifest ({exc}); run `edgesr data prepare force=true`"
+            ) from None
         self._cache: dict[str, np.ndarray] = {}
 
     def volumes(self, modality: str | None = None) -> list[dict[str, Any]]:
@@ -62,5 +66,9 @@ class PreparedDataset:
             volume = self.load_volume(entry["name"])
             for index in entry["splits"][split]:
                 yield SliceSample(
-                    np.array(volume[index], dtype=np.float32), entry["name"], index, entry["modality"], entry["max_intensity"]
+                    np.array(volume[index], dtype=np.float32),
+                    entry["name"],
+                    index,
+                    entry["modality"],
+                    entry["max_intensity"],
                 )

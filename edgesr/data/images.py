@@ -65,17 +65,15 @@ def load_nifti(path: str | Path) -> ImageVolume:
     path = Path(path)
     try:
         image = nib.load(str(path))
-        raw = np.asarray(image.dataobj)
+        data = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
-    if raw.ndim == 4 and raw.shape[3] == 1:
-        raw = raw[..., 0]
-    if raw.ndim == 3:
-        data = np.moveaxis(np.asarray(image.get_fdata(dtype=np.float32)).reshape(raw.shape), 2, 0)
-    elif raw.ndim == 2:
-        data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(raw.shape)
-    else:
-        raise DataError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {raw.shape}")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 3:
+        data = np.moveaxis(data, 2, 0)
+    elif data.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {data.shape}")
     zooms = [float(z) for z in image.header.get_zooms()[:3]] + [1.0] * 3
     return ImageVolume(
         _checked(data, path),
@@ -83,7 +81,7 @@ def load_nifti(path: str | Path) -> ImageVolume:
         path,
         "nifti",
         affine=np.asarray(image.affine, dtype=np.float64),
-        dtype=str(raw.dtype),
+        dtype=str(image.get_data_dtype()),
     )
 
 
@@ -101,15 +99,23 @@ def load_raster(path: str | Path) -> ImageVolume:
 
             with Image.open(path) as image:
                 if image.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
-                    raise DataError(f"{path}: {image.mode} image; edgesr reads grayscale (8/16-bit) images only")
+                    raise DataError(
+                        f"{path}: {image.mode} image; edgesr reads grayscale (8/16-bit) images only"
+                    )
                 raw = np.asarray(image)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable {suffix[1:].upper()} image ({exc})") from None
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and suffix != ".npy":
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
         raise DataError(f"{path}: colour image of shape {raw.shape}; edgesr reads grayscale images only")
-    return ImageVolume(_checked(raw, path), (1.0, 1.0, 1.0), path, "tiff" if suffix != ".png" else "png", dtype=str(raw.dtype))
+    return ImageVolume(
+        _checked(raw, path),
+        (1.0, 1.0, 1.0),
+        path,
+        "tiff" if suffix != ".png" else "png",
+        dtype=str(raw.dtype),
+    )
 
 
 def load_npy(path: str | Path) -> ImageVolume:
@@ -166,9 +172,9 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         raise DataError(f"{path}: none of the DICOM files holds pixel data")
     if series_uid is None and len(by_series) > 1:
         raise DataError(f"{path}: holds {len(by_series)} series ({', '.join(by_series)}); pass series_uid=")
-    chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
     if series_uid is not None and series_uid not in by_series:
-        raise DataError(f"{path}: no series {series_uid}")
+        raise DataError(f"{path}: no series {series_uid} (found: {', '.join(by_series)})")
+    chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
 
     def position(item: tuple[Path, Any]) -> float:
         ds = item[1]
@@ -193,7 +199,9 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         if pixels.ndim != 2:
             raise DataError(f"{file}: expected single-frame 2-D pixel data, got shape {pixels.shape}")
         if slices and pixels.shape != slices[0].shape:
-            raise DataError(f"{file}: slice of shape {pixels.shape} differs from the series' {slices[0].shape}")
+            raise DataError(
+                f"{file}: slice of shape {pixels.shape} differs from the series' {slices[0].shape}"
+            )
         stored_dtype = str(stored.dtype)
         slices.append(pixels.astype(np.float32))
     first = chosen[0][1]
@@ -208,7 +216,12 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         "files": [str(f) for f, _ in chosen],
     }
     return ImageVolume(
-        _checked(np.stack(slices), path), (slice_mm, row_mm, col_mm), path, "dicom", dtype=stored_dtype, meta=meta
+        _checked(np.stack(slices), path),
+        (slice_mm, row_mm, col_mm),
+        path,
+        "dicom",
+        dtype=stored_dtype,
+        meta=meta,
     )
 
 

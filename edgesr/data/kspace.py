@@ -66,15 +66,23 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
             if "kspace" not in f:
                 raise DataError(f"{path}: no 'kspace' dataset (found: {', '.join(f.keys()) or 'nothing'})")
             kspace = _check_kspace(np.asarray(f["kspace"]), path)
-            mask = np.asarray(f["mask"], dtype=np.float32).reshape(-1) if "mask" in f else _mask_from_data(kspace)
-            reference = np.asarray(f["reconstruction_rss"], dtype=np.float32) if "reconstruction_rss" in f else None
+            mask = (
+                np.asarray(f["mask"], dtype=np.float32).reshape(-1)
+                if "mask" in f
+                else _mask_from_data(kspace)
+            )
+            reference = (
+                np.asarray(f["reconstruction_rss"], dtype=np.float32) if "reconstruction_rss" in f else None
+            )
             header = f.attrs.get("ismrmrd_header")
     except DataError:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
     if mask.shape[0] != kspace.shape[-1]:
-        raise DataError(f"{path}: mask has {mask.shape[0]} entries for {kspace.shape[-1]} phase-encode columns")
+        raise DataError(
+            f"{path}: mask has {mask.shape[0]} entries for {kspace.shape[-1]} phase-encode columns"
+        )
     if isinstance(header, bytes):
         header = header.decode("utf-8")
     return KSpaceVolume(kspace, mask, path, "fastmri", header=header, reference=reference)
@@ -110,7 +118,11 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
         limits = encoding.encodingLimits
         pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
         n_slices = int(limits.slice.maximum) + 1 if limits.slice else 1
-        skip = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA)
+        skip = (
+            ismrmrd.ACQ_IS_NOISE_MEASUREMENT,
+            ismrmrd.ACQ_IS_NAVIGATION_DATA,
+            ismrmrd.ACQ_IS_PHASECORR_DATA,
+        )
         kspace: np.ndarray | None = None
         for i in range(dataset.number_of_acquisitions()):
             acq = dataset.read_acquisition(i)
@@ -120,11 +132,16 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
             if kspace is None:
                 kspace = np.zeros((n_slices, data.shape[0], data.shape[1], n_pe), dtype=np.complex64)
             if data.shape != kspace.shape[1:3]:
-                raise DataError(f"{path}: acquisition {i} has shape {data.shape}, expected {kspace.shape[1:3]}")
+                raise DataError(
+                    f"{path}: acquisition {i} has shape {data.shape}, expected {kspace.shape[1:3]}"
+                )
             line = int(acq.idx.kspace_encode_step_1) - pe_center + n_pe // 2
             slice_index = int(acq.idx.slice)
             if not (0 <= line < n_pe and 0 <= slice_index < n_slices):
-                raise DataError(f"{path}: acquisition {i} lies outside the encoded matrix (line {line}, slice {slice_index})")
+                raise DataError(
+                    f"{path}: acquisition {i} lies outside the encoded matrix "
+                    f"(line {line}, slice {slice_index})"
+                )
             kspace[slice_index, :, :, line] = data
     except DataError:
         raise

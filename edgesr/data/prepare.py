@@ -92,7 +92,9 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
     checksums = {source.name: _sha256(path) for source, path in located}
     # Round-tripped through JSON so that it compares equal to the one read back from the manifest.
     fingerprint = json.loads(
-        json.dumps({"version": DATASET_VERSION, "split_policy": dataclasses.asdict(policy), "inputs": checksums})
+        json.dumps(
+            {"version": DATASET_VERSION, "split_policy": dataclasses.asdict(policy), "inputs": checksums}
+        )
     )
     manifest_path = out / "manifest.json"
     if manifest_path.is_file() and not cfg.force:

@@ -74,7 +74,9 @@ def _locate_mni152() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        found = _first_existing(Path(location) / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+        found = _first_existing(
+            Path(location) / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+        )
         if found:
             return found
     return None

@@ -91,7 +91,9 @@ def _acs_block(mask: torch.Tensor) -> tuple[int, int]:
     sampled = mask.reshape(-1).cpu().numpy() > 0
     center = sampled.shape[0] // 2
     if not sampled[center]:
-        raise ValueError("the mask does not sample the k-space centre, so there is no ACS region to calibrate from")
+        raise ValueError(
+            "the mask does not sample the k-space centre, so there is no ACS region to calibrate from"
+        )
     start, stop = center, center + 1
     while start > 0 and sampled[start - 1]:
         start -= 1
@@ -135,7 +137,10 @@ def estimate_coil_maps(
 
         calib_width = min(n_acs, height)
         maps = sigpy.mri.app.EspiritCalib(
-            ksp.numpy().astype(np.complex64), calib_width=calib_width, thresh=espirit_threshold, show_pbar=False
+            ksp.numpy().astype(np.complex64),
+            calib_width=calib_width,
+            thresh=espirit_threshold,
+            show_pbar=False,
         ).run()
         return from_complex(torch.from_numpy(np.asarray(maps, dtype=np.complex64)))
     # Low-resolution ratio: Hann-window the ACS block in both directions (the readout window has the

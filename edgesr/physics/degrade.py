@@ -119,7 +119,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = _gaussian_kernel1d(sigma, x.dtype, x.device)
     radius = kernel.numel() // 2
     channels = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="replicate" if min(x.shape[-2:]) <= radius else "reflect")
+    out = F.pad(
+        x, (radius, radius, radius, radius), mode="replicate" if min(x.shape[-2:]) <= radius else "reflect"
+    )
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous(), groups=channels)
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(), groups=channels)
 
@@ -132,7 +134,7 @@ def ct_degrade(
     noise_std: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """CT low resolution: Gaussian blur (``blur_sigma`` HR pixels, default ``0.25 * s``), area average, noise."""
+    """CT low resolution: Gaussian blur (``blur_sigma`` HR px, default ``0.25 * s``), area average, noise."""
     _check_image(hr, "hr")
     _check_scale(scale)
     check_divisible(hr, scale, "hr")
@@ -181,7 +183,9 @@ def lr_grid_offset(kind: str, hr_size: int, scale: int) -> float:
     raise ValueError(f"degradation must be one of {DEGRADATIONS}; got {kind!r}")
 
 
-def bicubic_upsample(lr: torch.Tensor, scale: int, *, offset: tuple[float, float] | None = None) -> torch.Tensor:
+def bicubic_upsample(
+    lr: torch.Tensor, scale: int, *, offset: tuple[float, float] | None = None
+) -> torch.Tensor:
     """Bicubic interpolation onto the HR grid, with the LR pixel centres where the degradation put them.
 
     Args:

@@ -16,14 +16,20 @@ from torch import nn
 from edgesr.physics.fft import complex_conj, complex_mul, fft2c, ifft2c
 
 
-def _check_shapes(image: torch.Tensor | None, kspace: torch.Tensor | None, sens_maps: torch.Tensor, mask: torch.Tensor) -> None:
+def _check_shapes(
+    image: torch.Tensor | None, kspace: torch.Tensor | None, sens_maps: torch.Tensor, mask: torch.Tensor
+) -> None:
     if sens_maps.dim() != 4 or sens_maps.shape[1] % 2:
         raise ValueError(f"sens_maps must be [B, 2C, H, W]; got shape {tuple(sens_maps.shape)}")
     batch, _, height, width = sens_maps.shape
     if image is not None and (image.dim() != 4 or image.shape[1] != 2 or image.shape[-2:] != (height, width)):
-        raise ValueError(f"image must be [B, 2, {height}, {width}] to match sens_maps; got shape {tuple(image.shape)}")
+        raise ValueError(
+            f"image must be [B, 2, {height}, {width}] to match sens_maps; got shape {tuple(image.shape)}"
+        )
     if kspace is not None and kspace.shape != sens_maps.shape:
-        raise ValueError(f"kspace must have the shape of sens_maps {tuple(sens_maps.shape)}; got {tuple(kspace.shape)}")
+        raise ValueError(
+            f"kspace must have the shape of sens_maps {tuple(sens_maps.shape)}; got {tuple(kspace.shape)}"
+        )
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-1] != width or mask.shape[-2] not in (1, height):
         raise ValueError(f"mask must be [B or 1, 1, 1 or {height}, {width}]; got shape {tuple(mask.shape)}")
 
@@ -57,7 +63,9 @@ class MultiCoilSense(nn.Module):
         return self.A(image, sens_maps, mask)
 
 
-def add_complex_noise(kspace: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def add_complex_noise(
+    kspace: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Adds circular complex Gaussian noise with ``E|n|^2 = sigma^2`` to a channel-pair tensor.
 
     With the orthonormal FFT the same ``sigma`` is the noise level of each coil image.

@@ -47,7 +47,9 @@ def simulate_multicoil(
     the image's units.
     """
     if image.dim() != 2 or image.is_complex():
-        raise ValueError(f"image must be a real [H, W] tensor; got shape {tuple(image.shape)}, dtype {image.dtype}")
+        raise ValueError(
+            f"image must be a real [H, W] tensor; got shape {tuple(image.shape)}, dtype {image.dtype}"
+        )
     height, width = image.shape
     phase = smooth_phase(height, width, seed=seed, max_phase=max_phase)
     target = from_complex(torch.polar(image.float(), phase)[None])  # [2, H, W]
@@ -58,4 +60,3 @@ def simulate_multicoil(
     generator = torch.Generator().manual_seed(seed)
     kspace = add_complex_noise(kspace, noise_std, generator=generator) * mask4
     return ReconSample(kspace[0], mask, maps, target)
-

@@ -8,11 +8,13 @@ import torch
 
 from edgesr.data.kspace import load_fastmri, load_ismrmrd, load_kspace
 from edgesr.errors import DataError
-from edgesr.physics.simulate import simulate_multicoil
 from edgesr.physics.fft import to_complex
+from edgesr.physics.simulate import simulate_multicoil
 
 
-def _simulated_kspace(slices: int = 2, height: int = 37, width: int = 31, coils: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _simulated_kspace(
+    slices: int = 2, height: int = 37, width: int = 31, coils: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     kspace, mask = [], None
     for s in range(slices):
@@ -78,7 +80,9 @@ def _write_ismrmrd(path, kspace: np.ndarray, sampled: np.ndarray) -> None:
     <reconSpace><matrixSize><x>{readout}</x><y>{n_pe}</y><z>1</z></matrixSize>
       <fieldOfView_mm><x>200</x><y>200</y><z>5</z></fieldOfView_mm></reconSpace>
     <encodingLimits>
-      <kspace_encoding_step_1><minimum>0</minimum><maximum>{n_pe - 1}</maximum><center>{n_pe // 2}</center></kspace_encoding_step_1>
+      <kspace_encoding_step_1>
+        <minimum>0</minimum><maximum>{n_pe - 1}</maximum><center>{n_pe // 2}</center>
+      </kspace_encoding_step_1>
       <slice><minimum>0</minimum><maximum>{slices - 1}</maximum><center>0</center></slice>
     </encodingLimits>
     <trajectory>cartesian</trajectory>

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -22,7 +20,9 @@ def test_splits_are_disjoint_and_separated_by_the_gap():
     assert sum(len(m) for m in splits.values()) == len(owner)  # disjoint
     for i, name in owner.items():
         for j in range(i - policy.gap, i + policy.gap + 1):
-            assert owner.get(j, name) == name, f"slice {j} ({owner.get(j)}) is within {policy.gap} of {i} ({name})"
+            assert owner.get(j, name) == name, (
+                f"slice {j} ({owner.get(j)}) is within {policy.gap} of {i} ({name})"
+            )
     assert all(splits[name] for name in ("train", "val", "test"))
     # Test blocks are spread over the volume, not bunched at one end.
     assert min(splits["test"]) < 60 and max(splits["test"]) > 100
@@ -40,8 +40,15 @@ def _fake_sources(tmp_path, modality_volumes):
         path = tmp_path / f"{name}.bin"
         path.write_bytes(volume.tobytes())
         sources.append(
-            Source(name, modality, "synthetic", "test", "CC0", locate=lambda p=path: p,
-                   load=lambda p, v=volume: SourceVolume(v, (1.0, 1.0, 1.0)))
+            Source(
+                name,
+                modality,
+                "synthetic",
+                "test",
+                "CC0",
+                locate=lambda p=path: p,
+                load=lambda p, v=volume: SourceVolume(v, (1.0, 1.0, 1.0)),
+            )
         )
     return tuple(sources)
 
@@ -70,7 +77,9 @@ def test_prepare_redoes_an_interrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake", "CT", volume)]))
     root = tmp_path / "cache"
     prepare_dataset(PrepareConfig(root=str(root)))
-    (root / "v1" / "volumes" / "fake.npy").unlink()  # as if the run had died after the manifest... or a user deleted it
+    (
+        root / "v1" / "volumes" / "fake.npy"
+    ).unlink()  # as if the run had died after the manifest... or a user deleted it
     prepare_dataset(PrepareConfig(root=str(root)))
     assert (root / "v1" / "volumes" / "fake.npy").is_file()
 

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from edgesr.physics import MultiCoilSense, cartesian_mask, conjugate_gradient, fft2c, from_complex, ifft2c, to_complex
+from edgesr.physics import (
+    MultiCoilSense,
+    cartesian_mask,
+    conjugate_gradient,
+    fft2c,
+    from_complex,
+    ifft2c,
+    to_complex,
+)
 from edgesr.physics.coils import estimate_coil_maps, simulate_coil_maps, smooth_phase
 from edgesr.physics.fft import complex_abs, complex_conj, complex_mul
 from edgesr.physics.mri import add_complex_noise
