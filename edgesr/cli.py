@@ -11,6 +11,7 @@ import difflib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EdgesrError(
                 f"'edgesr {command.name}' is not available yet: it arrives with {command.arrives_with}"
             )
-        cfg = parse_overrides(command.config, rest)
+        cfg: Any = parse_overrides(command.config, rest)
         return command.run(cfg)
     except EdgesrError as exc:
         if os.environ.get("EDGESR_DEBUG"):

@@ -68,7 +68,7 @@ def describe(cls: type, prefix: str = "") -> list[KeyInfo]:
         key = f"{prefix}{f.name}"
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            rows.extend(describe(hint, prefix=f"{key}."))
+            rows.extend(describe(typing.cast(type, hint), prefix=f"{key}."))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -153,7 +153,7 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(raw).__name__}")
-    return parse_overrides(cls, overrides, base=raw, source=str(path))
+    return parse_overrides(cls, overrides, base=typing.cast(dict[str, Any], raw), source=str(path))
 
 
 def to_yaml(cfg: Any) -> str:

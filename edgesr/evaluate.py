@@ -65,7 +65,7 @@ class MethodScores:
 
 def slice_seed(sample: SliceSample, base_seed: int = 0) -> int:
     """A seed fixed per (volume, slice): the same acquisition in every run and for every method."""
-    return (zlib.crc32(sample.volume.encode()) + 1009 * sample.index + 7919 * base_seed) % (2**31)
+    return (zlib.crc32(sample.volume.encode()) + 1009 * sample.slice_index + 7919 * base_seed) % (2**31)
 
 
 def _limited(samples: Iterable[SliceSample], max_slices: int) -> Iterator[SliceSample]:
@@ -98,7 +98,7 @@ def sr_pairs(
         hr = crop_to_multiple(torch.from_numpy(sample.image / sample.volume_max)[None, None], scale)
         generator = torch.Generator().manual_seed(slice_seed(sample, seed))
         lr = degrade(hr, scale, kind, noise_std=noise_std, generator=generator)
-        yield lr, hr, f"{sample.volume}:{sample.index}"
+        yield lr, hr, f"{sample.volume}:{sample.slice_index}"
 
 
 def score_sr(
@@ -143,7 +143,7 @@ def recon_samples(
             center_fraction=center_fraction,
             noise_std=noise_std,
         )
-        yield simulated, f"{sample.volume}:{sample.index}"
+        yield simulated, f"{sample.volume}:{sample.slice_index}"
 
 
 def score_recon(

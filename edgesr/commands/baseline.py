@@ -15,7 +15,7 @@ from edgesr import baselines
 from edgesr._io import write_json_atomic
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.dataset import PreparedDataset
-from edgesr.evaluate import DEFAULT_DEGRADATION, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import DEFAULT_DEGRADATION, ReconMethod, recon_samples, score_recon, score_sr, sr_pairs
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.masks import MASK_KINDS
 
@@ -95,7 +95,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
                 setting = {"task": "sr", "modality": modality, "scale": scale, "degradation": kind}
                 results += [setting | s.summary() for s in scores]
     if cfg.task in ("recon", "all"):
-        recon_methods = {
+        recon_methods: dict[str, ReconMethod] = {
             "zero-filled": baselines.recon_zero_filled,
             "cg-sense": partial(baselines.recon_cg_sense, lam=cfg.cg_lambda),
             "l1-wavelet": partial(baselines.recon_l1_wavelet, lam=cfg.cs_lambda, n_iter=cfg.cs_iterations),

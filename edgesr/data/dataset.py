@@ -23,7 +23,7 @@ class SliceSample(NamedTuple):
 
     image: np.ndarray
     volume: str
-    index: int
+    slice_index: int
     modality: str
     volume_max: float
 

@@ -64,7 +64,7 @@ def load_nifti(path: str | Path) -> ImageVolume:
 
     path = Path(path)
     try:
-        image = nib.load(str(path))
+        image: Any = nib.load(str(path))
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
@@ -185,7 +185,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         return float(ds.get("InstanceNumber", 0))
 
     chosen = sorted(chosen, key=position)
-    slices = []
+    slices: list[np.ndarray] = []
     stored_dtype = "float32"
     for file, ds in chosen:
         for tag in ("Rows", "Columns"):

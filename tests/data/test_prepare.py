@@ -68,7 +68,7 @@ def test_prepare_is_idempotent_and_rebuilds_on_force(tmp_path, monkeypatch):
     dataset = PreparedDataset(root)
     test_slices = list(dataset.slices("test"))
     assert test_slices and all(s.image.shape == (21, 19) for s in test_slices)
-    np.testing.assert_array_equal(test_slices[0].image, volume[test_slices[0].index])
+    np.testing.assert_array_equal(test_slices[0].image, volume[test_slices[0].slice_index])
     assert test_slices[0].volume_max == pytest.approx(float(volume.max()))
 
 
