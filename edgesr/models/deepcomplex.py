@@ -1,0 +1,124 @@
+"""DeepcomplexMRI (Wang et al., Magnetic Resonance Imaging 2020): complex convolutions on multi-coil images.
+
+The zero-filled coil images ``F^H y`` ``[B, 2C, H, W]`` go through cascaded blocks; each block is a
+residual stack of complex 3x3 convolutions with complex ReLU (CReLU: ReLU on real and imaginary parts),
+processing all coils jointly as complex channels, followed by a k-space data-consistency layer applied
+to every coil: ``k <- k - w * M (k - y)`` with a learned ``w`` in (0, 1) (``w = 1`` is the paper's
+hard replacement; ``w < 1`` tolerates noise). At the end the coil images are combined with the coil
+sensitivities, ``x = sum_c conj(S_c) x_c``.
+
+A complex convolution with weight ``W = A + iB`` applied to ``h = x + iy`` is
+``W * h = (A*x - B*y) + i (B*x + A*y)``: two real convolutions on the real/imag channel pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgesr.models._registry import register_model
+from edgesr.physics.fft import complex_conj, complex_mul, fft2c, ifft2c
+
+
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[:, 0::2], x[:, 1::2]
+
+
+def _interleave(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+    return torch.stack([real, imag], dim=2).flatten(1, 2)
+
+
+class ComplexConv2d(nn.Module):
+    """Complex 3x3 convolution on interleaved channel pairs: ``[B, 2*cin, H, W] -> [B, 2*cout, H, W]``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.real = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.imag = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(2 * out_channels))  # a complex bias, interleaved like the data
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xr, xi = _split(x)
+        out = _interleave(self.real(xr) - self.imag(xi), self.imag(xr) + self.real(xi))
+        return out + self.bias.view(1, -1, 1, 1)
+
+
+class ComplexBlock(nn.Module):
+    """``layers`` complex convs with CReLU between them, residual over the coil images."""
+
+    def __init__(self, coils: int, features: int, layers: int) -> None:
+        super().__init__()
+        modules: list[nn.Module] = []
+        channels = coils
+        for _ in range(layers - 1):
+            modules += [ComplexConv2d(channels, features), nn.ReLU(inplace=True)]
+            channels = features
+        modules.append(ComplexConv2d(channels, coils))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class KSpaceDataConsistency(nn.Module):
+    """``k <- k - w M (k - y)`` on every coil, with ``w = sigmoid(raw)`` learned."""
+
+    def __init__(self, init: float = 2.0) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(torch.tensor(init))
+
+    def forward(
+        self, coil_images: torch.Tensor, masked_kspace: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        kspace = fft2c(coil_images)
+        kspace = kspace - torch.sigmoid(self.raw) * mask * (kspace - masked_kspace)
+        return ifft2c(kspace)
+
+
+class DeepComplexMRI(nn.Module):
+    """Cascaded complex-valued residual blocks with k-space data consistency.
+
+    Shapes: ``forward(masked_kspace [B, 2C, H, W], mask [B, 1, 1, W], sens_maps [B, 2C, H, W])``
+    ``-> image [B, 2, H, W]``. ``C`` must equal ``coils``; compress more coils to ``coils`` virtual
+    coils first.
+    """
+
+    task = "recon"
+
+    def __init__(self, *, coils: int = 8, blocks: int = 10, features: int = 64, layers: int = 5) -> None:
+        super().__init__()
+        self.coils = coils
+        self.blocks = nn.ModuleList(ComplexBlock(coils, features, layers) for _ in range(blocks))
+        self.consistency = nn.ModuleList(KSpaceDataConsistency() for _ in range(blocks))
+
+    def forward(
+        self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor
+    ) -> torch.Tensor:
+        if masked_kspace.dim() != 4 or masked_kspace.shape[1] != 2 * self.coils:
+            raise ValueError(
+                f"masked_kspace must be [B, {2 * self.coils}, H, W] for {self.coils} coils; "
+                f"got shape {tuple(masked_kspace.shape)}"
+            )
+        x = ifft2c(masked_kspace * mask)
+        for block, consistency in zip(self.blocks, self.consistency, strict=True):
+            x = consistency(block(x), masked_kspace, mask)
+        combined = complex_mul(complex_conj(sens_maps), x)
+        return combined.unflatten(1, (-1, 2)).sum(dim=1)
+
+
+@register_model("recon")
+def deepcomplex(*, coils: int = 8) -> DeepComplexMRI:
+    """The paper-size network: 10 blocks of 5 complex conv layers with 64 complex channels."""
+    return DeepComplexMRI(coils=coils, blocks=10, features=64, layers=5)
+
+
+@register_model("recon")
+def deepcomplex_small(*, coils: int = 8) -> DeepComplexMRI:
+    """CPU-trainable: 5 blocks of 4 complex conv layers with 32 complex channels."""
+    return DeepComplexMRI(coils=coils, blocks=5, features=32, layers=4)
+
+
+@register_model("recon")
+def deepcomplex_tiny(*, coils: int = 4) -> DeepComplexMRI:
+    """For tests: 2 blocks of 2 complex conv layers with 4 complex channels."""
+    return DeepComplexMRI(coils=coils, blocks=2, features=4, layers=2)

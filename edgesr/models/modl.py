@@ -1,0 +1,105 @@
+"""MoDL: model-based deep learning for multi-coil MRI reconstruction (Aggarwal et al., IEEE TMI 2019).
+
+K unrolled iterations of ``z_k = D_w(x_k)`` (a residual CNN denoiser, weights shared across
+iterations) and the data-consistency step ``x_{k+1} = argmin_x ||A x - y||^2 + lam ||x - z_k||^2``,
+i.e. ``(A^H A + lam I) x = A^H y + lam z_k``, solved by conjugate gradient (10 steps, differentiable).
+``lam`` is learned. ``A`` is the multi-coil SENSE operator of :mod:`edgesr.physics.mri`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgesr.models._blocks import conv3x3
+from edgesr.models._registry import register_model
+from edgesr.physics.mri import MultiCoilSense, conjugate_gradient
+
+
+class Denoiser(nn.Module):
+    """D_w(x) = x + N_w(x): ``layers`` 3x3 convs (BN + ReLU between) on a complex image ``[B, 2, H, W]``."""
+
+    def __init__(self, features: int, layers: int, batch_norm: bool) -> None:
+        super().__init__()
+        modules: list[nn.Module] = []
+        channels = 2
+        for _ in range(layers - 1):
+            modules += [
+                conv3x3(channels, features, bias=not batch_norm),
+                nn.BatchNorm2d(features) if batch_norm else nn.Identity(),
+                nn.ReLU(inplace=True),
+            ]
+            channels = features
+        modules.append(conv3x3(channels, 2))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class MoDL(nn.Module):
+    """MoDL unrolled network.
+
+    Shapes: ``forward(masked_kspace [B, 2C, H, W], mask [B, 1, 1, W], sens_maps [B, 2C, H, W])``
+    ``-> image [B, 2, H, W]`` (complex channel pair; its magnitude is the reconstruction).
+    """
+
+    task = "recon"
+
+    def __init__(
+        self,
+        *,
+        iterations: int = 10,
+        features: int = 64,
+        layers: int = 5,
+        cg_iterations: int = 10,
+        lam_init: float = 0.05,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.iterations, self.cg_iterations = iterations, cg_iterations
+        self.denoiser = Denoiser(features, layers, batch_norm)
+        self.physics = MultiCoilSense()
+        # lam = softplus(lam_raw) stays positive, so the CG system stays positive definite.
+        self.lam_raw = nn.Parameter(torch.tensor(math.log(math.expm1(lam_init))))
+
+    @property
+    def lam(self) -> torch.Tensor:
+        return F.softplus(self.lam_raw)
+
+    def forward(
+        self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor
+    ) -> torch.Tensor:
+        lam = self.lam
+        rhs0 = self.physics.A_adjoint(masked_kspace, sens_maps, mask)
+        x = rhs0
+        for _ in range(self.iterations):
+            z = self.denoiser(x)
+            x = conjugate_gradient(
+                lambda v: self.physics.normal(v, sens_maps, mask) + lam * v,
+                rhs0 + lam * z,
+                x0=z,
+                n_iter=self.cg_iterations,
+            )
+        return x
+
+
+@register_model("recon")
+def modl(*, iterations: int = 10, cg_iterations: int = 10) -> MoDL:
+    """The paper's MoDL: K=10 unrolls, a 5-layer 64-channel denoiser with BN, 10 CG steps."""
+    return MoDL(iterations=iterations, features=64, layers=5, cg_iterations=cg_iterations)
+
+
+@register_model("recon")
+def modl_small(*, iterations: int = 5, cg_iterations: int = 10) -> MoDL:
+    """CPU-trainable MoDL: K=5 unrolls, 5-layer 32-channel denoiser without BN (small batches)."""
+    return MoDL(iterations=iterations, features=32, layers=5, cg_iterations=cg_iterations, batch_norm=False)
+
+
+@register_model("recon")
+def modl_tiny(*, iterations: int = 2, cg_iterations: int = 3) -> MoDL:
+    """For tests: 2 unrolls, 3-layer 8-channel denoiser, 3 CG steps."""
+    return MoDL(iterations=iterations, features=8, layers=3, cg_iterations=cg_iterations)

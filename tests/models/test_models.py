@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgesr.errors import ConfigError
+from edgesr.models import create_model, list_models, model_task, register_model
+from edgesr.models.deepcomplex import ComplexConv2d
+from edgesr.models.srgan import Discriminator
+from edgesr.physics.coils import simulate_coil_maps
+from edgesr.physics.fft import from_complex, to_complex
+from edgesr.physics.masks import cartesian_mask
+
+
+def _recon_inputs(coils: int, height: int = 13, width: int = 11, batch: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    kspace = torch.randn(batch, 2 * coils, height, width, generator=generator)
+    mask = (
+        cartesian_mask(width, 2, center_fraction=0.3, seed=0).view(1, 1, 1, width).expand(batch, -1, -1, -1)
+    )
+    maps = simulate_coil_maps(height, width, coils, seed=1).expand(batch, -1, -1, -1)
+    return kspace * mask, mask, maps
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_and_backward_on_odd_sizes(name):
+    torch.manual_seed(0)
+    if model_task(name) == "sr":
+        scale = 3
+        model = create_model(name, scale=scale)
+        lr = torch.rand(2, 1, 9, 7)
+        base = F.interpolate(lr, scale_factor=scale, mode="bicubic")
+        out = model(lr, base)
+        assert out.shape == (2, 1, 27, 21)
+    else:
+        options = {"iterations": 2} if name.startswith("modl") else {}
+        model = create_model(name, **options)
+        coils = getattr(model, "coils", 4)
+        out = model(*_recon_inputs(coils))
+        assert out.shape == (2, 2, 13, 11)
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_sr_models_check_their_inputs(scale):
+    model = create_model("rdn_tiny", scale=scale)
+    with pytest.raises(ValueError, match="base must be"):
+        model(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"lr must be \[B, 1, h, w\]"):
+        model(torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8 * scale, 8 * scale))
+
+
+def test_deepcomplex_rejects_wrong_coil_count():
+    model = create_model("deepcomplex_tiny", coils=4)
+    with pytest.raises(ValueError, match="for 4 coils"):
+        model(*_recon_inputs(6))
+
+
+def test_complex_conv_follows_the_complex_product_rule():
+    conv = ComplexConv2d(3, 2)
+    x = torch.randn(1, 6, 5, 4)
+    weight = torch.complex(conv.real.weight, conv.imag.weight)
+    z = to_complex(x)
+    expected = torch.complex(
+        F.conv2d(z.real, weight.real, padding=1) - F.conv2d(z.imag, weight.imag, padding=1),
+        F.conv2d(z.real, weight.imag, padding=1) + F.conv2d(z.imag, weight.real, padding=1),
+    )
+    with torch.no_grad():
+        conv.bias.copy_(torch.randn(4))
+    bias = torch.complex(conv.bias[0::2], conv.bias[1::2]).view(1, -1, 1, 1)
+    torch.testing.assert_close(conv(x), from_complex(expected + bias), atol=1e-5, rtol=1e-5)
+
+
+def test_modl_with_zero_denoiser_residual_is_cg_sense():
+    """With N_w = 0 the denoiser is the identity, so MoDL iterates CG-SENSE with Tikhonov weight lam."""
+    model = create_model("modl_tiny", iterations=3, cg_iterations=20)
+    torch.nn.init.zeros_(model.denoiser.net[-1].weight)
+    torch.nn.init.zeros_(model.denoiser.net[-1].bias)
+    kspace, mask, maps = _recon_inputs(4, batch=1)
+    with torch.no_grad():
+        out = model(kspace, mask, maps)
+        # Fixed point of x = argmin ||Ax - y||^2 + lam ||x - x||^2 over iterations is the least-squares
+        # solution: the residual of the normal equations must shrink towards 0.
+        normal = model.physics.normal(out, maps, mask)
+        rhs = model.physics.A_adjoint(kspace, maps, mask)
+        first = model.physics.A_adjoint(kspace, maps, mask)
+        assert float((normal - rhs).norm()) < 0.2 * float(
+            (model.physics.normal(first, maps, mask) - rhs).norm()
+        )
+
+
+def test_discriminator_accepts_any_patch_size():
+    for norm in ("batch", "none"):
+        disc = Discriminator(features=8, norm=norm)
+        assert disc(torch.rand(2, 1, 40, 36)).shape == (2, 1)
+
+
+def test_registry_is_strict():
+    with pytest.raises(ConfigError, match="did you mean 'rdn_small'"):
+        create_model("rdn_smal")
+    with pytest.raises(ConfigError, match="has no option 'scael'; did you mean 'scale'"):
+        create_model("rdn_tiny", scael=2)
+
+    def rdn_tiny():  # the name of an existing builder
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("sr")(rdn_tiny)
