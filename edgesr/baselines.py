@@ -40,29 +40,46 @@ def sr_zero_fill(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return zero_fill_upsample(lr, scale)
 
 
-def recon_zero_filled(kspace: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``A^H y``: ``[B, 2C, H, W]`` k-space -> ``[B, 2, H, W]`` image."""
-    return MultiCoilSense().A_adjoint(kspace, sens_maps, mask)
+UPSAMPLERS = ("zero-fill", "bicubic")
+
+
+def interpolate_base(lr: torch.Tensor, scale: int, upsampler: str, degradation: str) -> torch.Tensor:
+    """The SR models' global skip: one of the SR baselines, computed on the whole LR image.
+
+    Args:
+        lr: ``[B, C, h, w]`` whole images (not patches: zero-fill on a patch rings at its edges).
+        upsampler: ``zero-fill`` (MR) or ``bicubic`` (on ``degradation``'s LR grid).
+    """
+    if upsampler == "zero-fill":
+        return sr_zero_fill(lr, scale)
+    if upsampler == "bicubic":
+        return sr_bicubic(lr, scale, degradation)
+    raise ValueError(f"upsampler must be one of {UPSAMPLERS}; got {upsampler!r}")
+
+
+def recon_zero_filled(kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
+    """``A^H y``: ``[B, 2C, H, W]`` k-space, ``[B, 1, 1, W]`` mask, maps -> ``[B, 2, H, W]`` image."""
+    return MultiCoilSense().A_adjoint(kspace, mask, sens_maps)
 
 
 def recon_cg_sense(
     kspace: torch.Tensor,
-    sens_maps: torch.Tensor,
     mask: torch.Tensor,
+    sens_maps: torch.Tensor,
     *,
     lam: float = CG_SENSE_LAMBDA,
     n_iter: int = CG_SENSE_ITERATIONS,
 ) -> torch.Tensor:
     """CG-SENSE: solves ``(A^H A + lam I) x = A^H y``; ``[B, 2C, H, W]`` -> ``[B, 2, H, W]``."""
     op = MultiCoilSense()
-    rhs = op.A_adjoint(kspace, sens_maps, mask)
-    return conjugate_gradient(lambda x: op.normal(x, sens_maps, mask) + lam * x, rhs, n_iter=n_iter, tol=1e-6)
+    rhs = op.A_adjoint(kspace, mask, sens_maps)
+    return conjugate_gradient(lambda x: op.normal(x, mask, sens_maps) + lam * x, rhs, n_iter=n_iter, tol=1e-6)
 
 
 def recon_l1_wavelet(
     kspace: torch.Tensor,
-    sens_maps: torch.Tensor,
     mask: torch.Tensor,
+    sens_maps: torch.Tensor,
     *,
     lam: float = L1_WAVELET_LAMBDA,
     n_iter: int = L1_WAVELET_ITERATIONS,

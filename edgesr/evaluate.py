@@ -28,9 +28,9 @@ from edgesr.physics.simulate import ReconSample, simulate_multicoil
 DEFAULT_DEGRADATION = {"MR": "mr-kspace", "CT": "ct-blur"}
 
 SRMethod = Callable[[torch.Tensor, int, str], torch.Tensor]  # (lr [1,1,h,w], scale, degradation) -> sr
-ReconMethod = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
-]  # (kspace, maps, mask) -> image
+# (masked_kspace [1, 2C, H, W], mask [1, 1, 1, W], sens_maps [1, 2C, H, W]) -> image [1, 2, H, W]: the
+# argument order of every recon model and baseline (fastMRI VarNet's).
+ReconMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -156,7 +156,7 @@ def score_recon(
         for name, method in methods.items():
             started = time.perf_counter()
             with torch.no_grad():
-                image = method(sample.kspace[None], sample.sens_maps[None], mask)
+                image = method(sample.kspace[None], mask, sample.sens_maps[None])
             scores[name].seconds += time.perf_counter() - started
             scores[name].add(complex_abs(image), reference, slice_id)
     return list(scores.values())

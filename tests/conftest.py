@@ -10,7 +10,10 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from edgesr.data.sources import SOURCES
+import edgesr.data.prepare as prepare_module
+from edgesr.data.dataset import PreparedDataset
+from edgesr.data.prepare import PrepareConfig, prepare_dataset
+from edgesr.data.sources import SOURCES, Source, SourceVolume
 
 
 def write_dicom_slice(
@@ -81,3 +84,25 @@ def real_sources_available() -> bool:
 needs_real_data = pytest.mark.skipif(
     not real_sources_available(), reason="real data packages not installed (run `bash .ci/setup`)"
 )
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
+    """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 37), np.linspace(-1, 1, 33), indexing="ij")
+    slices = [np.exp(-((yy - 0.2 * np.sin(k / 5)) ** 2 + xx**2) * 3) * (1 + 0.1 * k / 80) for k in range(80)]
+    volume = (np.stack(slices) * 100).astype(np.float32)
+    path = tmp_path / "fake.bin"
+    path.write_bytes(b"fake")
+    source = Source(
+        "fake-mr",
+        "MR",
+        "synthetic",
+        "test",
+        "CC0",
+        locate=lambda: path,
+        load=lambda p: SourceVolume(volume, (1, 1, 1)),
+    )
+    monkeypatch.setattr(prepare_module, "SOURCES", (source,))
+    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
+    return PreparedDataset(tmp_path / "cache")

@@ -41,7 +41,7 @@ def test_zero_fill_is_the_stronger_mr_baseline_at_x2():
 
 def test_recon_baselines_rank_as_expected_on_a_real_slice():
     sample = simulate_multicoil(_real_mr_slice(), acceleration=4, seed=3, n_coils=8, noise_std=0.0)
-    args = (sample.kspace[None], sample.sens_maps[None], sample.mask.view(1, 1, 1, -1))
+    args = (sample.kspace[None], sample.mask.view(1, 1, 1, -1), sample.sens_maps[None])
     reference = complex_abs(sample.target[None])
     scores = {}
     for name, method in (

@@ -1,37 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
-import edgesr.data.prepare as prepare_module
 from edgesr import baselines
-from edgesr.data.dataset import PreparedDataset
-from edgesr.data.prepare import PrepareConfig, prepare_dataset
-from edgesr.data.sources import Source, SourceVolume
 from edgesr.evaluate import recon_samples, score_recon, score_sr, sr_pairs
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
-    """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 37), np.linspace(-1, 1, 33), indexing="ij")
-    slices = [np.exp(-((yy - 0.2 * np.sin(k / 5)) ** 2 + xx**2) * 3) * (1 + 0.1 * k / 40) for k in range(40)]
-    volume = (np.stack(slices) * 100).astype(np.float32)
-    path = tmp_path / "fake.bin"
-    path.write_bytes(b"fake")
-    source = Source(
-        "fake-mr",
-        "MR",
-        "synthetic",
-        "test",
-        "CC0",
-        locate=lambda: path,
-        load=lambda p: SourceVolume(volume, (1, 1, 1)),
-    )
-    monkeypatch.setattr(prepare_module, "SOURCES", (source,))
-    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
-    return PreparedDataset(tmp_path / "cache")
 
 
 def test_sr_pairs_follow_the_protocol(tiny_dataset):

@@ -8,7 +8,9 @@ from typing import Any
 
 from edgesr.commands.baseline import BaselineConfig, run_baseline
 from edgesr.commands.data import InfoConfig, run_info, run_prepare
+from edgesr.commands.train import run_train
 from edgesr.data.prepare import PrepareConfig
+from edgesr.train.loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,9 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "train",
-            "train a teacher model (RDN, SRGAN, MoDL, DeepcomplexMRI)",
-            None,
-            None,
-            "issue 3 (teachers)",
+            "train a model (RDN, SRGAN, MoDL, DeepcomplexMRI) on the prepared data",
+            TrainConfig,
+            run_train,
         ),
         Command("enhance", "run a trained model on your image or k-space", None, None, "issue 3 (teachers)"),
         Command(

@@ -6,6 +6,14 @@ import torch
 from torch import nn
 
 
+def zero_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """Zeroes a residual branch's last conv, so the branch starts as 0 and the model as its skip path."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
 def conv3x3(in_channels: int, out_channels: int, *, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
 

@@ -53,7 +53,10 @@ class ComplexBlock(nn.Module):
         for _ in range(layers - 1):
             modules += [ComplexConv2d(channels, features), nn.ReLU(inplace=True)]
             channels = features
-        modules.append(ComplexConv2d(channels, coils))
+        last = ComplexConv2d(channels, coils)
+        nn.init.zeros_(last.real.weight)  # each block starts as the identity (zero-filled + data consistency)
+        nn.init.zeros_(last.imag.weight)
+        modules.append(last)
         self.net = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesr.models._blocks import conv3x3
+from edgesr.models._blocks import conv3x3, zero_init
 from edgesr.models._registry import register_model
 from edgesr.physics.mri import MultiCoilSense, conjugate_gradient
 
@@ -33,7 +33,7 @@ class Denoiser(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             channels = features
-        modules.append(conv3x3(channels, 2))
+        modules.append(zero_init(conv3x3(channels, 2)))  # D_w starts as the identity: MoDL starts as CG-SENSE
         self.net = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,12 +74,12 @@ class MoDL(nn.Module):
         self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor
     ) -> torch.Tensor:
         lam = self.lam
-        rhs0 = self.physics.A_adjoint(masked_kspace, sens_maps, mask)
+        rhs0 = self.physics.A_adjoint(masked_kspace, mask, sens_maps)
         x = rhs0
         for _ in range(self.iterations):
             z = self.denoiser(x)
             x = conjugate_gradient(
-                lambda v: self.physics.normal(v, sens_maps, mask) + lam * v,
+                lambda v: self.physics.normal(v, mask, sens_maps) + lam * v,
                 rhs0 + lam * z,
                 x0=z,
                 n_iter=self.cg_iterations,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgesr.models._blocks import SubPixelUpsampler, check_sr_inputs, conv3x3
+from edgesr.models._blocks import SubPixelUpsampler, check_sr_inputs, conv3x3, zero_init
 from edgesr.models._registry import register_model
 
 
@@ -76,6 +76,7 @@ class RDN(nn.Module):
         )
         self.upsample = SubPixelUpsampler(features, scale)
         self.to_image = conv3x3(features, in_channels)
+        zero_init(self.to_image)  # start as the interpolation baseline, learn the residual
 
     def forward(self, lr: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         check_sr_inputs(lr, base, self.scale, self.in_channels)

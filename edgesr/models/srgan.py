@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgesr.models._blocks import SubPixelUpsampler, check_sr_inputs, conv3x3
+from edgesr.models._blocks import SubPixelUpsampler, check_sr_inputs, conv3x3, zero_init
 from edgesr.models._registry import register_model
 
 
@@ -63,6 +63,7 @@ class SRResNet(nn.Module):
         )
         self.upsample = SubPixelUpsampler(features, scale, activation=nn.PReLU)
         self.to_image = nn.Conv2d(features, in_channels, 9, padding=4)
+        zero_init(self.to_image)  # start as the interpolation baseline, learn the residual
 
     def forward(self, lr: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         check_sr_inputs(lr, base, self.scale, self.in_channels)

@@ -42,25 +42,25 @@ class MultiCoilSense(nn.Module):
 
     Example:
         >>> A = MultiCoilSense()
-        >>> y = A(x, maps, mask)                  # forward
-        >>> x_adj = A.A_adjoint(y, maps, mask)    # adjoint
+        >>> y = A(x, mask, maps)                  # forward
+        >>> x_adj = A.A_adjoint(y, mask, maps)    # adjoint
     """
 
-    def A(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def A(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         _check_shapes(image, None, sens_maps, mask)
         return fft2c(complex_mul(sens_maps, image)) * mask
 
-    def A_adjoint(self, kspace: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def A_adjoint(self, kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         _check_shapes(None, kspace, sens_maps, mask)
         coil_images = complex_mul(complex_conj(sens_maps), ifft2c(kspace * mask))
         return coil_images.unflatten(1, (-1, 2)).sum(dim=1)
 
-    def normal(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def normal(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         """``A^H A x``, the operator that CG-SENSE and MoDL's data consistency invert."""
-        return self.A_adjoint(self.A(image, sens_maps, mask), sens_maps, mask)
+        return self.A_adjoint(self.A(image, mask, sens_maps), mask, sens_maps)
 
-    def forward(self, image: torch.Tensor, sens_maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.A(image, sens_maps, mask)
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
+        return self.A(image, mask, sens_maps)
 
 
 def add_complex_noise(

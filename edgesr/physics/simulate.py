@@ -56,7 +56,7 @@ def simulate_multicoil(
     maps = simulate_coil_maps(height, width, n_coils, seed=seed)
     mask = cartesian_mask(width, acceleration, center_fraction=center_fraction, kind=mask_kind, seed=seed)
     mask4 = mask.view(1, 1, 1, width)
-    kspace = MultiCoilSense()(target[None], maps[None], mask4)
+    kspace = MultiCoilSense()(target[None], mask4, maps[None])
     generator = torch.Generator().manual_seed(seed)
     kspace = add_complex_noise(kspace, noise_std, generator=generator) * mask4
     return ReconSample(kspace[0], mask, maps, target)

@@ -85,11 +85,11 @@ def test_modl_with_zero_denoiser_residual_is_cg_sense():
         out = model(kspace, mask, maps)
         # Fixed point of x = argmin ||Ax - y||^2 + lam ||x - x||^2 over iterations is the least-squares
         # solution: the residual of the normal equations must shrink towards 0.
-        normal = model.physics.normal(out, maps, mask)
-        rhs = model.physics.A_adjoint(kspace, maps, mask)
-        first = model.physics.A_adjoint(kspace, maps, mask)
+        normal = model.physics.normal(out, mask, maps)
+        rhs = model.physics.A_adjoint(kspace, mask, maps)
+        first = model.physics.A_adjoint(kspace, mask, maps)
         assert float((normal - rhs).norm()) < 0.2 * float(
-            (model.physics.normal(first, maps, mask) - rhs).norm()
+            (model.physics.normal(first, mask, maps) - rhs).norm()
         )
 
 

@@ -67,7 +67,7 @@ def test_sense_operator_is_adjoint(mask_rows):
     mask = cartesian_mask(width, 3, seed=1).double().view(1, 1, 1, width).expand(1, 1, mask_rows, width)
     A = MultiCoilSense()
     x, y = _randn(1, 2, height, width, seed=6), _randn(1, 2 * coils, height, width, seed=7)
-    lhs, rhs = _inner(A(x, maps, mask), y), _inner(x, A.A_adjoint(y, maps, mask))
+    lhs, rhs = _inner(A(x, mask, maps), y), _inner(x, A.A_adjoint(y, mask, maps))
     assert abs(lhs - rhs) <= 1e-5 * abs(rhs)
 
 
@@ -75,9 +75,9 @@ def test_sense_operator_rejects_bad_shapes():
     A = MultiCoilSense()
     maps = torch.zeros(1, 8, 10, 12)
     with pytest.raises(ValueError, match="image must be"):
-        A(torch.zeros(1, 2, 10, 11), maps, torch.ones(1, 1, 1, 12))
+        A(torch.zeros(1, 2, 10, 11), torch.ones(1, 1, 1, 12), maps)
     with pytest.raises(ValueError, match="mask must be"):
-        A(torch.zeros(1, 2, 10, 12), maps, torch.ones(1, 1, 1, 11))
+        A(torch.zeros(1, 2, 10, 12), torch.ones(1, 1, 1, 11), maps)
 
 
 def test_simulated_maps_have_unit_rss_and_vary_with_seed():
@@ -101,8 +101,8 @@ def test_cg_sense_recovers_image_from_fully_sampled_data():
     mask = torch.ones(1, 1, 1, width, dtype=torch.float64)
     x = _randn(1, 2, height, width, seed=9)
     A = MultiCoilSense()
-    rhs = A.A_adjoint(A(x, maps, mask), maps, mask)
-    solved = conjugate_gradient(lambda v: A.normal(v, maps, mask), rhs, n_iter=30)
+    rhs = A.A_adjoint(A(x, mask, maps), mask, maps)
+    solved = conjugate_gradient(lambda v: A.normal(v, mask, maps), rhs, n_iter=30)
     torch.testing.assert_close(solved, x, atol=1e-6, rtol=1e-6)
 
 
@@ -114,7 +114,7 @@ def test_estimated_maps_reproduce_the_true_maps_on_the_object(method):
     image = from_complex(torch.polar(disk * (1.0 + 0.3 * yy), smooth_phase(height, width, seed=1))[None])
     maps = simulate_coil_maps(height, width, coils, seed=3)
     mask = cartesian_mask(width, 3, center_fraction=0.3, seed=0)
-    kspace = MultiCoilSense()(image[None], maps[None], mask.view(1, 1, 1, -1))[0]
+    kspace = MultiCoilSense()(image[None], mask.view(1, 1, 1, -1), maps[None])[0]
     estimated = estimate_coil_maps(kspace, mask, method=method)
     # Maps are defined up to a common phase: compare the coil-combined image S^H S x on the object.
     true_z, est_z = to_complex(maps), to_complex(estimated)

@@ -1,0 +1,20 @@
+"""``edgesr train``: train a model on the prepared data set (see :mod:`edgesr.train.loop`)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from rich.console import Console
+
+from edgesr.train.loop import TrainConfig, train
+
+
+def run_train(cfg: TrainConfig) -> int:
+    command = "edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = train(cfg, command=command)
+    Console(stderr=True).print(
+        f"[green]done[/]: step {result['step']}, best val PSNR {result['best_val_psnr']:.2f} dB; "
+        f"checkpoints in {cfg.out}/best and {cfg.out}/last"
+    )
+    return 0

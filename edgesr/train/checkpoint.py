@@ -1,0 +1,154 @@
+"""Checkpoints as safetensors + JSON: never a pickle, so loading one cannot run code.
+
+A checkpoint is a folder::
+
+    model.safetensors    # the model's state dict
+    state.safetensors    # optimizer tensors and the torch RNG state (training checkpoints only)
+    checkpoint.json      # model name and options, step, metrics, the run's config, optimizer layout
+
+A folder is replaced as a whole: the new one is written beside it and swapped in with two renames, so
+an interrupted save leaves the previous checkpoint intact (``load`` also finds ``<name>.old``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgesr.errors import DataError
+from edgesr.models import create_model
+
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.safetensors", "checkpoint.json"
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as flat tensors plus a JSON-able layout."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, entries in layout["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": layout["param_groups"]}
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_options: dict[str, Any],
+    step: int,
+    metrics: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    extra_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Writes a checkpoint folder atomically (see the module docstring) and returns its path."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE)
+    )
+    meta: dict[str, Any] = {
+        "format": "edgesr-checkpoint",
+        "model": model_name,
+        "model_options": model_options,
+        "step": step,
+        "metrics": metrics or {},
+        "config": config or {},
+    }
+    if optimizer is not None:
+        tensors, layout = _flatten_optimizer(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        for key, value in (extra_state or {}).items():
+            tensors[f"extra.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / STATE_FILE))
+        meta["optimizer"] = layout
+        meta["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _resolve(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if (folder / META_FILE).is_file():
+        return folder
+    old = folder.with_name(folder.name + ".old")
+    if (old / META_FILE).is_file():  # a save was interrupted between its two renames
+        return old
+    raise DataError(f"{folder}: no checkpoint here (expected {META_FILE} and {MODEL_FILE})")
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    path = _resolve(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    if meta.get("format") != "edgesr-checkpoint":
+        raise DataError(f"{path}: not an edgesr checkpoint")
+    return meta
+
+
+def load_model(
+    folder: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Builds the checkpoint's model and loads its weights (strictly); returns (model, metadata)."""
+    meta = read_metadata(folder)
+    model = create_model(meta["model"], **meta["model_options"])
+    weights = load_file(str(_resolve(folder) / MODEL_FILE), device=str(map_location))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise DataError(f"{folder}: weights do not fit model {meta['model']!r} ({exc})") from None
+    return model, meta
+
+
+def load_training_state(
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restores model, optimizer, scheduler and the torch RNG; returns (metadata, extra tensors)."""
+    resolved = _resolve(folder)
+    meta = read_metadata(resolved)
+    model.load_state_dict(load_file(str(resolved / MODEL_FILE)), strict=True)
+    tensors = load_file(str(resolved / STATE_FILE))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    return meta, extra

@@ -1,0 +1,198 @@
+"""Training batches drawn from the prepared data set, a pure function of (seed, step).
+
+Every batch is built from a generator seeded with ``(seed, step)``, never from a running RNG. That
+buys three things: a resumed run sees exactly the batches an uninterrupted run would have seen; a
+distributed run draws the same *global* batch on every rank and each rank keeps its own shard, so it
+matches a single process with the same global batch; and no data-loader state needs saving.
+
+SR: a training slice is augmented (90-degree rotations, flips, a random gamma and contrast), degraded
+as a whole (with a random noise level), interpolated as a whole (the model's ``base``), and only then
+cropped into aligned LR/base/HR patches, preferring patches with tissue in them.
+Recon: a random crop of an augmented training slice becomes a simulated multi-coil acquisition with a
+per-sample seed, acceleration and mask kind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from edgesr.baselines import interpolate_base
+from edgesr.data.dataset import PreparedDataset
+from edgesr.physics.degrade import crop_to_multiple, degrade
+from edgesr.physics.simulate import simulate_multicoil
+
+
+class SRBatch(NamedTuple):
+    """``lr [B, 1, p, p]``, ``base`` and ``hr`` ``[B, 1, p*s, p*s]``, intensities / volume max."""
+
+    lr: torch.Tensor
+    base: torch.Tensor
+    hr: torch.Tensor
+
+
+class ReconBatch(NamedTuple):
+    """``kspace``/``sens_maps`` ``[B, 2C, H, W]``, ``mask`` ``[B, 1, 1, W]``, ``target`` ``[B, 2, H, W]``."""
+
+    kspace: torch.Tensor
+    mask: torch.Tensor
+    sens_maps: torch.Tensor
+    target: torch.Tensor
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _shard(batch_size: int, rank: int, world_size: int) -> range:
+    if batch_size % world_size:
+        raise ValueError(f"global batch {batch_size} is not divisible by world size {world_size}")
+    per_rank = batch_size // world_size
+    return range(rank * per_rank, (rank + 1) * per_rank)
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g))
+
+
+def _augment(image: torch.Tensor, g: torch.Generator, intensity: bool) -> torch.Tensor:
+    """Random rot90/flip; random gamma in [0.7, 1.4] and contrast scale in [0.75, 1] (image in [0, 1])."""
+    image = torch.rot90(image, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
+    if bool(torch.randint(0, 2, (), generator=g)):
+        image = torch.flip(image, dims=(-1,))
+    if intensity:
+        gamma = math.exp(_uniform(g, math.log(0.7), math.log(1.4)))
+        image = image.clamp_min(0).pow(gamma) * _uniform(g, 0.75, 1.0)
+    return image
+
+
+def _foreground_crop(
+    image: torch.Tensor, size_h: int, size_w: int, g: torch.Generator, tries: int = 8
+) -> tuple[int, int]:
+    """Top-left corner of a crop, re-drawn up to ``tries`` times while the crop is mostly background."""
+    height, width = image.shape[-2:]
+    if size_h > height or size_w > width:
+        raise ValueError(f"crop {size_h}x{size_w} does not fit an image of {height}x{width}")
+    threshold = 0.1 * float(image.max())
+    for _ in range(tries):
+        top = int(torch.randint(0, height - size_h + 1, (), generator=g))
+        left = int(torch.randint(0, width - size_w + 1, (), generator=g))
+        if float((image[..., top : top + size_h, left : left + size_w] > threshold).float().mean()) > 0.3:
+            break
+    return top, left
+
+
+class SRBatches:
+    """Patches for SR training from the ``split`` slices of one modality."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        *,
+        modality: str,
+        scale: int,
+        degradation: str,
+        upsampler: str,
+        patch: int,
+        batch_size: int,
+        noise_max: float = 0.0,
+        augment: bool = True,
+        seed: int = 0,
+        split: str = "train",
+    ) -> None:
+        self.images = [torch.from_numpy(s.image / s.volume_max) for s in dataset.slices(split, modality)]
+        if not self.images:
+            raise ValueError(f"no {modality} slices in the {split} split")
+        self.scale, self.degradation, self.upsampler = scale, degradation, upsampler
+        self.patch, self.batch_size, self.noise_max = patch, batch_size, noise_max
+        self.augment, self.seed = augment, seed
+
+    def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> SRBatch:
+        g = _generator(self.seed, step)
+        lrs, bases, hrs = [], [], []
+        mine = _shard(self.batch_size, rank, world_size)
+        for item in range(self.batch_size):
+            # Every rank draws every item's randomness, so the global batch is the same on all ranks.
+            image = self.images[int(torch.randint(0, len(self.images), (), generator=g))]
+            image = _augment(image, g, self.augment) if self.augment else image
+            noise = _uniform(g, 0.0, self.noise_max)
+            noise_seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+            hr = crop_to_multiple(image[None, None].float(), self.scale)
+            top, left = _foreground_crop(hr[0, 0, :: self.scale, :: self.scale], self.patch, self.patch, g)
+            if item not in mine:
+                continue
+            lr = degrade(
+                hr,
+                self.scale,
+                self.degradation,
+                noise_std=noise,
+                generator=torch.Generator().manual_seed(noise_seed),
+            )
+            base = interpolate_base(lr, self.scale, self.upsampler, self.degradation)
+            s, p = self.scale, self.patch
+            lrs.append(lr[..., top : top + p, left : left + p])
+            bases.append(base[..., top * s : (top + p) * s, left * s : (left + p) * s])
+            hrs.append(hr[..., top * s : (top + p) * s, left * s : (left + p) * s])
+        return SRBatch(torch.cat(lrs), torch.cat(bases), torch.cat(hrs))
+
+
+class ReconBatches:
+    """Simulated multi-coil acquisitions of random crops of the ``split`` MR slices."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        *,
+        crop: int,
+        batch_size: int,
+        accelerations: Sequence[float],
+        masks: Sequence[str],
+        coils: int,
+        center_fraction: float,
+        noise_std: float,
+        augment: bool = True,
+        seed: int = 0,
+        split: str = "train",
+    ) -> None:
+        self.images = [torch.from_numpy(s.image / s.volume_max) for s in dataset.slices(split, "MR")]
+        if not self.images:
+            raise ValueError(f"no MR slices in the {split} split")
+        self.crop, self.batch_size = crop, batch_size
+        self.accelerations, self.masks = list(accelerations), list(masks)
+        self.coils, self.center_fraction, self.noise_std = coils, center_fraction, noise_std
+        self.augment, self.seed = augment, seed
+
+    def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> ReconBatch:
+        g = _generator(self.seed, step)
+        samples = []
+        mine = _shard(self.batch_size, rank, world_size)
+        for item in range(self.batch_size):
+            image = self.images[int(torch.randint(0, len(self.images), (), generator=g))]
+            image = _augment(image, g, self.augment) if self.augment else image
+            crop_h, crop_w = min(self.crop, image.shape[-2]), min(self.crop, image.shape[-1])
+            top, left = _foreground_crop(image, crop_h, crop_w, g)
+            acceleration = self.accelerations[int(torch.randint(0, len(self.accelerations), (), generator=g))]
+            mask_kind = self.masks[int(torch.randint(0, len(self.masks), (), generator=g))]
+            sample_seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+            if item not in mine:
+                continue
+            samples.append(
+                simulate_multicoil(
+                    image[top : top + crop_h, left : left + crop_w].float(),
+                    acceleration=acceleration,
+                    seed=sample_seed,
+                    n_coils=self.coils,
+                    mask_kind=mask_kind,
+                    center_fraction=self.center_fraction,
+                    noise_std=self.noise_std,
+                )
+            )
+        return ReconBatch(
+            torch.stack([s.kspace for s in samples]),
+            torch.stack([s.mask for s in samples]).view(len(samples), 1, 1, -1),
+            torch.stack([s.sens_maps for s in samples]),
+            torch.stack([s.target for s in samples]),
+        )

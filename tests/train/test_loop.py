@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgesr.config import parse_overrides
+from edgesr.errors import ConfigError
+from edgesr.train.checkpoint import load_model, read_metadata
+from edgesr.train.loop import TrainConfig, train, warmup_cosine
+
+
+def _sr_config(dataset, out: Path, *extra: str) -> TrainConfig:
+    return parse_overrides(
+        TrainConfig,
+        [
+            "model=rdn_tiny", f"out={out}", f"data.root={dataset.path.parent}", "data.patch=8",
+            "data.batch_size=4", "data.val_slices=2", "optim.steps=6", "optim.warmup=2", "eval_every=3",
+            "log_every=1", "device=cpu", *extra,
+        ],
+    )  # fmt: skip
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, warmup=4, total=20, min_ratio=0.1) == pytest.approx(0.25)
+    assert warmup_cosine(4, warmup=4, total=20, min_ratio=0.1) == pytest.approx(1.0)
+    assert warmup_cosine(20, warmup=4, total=20, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_dataset, tmp_path):
+    full = train(_sr_config(tiny_dataset, tmp_path / "full"))
+    assert full["step"] == 6
+    stopped = train(_sr_config(tiny_dataset, tmp_path / "split"), stop_at=4)
+    assert stopped["step"] == 4 and read_metadata(tmp_path / "split" / "last")["step"] == 4
+    resumed = train(_sr_config(tiny_dataset, tmp_path / "split", "resume=true"))
+    assert resumed["step"] == 6
+    a, b = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "split" / "last")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    sa = load_file(str(tmp_path / "full" / "last" / "state.safetensors"))
+    sb = load_file(str(tmp_path / "split" / "last" / "state.safetensors"))
+    for key in sa:
+        if key.startswith("optim."):
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
+    assert resumed["val_psnr"] == full["val_psnr"]
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_reloads_and_run_folder_is_protected(tiny_dataset, tmp_path):
+    train(_sr_config(tiny_dataset, tmp_path / "run", "optim.steps=3"))
+    model, meta = load_model(tmp_path / "run" / "best")
+    assert meta["model"] == "rdn_tiny" and meta["model_options"]["scale"] == 2
+    assert (tmp_path / "run" / "config.resolved.yaml").is_file()
+    assert "command" in meta["config"]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_sr_config(tiny_dataset, tmp_path / "run", "optim.steps=3"))
+    with pytest.raises(ConfigError, match="no run to resume"):
+        train(_sr_config(tiny_dataset, tmp_path / "other", "resume=true"))
+
+
+@pytest.mark.parametrize("gan", ["standard", "wgan-gp"])
+def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
+    cfg = _sr_config(
+        tiny_dataset, tmp_path / gan, "model=srgan_tiny", "data.scale=4", "data.patch=4",
+        "loss.adversarial_weight=1e-3", f"loss.gan={gan}", "optim.steps=2", "eval_every=2",
+    )  # fmt: skip
+    result = train(cfg)
+    assert result["step"] == 2 and (tmp_path / gan / "discriminator" / "model.safetensors").is_file()
+    record = json.loads((tmp_path / gan / "log.jsonl").read_text().splitlines()[0])
+    assert "adversarial" in record and "discriminator" in record
+
+
+@pytest.mark.parametrize("model", ["modl_tiny", "deepcomplex_tiny"])
+def test_recon_training_runs(tiny_dataset, tmp_path, model):
+    cfg = parse_overrides(
+        TrainConfig,
+        [
+            f"model={model}", f"out={tmp_path / model}", f"data.root={tiny_dataset.path.parent}",
+            "data.crop=24", "data.coils=4", "data.batch_size=2", "data.val_slices=1", "optim.steps=2", "eval_every=2",
+            "loss.ssim_weight=0.1", "device=cpu",
+        ],
+    )  # fmt: skip
+    result = train(cfg)
+    assert result["step"] == 2 and result["val_psnr"] > 10
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_dataset, tmp_path):
+    common = [
+        "model=rdn_tiny", f"data.root={tiny_dataset.path.parent}", "data.patch=8", "data.batch_size=4",
+        "data.val_slices=1", "optim.steps=3", "eval_every=3", "device=cpu", "threads=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "edgesr", "train", *common, f"out={tmp_path / 'single'}"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    ddp = subprocess.run(
+        [*launch, "-m", "edgesr", "train", *common, f"out={tmp_path / 'ddp'}"],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = _weights(tmp_path / "single" / "last"), _weights(tmp_path / "ddp" / "last")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
