@@ -88,8 +88,8 @@ def test_recon_training_runs(tiny_dataset, tmp_path, model):
         TrainConfig,
         [
             f"model={model}", f"out={tmp_path / model}", f"data.root={tiny_dataset.path.parent}",
-            "data.crop=24", "data.coils=4", "data.batch_size=2", "data.val_slices=1", "optim.steps=2", "eval_every=2",
-            "loss.ssim_weight=0.1", "device=cpu",
+            "data.crop=24", "data.coils=4", "data.batch_size=2", "data.val_slices=1", "optim.steps=2",
+            "eval_every=2", "loss.ssim_weight=0.1", "device=cpu",
         ],
     )  # fmt: skip
     result = train(cfg)
