@@ -8,6 +8,7 @@ from typing import Any
 
 from edgesr.commands.baseline import BaselineConfig, run_baseline
 from edgesr.commands.data import InfoConfig, run_info, run_prepare
+from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.train import run_train
 from edgesr.data.prepare import PrepareConfig
 from edgesr.train.loop import TrainConfig
@@ -46,7 +47,7 @@ COMMANDS: dict[str, Command] = {
             TrainConfig,
             run_train,
         ),
-        Command("enhance", "run a trained model on your image or k-space", None, None, "issue 3 (teachers)"),
+        Command("enhance", "run a trained model on your image or k-space", EnhanceConfig, run_enhance),
         Command(
             "compress",
             "distil, prune and quantize a teacher by a recipe",

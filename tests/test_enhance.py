@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgesr.cli import main
+from edgesr.inference import SRSettings, super_resolve_slice, upsampled_affine
+from edgesr.models import create_model
+from edgesr.physics.fft import to_complex
+from edgesr.physics.simulate import simulate_multicoil
+from edgesr.train.checkpoint import save_checkpoint
+
+
+def _random_sr_model(scale: int = 2, name: str = "rdn_tiny"):
+    torch.manual_seed(0)
+    model = create_model(name, scale=scale)
+    torch.nn.init.normal_(model.to_image.weight, std=0.05)  # not the zero-initialised identity
+    return model.eval()
+
+
+@pytest.fixture
+def sr_checkpoint(tmp_path):
+    model = _random_sr_model()
+    return save_checkpoint(
+        tmp_path / "ckpt", model, model_name="rdn_tiny", model_options={"scale": 2, "upsampler": "zero-fill"},
+        step=1, config={"data": {"modality": "MR"}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_tiled_inference_equals_whole_image(scale):
+    model = _random_sr_model(scale)
+    lr = torch.rand(37, 31)
+    whole = super_resolve_slice(model, lr, SRSettings(tile=0))
+    tiled = super_resolve_slice(model, lr, SRSettings(tile=8, halo=12))
+    assert whole.shape == (37 * scale, 31 * scale)
+    assert float((whole - tiled).abs().max()) < 1e-4
+    rough = super_resolve_slice(model, lr, SRSettings(tile=8, halo=0))
+    assert float((whole - rough).abs().max()) > 1e-4  # the halo is what makes tiling exact
+
+
+def test_upsampled_affine_keeps_the_field_of_view():
+    affine = np.diag([2.0, 3.0, 5.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, 30.0]
+    hr = upsampled_affine(affine, 2, "ct-blur", (8, 6))
+    np.testing.assert_allclose(np.diag(hr)[:3], [1.0, 1.5, 5.0])
+    # HR voxel (0.5, 0.5) lies at LR coordinate 0 for the area grid: the same world point as LR voxel 0.
+    np.testing.assert_allclose(hr @ [0.5, 0.5, 0, 1], affine @ [0, 0, 0, 1])
+
+
+def test_enhance_nifti_keeps_dtype_and_scales_voxels(tmp_path, sr_checkpoint):
+    data = (np.random.default_rng(0).random((19, 17, 3)) * 200).astype(np.int16)
+    affine = np.diag([1.2, 1.4, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "lr.nii.gz")
+    out = tmp_path / "sr.nii.gz"
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'lr.nii.gz'}", f"output={out}"])
+        == 0
+    )
+    image = nib.load(out)
+    assert image.shape == (38, 34, 3)
+    assert image.get_data_dtype() == np.int16
+    np.testing.assert_allclose(image.header.get_zooms(), (0.6, 0.7, 3.0), rtol=1e-5)
+
+
+def test_enhance_png_and_npy(tmp_path, sr_checkpoint):
+    pixels = (np.random.default_rng(1).random((21, 15)) * 60000).astype(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "lr.png")
+    assert (
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'lr.png'}",
+                f"output={tmp_path / 'sr.png'}",
+            ]
+        )
+        == 0
+    )
+    with Image.open(tmp_path / "sr.png") as image:
+        result = np.asarray(image)
+    assert result.shape == (42, 30) and result.dtype == np.uint16
+    np.save(tmp_path / "lr.npy", pixels.astype(np.float32))
+    assert (
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'lr.npy'}",
+                f"output={tmp_path / 'sr.npy'}",
+            ]
+        )
+        == 0
+    )
+    assert np.load(tmp_path / "sr.npy").shape == (42, 30)
+
+
+def test_bad_input_leaves_an_existing_output_untouched(tmp_path, sr_checkpoint, capsys):
+    bad = np.ones((10, 10), dtype=np.float32)
+    bad[3, 3] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    out = tmp_path / "sr.npy"
+    np.save(out, np.zeros(3))
+    before = out.read_bytes()
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'bad.npy'}", f"output={out}"])
+        == 2
+    )
+    assert "NaN" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'none.npy'}", f"output={out}"])
+        == 2
+    )
+    assert main(["enhance", "model=rdn-mr-x9", f"input={tmp_path / 'bad.npy'}", f"output={out}"]) == 2
+    assert "no shipped teacher" in capsys.readouterr().err
+    assert (
+        sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    )  # no temporary left over
+
+
+@pytest.mark.parametrize(("name", "coils"), [("modl_tiny", 6), ("deepcomplex_tiny", 6)])
+def test_enhance_reconstructs_fastmri_kspace(tmp_path, name, coils):
+    torch.manual_seed(0)
+    options = {"coils": 4} if name.startswith("deepcomplex") else {}
+    model = create_model(name, **options)
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model, model_name=name, model_options=options, step=1, config={}
+    )
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), indexing="ij")
+    image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32) * 0.8)
+    kspace = []
+    for s in range(2):
+        sample = simulate_multicoil(image, acceleration=3, seed=0, n_coils=coils, center_fraction=0.25)
+        kspace.append(to_complex(sample.kspace).numpy() * 1000.0)  # a scanner's arbitrary units
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f.create_dataset("kspace", data=np.stack(kspace))
+    out = tmp_path / "recon.nii.gz"
+    assert main(["enhance", f"checkpoint={ckpt}", f"input={tmp_path / 'raw.h5'}", f"output={out}"]) == 0
+    result = np.asarray(nib.load(out).dataobj)
+    assert result.shape == (40, 36, 2)
+    inside = result[..., 0][(yy**2 + xx**2) < 0.3]
+    assert np.median(inside) == pytest.approx(800.0, rel=0.3)  # back in the data's own units
