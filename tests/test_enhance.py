@@ -133,10 +133,9 @@ def test_enhance_reconstructs_fastmri_kspace(tmp_path, name, coils):
     )
     yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), indexing="ij")
     image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32) * 0.8)
-    kspace = []
-    for s in range(2):
-        sample = simulate_multicoil(image, acceleration=3, seed=0, n_coils=coils, center_fraction=0.25)
-        kspace.append(to_complex(sample.kspace).numpy() * 1000.0)  # a scanner's arbitrary units
+    # Two slices acquired with one mask (one seed), in a scanner's arbitrary units.
+    sample = simulate_multicoil(image, acceleration=3, seed=0, n_coils=coils, center_fraction=0.25)
+    kspace = [to_complex(sample.kspace).numpy() * 1000.0] * 2
     with h5py.File(tmp_path / "raw.h5", "w") as f:
         f.create_dataset("kspace", data=np.stack(kspace))
     out = tmp_path / "recon.nii.gz"
