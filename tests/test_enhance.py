@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import json
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -144,3 +147,27 @@ def test_enhance_reconstructs_fastmri_kspace(tmp_path, name, coils):
     assert result.shape == (40, 36, 2)
     inside = result[..., 0][(yy**2 + xx**2) < 0.3]
     assert np.median(inside) == pytest.approx(800.0, rel=0.3)  # back in the data's own units
+
+
+def test_evaluate_writes_a_model_card(tmp_path, tiny_dataset, sr_checkpoint, capsys):
+    card = tmp_path / "card"
+    args = [
+        "evaluate",
+        f"checkpoint={sr_checkpoint}",
+        f"root={tiny_dataset.path.parent}",
+        f"card={card}",
+        "format=json",
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    methods = {r["method"] for r in report["results"]}
+    assert {"bicubic", "zero-fill"} < methods and len(methods) == 3
+    comparison = report["comparison"][0]
+    assert comparison["best_baseline"] in ("bicubic", "zero-fill")
+    model_card = json.loads((card / "model_card.json").read_text())
+    assert (
+        model_card["weights"]["sha256"]
+        == hashlib.sha256((card / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert "optimizer" not in json.loads((card / "checkpoint.json").read_text())
+    assert main(["evaluate", f"checkpoint={card}", f"root={tiny_dataset.path.parent}", "split=val"]) == 0

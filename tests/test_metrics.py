@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from edgesr.metrics import crop_border, nmse, psnr, ssim
+from edgesr.metrics import crop_border, hfen, nmse, psnr, ssim
 
 
 def _real_slices() -> list[np.ndarray]:
@@ -76,3 +76,18 @@ def test_metric_shape_errors_name_the_shapes():
         psnr(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+def test_hfen_matches_scipy_laplacian_of_gaussian():
+    from scipy.ndimage import gaussian_laplace
+
+    reference = _real_slices()[1]
+    degraded = _degraded(reference, seed=5)
+    r = 7  # keep only positions where the 15x15 filter lies inside the image
+    log_ref = gaussian_laplace(reference, 1.5, truncate=r / 1.5)[r:-r, r:-r]
+    log_deg = gaussian_laplace(degraded, 1.5, truncate=r / 1.5)[r:-r, r:-r]
+    expected = np.linalg.norm(log_deg - log_ref) / np.linalg.norm(log_ref)
+    value = hfen(torch.from_numpy(degraded)[None, None], torch.from_numpy(reference)[None, None])
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    same = torch.from_numpy(reference)[None, None]
+    assert float(hfen(same, same)) == 0.0

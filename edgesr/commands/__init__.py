@@ -9,6 +9,7 @@ from typing import Any
 from edgesr.commands.baseline import BaselineConfig, run_baseline
 from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
+from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.train import run_train
 from edgesr.data.prepare import PrepareConfig
 from edgesr.train.loop import TrainConfig
@@ -46,6 +47,12 @@ COMMANDS: dict[str, Command] = {
             "train a model (RDN, SRGAN, MoDL, DeepcomplexMRI) on the prepared data",
             TrainConfig,
             run_train,
+        ),
+        Command(
+            "evaluate",
+            "score a trained model next to the baselines; card= writes a shippable teacher",
+            EvaluateConfig,
+            run_evaluate,
         ),
         Command("enhance", "run a trained model on your image or k-space", EnhanceConfig, run_enhance),
         Command(

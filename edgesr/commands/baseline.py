@@ -15,7 +15,15 @@ from edgesr import baselines
 from edgesr._io import write_json_atomic
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.dataset import PreparedDataset
-from edgesr.evaluate import DEFAULT_DEGRADATION, ReconMethod, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import (
+    DEFAULT_DEGRADATION,
+    ReconMethod,
+    SRMethod,
+    recon_samples,
+    score_recon,
+    score_sr,
+    sr_pairs,
+)
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.masks import MASK_KINDS
 
@@ -63,6 +71,22 @@ class BaselineConfig:
         check_range("center_fraction", self.center_fraction, low=0.01, high=1.0)
 
 
+def sr_baseline_methods() -> dict[str, SRMethod]:
+    return {"bicubic": baselines.sr_bicubic, "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s)}
+
+
+def recon_baseline_methods(
+    cg_lambda: float = baselines.CG_SENSE_LAMBDA,
+    cs_lambda: float = baselines.L1_WAVELET_LAMBDA,
+    cs_iterations: int = baselines.L1_WAVELET_ITERATIONS,
+) -> dict[str, ReconMethod]:
+    return {
+        "zero-filled": baselines.recon_zero_filled,
+        "cg-sense": partial(baselines.recon_cg_sense, lam=cg_lambda),
+        "l1-wavelet": partial(baselines.recon_l1_wavelet, lam=cs_lambda, n_iter=cs_iterations),
+    }
+
+
 def run_baseline(cfg: BaselineConfig) -> int:
     dataset = PreparedDataset(cfg.root or None)
     console = Console(stderr=cfg.format == "json")
@@ -95,11 +119,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
                 setting = {"task": "sr", "modality": modality, "scale": scale, "degradation": kind}
                 results += [setting | s.summary() for s in scores]
     if cfg.task in ("recon", "all"):
-        recon_methods: dict[str, ReconMethod] = {
-            "zero-filled": baselines.recon_zero_filled,
-            "cg-sense": partial(baselines.recon_cg_sense, lam=cfg.cg_lambda),
-            "l1-wavelet": partial(baselines.recon_l1_wavelet, lam=cfg.cs_lambda, n_iter=cfg.cs_iterations),
-        }
+        recon_methods = recon_baseline_methods(cfg.cg_lambda, cfg.cs_lambda, cfg.cs_iterations)
         for kind in cfg.masks:
             for r in cfg.accelerations:
                 with console.status(f"recon R={r:g} ({kind} mask, {cfg.coils} coils)"):
@@ -137,11 +157,11 @@ def run_baseline(cfg: BaselineConfig) -> int:
     if cfg.format == "json":
         print(json.dumps(report, indent=2))
     else:
-        _print_tables(console, report)
+        print_results(console, report)
     return 0
 
 
-def _print_tables(console: Console, report: dict[str, Any]) -> None:
+def print_results(console: Console, report: dict[str, Any]) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in report["results"]:
         if row["task"] == "sr":
@@ -151,7 +171,7 @@ def _print_tables(console: Console, report: dict[str, Any]) -> None:
         groups.setdefault(title, []).append(row)
     for title, rows in groups.items():
         table = Table(title=f"{title}: {report['split']} split, {rows[0]['slices']} slices")
-        for column in ("method", "PSNR dB", "SSIM", "NMSE", "worst PSNR dB", "s/slice"):
+        for column in ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "worst PSNR dB", "s/slice"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for row in rows:
             table.add_row(
@@ -159,6 +179,7 @@ def _print_tables(console: Console, report: dict[str, Any]) -> None:
                 f"{row['psnr_db']:.2f}",
                 f"{row['ssim']:.4f}",
                 f"{row['nmse']:.5f}",
+                f"{row['hfen']:.4f}",
                 f"{row['psnr_min_db']:.2f}",
                 f"{row['seconds_per_slice']:.3f}",
             )
