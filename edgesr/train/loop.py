@@ -35,6 +35,7 @@ from edgesr.config import check_choice, check_range, opt, to_yaml
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import DEFAULT_DEGRADATION, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, load_vgg19
 from edgesr.models import create_model, list_models, model_task
 from edgesr.models.srgan import Discriminator
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
@@ -105,6 +106,12 @@ class OptimSection:
 class LossSection:
     pixel: str = opt("l1", "pixel loss: l1 or mse")
     ssim_weight: float = opt(0.0, "weight of (1 - SSIM)")
+    perceptual_weight: float = opt(0.0, "SR: weight of the perceptual (feature) loss; 0 = off")
+    perceptual: str = opt(
+        "edgesr", "feature network: edgesr (trained here on the data) or vgg19 (local weights)"
+    )
+    perceptual_weights: str = opt("", "vgg19: a local safetensors file with torchvision's VGG19 keys")
+    feature_steps: int = opt(1500, "edgesr feature network: autoencoder training steps (cached)")
     adversarial_weight: float = opt(0.0, "SRGAN: weight of the adversarial term (paper: 1e-3); 0 = no GAN")
     gan: str = opt("standard", "SRGAN: standard (BCE) or wgan-gp")
     gp_weight: float = opt(10.0, "WGAN-GP gradient penalty weight")
@@ -113,6 +120,11 @@ class LossSection:
     def __post_init__(self) -> None:
         check_choice("loss.pixel", self.pixel, losses.PIXEL_LOSSES)
         check_choice("loss.gan", self.gan, losses.GAN_KINDS)
+        check_choice("loss.perceptual", self.perceptual, ("edgesr", "vgg19"))
+        if self.perceptual == "vgg19" and self.perceptual_weight > 0 and not self.perceptual_weights:
+            raise ConfigError(
+                "loss.perceptual=vgg19 needs loss.perceptual_weights=PATH (a local safetensors file)"
+            )
 
 
 @dataclass(frozen=True)
@@ -210,7 +222,7 @@ def _to(batch: SRBatch | ReconBatch, device: torch.device) -> Any:
 
 
 def _generator_loss(
-    model: nn.Module, batch: Any, cfg: TrainConfig, device: torch.device
+    model: nn.Module, batch: Any, cfg: TrainConfig, device: torch.device, perceptual: nn.Module | None = None
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Pixel (+ SSIM) loss of one batch; returns (loss, parts, prediction).
 
@@ -234,6 +246,10 @@ def _generator_loss(
         ssim_term = losses.ssim_loss(pred_mag, target_mag)
         loss = loss + cfg.loss.ssim_weight * ssim_term
         parts["ssim"] = ssim_term.item()
+    if perceptual is not None:
+        feature_term = perceptual(pred, target)
+        loss = loss + cfg.loss.perceptual_weight * feature_term
+        parts["perceptual"] = feature_term.item()
     return loss, parts, pred
 
 
@@ -323,6 +339,16 @@ def train(
         optimizer,
         lambda s: warmup_cosine(s, warmup=optim.warmup, total=optim.steps, min_ratio=optim.min_lr_ratio),
     )
+    perceptual: nn.Module | None = None
+    if cfg.task == "sr" and cfg.loss.perceptual_weight > 0:
+        if cfg.loss.perceptual == "vgg19":
+            features: nn.Module = load_vgg19(cfg.loss.perceptual_weights)
+        else:
+            with console.status("training edgesr's feature network (once per data set)"):
+                features = cached_feature_encoder(
+                    dataset, dataset.path / "features", steps=cfg.loss.feature_steps
+                )
+        perceptual = PerceptualLoss(features).to(env.device)
     adversarial = cfg.task == "sr" and cfg.loss.adversarial_weight > 0
     discriminator: nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
@@ -383,7 +409,7 @@ def train(
             while step < cfg.optim.steps:
                 train_model.train()
                 batch = _to(batches.batch(step, rank=env.rank, world_size=env.world_size), env.device)
-                loss, parts, pred = _generator_loss(train_model, batch, cfg, env.device)
+                loss, parts, pred = _generator_loss(train_model, batch, cfg, env.device, perceptual)
                 if disc_model is not None and disc_optimizer is not None:
                     gp = cfg.loss.gp_weight
                     d_loss = losses.discriminator_loss(disc_model, batch.hr, pred, cfg.loss.gan, gp_weight=gp)

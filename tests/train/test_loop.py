@@ -74,12 +74,14 @@ def test_checkpoint_reloads_and_run_folder_is_protected(tiny_dataset, tmp_path):
 def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
     cfg = _sr_config(
         tiny_dataset, tmp_path / gan, "model=srgan_tiny", "data.scale=4", "data.patch=4",
-        "loss.adversarial_weight=1e-3", f"loss.gan={gan}", "optim.steps=2", "eval_every=2",
+        "loss.adversarial_weight=1e-3", f"loss.gan={gan}", "loss.perceptual_weight=0.1",
+        "loss.feature_steps=2", "optim.steps=2", "eval_every=2",
     )  # fmt: skip
     result = train(cfg)
     assert result["step"] == 2 and (tmp_path / gan / "discriminator" / "model.safetensors").is_file()
     record = json.loads((tmp_path / gan / "log.jsonl").read_text().splitlines()[0])
-    assert "adversarial" in record and "discriminator" in record
+    assert {"adversarial", "discriminator", "perceptual"} <= set(record)
+    assert list((tiny_dataset.path / "features").glob("*.safetensors"))
 
 
 @pytest.mark.parametrize("model", ["modl_tiny", "deepcomplex_tiny"])
