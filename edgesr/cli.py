@@ -29,7 +29,7 @@ def _print_overview(console: Console) -> None:
     console.print(
         f"edgesr {__version__}: medical image SR and MRI reconstruction for the console and the edge\n"
     )
-    console.print(USAGE + "\n")
+    console.print(escape(USAGE) + "\n")
     table = Table(show_header=True, box=None)
     table.add_column("command")
     table.add_column("what it does")

@@ -13,7 +13,18 @@ from tests.conftest import needs_real_data
 def test_overview_and_command_help(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("data prepare", "baseline", "train", "compress", "export", "bench", "report", "enhance"):
+    assert "[key=value ...]" in out
+    for command in (
+        "data prepare",
+        "baseline",
+        "train",
+        "evaluate",
+        "compress",
+        "export",
+        "bench",
+        "report",
+        "enhance",
+    ):
         assert command in out
     assert main(["baseline", "--help"]) == 0
     out = capsys.readouterr().out

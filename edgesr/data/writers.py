@@ -65,7 +65,7 @@ def write_image(
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, out[0] if out.shape[0] == 1 else out)
+            tifffile.imwrite(tmp, out[0] if out.shape[0] == 1 else out, photometric="minisblack")
         else:
             with open(tmp, "wb") as f:
                 np.save(f, out[0] if out.shape[0] == 1 else out)
