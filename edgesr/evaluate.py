@@ -21,6 +21,7 @@ import torch
 
 from edgesr.data.dataset import PreparedDataset, SliceSample
 from edgesr.metrics import crop_border, hfen, nmse, psnr, ssim
+from edgesr.physics.coils import estimate_coil_maps
 from edgesr.physics.degrade import crop_to_multiple, degrade
 from edgesr.physics.fft import complex_abs
 from edgesr.physics.simulate import ReconSample, simulate_multicoil
@@ -133,8 +134,13 @@ def recon_samples(
     split: str = "test",
     max_slices: int = 0,
     seed: int = 0,
+    maps: str = "true",
 ) -> Iterator[tuple[ReconSample, str]]:
-    """Simulated acquisitions of the MR slices of ``split`` (intensities / volume max)."""
+    """Simulated acquisitions of the MR slices of ``split`` (intensities / volume max).
+
+    ``maps="true"`` hands every method the simulated coil sensitivities; ``"lowres"`` or ``"espirit"``
+    replaces them by maps estimated from the acquisition's own ACS lines, as with real raw data.
+    """
     for sample in _limited(dataset.slices(split, "MR"), max_slices):
         image = torch.from_numpy(sample.image / sample.volume_max)
         simulated = simulate_multicoil(
@@ -146,6 +152,9 @@ def recon_samples(
             center_fraction=center_fraction,
             noise_std=noise_std,
         )
+        if maps != "true":
+            estimated = estimate_coil_maps(simulated.kspace, simulated.mask, method=maps)
+            simulated = simulated._replace(sens_maps=estimated)
         yield simulated, f"{sample.volume}:{sample.slice_index}"
 
 

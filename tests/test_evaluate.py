@@ -30,3 +30,16 @@ def test_recon_samples_are_reproducible_and_limited(tiny_dataset):
         torch.testing.assert_close(a.kspace, b.kspace)
     scores = score_recon({"zero-filled": baselines.recon_zero_filled}, first)
     assert len(scores[0].psnr) == 2 and all(np.isfinite(scores[0].psnr))
+
+
+def test_recon_samples_can_use_maps_estimated_from_acs(tiny_dataset):
+    options = {"acceleration": 3, "max_slices": 1, "center_fraction": 0.25}
+    (given, _), (estimated, _) = (
+        next(recon_samples(tiny_dataset, **options)),
+        next(recon_samples(tiny_dataset, **options, maps="lowres")),
+    )
+    torch.testing.assert_close(given.kspace, estimated.kspace)
+    assert not torch.allclose(given.sens_maps, estimated.sens_maps)
+    methods = {"zero-filled": baselines.recon_zero_filled, "cg-sense": baselines.recon_cg_sense}
+    zero_filled, cg_sense = score_recon(methods, [(estimated, "estimated maps")])
+    assert cg_sense.psnr[0] > zero_filled.psnr[0] + 1.0  # the estimated maps unfold the aliasing

@@ -25,6 +25,7 @@ from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
 from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model
 from edgesr.train.loop import DataSection, sr_predict
@@ -39,6 +40,9 @@ class EvaluateConfig:
     split: str = opt("test", "test, val or train")
     accelerations: tuple[float, ...] = opt((4.0, 6.0), "recon: undersampling factors to score")
     masks: tuple[str, ...] = opt(("random",), "recon: mask kinds to score")
+    maps: str = opt(
+        "true", "recon: coil maps given to every method: true (simulated), lowres or espirit (from ACS)"
+    )
     max_slices: int = opt(0, "at most this many slices per volume (0: all)")
     root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
     format: str = opt("table", "table or json")
@@ -51,6 +55,7 @@ class EvaluateConfig:
             raise ConfigError("give exactly one of checkpoint= or model=")
         check_choice("split", self.split, ("train", "val", "test"))
         check_choice("format", self.format, ("table", "json"))
+        check_choice("maps", self.maps, ("true", *ESTIMATION_METHODS))
 
 
 def _comparison(scores: list[MethodScores], model_name: str) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def evaluate_model(cfg: EvaluateConfig, folder: Path, console: Console) -> dict[
                     samples = recon_samples(
                         dataset, acceleration=r, mask_kind=mask_kind, n_coils=data.coils,
                         center_fraction=data.center_fraction, noise_std=data.noise_std, split=cfg.split,
-                        max_slices=cfg.max_slices,
+                        max_slices=cfg.max_slices, maps=cfg.maps,
                     )  # fmt: skip
                     scores = score_recon(methods, samples)
                 setting = {
@@ -114,6 +119,7 @@ def evaluate_model(cfg: EvaluateConfig, folder: Path, console: Console) -> dict[
                     "modality": "MR",
                     "acceleration": r,
                     "mask": mask_kind,
+                    "maps": cfg.maps,
                     "coils": data.coils,
                 }
                 results += [setting | s.summary() for s in scores]
