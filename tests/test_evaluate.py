@@ -40,6 +40,8 @@ def test_recon_samples_can_use_maps_estimated_from_acs(tiny_dataset):
     )
     torch.testing.assert_close(given.kspace, estimated.kspace)
     assert not torch.allclose(given.sens_maps, estimated.sens_maps)
-    methods = {"zero-filled": baselines.recon_zero_filled, "cg-sense": baselines.recon_cg_sense}
-    zero_filled, cg_sense = score_recon(methods, [(estimated, "estimated maps")])
-    assert cg_sense.psnr[0] > zero_filled.psnr[0] + 1.0  # the estimated maps unfold the aliasing
+    scores = score_recon({"cg-sense": baselines.recon_cg_sense}, [(given, "true"), (estimated, "estimated")])
+    true_maps, estimated_maps = scores[0].psnr
+    # Usable maps (garbage maps give < 20 dB); on real brain slices lowres maps match the true ones
+    # (R = 4: 27.85 vs 27.64 dB), on this tiny 37x33 phantom with 8 ACS lines they cost some dB.
+    assert estimated_maps > 30.0 and true_maps > 30.0
