@@ -276,6 +276,50 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
+def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | ReconBatches:
+    data = cfg.data
+    if cfg.task == "sr":
+        return SRBatches(
+            dataset,
+            modality=data.modality,
+            scale=data.scale,
+            degradation=data.resolved_degradation,
+            upsampler=data.resolved_upsampler,
+            patch=data.patch,
+            batch_size=data.batch_size,
+            noise_max=data.noise_max,
+            augment=data.augment,
+            seed=cfg.seed,
+        )
+    return ReconBatches(
+        dataset,
+        crop=data.crop,
+        batch_size=data.batch_size,
+        accelerations=data.accelerations,
+        masks=data.masks,
+        coils=data.coils,
+        center_fraction=data.center_fraction,
+        noise_std=data.noise_std,
+        augment=data.augment,
+        seed=cfg.seed,
+    )
+
+
+def _make_perceptual(
+    cfg: TrainConfig, dataset: PreparedDataset, console: Console, device: torch.device
+) -> nn.Module | None:
+    if cfg.task != "sr" or cfg.loss.perceptual_weight <= 0:
+        return None
+    if cfg.loss.perceptual == "vgg19":
+        features: nn.Module = load_vgg19(cfg.loss.perceptual_weights)
+    else:
+        with console.status("training edgesr's feature network (once per data set)"):
+            features = cached_feature_encoder(
+                dataset, dataset.path / "features", steps=cfg.loss.feature_steps
+            )
+    return PerceptualLoss(features).to(device)
+
+
 def train(
     cfg: TrainConfig, *, command: str = "", stop_at: int | None = None, console: Console | None = None
 ) -> dict[str, Any]:
@@ -305,50 +349,14 @@ def train(
     if cfg.init and not cfg.resume:
         initial, _ = load_model(cfg.init)
         model.load_state_dict(initial.state_dict(), strict=True)
-    data = cfg.data
-    batches: SRBatches | ReconBatches
-    if cfg.task == "sr":
-        batches = SRBatches(
-            dataset,
-            modality=data.modality,
-            scale=data.scale,
-            degradation=data.resolved_degradation,
-            upsampler=data.resolved_upsampler,
-            patch=data.patch,
-            batch_size=data.batch_size,
-            noise_max=data.noise_max,
-            augment=data.augment,
-            seed=cfg.seed,
-        )
-    else:
-        batches = ReconBatches(
-            dataset,
-            crop=data.crop,
-            batch_size=data.batch_size,
-            accelerations=data.accelerations,
-            masks=data.masks,
-            coils=data.coils,
-            center_fraction=data.center_fraction,
-            noise_std=data.noise_std,
-            augment=data.augment,
-            seed=cfg.seed,
-        )
+    batches = _make_batches(cfg, dataset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     optim = cfg.optim
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: warmup_cosine(s, warmup=optim.warmup, total=optim.steps, min_ratio=optim.min_lr_ratio),
     )
-    perceptual: nn.Module | None = None
-    if cfg.task == "sr" and cfg.loss.perceptual_weight > 0:
-        if cfg.loss.perceptual == "vgg19":
-            features: nn.Module = load_vgg19(cfg.loss.perceptual_weights)
-        else:
-            with console.status("training edgesr's feature network (once per data set)"):
-                features = cached_feature_encoder(
-                    dataset, dataset.path / "features", steps=cfg.loss.feature_steps
-                )
-        perceptual = PerceptualLoss(features).to(env.device)
+    perceptual = _make_perceptual(cfg, dataset, console, env.device)
     adversarial = cfg.task == "sr" and cfg.loss.adversarial_weight > 0
     discriminator: nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
@@ -361,7 +369,7 @@ def train(
     if cfg.resume:
         if not (last_dir.exists() or (out / "last.old").exists()):
             raise ConfigError(f"resume=true, but {out} holds no run to resume")
-        meta, extra = load_training_state(last_dir, model, optimizer, scheduler)
+        meta, _ = load_training_state(last_dir, model, optimizer, scheduler)
         start_step, metrics = meta["step"], meta["metrics"]
         best_psnr = float(metrics.get("best_val_psnr", -math.inf))
         if discriminator is not None and disc_optimizer is not None and (out / "discriminator").exists():
