@@ -134,11 +134,11 @@ def recon_samples(
     split: str = "test",
     max_slices: int = 0,
     seed: int = 0,
-    maps: str = "true",
+    maps: str = "simulated",
 ) -> Iterator[tuple[ReconSample, str]]:
     """Simulated acquisitions of the MR slices of ``split`` (intensities / volume max).
 
-    ``maps="true"`` hands every method the simulated coil sensitivities; ``"lowres"`` or ``"espirit"``
+    ``maps="simulated"`` hands every method the simulated coil sensitivities; ``"lowres"`` or ``"espirit"``
     replaces them by maps estimated from the acquisition's own ACS lines, as with real raw data.
     """
     for sample in _limited(dataset.slices(split, "MR"), max_slices):
@@ -152,7 +152,7 @@ def recon_samples(
             center_fraction=center_fraction,
             noise_std=noise_std,
         )
-        if maps != "true":
+        if maps != "simulated":
             estimated = estimate_coil_maps(simulated.kspace, simulated.mask, method=maps)
             simulated = simulated._replace(sens_maps=estimated)
         yield simulated, f"{sample.volume}:{sample.slice_index}"

@@ -86,6 +86,16 @@ needs_real_data = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def real_data_root(tmp_path_factory) -> Path:
+    """The real default data set, prepared once per test session into a temporary folder."""
+    if not real_sources_available():
+        pytest.skip("real data packages not installed (run `bash .ci/setup`)")
+    root = tmp_path_factory.mktemp("real-data")
+    prepare_dataset(PrepareConfig(root=str(root)))
+    return root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
     """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""

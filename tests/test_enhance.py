@@ -171,3 +171,21 @@ def test_evaluate_writes_a_model_card(tmp_path, tiny_dataset, sr_checkpoint, cap
     )
     assert "optimizer" not in json.loads((card / "checkpoint.json").read_text())
     assert main(["evaluate", f"checkpoint={card}", f"root={tiny_dataset.path.parent}", "split=val"]) == 0
+
+
+def test_evaluate_recon_scores_each_coil_map_setting(tmp_path, tiny_dataset, capsys):
+    model = create_model("modl_tiny")
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model, model_name="modl_tiny", model_options={}, step=1, config={}
+    )
+    args = [
+        "evaluate", f"checkpoint={ckpt}", f"root={tiny_dataset.path.parent}", "split=val",
+        "accelerations=[4]", "maps=[simulated,lowres]", "max_slices=1", "format=json",
+    ]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["maps"] for c in report["comparison"]] == ["simulated", "lowres"]
+    methods = {(r["maps"], r["method"]) for r in report["results"]}
+    assert {("simulated", "cg-sense"), ("lowres", "cg-sense"), ("lowres", "zero-filled")} < methods
+    assert main([*args[:-1], "maps=[estimated]"]) == 2  # an unknown map setting names the key
+    assert "maps" in capsys.readouterr().err

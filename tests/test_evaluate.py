@@ -40,7 +40,9 @@ def test_recon_samples_can_use_maps_estimated_from_acs(tiny_dataset):
     )
     torch.testing.assert_close(given.kspace, estimated.kspace)
     assert not torch.allclose(given.sens_maps, estimated.sens_maps)
-    scores = score_recon({"cg-sense": baselines.recon_cg_sense}, [(given, "true"), (estimated, "estimated")])
+    scores = score_recon(
+        {"cg-sense": baselines.recon_cg_sense}, [(given, "simulated"), (estimated, "estimated")]
+    )
     true_maps, estimated_maps = scores[0].psnr
     # Usable maps (garbage maps give < 20 dB); on real brain slices lowres maps match the true ones
     # (R = 4: 27.85 vs 27.64 dB), on this tiny 37x33 phantom with 8 ACS lines they cost some dB.

@@ -69,3 +69,27 @@ def test_recon_teacher_reconstructs_hdf5(tmp_path, name):
     out = tmp_path / "recon.nii.gz"
     assert main(["enhance", f"model={name}", f"input={tmp_path / 'raw.h5'}", f"output={out}"]) == 0
     assert nib.load(out).shape == (48, 40, 1)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", list_teachers())
+def test_teacher_still_beats_the_baselines_on_real_test_slices(real_data_root, capsys, name):
+    """A regression guard on a few real test slices: the shipped weights keep the card's promise.
+
+    Pixel-loss teachers must beat the best classical baseline on every slice scored; an adversarial
+    (SRGAN) teacher trades PSNR for sharpness, so it must instead have a lower HFEN than bicubic.
+    """
+    argv = ["evaluate", f"model={name}", f"root={real_data_root}", "max_slices=2", "format=json"]
+    if name in RECON_TEACHERS:
+        argv.append("accelerations=[4]")
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    adversarial = "loss.adversarial_weight" in _card(name)["training"]["command"]
+    for comparison in report["comparison"]:
+        if adversarial:
+            by_method = {r["method"]: r for r in report["results"]}
+            model_label = next(m for m in by_method if m not in ("bicubic", "zero-fill"))
+            assert by_method[model_label]["hfen"] < by_method["bicubic"]["hfen"]
+        else:
+            assert comparison["gain_db_over_best_baseline"] > 0, comparison
+            assert comparison["slices_below_per_slice_best_baseline"] == 0, comparison

@@ -161,14 +161,18 @@ def run_baseline(cfg: BaselineConfig) -> int:
     return 0
 
 
+def setting_title(row: dict[str, Any]) -> str:
+    """A readable name for one scored setting (a row of a report's results or comparison)."""
+    if row["task"] == "sr":
+        return f"SR x{row['scale']} on {row['modality']} ({row['degradation']})"
+    maps = f", {row['maps']} coil maps" if "maps" in row else ""
+    return f"Recon R={row['acceleration']:g}, {row['mask']} mask, {row['coils']} coils{maps}"
+
+
 def print_results(console: Console, report: dict[str, Any]) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in report["results"]:
-        if row["task"] == "sr":
-            title = f"SR x{row['scale']} on {row['modality']} ({row['degradation']})"
-        else:
-            title = f"Recon R={row['acceleration']:g}, {row['mask']} mask, {row['coils']} coils"
-        groups.setdefault(title, []).append(row)
+        groups.setdefault(setting_title(row), []).append(row)
     for title, rows in groups.items():
         table = Table(title=f"{title}: {report['split']} split, {rows[0]['slices']} slices")
         for column in ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "worst PSNR dB", "s/slice"):

@@ -20,7 +20,12 @@ from rich.console import Console
 
 from edgesr import __version__
 from edgesr._io import write_json_atomic
-from edgesr.commands.baseline import print_results, recon_baseline_methods, sr_baseline_methods
+from edgesr.commands.baseline import (
+    print_results,
+    recon_baseline_methods,
+    setting_title,
+    sr_baseline_methods,
+)
 from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
@@ -40,8 +45,9 @@ class EvaluateConfig:
     split: str = opt("test", "test, val or train")
     accelerations: tuple[float, ...] = opt((4.0, 6.0), "recon: undersampling factors to score")
     masks: tuple[str, ...] = opt(("random",), "recon: mask kinds to score")
-    maps: str = opt(
-        "true", "recon: coil maps given to every method: true (simulated), lowres or espirit (from ACS)"
+    maps: tuple[str, ...] = opt(
+        ("simulated",),
+        "recon: coil maps for every method, each scored: simulated (true), lowres or espirit (from ACS)",
     )
     max_slices: int = opt(0, "at most this many slices per volume (0: all)")
     root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
@@ -55,7 +61,8 @@ class EvaluateConfig:
             raise ConfigError("give exactly one of checkpoint= or model=")
         check_choice("split", self.split, ("train", "val", "test"))
         check_choice("format", self.format, ("table", "json"))
-        check_choice("maps", self.maps, ("true", *ESTIMATION_METHODS))
+        for maps in self.maps:
+            check_choice("maps", maps, ("simulated", *ESTIMATION_METHODS))
 
 
 def _comparison(scores: list[MethodScores], model_name: str) -> dict[str, Any]:
@@ -105,25 +112,25 @@ def evaluate_model(cfg: EvaluateConfig, folder: Path, console: Console) -> dict[
         comparisons.append(setting | _comparison(scores, label))
     else:
         methods = recon_baseline_methods() | {label: model}
-        for mask_kind in cfg.masks:
-            for r in cfg.accelerations:
-                with console.status(f"recon R={r:g} ({mask_kind}), {cfg.split} split"):
-                    samples = recon_samples(
-                        dataset, acceleration=r, mask_kind=mask_kind, n_coils=data.coils,
-                        center_fraction=data.center_fraction, noise_std=data.noise_std, split=cfg.split,
-                        max_slices=cfg.max_slices, maps=cfg.maps,
-                    )  # fmt: skip
-                    scores = score_recon(methods, samples)
-                setting = {
-                    "task": "recon",
-                    "modality": "MR",
-                    "acceleration": r,
-                    "mask": mask_kind,
-                    "maps": cfg.maps,
-                    "coils": data.coils,
-                }
-                results += [setting | s.summary() for s in scores]
-                comparisons.append(setting | _comparison(scores, label))
+        settings = [(m, k, r) for m in cfg.maps for k in cfg.masks for r in cfg.accelerations]
+        for maps, mask_kind, r in settings:
+            with console.status(f"recon R={r:g} ({mask_kind}, {maps} maps), {cfg.split} split"):
+                samples = recon_samples(
+                    dataset, acceleration=r, mask_kind=mask_kind, n_coils=data.coils,
+                    center_fraction=data.center_fraction, noise_std=data.noise_std, split=cfg.split,
+                    max_slices=cfg.max_slices, maps=maps,
+                )  # fmt: skip
+                scores = score_recon(methods, samples)
+            setting = {
+                "task": "recon",
+                "modality": "MR",
+                "acceleration": r,
+                "mask": mask_kind,
+                "maps": maps,
+                "coils": data.coils,
+            }
+            results += [setting | s.summary() for s in scores]
+            comparisons.append(setting | _comparison(scores, label))
     return {
         "split": cfg.split,
         "protocol": PROTOCOL,
@@ -202,7 +209,8 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     print_results(console, report)
     for c in report["comparison"]:
         console.print(
-            f"vs best baseline ({c['best_baseline']}): {c['gain_db_over_best_baseline']:+.2f} dB on average; "
+            f"{setting_title(c)}: vs best baseline ({c['best_baseline']}) "
+            f"{c['gain_db_over_best_baseline']:+.2f} dB on average; "
             f"below the per-slice best baseline on {c['slices_below_per_slice_best_baseline']} slice(s)"
         )
     return 0
