@@ -30,6 +30,7 @@ from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
 from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.models import model_task
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model
@@ -158,6 +159,22 @@ def _training_seconds(run_dir: Path) -> float | None:
     return round(total + previous, 1)
 
 
+def _evaluate_command(cfg: EvaluateConfig, name: str, meta: dict[str, Any]) -> str:
+    """The command that re-scores the shipped teacher on the settings of this card."""
+    command = f"edgesr evaluate model={name} split={cfg.split}"
+    if model_task(meta["model"]) == "recon":
+
+        def listed(values: tuple[Any, ...]) -> str:
+            return "[" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
+
+        command += (
+            f" accelerations={listed(cfg.accelerations)} masks={listed(cfg.masks)} maps={listed(cfg.maps)}"
+        )
+    if cfg.max_slices:
+        command += f" max_slices={cfg.max_slices}"
+    return command
+
+
 def write_card(cfg: EvaluateConfig, folder: Path, report: dict[str, Any]) -> Path:
     target = Path(cfg.card)
     target.mkdir(parents=True, exist_ok=True)
@@ -187,7 +204,7 @@ def write_card(cfg: EvaluateConfig, folder: Path, report: dict[str, Any]) -> Pat
             for v in dataset.manifest["volumes"]
         ],
         "evaluation": report,
-        "evaluate_command": f"edgesr evaluate model={cfg.name or target.name} split={cfg.split}",
+        "evaluate_command": _evaluate_command(cfg, cfg.name or target.name, meta),
         "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         "edgesr_version": __version__,
     }
