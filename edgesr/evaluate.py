@@ -67,6 +67,9 @@ class MethodScores:
         }
 
 
+PROTOCOL = "edgesr v1: intensity / volume max, data_range 1, SSIM 11x11 Gaussian s=1.5, SR border=scale"
+
+
 def slice_seed(sample: SliceSample, base_seed: int = 0) -> int:
     """A seed fixed per (volume, slice): the same acquisition in every run and for every method."""
     return (zlib.crc32(sample.volume.encode()) + 1009 * sample.slice_index + 7919 * base_seed) % (2**31)

@@ -84,12 +84,11 @@ def test_teacher_still_beats_the_baselines_on_real_test_slices(real_data_root, c
         argv.append("accelerations=[4]")
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    adversarial = "loss.adversarial_weight" in _card(name)["training"]["command"]
+    if "loss.adversarial_weight" in _card(name)["training"]["command"]:
+        hfen = {r["method"]: r["hfen"] for r in report["results"]}  # one SR setting: one row per method
+        model_hfen = next(v for method, v in hfen.items() if method not in ("bicubic", "zero-fill"))
+        assert model_hfen < hfen["bicubic"]
+        return
     for comparison in report["comparison"]:
-        if adversarial:
-            by_method = {r["method"]: r for r in report["results"]}
-            model_label = next(m for m in by_method if m not in ("bicubic", "zero-fill"))
-            assert by_method[model_label]["hfen"] < by_method["bicubic"]["hfen"]
-        else:
-            assert comparison["gain_db_over_best_baseline"] > 0, comparison
-            assert comparison["slices_below_per_slice_best_baseline"] == 0, comparison
+        assert comparison["gain_db_over_best_baseline"] > 0, comparison
+        assert comparison["slices_below_per_slice_best_baseline"] == 0, comparison

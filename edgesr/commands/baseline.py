@@ -17,6 +17,7 @@ from edgesr.config import check_choice, check_range, opt
 from edgesr.data.dataset import PreparedDataset
 from edgesr.evaluate import (
     DEFAULT_DEGRADATION,
+    PROTOCOL,
     ReconMethod,
     SRMethod,
     recon_samples,
@@ -135,19 +136,11 @@ def run_baseline(cfg: BaselineConfig) -> int:
                         seed=cfg.seed,
                     )
                     scores = score_recon(recon_methods, samples)
-                setting = {
-                    "task": "recon",
-                    "modality": "MR",
-                    "acceleration": r,
-                    "mask": kind,
-                    "coils": cfg.coils,
-                }
+                setting = recon_setting(acceleration=r, mask=kind, coils=cfg.coils)
                 results += [setting | s.summary() for s in scores]
     report = {
         "split": cfg.split,
-        "protocol": (
-            "edgesr v1: intensity / volume max, data_range 1, SSIM 11x11 Gaussian s=1.5, SR border=scale"
-        ),
+        "protocol": PROTOCOL,
         "sources": [v["name"] for v in dataset.volumes()],
         "results": results,
         "seconds": round(time.perf_counter() - started, 1),
@@ -159,6 +152,12 @@ def run_baseline(cfg: BaselineConfig) -> int:
     else:
         print_results(console, report)
     return 0
+
+
+def recon_setting(*, acceleration: float, mask: str, coils: int, maps: str | None = None) -> dict[str, Any]:
+    """The keys that name one scored recon setting in a report (``maps`` only when it was chosen)."""
+    setting = {"task": "recon", "modality": "MR", "acceleration": acceleration, "mask": mask, "coils": coils}
+    return setting if maps is None else setting | {"maps": maps}
 
 
 def setting_title(row: dict[str, Any]) -> str:

@@ -23,20 +23,19 @@ from edgesr._io import write_json_atomic
 from edgesr.commands.baseline import (
     print_results,
     recon_baseline_methods,
+    recon_setting,
     setting_title,
     sr_baseline_methods,
 )
 from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
-from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import PROTOCOL, MethodScores, recon_samples, score_recon, score_sr, sr_pairs
 from edgesr.models import model_task
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model
 from edgesr.train.loop import DataSection, sr_predict
-
-PROTOCOL = "edgesr v1: intensity / volume max, data_range 1, SSIM 11x11 Gaussian s=1.5, SR border=scale"
 
 
 @dataclass(frozen=True)
@@ -122,14 +121,7 @@ def evaluate_model(cfg: EvaluateConfig, folder: Path, console: Console) -> dict[
                     max_slices=cfg.max_slices, maps=maps,
                 )  # fmt: skip
                 scores = score_recon(methods, samples)
-            setting = {
-                "task": "recon",
-                "modality": "MR",
-                "acceleration": r,
-                "mask": mask_kind,
-                "maps": maps,
-                "coils": data.coils,
-            }
+            setting = recon_setting(acceleration=r, mask=mask_kind, coils=data.coils, maps=maps)
             results += [setting | s.summary() for s in scores]
             comparisons.append(setting | _comparison(scores, label))
     return {
