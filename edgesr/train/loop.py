@@ -42,7 +42,7 @@ from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.fft import complex_abs
 from edgesr.physics.masks import MASK_KINDS
 from edgesr.train import distributed
-from edgesr.train.checkpoint import load_model, load_training_state, save_checkpoint
+from edgesr.train.checkpoint import load_model, load_training_state, read_metadata, save_checkpoint
 from edgesr.train.data import ReconBatch, ReconBatches, SRBatch, SRBatches
 
 
@@ -305,6 +305,46 @@ def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | Rec
     )
 
 
+# Keys that may change between a run and its resumption: where it runs and how often it reports.
+# Everything else (model, data, schedule, losses, seed) shapes the result, so a change is refused.
+RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "eval_every", "log_every", "device", "threads", "data.root", "command"}
+)
+
+
+def config_of(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's configuration as plain JSON types (what checkpoints record)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _refuse_changed_settings(saved: dict[str, Any], now: dict[str, Any], out: Path) -> None:
+    """``resume=true`` continues the *same* run: e.g. a new ``optim.steps`` would silently re-shape
+    the cosine schedule mid-way, so it is an error; start a new run with ``init=`` instead."""
+    before, after = _flatten(saved), _flatten(now)
+    changed = [
+        f"{key}: {before.get(key)!r} in the run, {after.get(key)!r} now"
+        for key in sorted(before.keys() | after.keys())
+        if key not in RESUMABLE_CHANGES and before.get(key) != after.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"resume=true continues the run in {out} with its own settings, but these differ: "
+            + "; ".join(changed)
+            + ". Drop the changed keys, or start a new run from its weights with init="
+            + str(out / "last")
+        )
+
+
 def _make_perceptual(
     cfg: TrainConfig, dataset: PreparedDataset, console: Console, device: torch.device
 ) -> nn.Module | None:
@@ -369,6 +409,7 @@ def train(
     if cfg.resume:
         if not (last_dir.exists() or (out / "last.old").exists()):
             raise ConfigError(f"resume=true, but {out} holds no run to resume")
+        _refuse_changed_settings(read_metadata(last_dir).get("config", {}), config_of(cfg), out)
         meta, _ = load_training_state(last_dir, model, optimizer, scheduler)
         start_step, metrics = meta["step"], meta["metrics"]
         best_psnr = float(metrics.get("best_val_psnr", -math.inf))
@@ -378,7 +419,7 @@ def train(
     disc_model: nn.Module | None = discriminator
     if discriminator is not None and env.world_size > 1:
         disc_model = DistributedDataParallel(discriminator)
-    config_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    config_dict = config_of(cfg)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.resolved.yaml", to_yaml(cfg))

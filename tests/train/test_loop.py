@@ -70,6 +70,19 @@ def test_checkpoint_reloads_and_run_folder_is_protected(tiny_dataset, tmp_path):
         train(_sr_config(tiny_dataset, tmp_path / "other", "resume=true"))
 
 
+def test_resume_refuses_changed_settings_and_keeps_the_run(tiny_dataset, tmp_path):
+    train(_sr_config(tiny_dataset, tmp_path / "run"), stop_at=3)
+    before = _weights(tmp_path / "run" / "last")
+    with pytest.raises(ConfigError, match=r"optim\.steps: 6 in the run, 9 now.*init="):
+        train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true", "optim.steps=9"))
+    after = _weights(tmp_path / "run" / "last")
+    for key in before:
+        torch.testing.assert_close(before[key], after[key], rtol=0, atol=0)
+    # Where it runs and how often it reports may change.
+    resumed = train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true", "log_every=2"))
+    assert resumed["step"] == 6
+
+
 @pytest.mark.parametrize("gan", ["standard", "wgan-gp"])
 def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
     cfg = _sr_config(
