@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgesr.data.dataset import PreparedDataset, SliceSample
-from edgesr.metrics import crop_border, hfen, nmse, psnr, ssim
+from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
 from edgesr.physics.coils import estimate_coil_maps
 from edgesr.physics.degrade import crop_to_multiple, degrade
 from edgesr.physics.fft import complex_abs
@@ -43,6 +43,7 @@ class MethodScores:
     ssim: list[float] = field(default_factory=list)
     nmse: list[float] = field(default_factory=list)
     hfen: list[float] = field(default_factory=list)
+    gradient_ratio: list[float] = field(default_factory=list)
     slices: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -51,6 +52,7 @@ class MethodScores:
         self.ssim.append(float(ssim(pred, ref, 1.0)))
         self.nmse.append(float(nmse(pred, ref)))
         self.hfen.append(float(hfen(pred, ref)))
+        self.gradient_ratio.append(float(gradient_energy_ratio(pred, ref)))
         self.slices.append(slice_id)
 
     def summary(self) -> dict[str, float | int | str]:
@@ -62,6 +64,7 @@ class MethodScores:
             "ssim": round(sum(self.ssim) / n, 4) if n else float("nan"),
             "nmse": round(sum(self.nmse) / n, 5) if n else float("nan"),
             "hfen": round(sum(self.hfen) / n, 4) if n else float("nan"),
+            "gradient_energy_ratio": round(sum(self.gradient_ratio) / n, 4) if n else float("nan"),
             "psnr_min_db": round(min(self.psnr), 3) if n else float("nan"),
             "seconds_per_slice": round(self.seconds / n, 4) if n else float("nan"),
         }

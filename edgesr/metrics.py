@@ -13,7 +13,10 @@ The convention (DESIGN.md section 3, also in the README):
 * HFEN (high-frequency error norm, Ravishankar & Bresler 2011) filters both images with a 15x15
   Laplacian-of-Gaussian (sigma 1.5) and returns ``||LoG(pred) - LoG(ref)|| / ||LoG(ref)||`` over the
   positions where the filter lies inside the image: lower means edges and fine detail closer to the
-  reference, which PSNR does not reward.
+  reference, which PSNR does not reward;
+* the gradient energy ratio ``sum |grad pred|^2 / sum |grad ref|^2`` (forward differences) tells
+  *which way* a method errs: below 1 it is smoother than the reference (pixel-loss SR), near 1 it is as
+  sharp, above 1 it adds edges or noise. It is how a GAN's sharpness shows next to HFEN.
 """
 
 from __future__ import annotations
@@ -154,3 +157,15 @@ def hfen(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (filtered_pred - filtered_ref).norm(dim=1) / filtered_ref.norm(dim=1).clamp_min(
         torch.finfo(pred.dtype).tiny
     )
+
+
+def gradient_energy_ratio(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``sum |grad pred|^2 / sum |grad target|^2`` per item ``[B]`` (1 = as sharp as the reference)."""
+    _check_pair(pred, target)
+
+    def energy(image: torch.Tensor) -> torch.Tensor:
+        dy = image[..., 1:, :-1] - image[..., :-1, :-1]
+        dx = image[..., :-1, 1:] - image[..., :-1, :-1]
+        return (dy.square() + dx.square()).flatten(1).sum(dim=1)
+
+    return energy(pred) / energy(target).clamp_min(torch.finfo(pred.dtype).tiny)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from edgesr.metrics import crop_border, hfen, nmse, psnr, ssim
+from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
 
 
 def _real_slices() -> list[np.ndarray]:
@@ -91,3 +91,21 @@ def test_hfen_matches_scipy_laplacian_of_gaussian():
     assert float(value) == pytest.approx(expected, rel=1e-6)
     same = torch.from_numpy(reference)[None, None]
     assert float(hfen(same, same)) == 0.0
+
+
+def test_gradient_energy_ratio_tells_smoothing_from_sharpening():
+    from scipy.ndimage import gaussian_filter
+
+    reference = _real_slices()[1]
+    ref = torch.from_numpy(reference)[None, None]
+    blurred = torch.from_numpy(gaussian_filter(reference, 1.0))[None, None]
+    noisy = ref + 0.05 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0), dtype=ref.dtype)
+    assert float(gradient_energy_ratio(ref, ref)) == pytest.approx(1.0)
+    assert float(gradient_energy_ratio(blurred, ref)) < 0.8
+    assert float(gradient_energy_ratio(noisy, ref)) > 1.2
+
+    def energy(image: np.ndarray) -> float:  # forward differences over the common interior
+        return float((np.diff(image, axis=0)[:, :-1] ** 2 + np.diff(image, axis=1)[:-1, :] ** 2).sum())
+
+    expected = energy(gaussian_filter(reference, 1.0)) / energy(reference)
+    assert float(gradient_energy_ratio(blurred, ref)) == pytest.approx(expected, rel=1e-6)

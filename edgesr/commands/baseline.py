@@ -174,7 +174,7 @@ def print_results(console: Console, report: dict[str, Any]) -> None:
         groups.setdefault(setting_title(row), []).append(row)
     for title, rows in groups.items():
         table = Table(title=f"{title}: {report['split']} split, {rows[0]['slices']} slices")
-        for column in ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "worst PSNR dB", "s/slice"):
+        for column in ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "grad E ratio", "worst PSNR dB", "s/slice"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for row in rows:
             table.add_row(
@@ -183,6 +183,7 @@ def print_results(console: Console, report: dict[str, Any]) -> None:
                 f"{row['ssim']:.4f}",
                 f"{row['nmse']:.5f}",
                 f"{row['hfen']:.4f}",
+                f"{row.get('gradient_energy_ratio', float('nan')):.3f}",
                 f"{row['psnr_min_db']:.2f}",
                 f"{row['seconds_per_slice']:.3f}",
             )
