@@ -110,3 +110,16 @@ def test_registry_is_strict():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_model("sr")(rdn_tiny)
+
+
+def test_complex_conv_init_keeps_the_signal_through_a_crelu_stack():
+    """Complex He (Rayleigh magnitude, uniform phase): four CReLU layers keep the scale (not ~1/16)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 24, 24)
+    h = x
+    for cin, cout in [(8, 32), (32, 32), (32, 32), (32, 32)]:
+        h = torch.relu(ComplexConv2d(cin, cout)(h))
+    assert 0.4 < float(h.std()) / float(x.std()) < 1.5
+    conv = ComplexConv2d(32, 32)
+    weight = torch.complex(conv.real.weight, conv.imag.weight)
+    assert float(weight.abs().square().mean()) == pytest.approx(2 / (32 * 9), rel=0.1)  # E|W|^2 = 2 / fan_in
