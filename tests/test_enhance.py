@@ -189,3 +189,23 @@ def test_evaluate_recon_scores_each_coil_map_setting(tmp_path, tiny_dataset, cap
     assert {("simulated", "cg-sense"), ("lowres", "cg-sense"), ("lowres", "zero-filled")} < methods
     assert main([*args[:-1], "maps=[estimated]"]) == 2  # an unknown map setting names the key
     assert "maps" in capsys.readouterr().err
+
+
+def test_model_card_records_the_runs_it_was_initialised_from(tmp_path, tiny_dataset):
+    """An SRGAN card must also carry its SRResNet pre-training command, or it cannot be reproduced."""
+    model = create_model("rdn_tiny", scale=2)
+    pretrain = save_checkpoint(
+        tmp_path / "pre" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=7,
+        config={"init": "", "command": "edgesr train model=rdn_tiny out=pre"},
+    )  # fmt: skip
+    finetune = save_checkpoint(
+        tmp_path / "gan" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=3,
+        config={"init": str(pretrain), "command": f"edgesr train init={pretrain} out=gan"},
+    )  # fmt: skip
+    card = tmp_path / "card"
+    args = ["evaluate", f"checkpoint={finetune}", f"root={tiny_dataset.path.parent}", f"card={card}"]
+    assert main([*args, "max_slices=1"]) == 0
+    training = json.loads((card / "model_card.json").read_text())["training"]
+    assert training["command"].startswith("edgesr train init=")
+    [stage] = training["initialised_from"]
+    assert stage["command"] == "edgesr train model=rdn_tiny out=pre" and stage["steps"] == 7

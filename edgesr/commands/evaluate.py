@@ -151,6 +151,30 @@ def _training_seconds(run_dir: Path) -> float | None:
     return round(total + previous, 1)
 
 
+def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chain of ``init=`` checkpoints a run started from (e.g. SRGAN <- its SRResNet pre-training),
+    nearest first, each with the command that trained it, so a card reproduces every stage."""
+    chain: list[dict[str, Any]] = []
+    init = meta.get("config", {}).get("init", "")
+    while init and len(chain) < 10:  # a bound against a cycle of hand-edited metadata
+        folder = Path(init)
+        if not (folder / META_FILE).is_file():
+            chain.append({"checkpoint": init, "note": "not found when the card was written"})
+            break
+        parent = json.loads((folder / META_FILE).read_text())
+        chain.append(
+            {
+                "checkpoint": init,
+                "command": parent.get("config", {}).get("command", ""),
+                "steps": parent.get("step"),
+                "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
+                "wall_clock_seconds": _training_seconds(folder.parent),
+            }
+        )
+        init = parent.get("config", {}).get("init", "")
+    return chain
+
+
 def _evaluate_command(cfg: EvaluateConfig, name: str, meta: dict[str, Any]) -> str:
     """The command that re-scores the shipped teacher on the settings of this card."""
     command = f"edgesr evaluate model={name} split={cfg.split}"
@@ -190,6 +214,7 @@ def write_card(cfg: EvaluateConfig, folder: Path, report: dict[str, Any]) -> Pat
             "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
             "wall_clock_seconds": _training_seconds(folder.parent),
             "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "initialised_from": _initialised_from(meta),
         },
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
