@@ -105,6 +105,9 @@ class OptimSection:
 @dataclass(frozen=True)
 class LossSection:
     pixel: str = opt("l1", "pixel loss: l1 or mse")
+    pixel_weight: float = opt(
+        1.0, "weight of the pixel loss (SRGAN's paper uses features + adversarial only: 0)"
+    )
     ssim_weight: float = opt(0.0, "weight of (1 - SSIM)")
     perceptual_weight: float = opt(0.0, "SR: weight of the perceptual (feature) loss; 0 = off")
     perceptual: str = opt(
@@ -119,6 +122,11 @@ class LossSection:
 
     def __post_init__(self) -> None:
         check_choice("loss.pixel", self.pixel, losses.PIXEL_LOSSES)
+        check_range("loss.pixel_weight", self.pixel_weight, low=0.0)
+        if self.pixel_weight == 0 and self.ssim_weight == 0 and self.perceptual_weight == 0:
+            raise ConfigError(
+                "loss.pixel_weight=0 needs another content loss: loss.perceptual_weight or loss.ssim_weight"
+            )
         check_choice("loss.gan", self.gan, losses.GAN_KINDS)
         check_choice("loss.perceptual", self.perceptual, ("edgesr", "vgg19"))
         if self.perceptual == "vgg19" and self.perceptual_weight > 0 and not self.perceptual_weights:
@@ -240,8 +248,9 @@ def _generator_loss(
         pred = model(batch.kspace, batch.mask, batch.sens_maps)
         target = batch.target
         pred_mag, target_mag = complex_abs(pred, eps=1e-12), complex_abs(target)
-    loss = losses.pixel_loss(pred, target, cfg.loss.pixel)
-    parts = {"pixel": loss.item()}
+    pixel_term = losses.pixel_loss(pred, target, cfg.loss.pixel)
+    loss = cfg.loss.pixel_weight * pixel_term
+    parts = {"pixel": pixel_term.item()}
     if cfg.loss.ssim_weight > 0:
         ssim_term = losses.ssim_loss(pred_mag, target_mag)
         loss = loss + cfg.loss.ssim_weight * ssim_term
@@ -330,7 +339,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _refuse_changed_settings(saved: dict[str, Any], now: dict[str, Any], out: Path) -> None:
     """``resume=true`` continues the *same* run: e.g. a new ``optim.steps`` would silently re-shape
     the cosine schedule mid-way, so it is an error; start a new run with ``init=`` instead."""
-    before, after = _flatten(saved), _flatten(now)
+    # A key the run's record lacks is an option added to edgesr since: the run used its default.
+    before = _flatten(config_of(TrainConfig())) | _flatten(saved)
+    after = _flatten(now)
     changed = [
         f"{key}: {before.get(key)!r} in the run, {after.get(key)!r} now"
         for key in sorted(before.keys() | after.keys())

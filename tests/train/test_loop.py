@@ -83,6 +83,23 @@ def test_resume_refuses_changed_settings_and_keeps_the_run(tiny_dataset, tmp_pat
     assert resumed["step"] == 6
 
 
+def test_resume_accepts_a_run_recorded_before_an_option_existed(tiny_dataset, tmp_path):
+    """Options added to edgesr after a run started count as their defaults, so old runs still resume."""
+    train(_sr_config(tiny_dataset, tmp_path / "run"), stop_at=3)
+    meta_path = tmp_path / "run" / "last" / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["loss"]["pixel_weight"]
+    meta_path.write_text(json.dumps(meta))
+    assert train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true"))["step"] == 6
+    with pytest.raises(ConfigError, match="loss.pixel_weight: 1.0 in the run, 0.5 now"):
+        train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true", "loss.pixel_weight=0.5"))
+
+
+def test_pixel_weight_zero_needs_another_content_loss(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="loss.pixel_weight=0 needs another content loss"):
+        _sr_config(tiny_dataset, tmp_path / "run", "loss.pixel_weight=0")
+
+
 @pytest.mark.parametrize("gan", ["standard", "wgan-gp"])
 def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
     cfg = _sr_config(
