@@ -122,5 +122,5 @@ def test_complex_conv_init_keeps_the_signal_through_a_crelu_stack():
             h = torch.relu(ComplexConv2d(cin, cout)(h))
     assert 0.4 < float(h.std()) / float(x.std()) < 1.5
     conv = ComplexConv2d(32, 32)
-    weight = torch.complex(conv.real.weight, conv.imag.weight)
+    weight = torch.complex(conv.real.weight, conv.imag.weight).detach()
     assert float(weight.abs().square().mean()) == pytest.approx(2 / (32 * 9), rel=0.1)  # E|W|^2 = 2 / fan_in
