@@ -29,12 +29,12 @@ from edgesr.commands.baseline import (
 )
 from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import PROTOCOL, MethodScores, recon_samples, score_recon, score_sr, sr_pairs
 from edgesr.models import model_task
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
-from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata
 from edgesr.train.loop import DataSection, sr_predict
 
 
@@ -158,10 +158,11 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
     init = meta.get("config", {}).get("init", "")
     while init and len(chain) < 10:  # a bound against a cycle of hand-edited metadata
         folder = Path(init)
-        if not (folder / META_FILE).is_file():
-            chain.append({"checkpoint": init, "note": "not found when the card was written"})
+        try:
+            parent = read_metadata(folder)
+        except DataError as exc:
+            chain.append({"checkpoint": init, "note": f"not readable when the card was written: {exc}"})
             break
-        parent = json.loads((folder / META_FILE).read_text())
         chain.append(
             {
                 "checkpoint": init,

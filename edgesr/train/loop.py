@@ -42,7 +42,7 @@ from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.fft import complex_abs
 from edgesr.physics.masks import MASK_KINDS
 from edgesr.train import distributed
-from edgesr.train.checkpoint import load_model, load_training_state, read_metadata, save_checkpoint
+from edgesr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from edgesr.train.data import ReconBatch, ReconBatches, SRBatch, SRBatches
 
 
@@ -420,8 +420,9 @@ def train(
     if cfg.resume:
         if not (last_dir.exists() or (out / "last.old").exists()):
             raise ConfigError(f"resume=true, but {out} holds no run to resume")
-        _refuse_changed_settings(read_metadata(last_dir).get("config", {}), config_of(cfg), out)
+        # Restoring only touches memory; a refusal below leaves the run on disk as it was.
         meta, _ = load_training_state(last_dir, model, optimizer, scheduler)
+        _refuse_changed_settings(meta.get("config", {}), config_of(cfg), out)
         start_step, metrics = meta["step"], meta["metrics"]
         best_psnr = float(metrics.get("best_val_psnr", -math.inf))
         if discriminator is not None and disc_optimizer is not None and (out / "discriminator").exists():
