@@ -174,7 +174,8 @@ def print_results(console: Console, report: dict[str, Any]) -> None:
         groups.setdefault(setting_title(row), []).append(row)
     for title, rows in groups.items():
         table = Table(title=f"{title}: {report['split']} split, {rows[0]['slices']} slices")
-        for column in ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "grad E ratio", "worst PSNR dB", "s/slice"):
+        columns = ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "grad E ratio", "worst PSNR dB", "s/slice")
+        for column in columns:
             table.add_column(column, justify="left" if column == "method" else "right")
         for row in rows:
             table.add_row(
