@@ -138,6 +138,11 @@ class LossSection:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = opt("rdn_small", "a registered model (see edgesr.models.list_models())")
+    unrolls: int = opt(
+        0,
+        "MoDL: unrolled iterations K (0: the preset's). The weights are shared across iterations, so a "
+        "checkpoint trained at one K fine-tunes at another with init= (the paper trains K=1, then K=10)",
+    )
     out: str = opt("runs/train", "output folder: checkpoints, logs, resolved config")
     init: str = opt("", "start from this checkpoint's weights (e.g. SRGAN from its SRResNet pre-training)")
     resume: bool = opt(False, "continue the run in `out` exactly where it stopped")
@@ -153,6 +158,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, list_models())
+        check_range("unrolls", self.unrolls, low=0)
+        if self.unrolls and not self.model.startswith("modl"):
+            raise ConfigError(f"unrolls= applies to MoDL models only, not {self.model!r}")
 
     @property
     def task(self) -> str:
@@ -163,6 +171,8 @@ class TrainConfig:
             return {"scale": self.data.scale, "upsampler": self.data.resolved_upsampler}
         if self.model.startswith("deepcomplex"):
             return {"coils": self.data.coils}
+        if self.unrolls:
+            return {"iterations": self.unrolls}
         return {}
 
 

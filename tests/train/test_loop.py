@@ -128,6 +128,26 @@ def test_recon_training_runs(tiny_dataset, tmp_path, model):
     assert result["step"] == 2 and result["val_psnr"] > 10
 
 
+def test_modl_fine_tunes_at_more_unrolls_from_a_checkpoint(tiny_dataset, tmp_path):
+    """MoDL shares its denoiser across unrolls: a K=2 checkpoint starts a K=3 run (the paper's K=1 -> 10)."""
+    common = [
+        "model=modl_tiny", f"data.root={tiny_dataset.path.parent}", "data.crop=24", "data.coils=4",
+        "data.batch_size=2", "data.val_slices=1", "optim.steps=1", "eval_every=1", "device=cpu",
+    ]  # fmt: skip
+    train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'k2'}"]))
+    init = f"init={tmp_path / 'k2' / 'last'}"
+    cfg = parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'k3'}", "unrolls=3", init, "optim.lr=0"])
+    assert cfg.model_options() == {"iterations": 3}
+    train(cfg)  # a zero learning rate keeps the weights it started from (batch-norm statistics move)
+    model, meta = load_model(tmp_path / "k3" / "last")
+    assert meta["model_options"] == {"iterations": 3} and model.iterations == 3
+    initial = dict(load_model(tmp_path / "k2" / "last")[0].named_parameters())
+    for key, value in model.named_parameters():
+        torch.testing.assert_close(value, initial[key], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="unrolls= applies to MoDL models only"):
+        parse_overrides(TrainConfig, ["model=rdn_tiny", "unrolls=3"])
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_dataset, tmp_path):
     common = [
