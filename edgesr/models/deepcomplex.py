@@ -5,7 +5,8 @@ residual stack of complex 3x3 convolutions with complex ReLU (CReLU: ReLU on rea
 processing all coils jointly as complex channels, followed by a k-space data-consistency layer applied
 to every coil: ``k <- k - w * M (k - y)`` with a learned ``w`` in (0, 1) (``w = 1`` is the paper's
 hard replacement; ``w < 1`` tolerates noise). At the end the coil images are combined with the coil
-sensitivities, ``x = sum_c conj(S_c) x_c``.
+sensitivities, ``x = sum_c conj(S_c) x_c``. The paper trains on multi-coil ground-truth images; edgesr's
+``loss.coil_weight`` adds that per-coil term (targets ``S_c x``) to the loss on the combined image.
 
 A complex convolution with weight ``W = A + iB`` applied to ``h = x + iy`` is
 ``W * h = (A*x - B*y) + i (B*x + A*y)``: two real convolutions on the real/imag channel pairs.
@@ -114,8 +115,14 @@ class DeepComplexMRI(nn.Module):
         self.consistency = nn.ModuleList(KSpaceDataConsistency() for _ in range(blocks))
 
     def forward(
-        self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        masked_kspace: torch.Tensor,
+        mask: torch.Tensor,
+        sens_maps: torch.Tensor,
+        return_coil_images: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The combined image; with ``return_coil_images`` also the coil images ``[B, 2C, H, W]``
+        (training supervises them as the paper does; export and inference use the default)."""
         if masked_kspace.dim() != 4 or masked_kspace.shape[1] != 2 * self.coils:
             raise ValueError(
                 f"masked_kspace must be [B, {2 * self.coils}, H, W] for {self.coils} coils; "
@@ -124,8 +131,8 @@ class DeepComplexMRI(nn.Module):
         x = ifft2c(masked_kspace * mask)
         for block, consistency in zip(self.blocks, self.consistency, strict=True):
             x = consistency(block(x), masked_kspace, mask)
-        combined = complex_mul(complex_conj(sens_maps), x)
-        return combined.unflatten(1, (-1, 2)).sum(dim=1)
+        combined = complex_mul(complex_conj(sens_maps), x).unflatten(1, (-1, 2)).sum(dim=1)
+        return (combined, x) if return_coil_images else combined
 
 
 @register_model("recon")

@@ -39,7 +39,7 @@ from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, loa
 from edgesr.models import create_model, list_models, model_task
 from edgesr.models.srgan import Discriminator
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
-from edgesr.physics.fft import complex_abs
+from edgesr.physics.fft import complex_abs, complex_mul
 from edgesr.physics.masks import MASK_KINDS
 from edgesr.train import distributed
 from edgesr.train.checkpoint import load_model, load_training_state, save_checkpoint
@@ -109,6 +109,9 @@ class LossSection:
         1.0, "weight of the pixel loss (SRGAN's paper uses features + adversarial only: 0)"
     )
     ssim_weight: float = opt(0.0, "weight of (1 - SSIM)")
+    coil_weight: float = opt(
+        0.0, "DeepcomplexMRI: weight of the pixel loss on its coil images (the paper supervises them)"
+    )
     perceptual_weight: float = opt(0.0, "SR: weight of the perceptual (feature) loss; 0 = off")
     perceptual: str = opt(
         "edgesr", "feature network: edgesr (trained here on the data) or vgg19 (local weights)"
@@ -123,6 +126,7 @@ class LossSection:
     def __post_init__(self) -> None:
         check_choice("loss.pixel", self.pixel, losses.PIXEL_LOSSES)
         check_range("loss.pixel_weight", self.pixel_weight, low=0.0)
+        check_range("loss.coil_weight", self.coil_weight, low=0.0)
         if self.pixel_weight == 0 and self.ssim_weight == 0 and self.perceptual_weight == 0:
             raise ConfigError(
                 "loss.pixel_weight=0 needs another content loss: loss.perceptual_weight or loss.ssim_weight"
@@ -161,6 +165,8 @@ class TrainConfig:
         check_range("unrolls", self.unrolls, low=0)
         if self.unrolls and not self.model.startswith("modl"):
             raise ConfigError(f"unrolls= applies to MoDL models only, not {self.model!r}")
+        if self.loss.coil_weight and not self.model.startswith("deepcomplex"):
+            raise ConfigError(f"loss.coil_weight applies to DeepcomplexMRI models only, not {self.model!r}")
 
     @property
     def task(self) -> str:
@@ -255,12 +261,21 @@ def _generator_loss(
         target = batch.hr
         pred_mag, target_mag = pred, target
     else:
-        pred = model(batch.kspace, batch.mask, batch.sens_maps)
+        coil_images = None
+        if cfg.loss.coil_weight > 0:
+            pred, coil_images = model(batch.kspace, batch.mask, batch.sens_maps, return_coil_images=True)
+        else:
+            pred = model(batch.kspace, batch.mask, batch.sens_maps)
         target = batch.target
         pred_mag, target_mag = complex_abs(pred, eps=1e-12), complex_abs(target)
     pixel_term = losses.pixel_loss(pred, target, cfg.loss.pixel)
     loss = cfg.loss.pixel_weight * pixel_term
     parts = {"pixel": pixel_term.item()}
+    if cfg.task == "recon" and coil_images is not None:
+        coil_target = complex_mul(batch.sens_maps, batch.target)  # the fully sampled coil images S_c x
+        coil_term = losses.pixel_loss(coil_images, coil_target, cfg.loss.pixel)
+        loss = loss + cfg.loss.coil_weight * coil_term
+        parts["coil"] = coil_term.item()
     if cfg.loss.ssim_weight > 0:
         ssim_term = losses.ssim_loss(pred_mag, target_mag)
         loss = loss + cfg.loss.ssim_weight * ssim_term

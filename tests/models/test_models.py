@@ -60,6 +60,16 @@ def test_deepcomplex_rejects_wrong_coil_count():
         model(*_recon_inputs(6))
 
 
+def test_deepcomplex_coil_images_combine_to_its_output():
+    model = create_model("deepcomplex_tiny", coils=4).eval()
+    kspace, mask, maps = _recon_inputs(4)
+    combined, coil_images = model(kspace, mask, maps, return_coil_images=True)
+    assert coil_images.shape == kspace.shape
+    expected = (to_complex(coil_images) * to_complex(maps).conj()).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(combined, from_complex(expected), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(kspace, mask, maps), combined)
+
+
 def test_complex_conv_follows_the_complex_product_rule():
     conv = ComplexConv2d(3, 2)
     x = torch.randn(1, 6, 5, 4)

@@ -114,18 +114,29 @@ def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
     assert list((tiny_dataset.path / "features").glob("*.safetensors"))
 
 
-@pytest.mark.parametrize("model", ["modl_tiny", "deepcomplex_tiny"])
-def test_recon_training_runs(tiny_dataset, tmp_path, model):
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [("modl_tiny", []), ("deepcomplex_tiny", []), ("deepcomplex_tiny", ["loss.coil_weight=0.5"])],
+)
+def test_recon_training_runs(tiny_dataset, tmp_path, model, extra):
+    out = tmp_path / model
     cfg = parse_overrides(
         TrainConfig,
         [
-            f"model={model}", f"out={tmp_path / model}", f"data.root={tiny_dataset.path.parent}",
+            f"model={model}", f"out={out}", f"data.root={tiny_dataset.path.parent}",
             "data.crop=24", "data.coils=4", "data.batch_size=2", "data.val_slices=1", "optim.steps=2",
-            "eval_every=2", "loss.ssim_weight=0.1", "device=cpu",
+            "eval_every=2", "log_every=1", "loss.ssim_weight=0.1", "device=cpu", *extra,
         ],
     )  # fmt: skip
     result = train(cfg)
     assert result["step"] == 2 and result["val_psnr"] > 10
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert ("coil" in record) == bool(extra)
+
+
+def test_coil_weight_is_for_deepcomplex_only():
+    with pytest.raises(ConfigError, match="loss.coil_weight applies to DeepcomplexMRI models only"):
+        parse_overrides(TrainConfig, ["model=modl_tiny", "loss.coil_weight=1"])
 
 
 def test_modl_fine_tunes_at_more_unrolls_from_a_checkpoint(tiny_dataset, tmp_path):
