@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from edgesr import baselines
-from edgesr.evaluate import recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.commands.evaluate import _comparison
+from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
 
 
 def test_sr_pairs_follow_the_protocol(tiny_dataset):
@@ -47,3 +48,18 @@ def test_recon_samples_can_use_maps_estimated_from_acs(tiny_dataset):
     # Usable maps (garbage maps give < 20 dB); on real brain slices lowres maps match the true ones
     # (R = 4: 27.85 vs 27.64 dB), on this tiny 37x33 phantom with 8 ACS lines they cost some dB.
     assert estimated_maps > 30.0 and true_maps > 30.0
+
+
+def test_comparison_names_the_best_baseline_and_those_beaten_on_every_slice():
+    slices = ["a:1", "a:2", "b:1"]
+    scores = [
+        MethodScores("zero-filled", psnr=[20.0, 21.0, 22.0], slices=slices),
+        MethodScores("cg-sense", psnr=[25.0, 24.0, 26.0], slices=slices),
+        MethodScores("l1-wavelet", psnr=[27.0, 25.0, 26.5], slices=slices),
+        MethodScores("net", psnr=[26.0, 26.0, 27.0], slices=slices),
+    ]
+    comparison = _comparison(scores, "net")
+    assert comparison["best_baseline"] == "l1-wavelet"
+    assert comparison["gain_db_over_best_baseline"] == round(79 / 3 - 78.5 / 3, 3)
+    assert comparison["slices_below"] == ["a:1"] and comparison["min_gain_db_per_slice"] == -1.0
+    assert comparison["baselines_beaten_on_every_slice"] == ["zero-filled", "cg-sense"]

@@ -82,6 +82,10 @@ def _comparison(scores: list[MethodScores], model_name: str) -> dict[str, Any]:
         "min_gain_db_per_slice": round(
             min(m - b for m, b in zip(model.psnr, per_slice_best, strict=True)), 3
         ),
+        # What the model can be held to: the baselines it beats on every slice of this setting.
+        "baselines_beaten_on_every_slice": [
+            b.method for b in baselines if all(m > v for m, v in zip(model.psnr, b.psnr, strict=True))
+        ],
     }
 
 
