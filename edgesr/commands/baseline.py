@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -172,11 +173,19 @@ def print_results(console: Console, report: dict[str, Any]) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in report["results"]:
         groups.setdefault(setting_title(row), []).append(row)
+    # Short headers (explained in the caption) keep the table within 80 columns, the width rich
+    # assumes when the output is piped; a long method name folds onto a second line.
+    caption = "PSNR and worst (the lowest slice) in dB; gradE: gradient energy ratio; s/sl: seconds per slice"
     for title, rows in groups.items():
-        table = Table(title=f"{title}: {report['split']} split, {rows[0]['slices']} slices")
-        columns = ("method", "PSNR dB", "SSIM", "NMSE", "HFEN", "grad E ratio", "worst PSNR dB", "s/slice")
-        for column in columns:
-            table.add_column(column, justify="left" if column == "method" else "right")
+        table = Table(
+            title=f"{title}: {report['split']} split, {rows[0]['slices']} slices",
+            caption=caption,
+            box=box.SIMPLE_HEAD,
+        )
+        widest_method = max(len(row["method"]) for row in rows)
+        table.add_column("method", overflow="fold", min_width=min(widest_method, 17))
+        for column in ("PSNR", "SSIM", "NMSE", "HFEN", "gradE", "worst", "s/sl"):
+            table.add_column(column, justify="right", no_wrap=True)
         for row in rows:
             table.add_row(
                 row["method"],
