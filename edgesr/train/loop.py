@@ -253,6 +253,7 @@ def _generator_loss(
     SR: on the HR image. Recon: the pixel loss on the complex channel pair (it keeps the phase
     honest), the SSIM term on magnitudes, as the metric is.
     """
+    coil_images: torch.Tensor | None = None  # DeepcomplexMRI's coil images, when the loss supervises them
     if cfg.task == "sr":
         use_amp = cfg.amp and device.type == "cuda"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
@@ -261,7 +262,6 @@ def _generator_loss(
         target = batch.hr
         pred_mag, target_mag = pred, target
     else:
-        coil_images = None
         if cfg.loss.coil_weight > 0:
             pred, coil_images = model(batch.kspace, batch.mask, batch.sens_maps, return_coil_images=True)
         else:
@@ -271,7 +271,7 @@ def _generator_loss(
     pixel_term = losses.pixel_loss(pred, target, cfg.loss.pixel)
     loss = cfg.loss.pixel_weight * pixel_term
     parts = {"pixel": pixel_term.item()}
-    if cfg.task == "recon" and coil_images is not None:
+    if coil_images is not None:
         coil_target = complex_mul(batch.sens_maps, batch.target)  # the fully sampled coil images S_c x
         coil_term = losses.pixel_loss(coil_images, coil_target, cfg.loss.pixel)
         loss = loss + cfg.loss.coil_weight * coil_term
