@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from edgesr import baselines
+from edgesr.commands.baseline import print_results
 from edgesr.commands.evaluate import _comparison
 from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
 
@@ -63,3 +65,20 @@ def test_comparison_names_the_best_baseline_and_those_beaten_on_every_slice():
     assert comparison["gain_db_over_best_baseline"] == round(79 / 3 - 78.5 / 3, 3)
     assert comparison["slices_below"] == ["a:1"] and comparison["min_gain_db_per_slice"] == -1.0
     assert comparison["baselines_beaten_on_every_slice"] == ["zero-filled", "cg-sense"]
+
+
+def test_result_tables_keep_every_number_at_80_columns():
+    """Piped output is 80 columns wide: numbers must never be cut, long method names may fold."""
+    row = {
+        "task": "recon", "modality": "MR", "acceleration": 4.0, "mask": "random", "maps": "simulated",
+        "coils": 8, "slices": 32, "psnr_db": 28.211, "ssim": 0.8038, "nmse": 0.01571, "hfen": 0.5274,
+        "gradient_energy_ratio": 0.483, "psnr_min_db": 25.927, "seconds_per_slice": 0.312,
+    }  # fmt: skip
+    rows = [row | {"method": "zero-filled"}, row | {"method": "deepcomplex_small (step 2000)"}]
+    report = {"results": rows, "split": "test", "sources": ["colin27-t1"], "seconds": 1.0}
+    console = Console(width=80, record=True)
+    print_results(console, report)
+    text = console.export_text()
+    for value in ("28.21", "0.8038", "0.01571", "0.5274", "0.483", "25.93", "0.312", "zero-filled"):
+        assert value in text
+    assert max(len(line) for line in text.splitlines()) <= 80
