@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from edgesr.cli import main
+from edgesr.commands.baseline import setting_title
 from edgesr.data.images import load_image
 from edgesr.physics.fft import to_complex
 from edgesr.physics.simulate import simulate_multicoil
@@ -90,18 +91,12 @@ def test_teacher_still_beats_the_baselines_on_real_test_slices(real_data_root, c
         model_hfen = next(v for method, v in hfen.items() if method not in ("bicubic", "zero-fill"))
         assert model_hfen < hfen["bicubic"]
         return
-    claims = {_setting(c): c for c in _card(name)["evaluation"]["comparison"]}
+    claims = {setting_title(c): c for c in _card(name)["evaluation"]["comparison"]}
     for comparison in report["comparison"]:
-        promised = claims[_setting(comparison)].get("baselines_beaten_on_every_slice")
+        promised = claims[setting_title(comparison)].get("baselines_beaten_on_every_slice")
         if promised is None:
             assert comparison["gain_db_over_best_baseline"] > 0, comparison
             assert comparison["slices_below_per_slice_best_baseline"] == 0, comparison
         else:
             assert promised, f"{name} beats no baseline on every test slice: not a teacher to ship"
             assert set(promised) <= set(comparison["baselines_beaten_on_every_slice"]), comparison
-
-
-def _setting(comparison: dict) -> tuple:
-    """What identifies an evaluation setting in a report's comparison rows."""
-    keys = ("task", "modality", "scale", "degradation", "acceleration", "mask", "maps", "coils")
-    return tuple((key, comparison[key]) for key in keys if key in comparison)
