@@ -8,6 +8,9 @@ real, ``2c+1`` imaginary) and torch's complex dtype. Centered means the zero fre
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 
 
@@ -74,11 +77,28 @@ def ifft2c_complex(z: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(z, dim=(-2, -1))
 
 
+def _full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager[Any]]:
+    """``x`` as float32 with autocast off, when a mixed-precision region hands it over in half precision.
+
+    Under bf16 autocast the convolutions of a recon network return bfloat16, but there is no
+    bfloat16 FFT (cuFFT and pocketfft take float32/float64), and k-space data consistency subtracts
+    measured from predicted k-space, where bf16's 8-bit mantissa would erase the small residual. Outside
+    autocast (CPU training, inference, export tracing) this is a no-op, so exported graphs are unchanged.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return x.float(), torch.autocast(x.device.type, enabled=False)
+    return x, contextlib.nullcontext()
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of a channel-pair tensor ``[..., 2C, H, W]`` (same shape out)."""
-    return from_complex(fft2c_complex(to_complex(x)))
+    x, precision = _full_precision(x)
+    with precision:
+        return from_complex(fft2c_complex(to_complex(x)))
 
 
 def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of a channel-pair tensor ``[..., 2C, H, W]``."""
-    return from_complex(ifft2c_complex(to_complex(x)))
+    x, precision = _full_precision(x)
+    with precision:
+        return from_complex(ifft2c_complex(to_complex(x)))

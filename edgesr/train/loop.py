@@ -17,7 +17,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from edgesr import losses
 from edgesr._io import write_text_atomic
@@ -66,6 +67,9 @@ class DataSection:
     augment: bool = opt(True, "rotations, flips, gamma and contrast changes")
     batch_size: int = opt(16, "global batch size (split over ranks under torchrun)")
     val_slices: int = opt(6, "validation slices per volume")
+    workers: int = opt(
+        0, "worker processes that build batches ahead (0: in the training loop); results do not change"
+    )
 
     def __post_init__(self) -> None:
         check_choice("data.modality", self.modality, ("MR", "CT"))
@@ -78,6 +82,7 @@ class DataSection:
             check_choice("data.masks", kind, MASK_KINDS)
         check_range("data.patch", self.patch, low=4)
         check_range("data.batch_size", self.batch_size, low=1)
+        check_range("data.workers", self.workers, low=0)
 
     @property
     def resolved_degradation(self) -> str:
@@ -155,7 +160,7 @@ class TrainConfig:
     log_every: int = opt(50, "log every N steps")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
-    amp: bool = opt(True, "bf16 autocast on CUDA (SR models only; FFT layers stay fp32)")
+    amp: bool = opt(True, "bf16 autocast on CUDA (convolutions in bf16; FFTs and data consistency in fp32)")
     data: DataSection = opt(DataSection(), "data")
     optim: OptimSection = opt(OptimSection(), "optimiser")
     loss: LossSection = opt(LossSection(), "losses")
@@ -254,18 +259,23 @@ def _generator_loss(
     honest), the SSIM term on magnitudes, as the metric is.
     """
     coil_images: torch.Tensor | None = None  # DeepcomplexMRI's coil images, when the loss supervises them
+    # bf16 autocast on CUDA: the convolutions run in bf16 on the tensor cores; the recon models'
+    # FFTs leave autocast and run in fp32 (edgesr.physics.fft), and losses are computed in fp32.
+    use_amp = cfg.amp and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     if cfg.task == "sr":
-        use_amp = cfg.amp and device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         with autocast:
             pred = model(batch.lr, batch.base).float()
         target = batch.hr
         pred_mag, target_mag = pred, target
     else:
-        if cfg.loss.coil_weight > 0:
-            pred, coil_images = model(batch.kspace, batch.mask, batch.sens_maps, return_coil_images=True)
-        else:
-            pred = model(batch.kspace, batch.mask, batch.sens_maps)
+        with autocast:
+            if cfg.loss.coil_weight > 0:
+                pred, coil_images = model(batch.kspace, batch.mask, batch.sens_maps, return_coil_images=True)
+                coil_images = coil_images.float()
+            else:
+                pred = model(batch.kspace, batch.mask, batch.sens_maps)
+        pred = pred.float()
         target = batch.target
         pred_mag, target_mag = complex_abs(pred, eps=1e-12), complex_abs(target)
     pixel_term = losses.pixel_loss(pred, target, cfg.loss.pixel)
@@ -310,6 +320,51 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
+class _StepBatches(Dataset[Any]):
+    """Map-style view of a batch source: item ``step`` is this rank's share of batch ``step``."""
+
+    def __init__(self, batches: SRBatches | ReconBatches, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __getitem__(self, step: int) -> SRBatch | ReconBatch:
+        return self.batches.batch(step, rank=self.rank, world_size=self.world_size)
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)  # the workers share the cores; torch's default would oversubscribe them
+
+
+def batch_stream(
+    batches: SRBatches | ReconBatches,
+    *,
+    start: int,
+    stop: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Generator[SRBatch | ReconBatch, None, None]:
+    """Batches ``start .. stop - 1`` in order, built in ``workers`` processes ahead of the loop.
+
+    A batch is a pure function of (seed, step), so the worker count changes the speed, never the
+    result: on a GPU the simulation of multi-coil k-space on the CPU would otherwise stall the device.
+    """
+    if workers == 0:
+        for step in range(start, stop):
+            yield batches.batch(step, rank=rank, world_size=world_size)
+        return
+    loader = DataLoader(
+        _StepBatches(batches, rank, world_size),
+        batch_size=None,  # items are whole batches already
+        sampler=range(start, stop),
+        num_workers=workers,
+        prefetch_factor=4,
+        pin_memory=pin_memory,
+        worker_init_fn=_one_thread_per_worker,
+    )
+    yield from loader
+
+
 def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | ReconBatches:
     data = cfg.data
     if cfg.task == "sr":
@@ -342,7 +397,7 @@ def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | Rec
 # Keys that may change between a run and its resumption: where it runs and how often it reports.
 # Everything else (model, data, schedule, losses, seed) shapes the result, so a change is refused.
 RESUMABLE_CHANGES = frozenset(
-    {"out", "resume", "eval_every", "log_every", "device", "threads", "data.root", "command"}
+    {"out", "resume", "eval_every", "log_every", "device", "threads", "data.root", "data.workers", "command"}
 )
 
 
@@ -410,6 +465,8 @@ def train(
     console = console or Console(stderr=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: let cuDNN pick its fastest kernels
     out = Path(cfg.out)
     last_dir, best_dir = out / "last", out / "best"
     if not cfg.resume and (last_dir.exists() or (out / "last.old").exists()):
@@ -486,15 +543,24 @@ def train(
 
     stop = _StopFlag()
     step = start_step
+    stream = batch_stream(
+        batches,
+        start=start_step,
+        stop=cfg.optim.steps,
+        rank=env.rank,
+        world_size=env.world_size,
+        workers=cfg.data.workers,
+        pin_memory=env.device.type == "cuda",
+    )
     started = time.perf_counter()
     log_file = open(out / "log.jsonl", "a", encoding="utf-8") if env.is_main else None  # noqa: SIM115
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with stop.installed(), Progress(*columns, console=console, disable=not env.is_main) as progress:
             task_id = progress.add_task(f"train {cfg.model}", total=cfg.optim.steps, completed=start_step)
-            while step < cfg.optim.steps:
+            for host_batch in stream:
                 train_model.train()
-                batch = _to(batches.batch(step, rank=env.rank, world_size=env.world_size), env.device)
+                batch = _to(host_batch, env.device)
                 loss, parts, pred = _generator_loss(train_model, batch, cfg, env.device, perceptual)
                 if disc_model is not None and disc_optimizer is not None:
                     gp = cfg.loss.gp_weight
@@ -547,6 +613,7 @@ def train(
                     console.print(f"[yellow]stopped at step {step}[/]; continue with resume=true")
                     break
     finally:
+        stream.close()  # stops the batch workers when the loop ends early
         if log_file is not None:
             log_file.close()
         distributed.shutdown(env)

@@ -45,6 +45,22 @@ def test_forward_and_backward_on_odd_sizes(name):
     assert any(float(g.abs().sum()) > 0 for g in grads)
 
 
+@pytest.mark.parametrize("name", [n for n in list_models() if model_task(n) == "recon"])
+def test_recon_models_run_under_bf16_autocast(name):
+    """Training on CUDA autocasts to bf16: convolutions go bf16, FFT/data consistency stay fp32."""
+    torch.manual_seed(0)
+    options = {"iterations": 2} if name.startswith("modl") else {}
+    model = create_model(name, **options).eval()
+    inputs = _recon_inputs(getattr(model, "coils", 4))
+    with torch.no_grad():
+        reference = model(*inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(*inputs)
+    assert mixed.dtype == torch.float32
+    error = (mixed - reference).norm() / reference.norm()
+    assert float(error) < 0.05, f"bf16 autocast moved the output by {float(error):.3f} (relative)"
+
+
 @pytest.mark.parametrize("scale", [2, 4])
 def test_sr_models_check_their_inputs(scale):
     model = create_model("rdn_tiny", scale=scale)

@@ -130,3 +130,14 @@ def test_complex_noise_has_requested_power():
     noisy = add_complex_noise(x, 0.5, generator=torch.Generator().manual_seed(0))
     power = float(complex_abs(noisy).pow(2).mean())
     assert power == pytest.approx(0.25, rel=0.05)
+
+
+def test_ffts_leave_bf16_autocast_and_run_in_fp32():
+    """Under mixed precision a conv hands the FFT bfloat16; the transform must run in fp32 anyway."""
+    x = _randn(2, 4, 13, 11).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = fft2c(x.bfloat16())
+        back = ifft2c(k)
+    assert k.dtype == torch.float32 and back.dtype == torch.float32
+    torch.testing.assert_close(k, fft2c(x.bfloat16().float()))
+    torch.testing.assert_close(back, x.bfloat16().float(), atol=1e-5, rtol=1e-5)

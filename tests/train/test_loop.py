@@ -134,6 +134,19 @@ def test_recon_training_runs(tiny_dataset, tmp_path, model, extra):
     assert ("coil" in record) == bool(extra)
 
 
+def test_batch_workers_change_the_speed_not_the_result(tiny_dataset, tmp_path):
+    """Batches are a pure function of (seed, step): building them in worker processes is invisible."""
+    common = [
+        "model=deepcomplex_tiny", f"data.root={tiny_dataset.path.parent}", "data.crop=24", "data.coils=4",
+        "data.batch_size=2", "data.val_slices=1", "optim.steps=3", "eval_every=3", "device=cpu",
+    ]  # fmt: skip
+    train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'inline'}"]))
+    train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'workers'}", "data.workers=2"]))
+    a, b = _weights(tmp_path / "inline" / "last"), _weights(tmp_path / "workers" / "last")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_coil_weight_is_for_deepcomplex_only():
     with pytest.raises(ConfigError, match="loss.coil_weight applies to DeepcomplexMRI models only"):
         parse_overrides(TrainConfig, ["model=modl_tiny", "loss.coil_weight=1"])
