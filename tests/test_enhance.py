@@ -194,9 +194,10 @@ def test_evaluate_recon_scores_each_coil_map_setting(tmp_path, tiny_dataset, cap
 def test_model_card_records_the_runs_it_was_initialised_from(tmp_path, tiny_dataset):
     """An SRGAN card must also carry its SRResNet pre-training command, or it cannot be reproduced."""
     model = create_model("rdn_tiny", scale=2)
+    gpu = {"device": "NVIDIA H200", "processes": 1, "torch": "2.11.0+cu130"}
     pretrain = save_checkpoint(
         tmp_path / "pre" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=7,
-        config={"init": "", "command": "edgesr train model=rdn_tiny out=pre"},
+        config={"init": "", "command": "edgesr train model=rdn_tiny out=pre"}, machine=gpu,
     )  # fmt: skip
     finetune = save_checkpoint(
         tmp_path / "gan" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=3,
@@ -209,3 +210,5 @@ def test_model_card_records_the_runs_it_was_initialised_from(tmp_path, tiny_data
     assert training["command"].startswith("edgesr train init=")
     [stage] = training["initialised_from"]
     assert stage["command"] == "edgesr train model=rdn_tiny out=pre" and stage["steps"] == 7
+    # Each stage names the machine it trained on (a card's wall-clock times mean little without it).
+    assert stage["machine"] == gpu and training["machine"] == "not recorded by the training run"

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from edgesr import __version__
@@ -174,6 +173,7 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 "steps": parent.get("step"),
                 "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
                 "wall_clock_seconds": _training_seconds(folder.parent),
+                "machine": parent.get("machine", "not recorded by the training run"),
             }
         )
         init = parent.get("config", {}).get("init", "")
@@ -218,7 +218,8 @@ def write_card(cfg: EvaluateConfig, folder: Path, report: dict[str, Any]) -> Pat
             "steps": meta["step"],
             "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
             "wall_clock_seconds": _training_seconds(folder.parent),
-            "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            # Recorded by the training run since edgesr 0.1 checkpoints carry it; older ones did not.
+            "machine": meta.get("machine", "not recorded by the training run"),
             "initialised_from": _initialised_from(meta),
         },
         "data": [

@@ -65,6 +65,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     extra_state: dict[str, torch.Tensor] | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a checkpoint folder atomically (see the module docstring) and returns its path."""
     folder = Path(folder)
@@ -82,6 +83,8 @@ def save_checkpoint(
         "metrics": metrics or {},
         "config": config or {},
     }
+    if machine:
+        meta["machine"] = machine
     if optimizer is not None:
         tensors, layout = _flatten_optimizer(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()

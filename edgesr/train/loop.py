@@ -187,6 +187,15 @@ class TrainConfig:
         return {}
 
 
+def training_machine(device: torch.device, world_size: int) -> dict[str, Any]:
+    """Where a run trains, for its checkpoints and model card: wall-clock times mean little without it."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {torch.get_num_threads()} torch threads"
+    return {"device": name, "processes": world_size, "torch": torch.__version__}
+
+
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
     """Learning-rate factor: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -518,6 +527,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.resolved.yaml", to_yaml(cfg))
     model_name, model_options = cfg.model, cfg.model_options()
+    machine = training_machine(env.device, env.world_size)
 
     def save(folder: Path, step: int, with_state: bool = True) -> None:
         save_checkpoint(
@@ -530,6 +540,7 @@ def train(
             config=config_dict | {"command": command},
             optimizer=optimizer if with_state else None,
             scheduler=scheduler if with_state else None,
+            machine=machine,
         )
         if with_state and discriminator is not None and disc_optimizer is not None:
             save_checkpoint(

@@ -44,6 +44,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_dataset, tmp_path):
     assert stopped["step"] == 4 and read_metadata(tmp_path / "split" / "last")["step"] == 4
     resumed = train(_sr_config(tiny_dataset, tmp_path / "split", "resume=true"))
     assert resumed["step"] == 6
+    machine = read_metadata(tmp_path / "split" / "last")["machine"]
+    assert machine["device"].startswith("CPU") and machine["processes"] == 1
     a, b = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "split" / "last")
     assert a.keys() == b.keys()
     for key in a:
