@@ -107,6 +107,14 @@ def rdn_small(*, scale: int = 2, in_channels: int = 1, upsampler: str = "zero-fi
 
 
 @register_model("sr")
+def rdn_medium(*, scale: int = 2, in_channels: int = 1, upsampler: str = "zero-fill") -> RDN:
+    """Between the two: D=10, C=4, G=32, G0=32 (1.1 M parameters); about 1.6x rdn_small's CPU time."""
+    return RDN(
+        scale=scale, in_channels=in_channels, features=32, blocks=10, layers=4, growth=32, upsampler=upsampler
+    )
+
+
+@register_model("sr")
 def rdn_tiny(*, scale: int = 2, in_channels: int = 1, upsampler: str = "zero-fill") -> RDN:
     """For tests and quick checks: D=2, C=2, G=8, G0=16."""
     return RDN(
