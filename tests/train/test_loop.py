@@ -27,6 +27,14 @@ def _sr_config(dataset, out: Path, *extra: str) -> TrainConfig:
     )  # fmt: skip
 
 
+def _recon_args(dataset, model: str, *extra: str) -> list[str]:
+    """A tiny recon run on the CPU: 24-pixel crops, 4 coils, batches of 2, one val slice."""
+    return [
+        f"model={model}", f"data.root={dataset.path.parent}", "data.crop=24", "data.coils=4",
+        "data.batch_size=2", "data.val_slices=1", "device=cpu", *extra,
+    ]  # fmt: skip
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -122,15 +130,8 @@ def test_srgan_adversarial_training_runs(tiny_dataset, tmp_path, gan):
 )
 def test_recon_training_runs(tiny_dataset, tmp_path, model, extra):
     out = tmp_path / model
-    cfg = parse_overrides(
-        TrainConfig,
-        [
-            f"model={model}", f"out={out}", f"data.root={tiny_dataset.path.parent}",
-            "data.crop=24", "data.coils=4", "data.batch_size=2", "data.val_slices=1", "optim.steps=2",
-            "eval_every=2", "log_every=1", "loss.ssim_weight=0.1", "device=cpu", *extra,
-        ],
-    )  # fmt: skip
-    result = train(cfg)
+    args = _recon_args(tiny_dataset, model, f"out={out}", "optim.steps=2", "eval_every=2", "log_every=1")
+    result = train(parse_overrides(TrainConfig, [*args, "loss.ssim_weight=0.1", *extra]))
     assert result["step"] == 2 and result["val_psnr"] > 10
     record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert ("coil" in record) == bool(extra)
@@ -138,10 +139,7 @@ def test_recon_training_runs(tiny_dataset, tmp_path, model, extra):
 
 def test_batch_workers_change_the_speed_not_the_result(tiny_dataset, tmp_path):
     """Batches are a pure function of (seed, step): building them in worker processes is invisible."""
-    common = [
-        "model=deepcomplex_tiny", f"data.root={tiny_dataset.path.parent}", "data.crop=24", "data.coils=4",
-        "data.batch_size=2", "data.val_slices=1", "optim.steps=3", "eval_every=3", "device=cpu",
-    ]  # fmt: skip
+    common = _recon_args(tiny_dataset, "deepcomplex_tiny", "optim.steps=3", "eval_every=3")
     train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'inline'}"]))
     train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'workers'}", "data.workers=2"]))
     a, b = _weights(tmp_path / "inline" / "last"), _weights(tmp_path / "workers" / "last")
@@ -156,10 +154,7 @@ def test_coil_weight_is_for_deepcomplex_only():
 
 def test_modl_fine_tunes_at_more_unrolls_from_a_checkpoint(tiny_dataset, tmp_path):
     """MoDL shares its denoiser across unrolls: a K=2 checkpoint starts a K=3 run (the paper's K=1 -> 10)."""
-    common = [
-        "model=modl_tiny", f"data.root={tiny_dataset.path.parent}", "data.crop=24", "data.coils=4",
-        "data.batch_size=2", "data.val_slices=1", "optim.steps=1", "eval_every=1", "device=cpu",
-    ]  # fmt: skip
+    common = _recon_args(tiny_dataset, "modl_tiny", "optim.steps=1", "eval_every=1")
     train(parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'k2'}"]))
     init = f"init={tmp_path / 'k2' / 'last'}"
     cfg = parse_overrides(TrainConfig, [*common, f"out={tmp_path / 'k3'}", "unrolls=3", init, "optim.lr=0"])
