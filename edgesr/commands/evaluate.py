@@ -154,6 +154,11 @@ def _training_seconds(run_dir: Path) -> float | None:
     return round(total + previous, 1)
 
 
+def _training_machine(meta: dict[str, Any]) -> dict[str, Any] | str:
+    """The machine a checkpoint's run trained on; checkpoints written before training recorded it lack it."""
+    return meta.get("machine", "not recorded by the training run")
+
+
 def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The chain of ``init=`` checkpoints a run started from (e.g. SRGAN <- its SRResNet pre-training),
     nearest first, each with the command that trained it, so a card reproduces every stage."""
@@ -173,7 +178,7 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 "steps": parent.get("step"),
                 "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
                 "wall_clock_seconds": _training_seconds(folder.parent),
-                "machine": parent.get("machine", "not recorded by the training run"),
+                "machine": _training_machine(parent),
             }
         )
         init = parent.get("config", {}).get("init", "")
@@ -218,8 +223,7 @@ def write_card(cfg: EvaluateConfig, folder: Path, report: dict[str, Any]) -> Pat
             "steps": meta["step"],
             "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
             "wall_clock_seconds": _training_seconds(folder.parent),
-            # Recorded by the training run since edgesr 0.1 checkpoints carry it; older ones did not.
-            "machine": meta.get("machine", "not recorded by the training run"),
+            "machine": _training_machine(meta),
             "initialised_from": _initialised_from(meta),
         },
         "data": [
