@@ -11,6 +11,7 @@ from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.train import run_train
+from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
 from edgesr.train.loop import TrainConfig
 
@@ -55,6 +56,12 @@ COMMANDS: dict[str, Command] = {
             run_evaluate,
         ),
         Command("enhance", "run a trained model on your image or k-space", EnhanceConfig, run_enhance),
+        Command(
+            "upgrade",
+            "write the model spec into a checkpoint saved before edgesr's model contract (once)",
+            UpgradeConfig,
+            run_upgrade,
+        ),
         Command(
             "compress",
             "distil, prune and quantize a teacher by a recipe",

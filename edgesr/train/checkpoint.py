@@ -4,7 +4,8 @@ A checkpoint is a folder::
 
     model.safetensors    # the model's state dict
     state.safetensors    # optimizer tensors and the torch RNG state (training checkpoints only)
-    checkpoint.json      # model name and options, step, metrics, the run's config, optimizer layout
+    checkpoint.json      # model name and options, the model spec (how to run it), step, metrics,
+                         # the run's config, optimizer layout
 
 A folder is replaced as a whole: the new one is written beside it and swapped in with two renames, so
 an interrupted save leaves the previous checkpoint intact (``load`` also finds ``<name>.old``).
@@ -24,6 +25,7 @@ from torch import nn
 
 from edgesr.errors import DataError
 from edgesr.models import create_model
+from edgesr.spec import ModelSpec
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.safetensors", "checkpoint.json"
 
@@ -66,8 +68,13 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     extra_state: dict[str, torch.Tensor] | None = None,
     machine: dict[str, Any] | None = None,
+    spec: ModelSpec | None = None,
 ) -> Path:
-    """Writes a checkpoint folder atomically (see the module docstring) and returns its path."""
+    """Writes a checkpoint folder atomically (see the module docstring) and returns its path.
+
+    ``spec`` is required for a model that anything will run (every model checkpoint); only auxiliary
+    training state (a GAN's discriminator) is saved without one.
+    """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,6 +86,7 @@ def save_checkpoint(
         "format": "edgesr-checkpoint",
         "model": model_name,
         "model_options": model_options,
+        "spec": spec.to_dict() if spec is not None else None,
         "step": step,
         "metrics": metrics or {},
         "config": config or {},
@@ -155,3 +163,22 @@ def load_training_state(
     torch.set_rng_state(tensors["rng.torch"])
     extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extra
+
+
+def read_spec(meta: dict[str, Any], source: str | Path) -> ModelSpec:
+    """The checkpoint's model spec; a checkpoint written before specs existed must be upgraded once."""
+    raw = meta.get("spec")
+    if raw is None:
+        raise DataError(
+            f"{source}: this checkpoint has no model spec (it predates edgesr's model contract); "
+            f"run `edgesr upgrade checkpoint={source}` once to write it from the run's recorded settings"
+        )
+    return ModelSpec.from_dict(raw, source=f"{source}/{META_FILE}")
+
+
+def load_for_inference(
+    folder: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """A checkpoint's model in eval mode, its spec and metadata: what every consumer that runs it needs."""
+    model, meta = load_model(folder, map_location=map_location)
+    return model.eval(), read_spec(meta, folder), meta

@@ -38,10 +38,12 @@ from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import DEFAULT_DEGRADATION, recon_samples, score_recon, score_sr, sr_pairs
 from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, load_vgg19
 from edgesr.models import create_model, list_models, model_task
+from edgesr.models._probe import receptive_radius
 from edgesr.models.srgan import Discriminator
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.fft import complex_abs, complex_mul
 from edgesr.physics.masks import MASK_KINDS
+from edgesr.spec import ModelSpec, recon_spec, sr_spec
 from edgesr.train import distributed
 from edgesr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from edgesr.train.data import ReconBatch, ReconBatches, SRBatch, SRBatches
@@ -185,6 +187,21 @@ class TrainConfig:
         if self.unrolls:
             return {"iterations": self.unrolls}
         return {}
+
+
+def run_spec(cfg: TrainConfig, model: nn.Module) -> ModelSpec:
+    """The model contract of a run's checkpoints: how the data it trains on is fed to the model."""
+    data = cfg.data
+    if cfg.task == "sr":
+        return sr_spec(
+            modality=data.modality,
+            scale=data.scale,
+            degradation=data.resolved_degradation,
+            upsampler=data.resolved_upsampler,
+            receptive_radius=receptive_radius(model, data.scale),
+        )
+    # DeepcomplexMRI's convolutions fix the coil count; MoDL's SENSE operator takes any number.
+    return recon_spec(coils=data.coils if cfg.model.startswith("deepcomplex") else 0)
 
 
 def training_machine(device: torch.device, world_size: int) -> dict[str, Any]:
@@ -528,6 +545,7 @@ def train(
         write_text_atomic(out / "config.resolved.yaml", to_yaml(cfg))
     model_name, model_options = cfg.model, cfg.model_options()
     machine = training_machine(env.device, env.world_size)
+    spec = run_spec(cfg, model)
 
     def save(folder: Path, step: int, with_state: bool = True) -> None:
         save_checkpoint(
@@ -541,6 +559,7 @@ def train(
             optimizer=optimizer if with_state else None,
             scheduler=scheduler if with_state else None,
             machine=machine,
+            spec=spec,
         )
         if with_state and discriminator is not None and disc_optimizer is not None:
             save_checkpoint(
