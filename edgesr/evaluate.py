@@ -12,19 +12,28 @@ baselines here and every later model report are measured the same way:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from edgesr import baselines
 from edgesr.data.dataset import PreparedDataset, SliceSample
+from edgesr.data.kspace import KSpaceVolume
 from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
 from edgesr.physics.coils import estimate_coil_maps
 from edgesr.physics.degrade import crop_to_multiple, degrade
-from edgesr.physics.fft import complex_abs
+from edgesr.physics.fft import complex_abs, to_complex
 from edgesr.physics.simulate import ReconSample, simulate_multicoil
+from edgesr.pipeline import DEFAULT_TILE, Predictor, infer
+from edgesr.results import recon_setting, sr_setting
+from edgesr.spec import ModelSpec
 
 DEFAULT_DEGRADATION = {"MR": "mr-kspace", "CT": "ct-blur"}
 
@@ -176,5 +185,157 @@ def score_recon(
             with torch.no_grad():
                 image = method(sample.kspace[None], mask, sample.sens_maps[None])
             scores[name].seconds += time.perf_counter() - started
-            scores[name].add(complex_abs(image), reference, slice_id)
+            # Methods return the complex image as a channel pair, or (the pipeline) its magnitude.
+            magnitude = complex_abs(image) if image.shape[1] == 2 else image
+            scores[name].add(magnitude, reference, slice_id)
     return list(scores.values())
+
+
+# --- The baselines and a model, as scored methods ---------------------------------------------------
+
+
+def sr_baseline_methods() -> dict[str, SRMethod]:
+    return {"bicubic": baselines.sr_bicubic, "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s)}
+
+
+def recon_baseline_methods(
+    cg_lambda: float = baselines.CG_SENSE_LAMBDA,
+    cs_lambda: float = baselines.L1_WAVELET_LAMBDA,
+    cs_iterations: int = baselines.L1_WAVELET_ITERATIONS,
+) -> dict[str, ReconMethod]:
+    return {
+        "zero-filled": baselines.recon_zero_filled,
+        "cg-sense": partial(baselines.recon_cg_sense, lam=cg_lambda),
+        "l1-wavelet": partial(baselines.recon_l1_wavelet, lam=cs_lambda, n_iter=cs_iterations),
+    }
+
+
+def model_sr_method(spec: ModelSpec, predictor: Predictor, *, tile: int = DEFAULT_TILE) -> SRMethod:
+    """A model as an SR method, run through the pipeline that ``enhance`` ships (tiles included).
+
+    The protocol's images are already divided by their volume's maximum, so the pipeline gets them as
+    ``raw`` units with reference 1 instead of estimating a normaliser from one slice.
+    """
+
+    def method(lr: torch.Tensor, scale: int, degradation: str) -> torch.Tensor:
+        if spec.sr is None or (scale, degradation) != (spec.sr.scale, spec.sr.degradation):
+            raise ValueError(f"the model is {spec.describe()}; asked for x{scale} {degradation}")
+        out = infer(spec, predictor, lr[0].numpy(), units="raw", reference=1.0, tile=tile)
+        return torch.from_numpy(out)[None]
+
+    return method
+
+
+def model_recon_method(spec: ModelSpec, predictor: Predictor) -> ReconMethod:
+    """A model as a recon method, through the pipeline (coil compression included), on given maps."""
+
+    def method(kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
+        raw = KSpaceVolume(
+            to_complex(kspace).numpy(), mask.flatten().numpy(), Path("<simulated>"), "simulated"
+        )
+        out = infer(spec, predictor, raw, maps=to_complex(sens_maps).numpy(), reference=1.0)
+        return torch.from_numpy(out)[:, None]
+
+    return method
+
+
+def compare(scores: list[MethodScores], model_name: str) -> dict[str, Any]:
+    """The model against the baselines: mean gain over the best baseline, and per-slice losses."""
+    model = next(s for s in scores if s.method == model_name)
+    others = [s for s in scores if s.method != model_name]
+    best = max(others, key=lambda s: sum(s.psnr) / len(s.psnr))
+    per_slice_best = [max(values) for values in zip(*(b.psnr for b in others), strict=True)]
+    below = [sid for sid, m, b in zip(model.slices, model.psnr, per_slice_best, strict=True) if m < b]
+    return {
+        "best_baseline": best.method,
+        "gain_db_over_best_baseline": round(
+            sum(model.psnr) / len(model.psnr) - sum(best.psnr) / len(best.psnr), 3
+        ),
+        "slices_below_per_slice_best_baseline": len(below),
+        "slices_below": below,
+        "min_gain_db_per_slice": round(
+            min(m - b for m, b in zip(model.psnr, per_slice_best, strict=True)), 3
+        ),
+        # What the model can be held to: the baselines it beats on every slice of this setting.
+        "baselines_beaten_on_every_slice": [
+            b.method for b in others if all(m > v for m, v in zip(model.psnr, b.psnr, strict=True))
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class ReconProtocol:
+    """The simulated acquisitions a recon model is scored on (the training simulation's defaults)."""
+
+    accelerations: tuple[float, ...] = (4.0, 6.0)
+    masks: tuple[str, ...] = ("random",)
+    maps: tuple[str, ...] = ("simulated",)
+    coils: int = 8
+    center_fraction: float = 0.08
+    noise_std: float = 0.005
+
+
+def evaluate_model(
+    spec: ModelSpec,
+    predictor: Predictor,
+    dataset: PreparedDataset,
+    *,
+    label: str,
+    split: str = "test",
+    max_slices: int = 0,
+    recon: ReconProtocol | None = None,
+    status: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """A model next to the baselines, on one split, in one run: the results and the comparisons.
+
+    Args:
+        spec: the model's contract (task, scale, degradation, modality, coils).
+        predictor: the model to score (a :class:`~edgesr.pipeline.TorchPredictor`, a runtime session).
+        label: the model's name in the results.
+        recon: the simulated acquisitions (recon models only); ``coils`` is overridden by a model that
+            needs a fixed number.
+        status: a context-manager factory showing progress (``console.status``), or None.
+    """
+
+    def showing(message: str) -> Any:
+        return status(message) if status is not None else contextlib.nullcontext()
+
+    recon = recon or ReconProtocol()
+    results: list[dict[str, Any]] = []
+    comparisons: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    if spec.sr is not None:
+        modality, scale, kind = spec.intensity.modality, spec.sr.scale, spec.sr.degradation
+        sr_methods = sr_baseline_methods() | {label: model_sr_method(spec, predictor)}
+        with showing(f"SR x{scale} on {modality} ({kind}), {split} split"):
+            pairs = sr_pairs(
+                dataset, modality=modality, scale=scale, split=split, degradation=kind, max_slices=max_slices
+            )
+            scores = score_sr(sr_methods, pairs, scale=scale, degradation=kind)
+        setting = sr_setting(modality=modality, scale=scale, degradation=kind)
+        results += [setting | s.summary() for s in scores]
+        comparisons.append(setting | compare(scores, label))
+    else:
+        assert spec.recon is not None  # noqa: S101 (a spec has one task section)
+        coils = spec.recon.coils or recon.coils
+        recon_methods = recon_baseline_methods() | {label: model_recon_method(spec, predictor)}
+        settings = [(m, k, r) for m in recon.maps for k in recon.masks for r in recon.accelerations]
+        for maps, mask_kind, r in settings:
+            with showing(f"recon R={r:g} ({mask_kind}, {maps} maps), {split} split"):
+                samples = recon_samples(
+                    dataset, acceleration=r, mask_kind=mask_kind, n_coils=coils,
+                    center_fraction=recon.center_fraction, noise_std=recon.noise_std, split=split,
+                    max_slices=max_slices, maps=maps,
+                )  # fmt: skip
+                scores = score_recon(recon_methods, samples)
+            setting = recon_setting(acceleration=r, mask=mask_kind, coils=coils, maps=maps)
+            results += [setting | s.summary() for s in scores]
+            comparisons.append(setting | compare(scores, label))
+    return {
+        "split": split,
+        "protocol": PROTOCOL,
+        "sources": [v["name"] for v in dataset.volumes()],
+        "results": results,
+        "comparison": comparisons,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

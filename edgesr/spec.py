@@ -176,7 +176,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if args and origin is not tuple and dataclasses.is_dataclass(args[0]):  # Optional[dataclass]
-        return _build(args[0], value, where)
+        return _build(typing.cast(type, args[0]), value, where)
     if dataclasses.is_dataclass(hint):
         return _build(typing.cast(type, hint), value, where)
     return value

@@ -116,3 +116,38 @@ def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
     monkeypatch.setattr(prepare_module, "SOURCES", (source,))
     prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
     return PreparedDataset(tmp_path / "cache")
+
+
+def spec_for(model, name: str, *, modality: str = "MR", degradation: str | None = None):
+    """The spec a training run would write for ``model`` (registered as ``name``)."""
+    from edgesr.models import model_task
+    from edgesr.models._probe import receptive_radius
+    from edgesr.spec import recon_spec, sr_spec
+
+    if model_task(name) == "sr":
+        kind = degradation or ("ct-blur" if modality == "CT" else "mr-kspace")
+        return sr_spec(
+            modality=modality,
+            scale=model.scale,
+            degradation=kind,
+            upsampler=model.upsampler,
+            receptive_radius=receptive_radius(model, model.scale),
+        )
+    return recon_spec(coils=getattr(model, "coils", 0))
+
+
+def save_model(folder: Path, model, name: str, options: dict, **kwargs):
+    """A checkpoint of ``model`` with its spec, as ``edgesr train`` writes it."""
+    from edgesr.train.checkpoint import save_checkpoint
+
+    spec_options = {k: kwargs.pop(k) for k in ("modality", "degradation") if k in kwargs}
+    kwargs.setdefault("step", 1)
+    kwargs.setdefault("config", {})
+    return save_checkpoint(
+        folder,
+        model,
+        model_name=name,
+        model_options=options,
+        spec=spec_for(model, name, **spec_options),
+        **kwargs,
+    )

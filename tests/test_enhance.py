@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from edgesr.cli import main
-from edgesr.inference import SRSettings, super_resolve_slice, upsampled_affine
 from edgesr.models import create_model
+from edgesr.physics.degrade import upsampled_affine
 from edgesr.physics.fft import to_complex
 from edgesr.physics.simulate import simulate_multicoil
-from edgesr.train.checkpoint import save_checkpoint
+from edgesr.pipeline import TorchPredictor, infer
+from tests.conftest import save_model, spec_for
 
 
 def _random_sr_model(scale: int = 2, name: str = "rdn_tiny"):
@@ -28,22 +29,21 @@ def _random_sr_model(scale: int = 2, name: str = "rdn_tiny"):
 @pytest.fixture
 def sr_checkpoint(tmp_path):
     model = _random_sr_model()
-    return save_checkpoint(
-        tmp_path / "ckpt", model, model_name="rdn_tiny", model_options={"scale": 2, "upsampler": "zero-fill"},
-        step=1, config={"data": {"modality": "MR"}},
-    )  # fmt: skip
+    return save_model(tmp_path / "ckpt", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
 
 
 @pytest.mark.parametrize("scale", [2, 3])
 def test_tiled_inference_equals_whole_image(scale):
     model = _random_sr_model(scale)
-    lr = torch.rand(37, 31)
-    whole = super_resolve_slice(model, lr, SRSettings(tile=0))
-    tiled = super_resolve_slice(model, lr, SRSettings(tile=8, halo=12))
-    assert whole.shape == (37 * scale, 31 * scale)
-    assert float((whole - tiled).abs().max()) < 1e-4
-    rough = super_resolve_slice(model, lr, SRSettings(tile=8, halo=0))
-    assert float((whole - rough).abs().max()) > 1e-4  # the halo is what makes tiling exact
+    spec = spec_for(model, "rdn_tiny")
+    predictor = TorchPredictor(model, spec)
+    lr = np.random.default_rng(0).random((37, 31)).astype(np.float32)
+    whole = infer(spec, predictor, lr, tile=0)
+    tiled = infer(spec, predictor, lr, tile=8)  # the halo defaults to the spec's receptive radius
+    assert whole.shape == (1, 37 * scale, 31 * scale)
+    assert float(np.abs(whole - tiled).max()) < 1e-5 * float(np.abs(whole).max())
+    rough = infer(spec, predictor, lr, tile=8, halo=0)
+    assert float(np.abs(whole - rough).max()) > 1e-4  # the halo is what makes tiling exact
 
 
 def test_upsampled_affine_keeps_the_field_of_view():
@@ -131,9 +131,7 @@ def test_enhance_reconstructs_fastmri_kspace(tmp_path, name, coils):
     torch.manual_seed(0)
     options = {"coils": 4} if name.startswith("deepcomplex") else {}
     model = create_model(name, **options)
-    ckpt = save_checkpoint(
-        tmp_path / "ckpt", model, model_name=name, model_options=options, step=1, config={}
-    )
+    ckpt = save_model(tmp_path / "ckpt", model, name, options)
     yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), indexing="ij")
     image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32) * 0.8)
     # Two slices acquired with one mask (one seed), in a scanner's arbitrary units.
@@ -175,9 +173,7 @@ def test_evaluate_writes_a_model_card(tmp_path, tiny_dataset, sr_checkpoint, cap
 
 def test_evaluate_recon_scores_each_coil_map_setting(tmp_path, tiny_dataset, capsys):
     model = create_model("modl_tiny")
-    ckpt = save_checkpoint(
-        tmp_path / "ckpt", model, model_name="modl_tiny", model_options={}, step=1, config={}
-    )
+    ckpt = save_model(tmp_path / "ckpt", model, "modl_tiny", {})
     args = [
         "evaluate", f"checkpoint={ckpt}", f"root={tiny_dataset.path.parent}", "split=val",
         "accelerations=[4]", "maps=[simulated,lowres]", "max_slices=1", "format=json",
@@ -195,12 +191,12 @@ def test_model_card_records_the_runs_it_was_initialised_from(tmp_path, tiny_data
     """An SRGAN card must also carry its SRResNet pre-training command, or it cannot be reproduced."""
     model = create_model("rdn_tiny", scale=2)
     gpu = {"device": "NVIDIA H200", "processes": 1, "torch": "2.11.0+cu130"}
-    pretrain = save_checkpoint(
-        tmp_path / "pre" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=7,
+    pretrain = save_model(
+        tmp_path / "pre" / "best", model, "rdn_tiny", {"scale": 2}, step=7,
         config={"init": "", "command": "edgesr train model=rdn_tiny out=pre"}, machine=gpu,
     )  # fmt: skip
-    finetune = save_checkpoint(
-        tmp_path / "gan" / "best", model, model_name="rdn_tiny", model_options={"scale": 2}, step=3,
+    finetune = save_model(
+        tmp_path / "gan" / "best", model, "rdn_tiny", {"scale": 2}, step=3,
         config={"init": str(pretrain), "command": f"edgesr train init={pretrain} out=gan"},
     )  # fmt: skip
     card = tmp_path / "card"

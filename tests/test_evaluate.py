@@ -5,9 +5,8 @@ import torch
 from rich.console import Console
 
 from edgesr import baselines
-from edgesr.commands.baseline import print_results
-from edgesr.commands.evaluate import _comparison
-from edgesr.evaluate import MethodScores, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import MethodScores, compare, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.results import print_results
 
 
 def test_sr_pairs_follow_the_protocol(tiny_dataset):
@@ -60,7 +59,7 @@ def test_comparison_names_the_best_baseline_and_those_beaten_on_every_slice():
         MethodScores("l1-wavelet", psnr=[27.0, 25.0, 26.5], slices=slices),
         MethodScores("net", psnr=[26.0, 26.0, 27.0], slices=slices),
     ]
-    comparison = _comparison(scores, "net")
+    comparison = compare(scores, "net")
     assert comparison["best_baseline"] == "l1-wavelet"
     assert comparison["gain_db_over_best_baseline"] == round(79 / 3 - 78.5 / 3, 3)
     assert comparison["slices_below"] == ["a:1"] and comparison["min_gain_db_per_slice"] == -1.0

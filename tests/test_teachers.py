@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from edgesr.cli import main
-from edgesr.commands.baseline import setting_title
 from edgesr.data.images import load_image
 from edgesr.physics.fft import to_complex
 from edgesr.physics.simulate import simulate_multicoil
+from edgesr.results import setting_title
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_model
 

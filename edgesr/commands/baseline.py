@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from edgesr import baselines
 from edgesr._io import write_json_atomic
@@ -19,15 +16,16 @@ from edgesr.data.dataset import PreparedDataset
 from edgesr.evaluate import (
     DEFAULT_DEGRADATION,
     PROTOCOL,
-    ReconMethod,
-    SRMethod,
+    recon_baseline_methods,
     recon_samples,
     score_recon,
     score_sr,
+    sr_baseline_methods,
     sr_pairs,
 )
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.masks import MASK_KINDS
+from edgesr.results import print_results, recon_setting, sr_setting
 
 
 @dataclass(frozen=True)
@@ -73,22 +71,6 @@ class BaselineConfig:
         check_range("center_fraction", self.center_fraction, low=0.01, high=1.0)
 
 
-def sr_baseline_methods() -> dict[str, SRMethod]:
-    return {"bicubic": baselines.sr_bicubic, "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s)}
-
-
-def recon_baseline_methods(
-    cg_lambda: float = baselines.CG_SENSE_LAMBDA,
-    cs_lambda: float = baselines.L1_WAVELET_LAMBDA,
-    cs_iterations: int = baselines.L1_WAVELET_ITERATIONS,
-) -> dict[str, ReconMethod]:
-    return {
-        "zero-filled": baselines.recon_zero_filled,
-        "cg-sense": partial(baselines.recon_cg_sense, lam=cg_lambda),
-        "l1-wavelet": partial(baselines.recon_l1_wavelet, lam=cs_lambda, n_iter=cs_iterations),
-    }
-
-
 def run_baseline(cfg: BaselineConfig) -> int:
     dataset = PreparedDataset(cfg.root or None)
     console = Console(stderr=cfg.format == "json")
@@ -96,10 +78,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
     started = time.perf_counter()
     if cfg.task in ("sr", "all"):
         modalities = ("MR", "CT") if cfg.modality == "all" else (cfg.modality,)
-        sr_methods = {
-            "bicubic": baselines.sr_bicubic,
-            "zero-fill": lambda lr, s, _: baselines.sr_zero_fill(lr, s),
-        }
+        sr_methods = sr_baseline_methods()
         for modality in modalities:
             if not dataset.volumes(modality):
                 console.print(f"[yellow]no {modality} volumes in the data set; skipping SR on {modality}[/]")
@@ -118,7 +97,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
                         seed=cfg.seed,
                     )
                     scores = score_sr(sr_methods, pairs, scale=scale, degradation=kind)
-                setting = {"task": "sr", "modality": modality, "scale": scale, "degradation": kind}
+                setting = sr_setting(modality=modality, scale=scale, degradation=kind)
                 results += [setting | s.summary() for s in scores]
     if cfg.task in ("recon", "all"):
         recon_methods = recon_baseline_methods(cfg.cg_lambda, cfg.cs_lambda, cfg.cs_iterations)
@@ -153,49 +132,3 @@ def run_baseline(cfg: BaselineConfig) -> int:
     else:
         print_results(console, report)
     return 0
-
-
-def recon_setting(*, acceleration: float, mask: str, coils: int, maps: str | None = None) -> dict[str, Any]:
-    """The keys that name one scored recon setting in a report (``maps`` only when it was chosen)."""
-    setting = {"task": "recon", "modality": "MR", "acceleration": acceleration, "mask": mask, "coils": coils}
-    return setting if maps is None else setting | {"maps": maps}
-
-
-def setting_title(row: dict[str, Any]) -> str:
-    """A readable name for one scored setting (a row of a report's results or comparison)."""
-    if row["task"] == "sr":
-        return f"SR x{row['scale']} on {row['modality']} ({row['degradation']})"
-    maps = f", {row['maps']} coil maps" if "maps" in row else ""
-    return f"Recon R={row['acceleration']:g}, {row['mask']} mask, {row['coils']} coils{maps}"
-
-
-def print_results(console: Console, report: dict[str, Any]) -> None:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in report["results"]:
-        groups.setdefault(setting_title(row), []).append(row)
-    # Short headers (explained in the caption) keep the table within 80 columns, the width rich
-    # assumes when the output is piped; a long method name folds onto a second line.
-    caption = "PSNR and worst (the lowest slice) in dB; gradE: gradient energy ratio; s/sl: seconds per slice"
-    for title, rows in groups.items():
-        table = Table(
-            title=f"{title}: {report['split']} split, {rows[0]['slices']} slices",
-            caption=caption,
-            box=box.SIMPLE_HEAD,
-        )
-        widest_method = max(len(row["method"]) for row in rows)
-        table.add_column("method", overflow="fold", min_width=min(widest_method, 17))
-        for column in ("PSNR", "SSIM", "NMSE", "HFEN", "gradE", "worst", "s/sl"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in rows:
-            table.add_row(
-                row["method"],
-                f"{row['psnr_db']:.2f}",
-                f"{row['ssim']:.4f}",
-                f"{row['nmse']:.5f}",
-                f"{row['hfen']:.4f}",
-                f"{row.get('gradient_energy_ratio', float('nan')):.3f}",
-                f"{row['psnr_min_db']:.2f}",
-                f"{row['seconds_per_slice']:.3f}",
-            )
-        console.print(table)
-    console.print(f"sources: {', '.join(report['sources'])}; {report['seconds']} s")

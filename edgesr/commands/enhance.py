@@ -1,4 +1,7 @@
-"""``edgesr enhance``: run a shipped teacher or a checkpoint on a user's image or raw k-space."""
+"""``edgesr enhance``: run a shipped teacher or a checkpoint on a user's image or raw k-space.
+
+The model runs through :mod:`edgesr.pipeline` as its spec says: the same path ``evaluate`` scores.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgesr.config import check_choice, opt, parse_overrides
+from edgesr.config import check_choice, check_range, opt
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import write_image
 from edgesr.errors import ConfigError, DataError
-from edgesr.inference import SRSettings, reconstruct_volume, super_resolve_volume, upsampled_affine
 from edgesr.physics.coils import ESTIMATION_METHODS
+from edgesr.physics.degrade import upsampled_affine
+from edgesr.pipeline import DEFAULT_TILE, TorchPredictor, finish, prepare_recon, prepare_sr, run
+from edgesr.spec import UNITS
 from edgesr.teachers import list_teachers, teacher_path
-from edgesr.train.checkpoint import load_model
+from edgesr.train.checkpoint import load_for_inference
 from edgesr.train.distributed import pick_device
-from edgesr.train.loop import DataSection
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,16 @@ class EnhanceConfig:
     output: str = opt("", "where to write the result (SR: same format as the input; recon: .nii.gz)")
     model: str = opt("", "a shipped teacher (see `edgesr enhance --help`), or use checkpoint=")
     checkpoint: str = opt("", "a checkpoint folder written by `edgesr train` (its best/ or last/)")
-    tile: int = opt(128, "SR: LR tile size in pixels (0: whole image at once)")
-    halo: int = opt(32, "SR: LR pixels of context around each tile (exact when >= the receptive field)")
-    maps: str = opt("lowres", "recon: coil-map estimation from the ACS lines, lowres or espirit")
+    units: str = opt(
+        "auto",
+        "SR: hu (CT numbers), raw (the model's own units or any magnitude scale) or auto: DICOM says; "
+        "a CT model takes other formats as HU when they hold air below -200, else asks",
+    )
+    tile: int = opt(DEFAULT_TILE, "SR: LR tile size in pixels (0: whole image at once)")
+    halo: int = opt(-1, "SR: LR pixels of context around each tile (-1: the model's receptive radius: exact)")
+    maps: str = opt(
+        "", "recon: coil-map estimation from the ACS lines, lowres or espirit (default: the model's)"
+    )
     device: str = opt("auto", "auto, cpu or cuda[:N]")
 
     def __post_init__(self) -> None:
@@ -38,35 +49,41 @@ class EnhanceConfig:
             raise ConfigError(
                 f"give exactly one of model= (shipped: {', '.join(list_teachers()) or 'none'}) or checkpoint="
             )
-        check_choice("maps", self.maps, ESTIMATION_METHODS)
+        check_choice("units", self.units, UNITS)
+        check_range("tile", self.tile, low=0)
+        check_range("halo", self.halo, low=-1)
+        if self.maps:
+            check_choice("maps", self.maps, ESTIMATION_METHODS)
 
 
 def run_enhance(cfg: EnhanceConfig) -> int:
     console = Console(stderr=True)
     folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
-    model, meta = load_model(folder)
-    model = model.to(pick_device(cfg.device))
-    task = getattr(model, "task", "sr")
-    if task == "sr":
-        scale = int(getattr(model, "scale", 1))
-        data = parse_overrides(DataSection, base=meta["config"].get("data", {}))
-        degradation = data.resolved_degradation
+    model, spec, _ = load_for_inference(folder)
+    predictor = TorchPredictor(model.to(pick_device(cfg.device)), spec)
+    if spec.sr is not None:
         volume = load_image(cfg.input)
-        settings = SRSettings(degradation=degradation, tile=cfg.tile, halo=cfg.halo)
-        with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{scale}"):
-            result = super_resolve_volume(model, volume.data, settings)
+        halo = None if cfg.halo < 0 else cfg.halo
+        prepared = prepare_sr(spec, volume, units=cfg.units, tile=cfg.tile, halo=halo)
+        with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
+            result = finish(spec, prepared, run(predictor, prepared))
         affine = None
         if volume.affine is not None:
-            affine = upsampled_affine(volume.affine, scale, degradation, volume.data.shape[1:])
+            affine = upsampled_affine(
+                volume.affine, spec.sr.scale, spec.sr.degradation, volume.data.shape[1:]
+            )
         write_image(cfg.output, result, dtype=volume.dtype, affine=affine)
+        units = f" ({prepared.intensity.units})" if spec.intensity.is_ct else ""
     else:
         if not cfg.output.lower().endswith((".nii", ".nii.gz", ".npy", ".tif", ".tiff")):
             raise DataError(f"{cfg.output}: write recon results as .nii.gz (or .npy/.tif)")
         raw = load_kspace(cfg.input)
+        prepared_recon = prepare_recon(spec, raw, maps=cfg.maps or None)
         with console.status(
             f"reconstructing {raw.kspace.shape[0]} slice(s) from {raw.kspace.shape[1]} coils"
         ):
-            result = reconstruct_volume(model, raw, map_method=cfg.maps, coils=getattr(model, "coils", None))
+            result = finish(spec, prepared_recon, run(predictor, prepared_recon))
         write_image(cfg.output, result, dtype="float32")
-    console.print(f"[green]wrote[/] {cfg.output} ({' x '.join(map(str, result.shape))})")
+        units = ""
+    console.print(f"[green]wrote[/] {cfg.output} ({' x '.join(map(str, result.shape))}){units}")
     return 0

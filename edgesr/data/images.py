@@ -28,8 +28,13 @@ class ImageVolume:
         source: the file or folder it was read from.
         format: ``dicom``, ``nifti``, ``png``, ``tiff`` or ``npy``.
         affine: the NIfTI voxel-to-world affine (4x4), kept so that outputs can be written back.
-        dtype: the stored data type (``uint8``, ``uint16``, ``int16``...), to write outputs in its range.
+        dtype: the data type that holds the values (``uint8``, ``uint16``, ``int16``...), to write
+            outputs in its range; for DICOM, the type of the modality values (e.g. ``int16`` for HU
+            from unsigned stored pixels), not of the stored pixels.
         meta: format details (DICOM modality and series UID, ...).
+        padding: bool ``[S, H, W]``, True where the scanner padded the image (DICOM
+            PixelPaddingValue / PixelPaddingRangeLimit): not tissue, excluded from normalisation and
+            restored in outputs.
     """
 
     data: np.ndarray
@@ -39,6 +44,7 @@ class ImageVolume:
     affine: np.ndarray | None = None
     dtype: str = "float32"
     meta: dict[str, Any] = field(default_factory=dict)
+    padding: np.ndarray | None = None
 
 
 def _checked(data: np.ndarray, path: Path) -> np.ndarray:
@@ -186,7 +192,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
 
     chosen = sorted(chosen, key=position)
     slices: list[np.ndarray] = []
-    stored_dtype = "float32"
+    paddings: list[np.ndarray] = []
+    integral = True  # every slice's modality values are integers (an integer output type can hold them)
     for file, ds in chosen:
         for tag in ("Rows", "Columns"):
             if tag not in ds:
@@ -202,7 +209,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
             raise DataError(
                 f"{file}: slice of shape {pixels.shape} differs from the series' {slices[0].shape}"
             )
-        stored_dtype = str(stored.dtype)
+        paddings.append(_padding_mask(ds, stored))
+        integral = integral and bool(np.all(np.mod(pixels, 1) == 0))
         slices.append(pixels.astype(np.float32))
     first = chosen[0][1]
     row_mm, col_mm = (float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
@@ -215,14 +223,40 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         "series_uid": str(first.get("SeriesInstanceUID", "")),
         "files": [str(f) for f, _ in chosen],
     }
+    volume = _checked(np.stack(slices), path)
+    padding = np.stack(paddings)
     return ImageVolume(
-        _checked(np.stack(slices), path),
+        volume,
         (slice_mm, row_mm, col_mm),
         path,
         "dicom",
-        dtype=stored_dtype,
+        dtype=_value_dtype(volume, integral),
         meta=meta,
+        padding=padding if padding.any() else None,
     )
+
+
+def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray:
+    """Pixels the scanner marked as padding: stored value == PixelPaddingValue, or within
+    [PixelPaddingValue, PixelPaddingRangeLimit] when a range is given (DICOM PS3.3 C.7.5.1.1.2)."""
+    if "PixelPaddingValue" not in ds:
+        return np.zeros(stored.shape, dtype=bool)
+    value = int(ds.PixelPaddingValue)
+    limit = int(ds.PixelPaddingRangeLimit) if "PixelPaddingRangeLimit" in ds else value
+    low, high = min(value, limit), max(value, limit)
+    return (stored >= low) & (stored <= high)
+
+
+def _value_dtype(volume: np.ndarray, integral: bool) -> str:
+    """The narrowest usual type for modality values: int16 for HU, uint16 for MR, else float32."""
+    if not integral:
+        return "float32"
+    low, high = float(volume.min()), float(volume.max())
+    for dtype in ("int16", "uint16", "int32"):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return "float32"
 
 
 def load_image(path: str | Path) -> ImageVolume:

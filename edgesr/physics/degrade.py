@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -207,3 +208,17 @@ def bicubic_upsample(
     grid_y, grid_x = torch.meshgrid(2 * ys / (h - 1) - 1, 2 * xs / (w - 1) - 1, indexing="ij")
     grid = torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(lr.shape[0], -1, -1, -1)
     return F.grid_sample(lr, grid, mode="bicubic", padding_mode="border", align_corners=True)
+
+
+def upsampled_affine(affine: np.ndarray, scale: int, degradation: str, shape: tuple[int, int]) -> np.ndarray:
+    """The NIfTI affine of an SR output: in-plane voxels ``s`` times smaller, on the LR grid's positions.
+
+    HR voxel ``i`` lies at LR coordinate ``(i - offset) / s`` (see :func:`lr_grid_offset`), so the
+    output covers the same field of view as the input.
+    """
+    hr_x, hr_y = shape[0] * scale, shape[1] * scale
+    to_lr = np.eye(4)
+    to_lr[0, 0] = to_lr[1, 1] = 1.0 / scale
+    to_lr[0, 3] = -lr_grid_offset(degradation, hr_x, scale) / scale
+    to_lr[1, 3] = -lr_grid_offset(degradation, hr_y, scale) / scale
+    return affine @ to_lr

@@ -1,0 +1,140 @@
+"""Model cards: what a shipped teacher (or, later, a compressed student) carries beside its weights.
+
+A card records how the weights were made (every training stage's command, steps, wall-clock time and
+machine, following ``init=`` back to the first run), the data sources with their checksums, the
+evaluation next to the baselines of the same run, the model spec, and the weights' sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgesr import __version__
+from edgesr._io import write_json_atomic
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import DataError
+from edgesr.models import model_task
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata
+
+
+def _training_seconds(run_dir: Path) -> float | None:
+    """Wall-clock training time from a run's log.jsonl, summed over resumed segments."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    total, previous = 0.0, 0.0
+    for line in log.read_text().splitlines():
+        seconds = json.loads(line).get("seconds")
+        if seconds is None:
+            continue
+        if seconds < previous:  # a resumed segment restarted the clock
+            total += previous
+        previous = seconds
+    return round(total + previous, 1)
+
+
+def _training_machine(meta: dict[str, Any]) -> dict[str, Any] | str:
+    """The machine a checkpoint's run trained on; checkpoints written before training recorded it lack it."""
+    return meta.get("machine", "not recorded by the training run")
+
+
+def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chain of ``init=`` checkpoints a run started from (e.g. SRGAN <- its SRResNet pre-training),
+    nearest first, each with the command that trained it, so a card reproduces every stage."""
+    chain: list[dict[str, Any]] = []
+    init = meta.get("config", {}).get("init", "")
+    while init and len(chain) < 10:  # a bound against a cycle of hand-edited metadata
+        folder = Path(init)
+        try:
+            parent = read_metadata(folder)
+        except DataError as exc:
+            chain.append({"checkpoint": init, "note": f"not readable when the card was written: {exc}"})
+            break
+        chain.append(
+            {
+                "checkpoint": init,
+                "command": parent.get("config", {}).get("command", ""),
+                "steps": parent.get("step"),
+                "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
+                "wall_clock_seconds": _training_seconds(folder.parent),
+                "machine": _training_machine(parent),
+            }
+        )
+        init = parent.get("config", {}).get("init", "")
+    return chain
+
+
+def evaluate_command(
+    name: str,
+    meta: dict[str, Any],
+    *,
+    split: str,
+    accelerations: tuple[float, ...],
+    masks: tuple[str, ...],
+    maps: tuple[str, ...],
+    max_slices: int,
+) -> str:
+    """The command that re-scores the shipped teacher on the settings of this card."""
+    command = f"edgesr evaluate model={name} split={split}"
+    if model_task(meta["model"]) == "recon":
+
+        def listed(values: tuple[Any, ...]) -> str:
+            return "[" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
+
+        command += f" accelerations={listed(accelerations)} masks={listed(masks)} maps={listed(maps)}"
+    if max_slices:
+        command += f" max_slices={max_slices}"
+    return command
+
+
+def write_card(
+    folder: Path,
+    target: str | Path,
+    report: dict[str, Any],
+    *,
+    name: str,
+    dataset: PreparedDataset,
+    evaluate_command: str,
+) -> Path:
+    """Writes a shippable teacher into ``target``: weights, metadata without optimizer state, and
+    ``model_card.json`` (training stages and machines, data sources, this evaluation, the spec, sha256).
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(folder)
+    for key in ("optimizer", "scheduler"):
+        meta.pop(key, None)
+    shutil.copyfile(folder / MODEL_FILE, target / MODEL_FILE)
+    write_json_atomic(target / META_FILE, meta)
+    weights = (target / MODEL_FILE).read_bytes()
+    card = {
+        "name": name,
+        "model": meta["model"],
+        "model_options": meta["model_options"],
+        "spec": meta.get("spec"),
+        "parameters": sum(
+            t.numel() for t in load_model(target)[0].state_dict().values() if t.is_floating_point()
+        ),
+        "training": {
+            "command": meta["config"].get("command", ""),
+            "steps": meta["step"],
+            "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
+            "wall_clock_seconds": _training_seconds(folder.parent),
+            "machine": _training_machine(meta),
+            "initialised_from": _initialised_from(meta),
+        },
+        "data": [
+            {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
+            for v in dataset.manifest["volumes"]
+        ],
+        "evaluation": report,
+        "evaluate_command": evaluate_command,
+        "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
+        "edgesr_version": __version__,
+    }
+    write_json_atomic(target / "model_card.json", card)
+    return target

@@ -1,0 +1,439 @@
+"""One inference path for every consumer: ``prepare(spec, data) -> run(predictor, prepared) -> finish``.
+
+``enhance``, ``evaluate``, and later compression, export checks, benchmarks, the Python API and the
+servers all run a model through these three steps, so pre- and post-processing exist once:
+
+* :func:`prepare` maps the input to the network's units as the :class:`~edgesr.spec.ModelSpec` says
+  (CT Hounsfield units -> ``HU + 1024`` clipped at 0, padding excluded; division by the volume's
+  reference), and lazily yields the network's inputs by name: SR tiles with their halo and the
+  whole-image global skip ``base``; recon slices with coil compression and coil-map estimation.
+* :func:`run` feeds each item to a *predictor*: any callable from named input tensors to the output
+  tensor, a :class:`TorchPredictor` today, an ONNX Runtime / OpenVINO / TensorRT session later. A
+  runtime never gets its own copy of the pre- or post-processing.
+* :func:`finish` stitches the outputs and maps them back to the input's units (padding restored).
+
+SR tiling is exact, not blended: the global skip is computed once on the whole image, each tile is run
+with a halo of real context (by default the network's measured receptive radius, recorded in the
+spec), and only the tile's own centre is kept, so the result equals whole-image inference.
+
+Example:
+    >>> model, spec, _ = load_for_inference("edgesr/weights/rdn-ct-x2")  # doctest: +SKIP
+    >>> prepared = prepare(spec, load_image("head_ct/"))                  # DICOM in HU  # doctest: +SKIP
+    >>> hu = finish(spec, prepared, run(TorchPredictor(model, spec), prepared))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgesr.baselines import interpolate_base
+from edgesr.data.images import ImageVolume
+from edgesr.data.kspace import KSpaceVolume
+from edgesr.errors import ConfigError, DataError
+from edgesr.physics.coils import ESTIMATION_METHODS, estimate_coil_maps
+from edgesr.physics.degrade import lr_grid_offset
+from edgesr.physics.fft import complex_abs, from_complex, ifft2c_complex
+from edgesr.spec import UNITS, ModelSpec
+
+DEFAULT_TILE = 128  # LR pixels per tile side: bounds memory on large images; exact with the spec's halo
+
+# Named network inputs ``[1, C, H, W]`` -> the network's first output ``[1, C', H', W']``.
+Predictor = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+class TorchPredictor:
+    """A torch module as a predictor: inputs are passed positionally in the spec's order."""
+
+    def __init__(self, module: nn.Module, spec: ModelSpec, device: torch.device | str | None = None) -> None:
+        self.module = module.eval()
+        self.input_names = spec.input_names
+        self.device = torch.device(device) if device is not None else next(module.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ValueError(
+                f"predictor inputs lack {', '.join(missing)} (the spec names {self.input_names})"
+            )
+        args = [inputs[name].to(self.device, torch.float32) for name in self.input_names]
+        return self.module(*args).float().cpu()
+
+
+# --- Intensities ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """The mapping applied to one input volume, kept so that :func:`finish` can invert it.
+
+    ``network = (max(value + offset, clip_min) / reference)``; padding pixels are fed as 0 (air) and
+    get ``padding_value`` back in the output.
+    """
+
+    units: str  # hu or raw
+    offset: float
+    clip_min: float | None
+    reference: float
+    padding: np.ndarray | None = None  # bool [S, H, W] on the input grid
+    padding_value: float = 0.0
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        mapped = values + self.offset
+        if self.clip_min is not None:
+            mapped = np.maximum(mapped, self.clip_min)
+        if self.padding is not None:
+            mapped = np.where(self.padding, 0.0, mapped)
+        return (mapped / self.reference).astype(np.float32)
+
+    def inverse(self, network: np.ndarray) -> np.ndarray:
+        return (network * self.reference - self.offset).astype(np.float32)
+
+
+def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
+    """``hu`` or ``raw`` for this input, from ``units`` (``auto``, ``hu`` or ``raw``) and the data.
+
+    ``auto``: an MR model takes any magnitude scale (``raw``). A CT model takes a CT DICOM series in
+    Hounsfield units (the modality LUT says so); for NIfTI, NPY, PNG and TIFF it takes HU when the
+    image holds air-like values below -200 (no non-negative unit does), and otherwise asks, since a
+    soft-tissue crop in HU and an image already in the model's units look alike.
+    """
+    if units not in UNITS:
+        raise ConfigError(f"units={units!r} is not valid; choose one of {', '.join(UNITS)}")
+    if not spec.intensity.is_ct:
+        if units == "hu":
+            raise ConfigError(
+                "units=hu is for CT models; this model is MR (its input is any magnitude scale)"
+            )
+        return "raw"
+    if units != "auto":
+        return units
+    if image.format == "dicom":
+        modality = str(image.meta.get("modality", ""))
+        if modality == "CT":
+            return "hu"
+        raise DataError(
+            f"{image.source}: a {modality or 'untyped'} DICOM series given to a CT model; "
+            "pass units=raw to run it on these values anyway"
+        )
+    low = float(image.data.min())
+    if low < -200:
+        return "hu"
+    raise DataError(
+        f"{image.source}: cannot tell whether these values are Hounsfield units (minimum {low:g}, no "
+        "air below -200 HU); pass units=hu (CT numbers) or units=raw (already HU + 1024 clipped at 0, "
+        "or any non-negative intensity scale)"
+    )
+
+
+def intensity_map(
+    spec: ModelSpec, image: ImageVolume, *, units: str = "auto", reference: float | None = None
+) -> IntensityMap:
+    """The spec's intensity convention for this volume (see :func:`resolve_units`).
+
+    Args:
+        reference: the normaliser in offset units; default: the spec's (the volume's maximum over
+            non-padding pixels, as in training). Evaluation passes the protocol's.
+    """
+    intensity = spec.intensity
+    resolved = resolve_units(spec, image, units)
+    hu = resolved == "hu"
+    padding = image.padding.copy() if image.padding is not None else None
+    if hu and intensity.padding_below_hu is not None:
+        below = image.data < intensity.padding_below_hu
+        padding = below if padding is None else (padding | below)
+    if padding is not None and not padding.any():
+        padding = None
+    offset = intensity.hu_offset if hu else 0.0
+    clip_min = intensity.clip_min if hu else None
+    if reference is None:
+        mapped = image.data + offset
+        if clip_min is not None:
+            mapped = np.maximum(mapped, clip_min)
+        tissue = mapped if padding is None else mapped[~padding]
+        reference = float(tissue.max()) if tissue.size else float("nan")
+    if not math.isfinite(reference) or reference <= 0:
+        raise DataError(
+            f"{image.source}: the image has no positive intensities in the model's units "
+            f"(reference {reference:g}); nothing to enhance"
+        )
+    padding_value = float(np.median(image.data[padding])) if padding is not None else 0.0
+    return IntensityMap(resolved, offset, clip_min, reference, padding, padding_value)
+
+
+# --- SR ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SRItem:
+    """One tile: the network's named inputs and where its centre goes."""
+
+    inputs: dict[str, torch.Tensor]
+    slice_index: int
+    rows: tuple[int, int]  # the tile's own LR rows [top, bottom)
+    cols: tuple[int, int]
+    origin: tuple[int, int]  # LR (row, col) of the input crop's corner (tile minus halo)
+
+
+@dataclass
+class PreparedSR:
+    """A volume ready for an SR network; :meth:`items` yields its tiles lazily (memory: one slice)."""
+
+    spec: ModelSpec
+    network: np.ndarray  # float32 [S, h, w] in the network's units
+    intensity: IntensityMap
+    tile: int
+    halo: int
+    source: str = ""
+
+    def items(self) -> Iterator[SRItem]:
+        assert self.spec.sr is not None  # noqa: S101 (prepare() checked the task)
+        sr = self.spec.sr
+        _, h, w = self.network.shape
+        for index, image in enumerate(self.network):
+            lr = torch.from_numpy(image)[None, None]
+            # The global skip on the whole image: zero-fill on a tile would ring at its edges.
+            base = interpolate_base(lr, sr.scale, sr.upsampler, sr.degradation)
+            for top, bottom in _tiles(h, self.tile):
+                for left, right in _tiles(w, self.tile):
+                    t0, b0 = max(0, top - self.halo), min(h, bottom + self.halo)
+                    l0, r0 = max(0, left - self.halo), min(w, right + self.halo)
+                    s = sr.scale
+                    yield SRItem(
+                        {"lr": lr[..., t0:b0, l0:r0], "base": base[..., t0 * s : b0 * s, l0 * s : r0 * s]},
+                        index,
+                        (top, bottom),
+                        (left, right),
+                        (t0, l0),
+                    )
+
+
+def _tiles(size: int, tile: int) -> list[tuple[int, int]]:
+    if tile <= 0 or tile >= size:
+        return [(0, size)]
+    return [(start, min(start + tile, size)) for start in range(0, size, tile)]
+
+
+def _as_volume(data: ImageVolume | np.ndarray) -> ImageVolume:
+    if isinstance(data, ImageVolume):
+        return data
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"image must be [H, W] or [S, H, W]; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DataError("image holds NaN/Inf values")
+    return ImageVolume(array, (1.0, 1.0, 1.0), Path("<array>"), "array")
+
+
+def prepare_sr(
+    spec: ModelSpec,
+    data: ImageVolume | np.ndarray,
+    *,
+    units: str = "auto",
+    reference: float | None = None,
+    tile: int = DEFAULT_TILE,
+    halo: int | None = None,
+) -> PreparedSR:
+    """An image volume for an SR model (see :func:`prepare`)."""
+    if spec.sr is None:
+        raise ValueError(f"prepare_sr needs an SR spec; got a {spec.task} spec")
+    image = _as_volume(data)
+    if min(image.data.shape[1:]) < 2:
+        raise DataError(f"{image.source}: image of shape {image.data.shape[1:]} is too small to upsample")
+    mapping = intensity_map(spec, image, units=units, reference=reference)
+    return PreparedSR(
+        spec,
+        mapping.forward(image.data),
+        mapping,
+        tile,
+        spec.sr.receptive_radius if halo is None else halo,
+        str(image.source),
+    )
+
+
+def _upsample_mask(mask: np.ndarray, scale: int, degradation: str) -> np.ndarray:
+    """Nearest LR pixel of every HR pixel, on the degradation's own grid: ``[S, h, w] -> [S, h*s, w*s]``."""
+
+    def nearest(n: int) -> np.ndarray:
+        offset = lr_grid_offset(degradation, n * scale, scale)
+        return np.clip(np.rint((np.arange(n * scale) - offset) / scale), 0, n - 1).astype(int)
+
+    rows, cols = nearest(mask.shape[1]), nearest(mask.shape[2])
+    return mask[:, rows][:, :, cols]
+
+
+def finish_sr(
+    spec: ModelSpec, prepared: PreparedSR, results: Iterable[tuple[SRItem, torch.Tensor]]
+) -> np.ndarray:
+    """Stitches tile outputs into ``[S, h*s, w*s]`` float32 in the input's units (padding restored)."""
+    assert spec.sr is not None  # noqa: S101
+    s = spec.sr.scale
+    count, h, w = prepared.network.shape
+    out = np.zeros((count, h * s, w * s), dtype=np.float32)
+    for item, pred in results:
+        if pred.dim() != 4 or pred.shape[:2] != (1, 1):
+            raise ValueError(f"the predictor's output must be [1, 1, H, W]; got shape {tuple(pred.shape)}")
+        (top, bottom), (left, right), (t0, l0) = item.rows, item.cols, item.origin
+        keep = pred[0, 0, (top - t0) * s : (bottom - t0) * s, (left - l0) * s : (right - l0) * s]
+        out[item.slice_index, top * s : bottom * s, left * s : right * s] = keep.numpy()
+    result = prepared.intensity.inverse(out)
+    if prepared.intensity.padding is not None:
+        hr_padding = _upsample_mask(prepared.intensity.padding, s, spec.sr.degradation)
+        result[hr_padding] = prepared.intensity.padding_value
+    return result
+
+
+# --- Recon ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconItem:
+    inputs: dict[str, torch.Tensor]
+    slice_index: int
+
+
+@dataclass
+class PreparedRecon:
+    """Raw k-space ready for a recon model; :meth:`items` estimates coil maps slice by slice."""
+
+    spec: ModelSpec
+    kspace: np.ndarray  # complex64 [S, C, H, W] / reference (coil-compressed to the spec's coils)
+    mask: torch.Tensor  # [W]
+    maps: str | np.ndarray  # an estimation method, or given maps complex64 [S, C, H, W]
+    reference: float
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def items(self) -> Iterator[ReconItem]:
+        mask4 = self.mask.view(1, 1, 1, -1)
+        for index, slice_kspace in enumerate(self.kspace):
+            pairs = from_complex(torch.from_numpy(slice_kspace))
+            if isinstance(self.maps, str):
+                maps = estimate_coil_maps(pairs, self.mask, method=self.maps)
+            else:
+                maps = from_complex(torch.from_numpy(self.maps[index]))
+            yield ReconItem(
+                {"masked_kspace": pairs[None] * mask4, "mask": mask4, "sens_maps": maps[None]}, index
+            )
+
+
+def coil_compress(kspace: np.ndarray, coils: int) -> np.ndarray:
+    """Compresses ``[S, C, H, W]`` k-space to ``coils`` virtual coils (SVD over all samples, per volume)."""
+    n = kspace.shape[1]
+    if n == coils:
+        return kspace
+    if n < coils:
+        raise DataError(f"the data has {n} coils; the model needs {coils} (it cannot invent coils)")
+    samples = kspace.transpose(1, 0, 2, 3).reshape(n, -1)
+    u, _, _ = np.linalg.svd(samples @ samples.conj().T)
+    compressed = (u[:, :coils].conj().T @ samples).reshape(coils, *kspace.shape[:1], *kspace.shape[2:])
+    return np.ascontiguousarray(compressed.transpose(1, 0, 2, 3).astype(np.complex64))
+
+
+def prepare_recon(
+    spec: ModelSpec,
+    data: KSpaceVolume,
+    *,
+    maps: str | np.ndarray | None = None,
+    reference: float | None = None,
+) -> PreparedRecon:
+    """Raw multi-coil k-space for a recon model (see :func:`prepare`).
+
+    Args:
+        maps: ``lowres`` or ``espirit`` (estimated from each slice's ACS lines; default: the spec's),
+            or coil maps complex ``[S, C, H, W]`` matching the k-space (simulations know them).
+        reference: the normaliser; default: the maximum of the volume's zero-filled
+            root-sum-of-squares image (the training data's scale, where the target's maximum is 1).
+    """
+    if spec.recon is None:
+        raise ValueError(f"prepare_recon needs a recon spec; got a {spec.task} spec")
+    kspace = data.kspace
+    if spec.recon.coils:
+        if isinstance(maps, np.ndarray) and maps.shape[1] != spec.recon.coils:
+            raise DataError(
+                f"{data.source}: {maps.shape[1]} coil maps given; the model needs {spec.recon.coils} coils"
+            )
+        kspace = coil_compress(kspace, spec.recon.coils)
+    method = spec.recon.map_estimation if maps is None else maps
+    if isinstance(method, str) and method not in ESTIMATION_METHODS:
+        raise ConfigError(f"maps={method!r} is not valid; choose one of {', '.join(ESTIMATION_METHODS)}")
+    if isinstance(method, np.ndarray) and method.shape != kspace.shape:
+        raise ValueError(f"maps must match the k-space shape {kspace.shape}; got {method.shape}")
+    if reference is None:
+        rss = np.sqrt((np.abs(ifft2c_complex(torch.from_numpy(kspace)).numpy()) ** 2).sum(axis=1))
+        reference = float(rss.max())
+    if not math.isfinite(reference) or reference <= 0:
+        raise DataError(f"{data.source}: k-space holds no signal")
+    return PreparedRecon(
+        spec,
+        (kspace / reference).astype(np.complex64),
+        torch.from_numpy(np.asarray(data.mask, dtype=np.float32)),
+        method,
+        reference,
+        str(data.source),
+    )
+
+
+def finish_recon(
+    spec: ModelSpec, prepared: PreparedRecon, results: Iterable[tuple[ReconItem, torch.Tensor]]
+) -> np.ndarray:
+    """The coil-combined magnitude ``[S, H, W]`` float32 in the data's own intensity scale."""
+    images: dict[int, np.ndarray] = {}
+    for item, pred in results:
+        if pred.dim() != 4 or pred.shape[:2] != (1, 2):
+            raise ValueError(f"the predictor's output must be [1, 2, H, W]; got shape {tuple(pred.shape)}")
+        images[item.slice_index] = (complex_abs(pred)[0, 0] * prepared.reference).numpy()
+    return np.stack([images[i] for i in range(len(images))]).astype(np.float32)
+
+
+# --- The three steps --------------------------------------------------------------------------------
+
+Prepared = PreparedSR | PreparedRecon
+
+
+def prepare(spec: ModelSpec, data: ImageVolume | np.ndarray | KSpaceVolume, **options: Any) -> Prepared:
+    """Maps ``data`` to the network's inputs as ``spec`` says.
+
+    SR (``data``: an :class:`ImageVolume` or an array ``[S, H, W]``) options: ``units`` (``auto``,
+    ``hu``, ``raw``; see :func:`resolve_units`), ``reference``, ``tile``, ``halo``. Recon (``data``: a
+    :class:`KSpaceVolume`) options: ``maps``, ``reference``.
+    """
+    if spec.task == "sr":
+        if isinstance(data, KSpaceVolume):
+            raise DataError(f"{data.source}: raw k-space given to an SR model; it takes images")
+        return prepare_sr(spec, data, **options)
+    if not isinstance(data, KSpaceVolume):
+        source = data.source if isinstance(data, ImageVolume) else "the input"
+        raise DataError(f"{source}: an image given to a recon model; it takes raw k-space (HDF5)")
+    return prepare_recon(spec, data, **options)
+
+
+def run(predictor: Predictor, prepared: Prepared) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Feeds every prepared item to the predictor, lazily: ``(item, output)`` pairs."""
+    for item in prepared.items():
+        yield item, predictor(item.inputs)
+
+
+def finish(spec: ModelSpec, prepared: Prepared, results: Iterable[tuple[Any, torch.Tensor]]) -> np.ndarray:
+    """The outputs as data in the input's units: SR ``[S, h*s, w*s]``, recon magnitude ``[S, H, W]``."""
+    if isinstance(prepared, PreparedSR):
+        return finish_sr(spec, prepared, results)
+    return finish_recon(spec, prepared, results)
+
+
+def infer(
+    spec: ModelSpec, predictor: Predictor, data: ImageVolume | np.ndarray | KSpaceVolume, **options: Any
+) -> np.ndarray:
+    """``finish(spec, p, run(predictor, p))`` with ``p = prepare(spec, data, **options)``."""
+    prepared = prepare(spec, data, **options)
+    return finish(spec, prepared, run(predictor, prepared))
