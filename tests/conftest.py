@@ -25,16 +25,25 @@ def write_dicom_slice(
     series_uid: str,
     slope: float = 1.0,
     intercept: float = 0.0,
+    modality: str = "CT",
+    signed: bool = False,
+    padding_value: int | None = None,
 ) -> None:
-    """One CT-like single-frame DICOM file with the tags a series reader needs."""
+    """One single-frame DICOM file (CT unless told) with the tags a series reader needs.
+
+    ``signed`` stores int16 pixels (PixelRepresentation 1), as scanners that pad with -2000 do;
+    ``padding_value`` writes PixelPaddingValue (in stored units).
+    """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPClassUID = (
+        pydicom.uid.CTImageStorage if modality == "CT" else pydicom.uid.MRImageStorage
+    )
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
     ds.StudyInstanceUID = "1.2.3"
     ds.InstanceNumber = instance
@@ -48,10 +57,12 @@ def write_dicom_slice(
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if signed else 0
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    if padding_value is not None:
+        ds.PixelPaddingValue = padding_value
+    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
