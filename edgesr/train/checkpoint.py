@@ -4,8 +4,11 @@ A checkpoint is a folder::
 
     model.safetensors    # the model's state dict
     state.safetensors    # optimizer tensors and the torch RNG state (training checkpoints only)
-    checkpoint.json      # model name and options, the model spec (how to run it), step, metrics,
+    checkpoint.json      # model name and options, the layer widths where they differ from the
+                         # preset (pruned models), the model spec (how to run it), step, metrics,
                          # the run's config, optimizer layout
+
+A pruned model is rebuilt from its registered preset plus ``layer_shapes`` (JSON), never unpickled.
 
 A folder is replaced as a whole: the new one is written beside it and swapped in with two renames, so
 an interrupted save leaves the previous checkpoint intact (``load`` also finds ``<name>.old``).
@@ -24,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgesr.errors import DataError
-from edgesr.models import create_model
+from edgesr.models import create_model, list_models
+from edgesr.models._shapes import apply_layer_shapes, shape_changes
 from edgesr.spec import ModelSpec
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.safetensors", "checkpoint.json"
@@ -87,6 +91,7 @@ def save_checkpoint(
         "model": model_name,
         "model_options": model_options,
         "spec": spec.to_dict() if spec is not None else None,
+        "layer_shapes": _layer_shape_changes(model, model_name, model_options),
         "step": step,
         "metrics": metrics or {},
         "config": config or {},
@@ -109,6 +114,19 @@ def save_checkpoint(
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _layer_shape_changes(model: nn.Module, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Where ``model``'s layer widths differ from its preset's (empty unless it was pruned)."""
+    if name not in list_models():  # auxiliary training state (a GAN's discriminator), no preset
+        return {}
+    return shape_changes(create_model(name, **options), model)
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """The checkpoint's architecture: its registered preset with the recorded layer widths."""
+    model = create_model(meta["model"], **meta["model_options"])
+    return apply_layer_shapes(model, meta.get("layer_shapes") or {})
 
 
 def _resolve(folder: str | Path) -> Path:
@@ -137,7 +155,12 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Builds the checkpoint's model and loads its weights (strictly); returns (model, metadata)."""
     meta = read_metadata(folder)
-    model = create_model(meta["model"], **meta["model_options"])
+    try:
+        model = build_model(meta)
+    except ValueError as exc:
+        raise DataError(
+            f"{folder}: the recorded layer widths do not fit model {meta['model']!r} ({exc})"
+        ) from None
     weights = load_file(str(_resolve(folder) / MODEL_FILE), device=str(map_location))
     try:
         model.load_state_dict(weights, strict=True)

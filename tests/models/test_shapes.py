@@ -366,3 +366,18 @@ def test_rebuild_keeps_dtype_mode_frozen_parameters_and_sharing():
     assert model[0].weight.dtype == torch.float64 and not model[0].weight.requires_grad
     assert not model[0].training
     assert (model[0].out_channels, model[1].in_channels) == (3, 3)
+
+
+def test_a_pruned_checkpoint_loads_without_pickles(tmp_path):
+    """save_checkpoint records the widths that differ from the preset; load_model rebuilds them."""
+    from edgesr.train.checkpoint import load_model, read_metadata
+    from tests.conftest import save_model
+
+    pruned = _randomize(create_model("rdn_tiny", scale=2))
+    _prune_rdn(pruned)
+    folder = save_model(tmp_path / "pruned", pruned, "rdn_tiny", {"scale": 2})
+    assert read_metadata(folder)["layer_shapes"]  # only the changed layers are recorded
+    loaded, _ = load_model(folder)
+    lr = torch.rand(1, 1, 37, 31)
+    base = torch.rand(1, 1, 74, 62)
+    assert torch.equal(loaded.eval()(lr, base), pruned.eval()(lr, base))
