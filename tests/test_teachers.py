@@ -14,11 +14,12 @@ from PIL import Image
 
 from edgesr.cli import main
 from edgesr.data.images import load_image
+from edgesr.models._probe import receptive_radius
 from edgesr.physics.fft import to_complex
 from edgesr.physics.simulate import simulate_multicoil
 from edgesr.results import setting_title
 from edgesr.teachers import list_teachers, teacher_path
-from edgesr.train.checkpoint import load_model
+from edgesr.train.checkpoint import load_for_inference, load_model
 
 
 def _card(name: str) -> dict:
@@ -56,8 +57,28 @@ def test_sr_teacher_enhances_each_format(tmp_path, name, suffix):
     else:
         np.save(source, pixels.astype(np.float32))
     target = tmp_path / f"sr{suffix}"
-    assert main(["enhance", f"model={name}", f"input={source}", f"output={target}"]) == 0
+    argv = ["enhance", f"model={name}", f"input={source}", f"output={target}"]
+    if _card(name)["spec"]["intensity"]["modality"] == "CT":
+        # Non-negative 8-bit values could be HU of soft tissue or already the model's units: a CT
+        # model asks (tests/test_pipeline.py), so say it.
+        argv.append("units=raw")
+    assert main(argv) == 0
     assert load_image(target).data.shape == (1, 23 * scale, 19 * scale)
+
+
+@pytest.mark.parametrize("name", list_teachers())
+def test_every_teacher_carries_its_spec(name):
+    """The spec written by `edgesr upgrade` agrees with the card and the run's recorded settings."""
+    model, spec, meta = load_for_inference(teacher_path(name))
+    assert _card(name)["spec"] == meta["spec"] == spec.to_dict()
+    data = meta["config"]["data"]
+    if spec.sr is not None:
+        assert spec.intensity.modality == data["modality"] and spec.sr.scale == data["scale"]
+        assert spec.sr.upsampler == model.upsampler
+        assert spec.sr.receptive_radius == receptive_radius(model, spec.sr.scale)
+        assert (spec.intensity.modality == "CT") == (spec.intensity.hu_offset == 1024.0)
+    else:
+        assert spec.recon.coils == getattr(model, "coils", 0)
 
 
 @pytest.mark.parametrize("name", RECON_TEACHERS)
