@@ -29,6 +29,7 @@ filled in with today's defaults at load time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,8 @@ class ModelSpec:
         return tuple(t.name for t in self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (lists, not tuples), as the spec reads back from ``checkpoint.json``."""
+        return typing.cast(dict[str, Any], json.loads(json.dumps(dataclasses.asdict(self))))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "spec") -> ModelSpec:
