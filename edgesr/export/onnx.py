@@ -1,0 +1,196 @@
+"""ONNX export with torch's dynamo exporter, named and shaped by the model's :class:`ModelSpec`.
+
+The dynamo exporter (``torch.export`` + onnxscript) is the only one that can export the recon models:
+the legacy TorchScript exporter has no translation for ``torch.fft`` or complex tensors, while dynamo
+emits the ONNX ``DFT`` op. Inputs and outputs take the spec's names, so a runtime session is fed by name
+exactly like the torch module.
+
+Dynamic axes: batch, height and width are symbolic for every family (the SR ``base`` is ``scale *``
+the LR size). One torchlib gap stands in the way for recon models and is worked around here: the
+centered FFT's ``fftshift``/``ifftshift`` become ``aten.roll`` with shifts ``H // 2`` that are symbolic
+once H is, and torchlib's ``roll`` only accepts constant shifts (it fails with "Unsupported attribute
+type: list"). :func:`_roll_by_slices` replaces those ops by two slices and a concatenation, which take
+symbolic bounds, before the graph is translated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgesr._io import atomic_path
+from edgesr.spec import ModelSpec
+
+
+def export_onnx(
+    model: nn.Module,
+    spec: ModelSpec,
+    example_inputs: Mapping[str, torch.Tensor],
+    path: str | Path,
+    *,
+    dynamic: bool = True,
+) -> Path:
+    """Exports ``model`` to an ONNX file whose inputs/outputs carry the spec's names; checks the file.
+
+    The model is traced in eval mode (BN running statistics, as at inference) and restored to its own
+    mode afterwards. The file is written atomically and passes ``onnx.checker`` before it replaces
+    ``path``; weights are stored inside it (edgesr's models are far below ONNX's 2 GB limit, and one
+    file can be renamed atomically where a model plus external data could not).
+
+    Args:
+        model: the network, called as ``model(*[example_inputs[n] for n in spec.input_names])``.
+        spec: its spec; gives the input/output names and, for SR, the scale that ties ``base`` to ``lr``.
+        example_inputs: one float32 tensor per spec input, e.g. SR ``lr [B, 1, h, w]`` and ``base
+            [B, 1, h*s, w*s]``; recon ``masked_kspace [B, 2C, H, W]``, ``mask [B, 1, 1, W]``,
+            ``sens_maps [B, 2C, H, W]``. Their values do not matter, only shapes and dtypes.
+        path: the ``.onnx`` file to write.
+        dynamic: make batch, height and width symbolic (channels stay fixed); ``False`` fixes every
+            dimension to the example's.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+
+    Raises:
+        ValueError: an example input is missing, not in the spec, of the wrong rank or not float32.
+
+    Example:
+        >>> spec = sr_spec(modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill",
+        ...                receptive_radius=8)
+        >>> export_onnx(model, spec, {"lr": torch.rand(2, 1, 37, 31), "base": torch.rand(2, 1, 74, 62)},
+        ...             "model.onnx")
+    """
+    import onnx
+
+    args = _ordered_inputs(spec, example_inputs)
+    if dynamic and all(a.shape[0] == 1 for a in args):
+        # torch.export specialises a dimension of size 1 to the constant 1 (and then reports the batch
+        # as not dynamic). The models treat batch items independently in eval mode, so tracing with two
+        # copies of a batch-1 example gives the same graph with a symbolic batch.
+        args = tuple(torch.cat([a, a]) for a in args)
+    shapes = _dynamic_shapes(spec, args) if dynamic else None
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Sharing one Dim across inputs (the same height for k-space and coil maps) is what ties
+            # them together, but the exporter warns once per repeat that the name "will not be used"
+            # (it is: the files carry batch/height/width). The FutureWarning is torch-internal.
+            warnings.filterwarnings(
+                "ignore", message=r".*will not be used, since it shares", category=UserWarning
+            )
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+            program = torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+            program = program.run_decompositions(_SYMBOLIC_ROLL)
+            onnx_program = torch.onnx.export(
+                program,
+                args,
+                dynamo=True,
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                # Passed again only so that the exporter names the symbolic axes batch/height/width
+                # (instead of s0, s1...); the exported program already fixes which axes are dynamic.
+                dynamic_shapes=shapes,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
+    if onnx_program is None:  # only the legacy exporter returns None; dynamo=True always gives a program
+        raise RuntimeError("torch.onnx.export returned no program")
+
+    with atomic_path(path) as tmp:
+        onnx_program.save(tmp, external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return Path(path)
+
+
+def _ordered_inputs(spec: ModelSpec, example_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The example tensors in the spec's input order, each checked against its :class:`TensorSpec`."""
+    unknown = sorted(set(example_inputs) - set(spec.input_names))
+    if unknown:
+        raise ValueError(
+            f"example_inputs has {', '.join(map(repr, unknown))}, which the spec does not name; "
+            f"the model's inputs are {', '.join(spec.input_names)}"
+        )
+    ordered = []
+    for tensor_spec in spec.inputs:
+        name = tensor_spec.name
+        if name not in example_inputs:
+            raise ValueError(f"example_inputs lacks the spec input {name!r} ({tensor_spec.description})")
+        tensor = example_inputs[name]
+        rank = len(tensor_spec.layout)
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != rank:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"example input {name!r} must be a rank-{rank} {tensor_spec.layout} tensor; got {shape}"
+            )
+        if tensor.dtype != getattr(torch, tensor_spec.dtype):
+            raise ValueError(f"example input {name!r} must be {tensor_spec.dtype}; got {tensor.dtype}")
+        ordered.append(tensor.detach())
+    return tuple(ordered)
+
+
+def _dynamic_shapes(spec: ModelSpec, args: Sequence[torch.Tensor]) -> dict[str, dict[int, Any]]:
+    """``torch.export`` dynamic shapes for the spec's inputs: batch, height and width symbolic.
+
+    Dims are shared by name across inputs (the same height for k-space and coil maps), and the SR
+    ``base`` is expressed through ``lr``'s dims, so the exporter knows they move together. A dim that is
+    1 in the example (the mask's broadcast row, a broadcast batch) stays static.
+    """
+    from torch.export import Dim
+
+    batch, height, width = Dim("batch"), Dim("height"), Dim("width")
+    shapes: dict[str, dict[int, Any]] = {}
+    for name, tensor in zip(spec.input_names, args, strict=True):
+        axes: dict[int, Any] = {0: batch, 2: height, 3: width}
+        if spec.sr is not None and name == "base":
+            axes = {0: batch, 2: spec.sr.scale * height, 3: spec.sr.scale * width}
+        shapes[name] = {axis: dim for axis, dim in axes.items() if tensor.shape[axis] != 1}
+    return shapes
+
+
+# --- symbolic-shift roll -----------------------------------------------------------------------------
+
+
+def _roll_by_slices(x: torch.Tensor, shifts: Sequence[Any], dims: Sequence[int] = ()) -> torch.Tensor:
+    """``torch.roll`` as slices and a concatenation, valid for symbolic shifts (see the module docstring).
+
+    Slicing also works on complex tensors in torchlib, so this one form serves real and complex inputs.
+    """
+    if len(dims) == 0:  # torch.roll without dims rolls the flattened tensor
+        return _roll_by_slices(x.flatten(), shifts, (0,)).view(x.shape)
+    for shift, dim in zip(shifts, dims, strict=True):
+        size = x.shape[dim]
+        shift = shift % size
+        x = torch.cat([x.narrow(dim, size - shift, shift), x.narrow(dim, 0, size - shift)], dim=dim)
+    return x
+
+
+def _shift_dims(x: torch.Tensor, dim: int | Sequence[int] | None) -> list[int]:
+    if dim is None:
+        return list(range(x.dim()))
+    return [dim] if isinstance(dim, int) else list(dim)
+
+
+def _fftshift(x: torch.Tensor, dim: int | Sequence[int] | None = None) -> torch.Tensor:
+    dims = _shift_dims(x, dim)
+    return _roll_by_slices(x, [x.shape[d] // 2 for d in dims], dims)
+
+
+def _ifftshift(x: torch.Tensor, dim: int | Sequence[int] | None = None) -> torch.Tensor:
+    dims = _shift_dims(x, dim)
+    return _roll_by_slices(x, [(x.shape[d] + 1) // 2 for d in dims], dims)
+
+
+# fftshift/ifftshift must be listed themselves: they are composite ops that the exporter would otherwise
+# decompose into aten.roll *after* these decompositions have run.
+_SYMBOLIC_ROLL = {
+    torch.ops.aten.roll.default: _roll_by_slices,
+    torch.ops.aten.fft_fftshift.default: _fftshift,
+    torch.ops.aten.fft_ifftshift.default: _ifftshift,
+}

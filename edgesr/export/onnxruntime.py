@@ -1,0 +1,75 @@
+"""Runs an exported ONNX file with ONNX Runtime as a *predictor*: named input tensors in, output tensor out.
+
+A predictor is any callable ``inputs: Mapping[str, Tensor] -> Tensor`` that the inference pipeline can
+run in place of the torch module (which is called as ``module(*[inputs[n] for n in spec.input_names])``).
+Pre- and post-processing stay in the pipeline; this class only moves tensors in and out of a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class OnnxRuntimePredictor:
+    """An ONNX Runtime CPU session behind the predictor contract.
+
+    Args:
+        path: an ONNX file written by :func:`edgesr.export.onnx.export_onnx`.
+        threads: intra-op threads (one operator split across cores); 0 lets ONNX Runtime choose
+            (one per physical core). Benchmarks pin it so that runtimes are compared like for like.
+
+    Example:
+        >>> predictor = OnnxRuntimePredictor("rdn.onnx", threads=2)
+        >>> sr = predictor({"lr": lr, "base": base})   # [B, 1, h, w], [B, 1, 2h, 2w] -> [B, 1, 2h, 2w]
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 0) -> None:
+        import onnxruntime
+
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: ONNX Runtime's default); got {threads}")
+        options = onnxruntime.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        self.path = Path(path)
+        # Only the CPU provider: a session that silently picked another device would make CPU
+        # benchmarks and verification measure something else.
+        self._session = onnxruntime.InferenceSession(
+            str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = tuple(node.name for node in self._session.get_inputs())
+        self._output_name = self._session.get_outputs()[0].name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's input names, in the graph's order (the spec's ``input_names`` for edgesr exports)."""
+        return self._input_names
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Runs the session on ``inputs`` (by name; extra entries are ignored, as by the torch predictor).
+
+        Args:
+            inputs: one tensor per graph input, any device and float dtype, e.g. SR ``lr [B, 1, h, w]``
+                and ``base [B, 1, h*s, w*s]``.
+
+        Returns:
+            The first graph output as a float32 CPU tensor, e.g. ``sr [B, 1, h*s, w*s]``.
+
+        Raises:
+            ValueError: a graph input is missing from ``inputs``.
+        """
+        missing = [name for name in self._input_names if name not in inputs]
+        if missing:
+            raise ValueError(
+                f"inputs lack {', '.join(map(repr, missing))}; the graph takes {', '.join(self._input_names)}"
+            )
+        feeds = {
+            name: np.ascontiguousarray(inputs[name].detach().to("cpu", torch.float32).numpy())
+            for name in self._input_names
+        }
+        (output,) = self._session.run([self._output_name], feeds)
+        return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
