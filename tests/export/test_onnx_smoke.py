@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,18 @@ def test_export_rejects_a_wrong_rank_or_an_unknown_input(tmp_path: Path) -> None
         export_onnx(model, spec, {**example, "lr": example["lr"][0, 0]}, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="'image'"):
         export_onnx(model, spec, {**example, "image": example["lr"]}, tmp_path / "m.onnx")
+
+
+def test_an_onnx_session_runs_the_same_pipeline_as_torch(tmp_path: Path) -> None:
+    """The pipeline is runtime-agnostic: tiles of any size through an ONNX Runtime session give what
+    the torch module gives (pre- and post-processing are not copied into the runtime)."""
+    from edgesr.pipeline import TorchPredictor, infer
+
+    model, spec = _tiny_model("rdn_tiny")
+    path = export_onnx(model, spec, _inputs("rdn_tiny", spec, 1, 37, 31, 0), tmp_path / "rdn.onnx")
+    image = np.random.default_rng(3).uniform(0, 900, (2, 41, 35)).astype(np.float32)
+    expected = infer(spec, TorchPredictor(model, spec), image, tile=16)
+    result = infer(spec, OnnxRuntimePredictor(path), image, tile=16)
+    np.testing.assert_allclose(
+        result, expected, rtol=0, atol=RELATIVE_TOLERANCE * float(np.abs(expected).max())
+    )
