@@ -57,26 +57,24 @@ def upgrade_checkpoint(folder: str | Path) -> tuple[ModelSpec, bool]:
     if meta.get("spec") is not None:
         return ModelSpec.from_dict(meta["spec"], source=str(folder / META_FILE)), False
     spec = legacy_spec(meta, folder)
-    ordered = {k: v for k, v in meta.items() if k not in ("spec",)}
-    # Keep the key order readable: the spec right after the model options.
-    out: dict[str, Any] = {}
-    for key, value in ordered.items():
-        out[key] = value
-        if key == "model_options":
-            out["spec"] = spec.to_dict()
-    out.setdefault("spec", spec.to_dict())
-    write_json_atomic(folder / META_FILE, out)
+    write_json_atomic(folder / META_FILE, _with_spec(meta, spec))
     card_path = folder / "model_card.json"
     if card_path.is_file():
         try:
             card = json.loads(card_path.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{card_path}: corrupt model card ({exc})") from None
-        card_out: dict[str, Any] = {}
-        for key, value in card.items():
-            card_out[key] = value
-            if key == "model_options":
-                card_out["spec"] = spec.to_dict()
-        card_out.setdefault("spec", spec.to_dict())
-        write_json_atomic(card_path, card_out)
+        write_json_atomic(card_path, _with_spec(card, spec))
     return spec, True
+
+
+def _with_spec(record: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """``record`` with the spec placed right after ``model_options``, where a reader looks for it."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key != "spec":
+            out[key] = value
+        if key == "model_options":
+            out["spec"] = spec.to_dict()
+    out.setdefault("spec", spec.to_dict())
+    return out
