@@ -11,12 +11,12 @@ from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import write_image
+from edgesr.device import pick_device
 from edgesr.errors import ConfigError, DataError
 from edgesr.inference import SRSettings, reconstruct_volume, super_resolve_volume, upsampled_affine
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_model
-from edgesr.train.distributed import pick_device
 from edgesr.train.loop import DataSection
 
 

@@ -34,6 +34,7 @@ from edgesr._io import write_text_atomic
 from edgesr.baselines import UPSAMPLERS, interpolate_base
 from edgesr.config import check_choice, check_range, opt, to_yaml
 from edgesr.data.dataset import PreparedDataset
+from edgesr.device import bf16_autocast, training_machine
 from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import DEFAULT_DEGRADATION, recon_samples, score_recon, score_sr, sr_pairs
 from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, load_vgg19
@@ -204,15 +205,6 @@ def run_spec(cfg: TrainConfig, model: nn.Module) -> ModelSpec:
     return recon_spec(coils=data.coils if cfg.model.startswith("deepcomplex") else 0)
 
 
-def training_machine(device: torch.device, world_size: int) -> dict[str, Any]:
-    """Where a run trains, for its checkpoints and model card: wall-clock times mean little without it."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU, {torch.get_num_threads()} torch threads"
-    return {"device": name, "processes": world_size, "torch": torch.__version__}
-
-
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
     """Learning-rate factor: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -287,8 +279,7 @@ def _generator_loss(
     coil_images: torch.Tensor | None = None  # DeepcomplexMRI's coil images, when the loss supervises them
     # bf16 autocast on CUDA: the convolutions run in bf16 on the tensor cores; the recon models'
     # FFTs leave autocast and run in fp32 (edgesr.physics.fft), and losses are computed in fp32.
-    use_amp = cfg.amp and device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = bf16_autocast(device, cfg.amp)
     if cfg.task == "sr":
         with autocast:
             pred = model(batch.lr, batch.base).float()
