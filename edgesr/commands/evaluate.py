@@ -29,12 +29,12 @@ from edgesr.commands.baseline import (
 from edgesr.config import check_choice, opt, parse_overrides
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError, DataError
-from edgesr.evaluate import PROTOCOL, MethodScores, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import PROTOCOL, MethodScores, recon_samples, score_recon, score_sr, sr_pairs, sr_predict
 from edgesr.models import model_task
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata
-from edgesr.train.loop import DataSection, sr_predict
+from edgesr.train.loop import DataSection
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgesr import losses
 from edgesr._io import write_text_atomic
-from edgesr.baselines import UPSAMPLERS, interpolate_base
+from edgesr.baselines import UPSAMPLERS
 from edgesr.config import check_choice, check_range, opt, to_yaml
 from edgesr.data.dataset import PreparedDataset
 from edgesr.device import bf16_autocast, training_machine
 from edgesr.errors import ConfigError, DataError
-from edgesr.evaluate import DEFAULT_DEGRADATION, recon_samples, score_recon, score_sr, sr_pairs
+from edgesr.evaluate import DEFAULT_DEGRADATION, ReconAcquisition, validate
 from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, load_vgg19
 from edgesr.models import create_model, list_models, model_task
 from edgesr.models._probe import receptive_radius
@@ -211,57 +211,6 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def sr_predict(model: nn.Module, lr: torch.Tensor, degradation: str) -> torch.Tensor:
-    """Whole-image SR with the model's own global skip."""
-    inner = _unwrap(model)
-    return model(lr, interpolate_base(lr, inner.scale, inner.upsampler, degradation))  # type: ignore[arg-type]
-
-
-def validate(
-    model: nn.Module, dataset: PreparedDataset, cfg: TrainConfig, device: torch.device
-) -> dict[str, float]:
-    """Mean PSNR/SSIM on ``data.val_slices`` slices per volume of the val split (the eval protocol)."""
-    model.eval()
-    data = cfg.data
-    if cfg.task == "sr":
-        kind = data.resolved_degradation
-        pairs = sr_pairs(
-            dataset,
-            modality=data.modality,
-            scale=data.scale,
-            split="val",
-            degradation=kind,
-            max_slices=data.val_slices,
-        )
-
-        def sr_method(lr: torch.Tensor, scale: int, kind: str) -> torch.Tensor:
-            return sr_predict(model, lr.to(device), kind).float().cpu()
-
-        scores = score_sr({"model": sr_method}, pairs, scale=data.scale, degradation=kind)[0]
-    else:
-        samples = recon_samples(
-            dataset,
-            acceleration=data.accelerations[0],
-            mask_kind=data.masks[0],
-            n_coils=data.coils,
-            center_fraction=data.center_fraction,
-            noise_std=data.noise_std,
-            split="val",
-            max_slices=data.val_slices,
-        )
-
-        def recon_method(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-            return model(kspace.to(device), mask.to(device), maps.to(device)).float().cpu()
-
-        scores = score_recon({"model": recon_method}, samples)[0]
-    summary = scores.summary()
-    return {"val_psnr": float(summary["psnr_db"]), "val_ssim": float(summary["ssim"])}
 
 
 def _to(batch: SRBatch | ReconBatch, device: torch.device) -> Any:
@@ -537,6 +486,14 @@ def train(
     model_name, model_options = cfg.model, cfg.model_options()
     machine = training_machine(env.device, env.world_size)
     spec = run_spec(cfg, model)
+    data = cfg.data
+    acquisition = ReconAcquisition(
+        acceleration=data.accelerations[0],
+        mask_kind=data.masks[0],
+        n_coils=data.coils,
+        center_fraction=data.center_fraction,
+        noise_std=data.noise_std,
+    )
 
     def save(folder: Path, step: int, with_state: bool = True) -> None:
         save_checkpoint(
@@ -614,7 +571,14 @@ def train(
                     log_file.flush()
                 if step % cfg.eval_every == 0 or step == cfg.optim.steps:
                     if env.is_main:
-                        metrics = validate(model, dataset, cfg, env.device)
+                        metrics = validate(
+                            model,
+                            dataset,
+                            spec,
+                            device=env.device,
+                            max_slices=data.val_slices,
+                            acquisition=acquisition,
+                        )
                         if metrics["val_psnr"] > best_psnr:
                             best_psnr = metrics["val_psnr"]
                             save(best_dir, step, with_state=False)
