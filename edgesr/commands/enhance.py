@@ -17,7 +17,7 @@ from edgesr.inference import SRSettings, reconstruct_volume, super_resolve_volum
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_model
-from edgesr.train.loop import DataSection
+from edgesr.train.config import DataSection
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from edgesr.models import model_task
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata
-from edgesr.train.loop import DataSection
+from edgesr.train.config import DataSection
 
 
 @dataclass(frozen=True)
