@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from edgesr import baselines
+from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset, SliceSample
 from edgesr.data.kspace import KSpaceVolume
 from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
@@ -339,3 +341,82 @@ def evaluate_model(
         "comparison": comparisons,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def sr_predict(model: nn.Module, lr: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Whole-image SR of ``lr [B, 1, h, w]`` with the global skip the spec names (validation in training,
+    where the model may be wrapped in DDP and tiling buys nothing)."""
+    if spec.sr is None:
+        raise ValueError(f"sr_predict needs an SR spec; got a {spec.task} spec")
+    return model(lr, interpolate_base(lr, spec.sr.scale, spec.sr.upsampler, spec.sr.degradation))
+
+
+@dataclass(frozen=True)
+class ReconAcquisition:
+    """A simulated acquisition to validate a recon model on (the settings of :func:`recon_samples`)."""
+
+    acceleration: float
+    mask_kind: str = "random"
+    n_coils: int = 8
+    center_fraction: float = 0.08
+    noise_std: float = 0.005
+
+
+def validate(
+    model: nn.Module,
+    dataset: PreparedDataset,
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    max_slices: int,
+    acquisition: ReconAcquisition | None = None,
+) -> dict[str, float]:
+    """Mean PSNR/SSIM of a model in training on the val split, by the protocol (what ``best/`` is kept by).
+
+    Args:
+        model: the network (left in eval mode), on ``device``.
+        dataset: the prepared data set; its val split is scored.
+        spec: the model's contract: an SR model is scored on its modality, scale and degradation.
+        device: where the model runs; scoring happens on the CPU.
+        max_slices: slices per volume, spread evenly over the volume (0: all).
+        acquisition: recon only: the simulated acquisition to reconstruct.
+
+    Returns:
+        ``{"val_psnr": mean dB, "val_ssim": mean SSIM}``.
+    """
+    model.eval()
+    if spec.sr is not None:
+        kind, scale = spec.sr.degradation, spec.sr.scale
+        pairs = sr_pairs(
+            dataset,
+            modality=spec.intensity.modality,
+            scale=scale,
+            split="val",
+            degradation=kind,
+            max_slices=max_slices,
+        )
+
+        def sr_method(lr: torch.Tensor, scale: int, kind: str) -> torch.Tensor:
+            return sr_predict(model, lr.to(device), spec).float().cpu()
+
+        scores = score_sr({"model": sr_method}, pairs, scale=scale, degradation=kind)[0]
+    else:
+        if acquisition is None:
+            raise ValueError("validating a recon model needs the acquisition to simulate")
+        samples = recon_samples(
+            dataset,
+            acceleration=acquisition.acceleration,
+            mask_kind=acquisition.mask_kind,
+            n_coils=acquisition.n_coils,
+            center_fraction=acquisition.center_fraction,
+            noise_std=acquisition.noise_std,
+            split="val",
+            max_slices=max_slices,
+        )
+
+        def recon_method(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+            return model(kspace.to(device), mask.to(device), maps.to(device)).float().cpu()
+
+        scores = score_recon({"model": recon_method}, samples)[0]
+    summary = scores.summary()
+    return {"val_psnr": float(summary["psnr_db"]), "val_ssim": float(summary["ssim"])}

@@ -13,7 +13,7 @@ from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.train import run_train
 from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
-from edgesr.train.loop import TrainConfig
+from edgesr.train.config import TrainConfig
 
 
 @dataclass(frozen=True)

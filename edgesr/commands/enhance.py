@@ -14,6 +14,7 @@ from edgesr.config import check_choice, check_range, opt
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import write_image
+from edgesr.device import pick_device
 from edgesr.errors import ConfigError, DataError
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.physics.degrade import upsampled_affine
@@ -21,7 +22,6 @@ from edgesr.pipeline import DEFAULT_TILE, TorchPredictor, finish, prepare_recon,
 from edgesr.spec import UNITS
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_for_inference
-from edgesr.train.distributed import pick_device
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``edgesr train``: train a model on the prepared data set (see :mod:`edgesr.train.loop`)."""
+"""``edgesr train``: train a model on the prepared data set (see :mod:`edgesr.train.teacher`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 from rich.console import Console
 
-from edgesr.train.loop import TrainConfig, train
+from edgesr.train.config import TrainConfig
+from edgesr.train.teacher import train
 
 
 def run_train(cfg: TrainConfig) -> int:

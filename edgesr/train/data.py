@@ -10,15 +10,19 @@ as a whole (with a random noise level), interpolated as a whole (the model's ``b
 cropped into aligned LR/base/HR patches, preferring patches with tissue in them.
 Recon: a random crop of an augmented training slice becomes a simulated multi-coil acquisition with a
 per-sample seed, acceleration and mask kind.
+
+:func:`batch_stream` hands any such source's batches to the training loop, built ahead in worker
+processes when asked.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Generator, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset
@@ -196,3 +200,58 @@ class ReconBatches:
             torch.stack([s.sens_maps for s in samples]),
             torch.stack([s.target for s in samples]),
         )
+
+
+class BatchSource(Protocol):
+    """What the training loop draws from: batch ``step`` (a NamedTuple of tensors), this rank's share.
+
+    It must be a pure function of ``step`` (and the source's seed), never of a running RNG: that is
+    what makes resumption exact and the number of batch workers invisible.
+    """
+
+    def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> Any: ...
+
+
+class _StepBatches(Dataset[Any]):
+    """Map-style view of a batch source: item ``step`` is this rank's share of batch ``step``."""
+
+    def __init__(self, batches: BatchSource, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __getitem__(self, step: int) -> Any:
+        return self.batches.batch(step, rank=self.rank, world_size=self.world_size)
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)  # the workers share the cores; torch's default would oversubscribe them
+
+
+def batch_stream(
+    batches: BatchSource,
+    *,
+    start: int,
+    stop: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Generator[Any, None, None]:
+    """Batches ``start .. stop - 1`` in order, built in ``workers`` processes ahead of the loop.
+
+    A batch is a pure function of (seed, step), so the worker count changes the speed, never the
+    result: on a GPU the simulation of multi-coil k-space on the CPU would otherwise stall the device.
+    """
+    if workers == 0:
+        for step in range(start, stop):
+            yield batches.batch(step, rank=rank, world_size=world_size)
+        return
+    loader = DataLoader(
+        _StepBatches(batches, rank, world_size),
+        batch_size=None,  # items are whole batches already
+        sampler=range(start, stop),
+        num_workers=workers,
+        prefetch_factor=4,
+        pin_memory=pin_memory,
+        worker_init_fn=_one_thread_per_worker,
+    )
+    yield from loader

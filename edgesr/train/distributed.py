@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from edgesr.device import pick_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -27,14 +29,6 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(preference: str) -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={preference} was asked for, but torch sees no CUDA device")
-    return torch.device(preference)
 
 
 def init_distributed(preference: str = "auto") -> DistEnv:

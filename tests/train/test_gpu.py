@@ -12,7 +12,8 @@ import torch
 
 from edgesr.config import parse_overrides
 from edgesr.train.checkpoint import load_model
-from edgesr.train.loop import TrainConfig, train
+from edgesr.train.config import TrainConfig
+from edgesr.train.teacher import train
 from tests.models.test_models import _recon_inputs
 
 pytestmark = [

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from edgesr.config import parse_overrides
 from edgesr.errors import ConfigError
 from edgesr.train.checkpoint import load_model, read_metadata
-from edgesr.train.loop import TrainConfig, train, warmup_cosine
+from edgesr.train.config import TrainConfig
+from edgesr.train.optim import warmup_cosine
+from edgesr.train.teacher import train
 
 
 def _sr_config(dataset, out: Path, *extra: str) -> TrainConfig:
