@@ -19,13 +19,14 @@ from torch import nn
 def _all_paths_open(model: nn.Module) -> nn.Module:
     """A float64 copy whose activations stay positive and of order one, so every path carries gradient."""
     probe = copy.deepcopy(model).double().eval()
-    for module in probe.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name.endswith("weight") and param.dim() >= 2:
-                fan_in = param[0].numel()
-                param.copy_((0.5 + torch.rand_like(param)) / fan_in)
-            else:
-                param.fill_(0.1)
+    with torch.random.fork_rng(devices=[]):  # a probe during training must not shift its random stream
+        for module in probe.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if name.endswith("weight") and param.dim() >= 2:
+                    fan_in = param[0].numel()
+                    param.copy_((0.5 + torch.rand_like(param)) / fan_in)
+                else:
+                    param.fill_(0.1)
     return probe
 
 

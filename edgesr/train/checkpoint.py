@@ -120,7 +120,11 @@ def _layer_shape_changes(model: nn.Module, name: str, options: dict[str, Any]) -
     """Where ``model``'s layer widths differ from its preset's (empty unless it was pruned)."""
     if name not in list_models():  # auxiliary training state (a GAN's discriminator), no preset
         return {}
-    return shape_changes(create_model(name, **options), model)
+    # Building the preset initialises weights: keep that off the global RNG, or saving a checkpoint
+    # would change the rest of a training run (resume is exact only if saving draws nothing).
+    with torch.random.fork_rng(devices=[]):
+        preset = create_model(name, **options)
+    return shape_changes(preset, model)
 
 
 def build_model(meta: dict[str, Any]) -> nn.Module:

@@ -17,7 +17,9 @@ def test_dicom_series_sorted_by_position_with_rescale(dicom_series):
     np.testing.assert_array_equal(volume.data, expected)
     assert volume.spacing == pytest.approx((2.5, 0.7, 0.8))
     assert volume.meta["modality"] == "CT"
-    assert volume.dtype == "uint16"
+    # The type that holds the modality values (HU down to -1024), not the stored uint16 pixels: writing
+    # HU as uint16 would clip every negative value to 0.
+    assert volume.dtype == "int16"
 
 
 def test_truncated_dicom_names_the_file(dicom_series):
