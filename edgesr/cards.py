@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from edgesr import __version__
-from edgesr._io import write_json_atomic
+from edgesr._io import atomic_path, write_json_atomic
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import DataError
-from edgesr.models import model_task
-from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata
+from edgesr.spec import ModelSpec
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata, resolve_checkpoint
 
 
 def _training_seconds(run_dir: Path) -> float | None:
@@ -80,7 +79,7 @@ def evaluate_command(
 ) -> str:
     """The command that re-scores the shipped teacher on the settings of this card."""
     command = f"edgesr evaluate model={name} split={split}"
-    if model_task(meta["model"]) == "recon":
+    if ModelSpec.from_dict(meta["spec"], source=name).task == "recon":
 
         def listed(values: tuple[Any, ...]) -> str:
             return "[" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
@@ -108,9 +107,11 @@ def write_card(
     meta = read_metadata(folder)
     for key in ("optimizer", "scheduler"):
         meta.pop(key, None)
-    shutil.copyfile(folder / MODEL_FILE, target / MODEL_FILE)
+    weights = (resolve_checkpoint(folder) / MODEL_FILE).read_bytes()
+    if (target / MODEL_FILE).resolve() != (resolve_checkpoint(folder) / MODEL_FILE).resolve():
+        with atomic_path(target / MODEL_FILE) as tmp:
+            tmp.write_bytes(weights)
     write_json_atomic(target / META_FILE, meta)
-    weights = (target / MODEL_FILE).read_bytes()
     card = {
         "name": name,
         "model": meta["model"],

@@ -76,7 +76,7 @@ class IntensityMap:
     """The mapping applied to one input volume, kept so that :func:`finish` can invert it.
 
     ``network = (max(value + offset, clip_min) / reference)``; padding pixels are fed as 0 (air) and
-    get ``padding_value`` back in the output.
+    get their own input values back in the output (from the nearest input pixel).
     """
 
     units: str  # hu or raw
@@ -84,7 +84,6 @@ class IntensityMap:
     clip_min: float | None
     reference: float
     padding: np.ndarray | None = None  # bool [S, H, W] on the input grid
-    padding_value: float = 0.0
 
     def forward(self, values: np.ndarray) -> np.ndarray:
         mapped = values + self.offset
@@ -144,6 +143,10 @@ def intensity_map(
             non-padding pixels, as in training). Evaluation passes the protocol's.
     """
     intensity = spec.intensity
+    if intensity.normaliser != "max":
+        raise ValueError(
+            f"image models normalise by the volume maximum; the spec says {intensity.normaliser!r}"
+        )
     resolved = resolve_units(spec, image, units)
     hu = resolved == "hu"
     padding = image.padding.copy() if image.padding is not None else None
@@ -165,8 +168,7 @@ def intensity_map(
             f"{image.source}: the image has no positive intensities in the model's units "
             f"(reference {reference:g}); nothing to enhance"
         )
-    padding_value = float(np.median(image.data[padding])) if padding is not None else 0.0
-    return IntensityMap(resolved, offset, clip_min, reference, padding, padding_value)
+    return IntensityMap(resolved, offset, clip_min, reference, padding)
 
 
 # --- SR ---------------------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class PreparedSR:
     tile: int
     halo: int
     source: str = ""
+    original: np.ndarray | None = None  # the input values, kept only where padding must be restored
 
     def items(self) -> Iterator[SRItem]:
         assert self.spec.sr is not None  # noqa: S101 (prepare() checked the task)
@@ -258,18 +261,24 @@ def prepare_sr(
         tile,
         spec.sr.receptive_radius if halo is None else halo,
         str(image.source),
+        image.data if mapping.padding is not None else None,
     )
 
 
-def _upsample_mask(mask: np.ndarray, scale: int, degradation: str) -> np.ndarray:
-    """Nearest LR pixel of every HR pixel, on the degradation's own grid: ``[S, h, w] -> [S, h*s, w*s]``."""
+def nearest_upsample(values: np.ndarray, scale: int, degradation: str) -> np.ndarray:
+    """The nearest LR pixel's value at every HR pixel, on the degradation's own grid.
+
+    ``[S, h, w] -> [S, h*s, w*s]``. HR pixel ``i`` lies at LR coordinate ``(i - offset) / s``; ties
+    (k-space grids at even scales) go up, so every LR pixel owns ``s`` HR pixels along each axis.
+    """
 
     def nearest(n: int) -> np.ndarray:
         offset = lr_grid_offset(degradation, n * scale, scale)
-        return np.clip(np.rint((np.arange(n * scale) - offset) / scale), 0, n - 1).astype(int)
+        position = (np.arange(n * scale) - offset) / scale
+        return np.clip(np.floor(position + 0.5), 0, n - 1).astype(int)
 
-    rows, cols = nearest(mask.shape[1]), nearest(mask.shape[2])
-    return mask[:, rows][:, :, cols]
+    rows, cols = nearest(values.shape[1]), nearest(values.shape[2])
+    return values[:, rows][:, :, cols]
 
 
 def finish_sr(
@@ -287,9 +296,9 @@ def finish_sr(
         keep = pred[0, 0, (top - t0) * s : (bottom - t0) * s, (left - l0) * s : (right - l0) * s]
         out[item.slice_index, top * s : bottom * s, left * s : right * s] = keep.numpy()
     result = prepared.intensity.inverse(out)
-    if prepared.intensity.padding is not None:
-        hr_padding = _upsample_mask(prepared.intensity.padding, s, spec.sr.degradation)
-        result[hr_padding] = prepared.intensity.padding_value
+    if prepared.intensity.padding is not None and prepared.original is not None:
+        hr_padding = nearest_upsample(prepared.intensity.padding, s, spec.sr.degradation)
+        result[hr_padding] = nearest_upsample(prepared.original, s, spec.sr.degradation)[hr_padding]
     return result
 
 
@@ -327,17 +336,27 @@ class PreparedRecon:
             )
 
 
-def coil_compress(kspace: np.ndarray, coils: int) -> np.ndarray:
-    """Compresses ``[S, C, H, W]`` k-space to ``coils`` virtual coils (SVD over all samples, per volume)."""
+def coil_compression_matrix(kspace: np.ndarray, coils: int) -> np.ndarray:
+    """The ``[coils, C]`` matrix ``U^H`` that maps ``C`` coils to ``coils`` virtual ones (SVD over all
+    samples of the volume). Compression is linear per pixel, so coil maps transform with it too."""
     n = kspace.shape[1]
-    if n == coils:
-        return kspace
     if n < coils:
         raise DataError(f"the data has {n} coils; the model needs {coils} (it cannot invent coils)")
     samples = kspace.transpose(1, 0, 2, 3).reshape(n, -1)
     u, _, _ = np.linalg.svd(samples @ samples.conj().T)
-    compressed = (u[:, :coils].conj().T @ samples).reshape(coils, *kspace.shape[:1], *kspace.shape[2:])
-    return np.ascontiguousarray(compressed.transpose(1, 0, 2, 3).astype(np.complex64))
+    return np.ascontiguousarray(u[:, :coils].conj().T)
+
+
+def apply_coils(matrix: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """``[V, C]`` matrix applied along the coil axis of ``[S, C, H, W]`` -> ``[S, V, H, W]`` complex64."""
+    return np.einsum("vc,schw->svhw", matrix, data).astype(np.complex64)
+
+
+def coil_compress(kspace: np.ndarray, coils: int) -> np.ndarray:
+    """Compresses ``[S, C, H, W]`` k-space to ``coils`` virtual coils (SVD over all samples, per volume)."""
+    if kspace.shape[1] == coils:
+        return kspace
+    return apply_coils(coil_compression_matrix(kspace, coils), kspace)
 
 
 def prepare_recon(
@@ -357,18 +376,25 @@ def prepare_recon(
     """
     if spec.recon is None:
         raise ValueError(f"prepare_recon needs a recon spec; got a {spec.task} spec")
+    if spec.intensity.normaliser != "zero-filled-rss-max" or spec.recon.coil_compression != "svd":
+        raise ValueError(
+            "recon models are fed k-space / the zero-filled RSS maximum, SVD-compressed to their coils; "
+            f"the spec says {spec.intensity.normaliser!r}, {spec.recon.coil_compression!r}"
+        )
     kspace = data.kspace
-    if spec.recon.coils:
-        if isinstance(maps, np.ndarray) and maps.shape[1] != spec.recon.coils:
-            raise DataError(
-                f"{data.source}: {maps.shape[1]} coil maps given; the model needs {spec.recon.coils} coils"
-            )
-        kspace = coil_compress(kspace, spec.recon.coils)
+    if isinstance(maps, np.ndarray) and maps.shape != kspace.shape:
+        raise DataError(
+            f"{data.source}: coil maps of shape {maps.shape} do not match the k-space {kspace.shape}"
+        )
+    if spec.recon.coils and kspace.shape[1] != spec.recon.coils:
+        # Given maps move to the same virtual coils as the k-space: y_v = sum_c U^H[v, c] F(S_c x).
+        matrix = coil_compression_matrix(kspace, spec.recon.coils)
+        kspace = apply_coils(matrix, kspace)
+        if isinstance(maps, np.ndarray):
+            maps = apply_coils(matrix, maps)
     method = spec.recon.map_estimation if maps is None else maps
     if isinstance(method, str) and method not in ESTIMATION_METHODS:
         raise ConfigError(f"maps={method!r} is not valid; choose one of {', '.join(ESTIMATION_METHODS)}")
-    if isinstance(method, np.ndarray) and method.shape != kspace.shape:
-        raise ValueError(f"maps must match the k-space shape {kspace.shape}; got {method.shape}")
     if reference is None:
         rss = np.sqrt((np.abs(ifft2c_complex(torch.from_numpy(kspace)).numpy()) ** 2).sum(axis=1))
         reference = float(rss.max())

@@ -91,6 +91,15 @@ class SRSpec:
     upsampler: str  # zero-fill or bicubic: the global skip ``base``
     receptive_radius: int  # LR pixels: a tile halo this wide makes tiled inference exact
 
+    def __post_init__(self) -> None:
+        _check("spec.sr.scale", self.scale, (2, 3, 4))
+        _check("spec.sr.degradation", self.degradation, ("mr-kspace", "ct-blur", "bicubic"))
+        _check("spec.sr.upsampler", self.upsampler, ("zero-fill", "bicubic"))
+        if not isinstance(self.receptive_radius, int) or self.receptive_radius < 0:
+            raise ValueError(
+                f"spec.sr.receptive_radius must be a non-negative integer; got {self.receptive_radius!r}"
+            )
+
 
 @dataclass(frozen=True)
 class ReconSpec:
@@ -99,6 +108,12 @@ class ReconSpec:
     coils: int  # 0: any number of coils
     map_estimation: str = "lowres"  # default coil-map estimation from the ACS lines (lowres, espirit)
     coil_compression: str = "svd"  # surplus coils are compressed to ``coils`` virtual coils
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.coils, int) or self.coils < 0:
+            raise ValueError(f"spec.recon.coils must be a non-negative integer; got {self.coils!r}")
+        _check("spec.recon.map_estimation", self.map_estimation, ("lowres", "espirit"))
+        _check("spec.recon.coil_compression", self.coil_compression, ("svd",))
 
 
 @dataclass(frozen=True)
@@ -118,10 +133,11 @@ class ModelSpec:
             raise ValueError(f"spec.task must be one of {TASKS}; got {self.task!r}")
         if (self.task == "sr") != (self.sr is not None) or (self.task == "recon") != (self.recon is not None):
             raise ValueError(f"a {self.task} spec needs its own section ('{self.task}') and no other")
-        if self.intensity.modality not in MODALITIES:
-            raise ValueError(f"spec.intensity.modality must be one of {MODALITIES}")
-        if self.intensity.normaliser not in NORMALISERS:
-            raise ValueError(f"spec.intensity.normaliser must be one of {NORMALISERS}")
+        _check("spec.intensity.modality", self.intensity.modality, MODALITIES)
+        _check("spec.intensity.normaliser", self.intensity.normaliser, NORMALISERS)
+        for tensor in (*self.inputs, *self.outputs):
+            if not isinstance(tensor.name, str) or not isinstance(tensor.channels, int):
+                raise ValueError(f"spec inputs/outputs need a name and integer channels; got {tensor!r}")
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -153,6 +169,11 @@ class ModelSpec:
         assert self.recon is not None  # noqa: S101 (the constructor guarantees it)
         coils = self.recon.coils or "any number of"
         return f"MR multi-coil recon ({coils} coils, {self.recon.map_estimation} maps)"
+
+
+def _check(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

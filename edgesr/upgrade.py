@@ -22,7 +22,7 @@ from edgesr.errors import DataError
 from edgesr.models import model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.spec import ModelSpec, recon_spec, sr_spec
-from edgesr.train.checkpoint import META_FILE, load_model, read_metadata
+from edgesr.train.checkpoint import META_FILE, load_model, read_metadata, resolve_checkpoint
 
 # The modality defaults of edgesr 0.1.0 (the version that wrote checkpoints without a spec).
 _LEGACY_DEGRADATION = {"MR": "mr-kspace", "CT": "ct-blur"}
@@ -52,19 +52,22 @@ def legacy_spec(meta: dict[str, Any], folder: Path) -> ModelSpec:
 
 def upgrade_checkpoint(folder: str | Path) -> tuple[ModelSpec, bool]:
     """Writes the spec into a checkpoint (and its model card) once; returns (spec, whether it wrote)."""
-    folder = Path(folder)
+    folder = resolve_checkpoint(folder)  # an interrupted save leaves it in <folder>.old: upgrade that one
     meta = read_metadata(folder)
     if meta.get("spec") is not None:
         return ModelSpec.from_dict(meta["spec"], source=str(folder / META_FILE)), False
-    spec = legacy_spec(meta, folder)
-    write_json_atomic(folder / META_FILE, _with_spec(meta, spec))
+    # Read everything before writing anything: a corrupt card must not leave a half-upgraded folder.
     card_path = folder / "model_card.json"
+    card: dict[str, Any] | None = None
     if card_path.is_file():
         try:
             card = json.loads(card_path.read_text())
         except json.JSONDecodeError as exc:
-            raise DataError(f"{card_path}: corrupt model card ({exc})") from None
+            raise DataError(f"{card_path}: corrupt model card ({exc}); nothing was changed") from None
+    spec = legacy_spec(meta, folder)
+    if card is not None:  # the card first: a checkpoint with a spec counts as upgraded
         write_json_atomic(card_path, _with_spec(card, spec))
+    write_json_atomic(folder / META_FILE, _with_spec(meta, spec))
     return spec, True
 
 

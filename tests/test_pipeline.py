@@ -70,8 +70,9 @@ def _expected_ct(model, hu: np.ndarray, padding: np.ndarray, scale: int = 2) -> 
             base = interpolate_base(lr, scale, "bicubic", "ct-blur")
             outputs.append(model(lr, base)[0, 0].numpy())
     out = np.stack(outputs) * reference - 1024.0
-    hr_padding = padding.repeat(scale, axis=1).repeat(scale, axis=2)  # the area grid: HR i <- LR i // s
-    out[hr_padding] = PADDING_HU
+    # Padding gets its own values back, from the nearest LR pixel (the area grid: HR i <- LR i // s).
+    hr_padding = padding.repeat(scale, axis=1).repeat(scale, axis=2)
+    out[hr_padding] = hu.repeat(scale, axis=1).repeat(scale, axis=2)[hr_padding]
     return out
 
 
@@ -97,9 +98,11 @@ def test_ct_dicom_in_hu_with_intercept_and_padding(tmp_path, ct_checkpoint):
 
 
 def test_ct_nifti_in_hu_needs_no_units(tmp_path, ct_checkpoint):
-    """A CT NIfTI in HU (values below -200 HU mean HU); padding is told by value (< -1500 HU)."""
+    """A CT NIfTI in HU (values below -200 HU mean HU); padding is told by value (< -1500 HU), and each
+    padded pixel keeps its own value (two scanners' paddings side by side here)."""
     model, ckpt = ct_checkpoint
     hu, padding = _head_ct_hu(2, 35, 29)
+    hu[:, :, 15:][padding[:, :, 15:]] = -2048.0
     source = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.moveaxis(hu, 0, 2), np.diag([0.5, 0.5, 2.0, 1.0])), source)
     out = tmp_path / "sr.nii.gz"
@@ -187,3 +190,38 @@ def test_real_head_ct_in_hu_beats_bicubic(tmp_path, real_data_root):
     model_db, bicubic_db = score(sr), score(bicubic)
     print(f"real head CT in HU: model {model_db:.2f} dB, bicubic {bicubic_db:.2f} dB")
     assert model_db > bicubic_db + 1.0
+
+
+@pytest.mark.parametrize(("degradation", "scale"), [("mr-kspace", 2), ("mr-kspace", 4), ("ct-blur", 3)])
+@pytest.mark.parametrize("size", [6, 7])
+def test_every_lr_pixel_owns_scale_hr_pixels(degradation, scale, size):
+    """Nearest-pixel upsampling on the degradation's grid (padding restore): no LR pixel is favoured."""
+    from edgesr.pipeline import nearest_upsample
+
+    index = np.arange(size, dtype=float)[None, :, None].repeat(size, axis=2)
+    owners = nearest_upsample(index, scale, degradation)[0, :, 0]
+    counts = np.bincount(owners.astype(int), minlength=size)
+    assert counts[1:-1].tolist() == [scale] * (size - 2)  # the edge pixels take what the grid leaves
+    assert (np.diff(owners) >= 0).all()
+
+
+def test_given_coil_maps_are_compressed_with_the_kspace():
+    """A model for 4 coils fed 6-coil data and its 6 true maps: both go to the same virtual coils, so
+    the compressed k-space is still the SENSE forward model of the compressed maps."""
+    from edgesr.data.kspace import KSpaceVolume
+    from edgesr.physics.fft import to_complex
+    from edgesr.physics.mri import MultiCoilSense
+    from edgesr.physics.simulate import simulate_multicoil
+    from edgesr.pipeline import prepare_recon
+    from edgesr.spec import recon_spec
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 33), np.linspace(-1, 1, 29), indexing="ij")
+    image = torch.from_numpy(((yy**2 + xx**2) < 0.6).astype(np.float32))
+    sample = simulate_multicoil(image, acceleration=3, seed=1, n_coils=6, noise_std=0.0)
+    raw = KSpaceVolume(to_complex(sample.kspace).numpy()[None], sample.mask.numpy(), "sim.h5", "fastmri")
+    maps = to_complex(sample.sens_maps).numpy()[None]
+    prepared = prepare_recon(recon_spec(coils=4), raw, maps=maps, reference=1.0)
+    item = next(prepared.items())
+    assert item.inputs["sens_maps"].shape == (1, 8, 33, 29)
+    predicted = MultiCoilSense().A(sample.target[None], item.inputs["mask"], item.inputs["sens_maps"])
+    torch.testing.assert_close(predicted, item.inputs["masked_kspace"], rtol=0, atol=1e-4)

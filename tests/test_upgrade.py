@@ -42,3 +42,27 @@ def test_a_legacy_checkpoint_is_refused_then_upgraded_once(tmp_path, capsys):
     assert main(["upgrade", f"checkpoint={legacy}"]) == 0  # a second run changes nothing
     assert (legacy / "checkpoint.json").read_bytes() == before
     assert main([*enhance, "units=raw"]) == 0
+
+
+def test_a_corrupt_card_leaves_the_checkpoint_untouched(tmp_path, capsys):
+    legacy = tmp_path / "rdn-mr-x2"
+    shutil.copytree(teacher_path("rdn-mr-x2"), legacy)
+    _strip_spec(legacy)
+    (legacy / "model_card.json").write_text("{ not json")
+    before = (legacy / "checkpoint.json").read_bytes()
+    assert main(["upgrade", f"checkpoint={legacy}"]) == 2
+    assert "model_card.json" in capsys.readouterr().err
+    assert (legacy / "checkpoint.json").read_bytes() == before
+
+
+def test_a_spec_with_an_unknown_degradation_is_a_clear_error(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(teacher_path("rdn-mr-x2"), broken)
+    record = json.loads((broken / "checkpoint.json").read_text())
+    record["spec"]["sr"]["degradation"] = "mr-kspaec"
+    (broken / "checkpoint.json").write_text(json.dumps(record))
+    np.save(tmp_path / "lr.npy", np.ones((9, 11), dtype=np.float32))
+    argv = ["enhance", f"checkpoint={broken}", f"input={tmp_path / 'lr.npy'}", f"output={tmp_path / 'o.npy'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "spec.sr.degradation" in err and "checkpoint.json" in err

@@ -241,18 +241,30 @@ def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray:
     [PixelPaddingValue, PixelPaddingRangeLimit] when a range is given (DICOM PS3.3 C.7.5.1.1.2)."""
     if "PixelPaddingValue" not in ds:
         return np.zeros(stored.shape, dtype=bool)
-    value = int(ds.PixelPaddingValue)
-    limit = int(ds.PixelPaddingRangeLimit) if "PixelPaddingRangeLimit" in ds else value
+    value = _as_pixel_value(ds, int(ds.PixelPaddingValue))
+    limit = _as_pixel_value(ds, int(ds.PixelPaddingRangeLimit)) if "PixelPaddingRangeLimit" in ds else value
     low, high = min(value, limit), max(value, limit)
     return (stored >= low) & (stored <= high)
 
 
+def _as_pixel_value(ds: Any, value: int) -> int:
+    """A padding value as the pixels hold it: some writers store -2000 of signed pixels as the unsigned
+    bit pattern 63536 (VR US), so interpret it in BitsStored bits with the pixels' signedness."""
+    bits = int(ds.get("BitsStored", 16))
+    value &= (1 << bits) - 1
+    if int(ds.get("PixelRepresentation", 0)) == 1 and value >= 1 << (bits - 1):
+        value -= 1 << bits
+    return value
+
+
 def _value_dtype(volume: np.ndarray, integral: bool) -> str:
-    """The narrowest usual type for modality values: int16 for HU, uint16 for MR, else float32."""
+    """The usual type for modality values: int16 for signed (HU), uint16 for non-negative (MR), else
+    int32 or float32. Non-negative values get uint16 even when int16 would hold them: an enhanced image
+    may overshoot the input's maximum, and int16 would clip it at 32767."""
     if not integral:
         return "float32"
     low, high = float(volume.min()), float(volume.max())
-    for dtype in ("int16", "uint16", "int32"):
+    for dtype in ("int16", "int32") if low < 0 else ("uint16", "int32"):
         info = np.iinfo(dtype)
         if info.min <= low and high <= info.max:
             return dtype

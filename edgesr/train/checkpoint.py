@@ -133,7 +133,8 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     return apply_layer_shapes(model, meta.get("layer_shapes") or {})
 
 
-def _resolve(folder: str | Path) -> Path:
+def resolve_checkpoint(folder: str | Path) -> Path:
+    """The folder that holds the checkpoint: ``folder``, or ``<folder>.old`` when a save was interrupted."""
     folder = Path(folder)
     if (folder / META_FILE).is_file():
         return folder
@@ -144,7 +145,7 @@ def _resolve(folder: str | Path) -> Path:
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
-    path = _resolve(folder) / META_FILE
+    path = resolve_checkpoint(folder) / META_FILE
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -165,7 +166,7 @@ def load_model(
         raise DataError(
             f"{folder}: the recorded layer widths do not fit model {meta['model']!r} ({exc})"
         ) from None
-    weights = load_file(str(_resolve(folder) / MODEL_FILE), device=str(map_location))
+    weights = load_file(str(resolve_checkpoint(folder) / MODEL_FILE), device=str(map_location))
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -180,7 +181,7 @@ def load_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restores model, optimizer, scheduler and the torch RNG; returns (metadata, extra tensors)."""
-    resolved = _resolve(folder)
+    resolved = resolve_checkpoint(folder)
     meta = read_metadata(resolved)
     model.load_state_dict(load_file(str(resolved / MODEL_FILE)), strict=True)
     tensors = load_file(str(resolved / STATE_FILE))

@@ -91,8 +91,8 @@ def train(
             extra_state["discriminator"] = (discriminator, disc_optimizer)
             if env.world_size > 1:
                 discriminator = DistributedDataParallel(discriminator)
-        # The spec's receptive-radius probe draws from the torch RNG, so it runs here, before fit
-        # restores a resumed run's RNG state: a resumed run then continues the very same stream.
+        # The spec is measured before fit restores a resumed run's state (the probe keeps the global
+        # RNG untouched either way).
         spec = run_spec(cfg, model)
 
         if env.is_main:

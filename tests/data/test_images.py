@@ -105,3 +105,23 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "x.jpg2").write_bytes(b"123")
     with pytest.raises(DataError, match="unsupported image format"):
         load_image(tmp_path / "x.jpg2")
+
+
+def test_signed_padding_written_as_an_unsigned_pattern(tmp_path):
+    """PixelPaddingValue -2000 of int16 pixels, written by some scanners as VR US 63536."""
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import write_dicom_slice
+
+    stored = np.full((9, 7), 40, dtype=np.int16)
+    stored[:, :2] = -2000
+    path = tmp_path / "ct.dcm"
+    write_dicom_slice(path, stored, position_z=0.0, instance=1, series_uid=generate_uid(), signed=True)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00280120, "US", 63536)  # PixelPaddingValue as its unsigned bit pattern
+    ds.save_as(path)
+    volume = load_image(path)
+    assert volume.padding is not None and volume.padding[0].tolist() == (stored == -2000).tolist()
+    assert volume.dtype == "int16"
