@@ -7,21 +7,32 @@ thing everywhere.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
 import torch
+
+from edgesr.errors import ConfigError
 
 
 def pick_device(preference: str) -> torch.device:
     """``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda[:N]``.
 
     Raises:
-        ValueError: CUDA was asked for, but torch sees no CUDA device.
+        ConfigError: an unknown device, or CUDA (or a CUDA index) that torch does not see.
     """
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={preference} was asked for, but torch sees no CUDA device")
+    if preference == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", preference)
+    if match is None:
+        raise ConfigError(f"device={preference!r} is not valid; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={preference} was asked for, but torch sees no CUDA device")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={preference}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(preference)
 
 

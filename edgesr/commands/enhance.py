@@ -13,15 +13,17 @@ from rich.console import Console
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
-from edgesr.data.writers import write_image
+from edgesr.data.writers import WRITABLE, check_output, write_image
 from edgesr.device import pick_device
-from edgesr.errors import ConfigError, DataError
+from edgesr.errors import ConfigError
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.physics.degrade import upsampled_affine
 from edgesr.pipeline import DEFAULT_TILE, TorchPredictor, finish, prepare_recon, prepare_sr, run
 from edgesr.spec import UNITS
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_for_inference
+
+RECON_WRITABLE = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")  # a magnitude volume: no 8/16-bit PNG
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class EnhanceConfig:
         "a CT model takes other formats as HU when they hold air below -200, else asks",
     )
     tile: int = opt(DEFAULT_TILE, "SR: LR tile size in pixels (0: whole image at once)")
-    halo: int = opt(-1, "SR: LR pixels of context around each tile (-1: the model's receptive radius: exact)")
+    halo: int | None = opt(
+        None, "SR: LR pixels of context around each tile (default: the model's receptive radius: exact)"
+    )
     maps: str = opt(
         "", "recon: coil-map estimation from the ACS lines, lowres or espirit (default: the model's)"
     )
@@ -51,20 +55,25 @@ class EnhanceConfig:
             )
         check_choice("units", self.units, UNITS)
         check_range("tile", self.tile, low=0)
-        check_range("halo", self.halo, low=-1)
+        if self.halo is not None:
+            check_range("halo", self.halo, low=0)
         if self.maps:
             check_choice("maps", self.maps, ESTIMATION_METHODS)
 
 
 def run_enhance(cfg: EnhanceConfig) -> int:
     console = Console(stderr=True)
+    device = pick_device(cfg.device)
     folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
     model, spec, _ = load_for_inference(folder)
-    predictor = TorchPredictor(model.to(pick_device(cfg.device)), spec)
+    # Where the result goes is checked before any work: never after minutes of inference.
+    check_output(
+        cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
+    )
+    predictor = TorchPredictor(model.to(device), spec)
     if spec.sr is not None:
         volume = load_image(cfg.input)
-        halo = None if cfg.halo < 0 else cfg.halo
-        prepared = prepare_sr(spec, volume, units=cfg.units, tile=cfg.tile, halo=halo)
+        prepared = prepare_sr(spec, volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = finish(spec, prepared, run(predictor, prepared))
         affine = None
@@ -75,8 +84,6 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         write_image(cfg.output, result, dtype=volume.dtype, affine=affine)
         units = f" ({prepared.intensity.units})" if spec.intensity.is_ct else ""
     else:
-        if not cfg.output.lower().endswith((".nii", ".nii.gz", ".npy", ".tif", ".tiff")):
-            raise DataError(f"{cfg.output}: write recon results as .nii.gz (or .npy/.tif)")
         raw = load_kspace(cfg.input)
         prepared_recon = prepare_recon(spec, raw, maps=cfg.maps or None)
         with console.status(

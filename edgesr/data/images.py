@@ -7,6 +7,7 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,19 +50,24 @@ class ImageVolume:
 
 def _checked(data: np.ndarray, path: Path) -> np.ndarray:
     """float32 ``[S, H, W]`` from a 2-D or 3-D numeric array, or a DataError naming ``path``."""
-    if data.dtype.kind not in "biuf":
-        raise DataError(f"{path}: unsupported data type {data.dtype} (need integers or floats)")
+    if data.dtype.kind not in "iuf":
+        kind = {"b": "boolean", "c": "complex", "O": "object", "U": "text", "S": "bytes"}.get(data.dtype.kind)
+        raise DataError(f"{path}: unsupported data type {kind or data.dtype} (need real integers or floats)")
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 2-D image or 3-D volume, got shape {data.shape}")
+    if data.size == 0:
+        raise DataError(f"{path}: the image is empty (shape {data.shape})")
     if min(data.shape[1:]) < 2:
         raise DataError(f"{path}: image of shape {data.shape[1:]} is too small")
-    data = data.astype(np.float32, copy=False)
     bad = ~np.isfinite(data)
     if bad.any():
         raise DataError(f"{path}: {int(bad.sum())} NaN/Inf values in the image")
-    return np.ascontiguousarray(data)
+    peak = float(np.abs(data).max())
+    if peak > np.finfo(np.float32).max:
+        raise DataError(f"{path}: values up to {peak:.3g} exceed what float32 computation can hold")
+    return np.ascontiguousarray(data.astype(np.float32, copy=False))
 
 
 def load_nifti(path: str | Path) -> ImageVolume:
@@ -71,7 +77,13 @@ def load_nifti(path: str | Path) -> ImageVolume:
     path = Path(path)
     try:
         image: Any = nib.load(str(path))
-        data = np.asarray(image.get_fdata(dtype=np.float32))
+        stored = np.dtype(image.get_data_dtype())
+        if stored.kind not in "iuf" or stored.names is not None:  # complex, RGB (structured), bool
+            raise DataError(f"{path}: NIfTI data of type {stored} (edgesr reads real scalar images)")
+        # float64 keeps values that float32 cannot hold visible to the range check below.
+        data = np.asarray(image.get_fdata(dtype=np.float64))
+    except DataError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:
@@ -99,7 +111,15 @@ def load_raster(path: str | Path) -> ImageVolume:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            raw = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                shapes = {tuple(page.shape) for page in tif.pages}
+                if len(shapes) > 1:
+                    raise DataError(
+                        f"{path}: TIFF pages of different sizes {sorted(shapes)}; one volume needs one size"
+                    )
+                raw = np.asarray(
+                    tif.asarray(key=range(len(tif.pages))) if len(tif.pages) > 1 else tif.asarray()
+                )
         else:
             from PIL import Image
 
@@ -172,6 +192,10 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     by_series: dict[str, list[tuple[Path, Any]]] = {}
     for file, ds in datasets:
         if "PixelData" not in ds:
+            if "Rows" in ds and "Columns" in ds:
+                # An image header without its pixels: the file was cut short (pydicom stops quietly at
+                # an element that runs past the end). Skipping it would leave a gap in the volume.
+                raise DataError(f"{file}: an image without pixel data (the file is truncated or damaged)")
             continue  # e.g. a DICOMDIR or a structured report beside the images
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((file, ds))
     if not by_series:
@@ -181,16 +205,14 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     if series_uid is not None and series_uid not in by_series:
         raise DataError(f"{path}: no series {series_uid} (found: {', '.join(by_series)})")
     chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
-
-    def position(item: tuple[Path, Any]) -> float:
-        ds = item[1]
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
-            normal = np.cross(orientation[:3], orientation[3:])
-            return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
-        return float(ds.get("InstanceNumber", 0))
-
-    chosen = sorted(chosen, key=position)
+    geometry = {file: _slice_geometry(ds, file) for file, ds in chosen}
+    chosen = sorted(chosen, key=lambda item: geometry[item[0]].position)
+    for (file_a, _), (file_b, _) in zip(chosen, chosen[1:], strict=False):
+        if geometry[file_a].position == geometry[file_b].position and geometry[file_a].oriented:
+            raise DataError(
+                f"{file_b}: lies at the same position as {file_a.name} (two acquisitions or a duplicate "
+                "in one series); keep one of them"
+            )
     slices: list[np.ndarray] = []
     paddings: list[np.ndarray] = []
     integral = True  # every slice's modality values are integers (an integer output type can hold them)
@@ -212,27 +234,108 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         paddings.append(_padding_mask(ds, stored))
         integral = integral and bool(np.all(np.mod(pixels, 1) == 0))
         slices.append(pixels.astype(np.float32))
-    first = chosen[0][1]
-    row_mm, col_mm = (float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
+    first = geometry[chosen[0][0]]
     if len(chosen) > 1:
-        slice_mm = abs(position(chosen[1]) - position(chosen[0])) or float(first.get("SliceThickness", 1.0))
+        last = geometry[chosen[-1][0]]
+        step = (last.origin - first.origin) / (len(chosen) - 1)
+        slice_mm = float(np.linalg.norm(step)) or first.thickness
     else:
-        slice_mm = float(first.get("SliceThickness", 1.0))
+        slice_mm = first.thickness
+    if not first.oriented or len(chosen) == 1 or not slice_mm:
+        step = first.normal * slice_mm
     meta = {
-        "modality": str(first.get("Modality", "")),
-        "series_uid": str(first.get("SeriesInstanceUID", "")),
+        "modality": str(chosen[0][1].get("Modality", "")),
+        "series_uid": str(chosen[0][1].get("SeriesInstanceUID", "")),
         "files": [str(f) for f, _ in chosen],
     }
     volume = _checked(np.stack(slices), path)
     padding = np.stack(paddings)
     return ImageVolume(
         volume,
-        (slice_mm, row_mm, col_mm),
+        (slice_mm, first.row_mm, first.col_mm),
         path,
         "dicom",
+        affine=first.affine(step),
         dtype=_value_dtype(volume, integral),
         meta=meta,
         padding=padding if padding.any() else None,
+    )
+
+
+@dataclass(frozen=True)
+class _SliceGeometry:
+    """Where one DICOM slice lies (patient coordinates, LPS, mm), read and checked once."""
+
+    origin: np.ndarray  # ImagePositionPatient: the centre of the first pixel
+    row_direction: np.ndarray  # along a row: the direction of increasing column index
+    column_direction: np.ndarray  # down a column: the direction of increasing row index
+    row_mm: float  # PixelSpacing[0]: between rows
+    col_mm: float  # PixelSpacing[1]: between columns
+    thickness: float
+    oriented: bool  # ImagePositionPatient and ImageOrientationPatient were present
+    position: float  # along the slice normal (InstanceNumber without orientation)
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_direction, self.column_direction)
+
+    def affine(self, step: np.ndarray) -> np.ndarray:
+        """The NIfTI (RAS) affine of voxels ``(row, column, slice)``, as :func:`write_image` lays them out."""
+        lps = np.eye(4)
+        lps[:3, 0] = self.column_direction * self.row_mm
+        lps[:3, 1] = self.row_direction * self.col_mm
+        lps[:3, 2] = step
+        lps[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
+
+
+def _numbers(ds: Any, keyword: str, count: int, file: Path) -> list[float] | None:
+    """A numeric DICOM tag of ``count`` values, or None when absent; malformed values are a DataError."""
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        return None
+    raw = ds[keyword].value
+    # pydicom gives a multi-valued tag as a sequence (MultiValue) and a single value as a scalar.
+    values = list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str | bytes) else [raw]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise DataError(f"{file}: {keyword} holds {raw!r}; expected {count} numbers") from None
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise DataError(
+            f"{file}: {keyword} holds {len(numbers)} value(s) {numbers}; expected {count} finite numbers"
+        )
+    return numbers
+
+
+def _slice_geometry(ds: Any, file: Path) -> _SliceGeometry:
+    spacing = _numbers(ds, "PixelSpacing", 2, file) or [1.0, 1.0]
+    if min(spacing) <= 0:
+        raise DataError(f"{file}: PixelSpacing {spacing} must be positive")
+    thickness = (_numbers(ds, "SliceThickness", 1, file) or [1.0])[0]
+    origin = _numbers(ds, "ImagePositionPatient", 3, file)
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, file)
+    oriented = origin is not None and orientation is not None
+    if orientation is None:
+        orientation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    row_direction, column_direction = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    if abs(np.linalg.norm(row_direction) - 1) > 1e-2 or abs(np.linalg.norm(column_direction) - 1) > 1e-2:
+        raise DataError(f"{file}: ImageOrientationPatient {orientation} is not two unit vectors")
+    origin_array = np.asarray(origin if origin is not None else [0.0, 0.0, 0.0])
+    normal = np.cross(row_direction, column_direction)
+    if oriented:
+        position = float(np.dot(normal, origin_array))
+    else:
+        instance = _numbers(ds, "InstanceNumber", 1, file)
+        position = instance[0] if instance else 0.0
+    return _SliceGeometry(
+        origin_array,
+        row_direction,
+        column_direction,
+        spacing[0],
+        spacing[1],
+        abs(thickness) or 1.0,
+        oriented,
+        position,
     )
 
 

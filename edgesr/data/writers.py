@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ def write_image(
     if suffix == ".png" and np.dtype(dtype) not in (np.dtype("uint8"), np.dtype("uint16")):
         dtype = "uint16"  # PNG holds 8 or 16-bit grayscale only
     out = cast_to(data, dtype)
+    try:
+        _write(path, tmp_suffix=suffix, out=out, affine=affine)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+    return path
+
+
+def _write(path: Path, *, tmp_suffix: str, out: np.ndarray, affine: np.ndarray | None) -> None:
+    suffix = tmp_suffix
     with atomic_path(path) as tmp:
         if suffix in (".nii", ".nii.gz"):
             import nibabel as nib
@@ -69,4 +79,45 @@ def write_image(
         else:
             with open(tmp, "wb") as f:
                 np.save(f, out[0] if out.shape[0] == 1 else out)
+
+
+def check_output(
+    path: str | Path, *, inputs: tuple[str | Path, ...] = (), writable: tuple[str, ...] = WRITABLE
+) -> Path:
+    """Checks, before any work is done, that a result can be written to ``path``.
+
+    Refused: an unknown format, an existing folder, a parent that is a file, a folder that cannot be
+    created or written (as far as permissions tell; root learns of a read-only mount only when writing,
+    which :func:`write_image` reports), and any of ``inputs`` (a result never replaces its source).
+
+    Raises:
+        DataError: naming the path and the problem.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in writable:
+        raise DataError(f"{path}: cannot write this format (use {', '.join(writable)})")
+    if path.is_dir():
+        raise DataError(f"{path}: is an existing folder; name a file to write")
+    for source in inputs:
+        source = Path(source)
+        if (
+            path.exists()
+            and source.exists()
+            and (path.resolve() == source.resolve() or _same_file(path, source))
+        ):
+            raise DataError(f"{path}: is the input; write the result to another file")
+    parent = path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise DataError(f"{path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{path}: the folder {existing} is not writable")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

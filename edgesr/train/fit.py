@@ -122,6 +122,17 @@ def check_run_folder(out: Path, *, resume: bool) -> None:
         ConfigError: ``out`` holds a run and ``resume`` is false, or holds none and it is true.
     """
     holds_a_run = _saved(out / "last")
+    if not holds_a_run and out.exists() and not resume:
+        if not out.is_dir():
+            raise ConfigError(f"out={out} is a file, not a folder for the run")
+        # A run that stopped before its first checkpoint leaves only these; anything else is someone's
+        # files, which checkpoints, logs and best/ would land among (and over).
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("config.resolved.yaml", "log.jsonl"))
+        if foreign:
+            raise ConfigError(
+                f"out={out} holds files that are not an edgesr run ({', '.join(foreign[:3])}); "
+                "choose another out="
+            )
     if holds_a_run and not resume:
         raise ConfigError(
             f"{out} already holds a run; pass resume=true to continue it, or choose another out="
