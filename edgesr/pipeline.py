@@ -38,7 +38,7 @@ from edgesr.baselines import interpolate_base
 from edgesr.data.images import ImageVolume
 from edgesr.data.kspace import KSpaceVolume
 from edgesr.errors import ConfigError, DataError
-from edgesr.physics.coils import ESTIMATION_METHODS, estimate_coil_maps
+from edgesr.physics.coils import ESTIMATION_METHODS, MIN_ACS_LINES, acs_lines, estimate_coil_maps
 from edgesr.physics.degrade import lr_grid_offset
 from edgesr.physics.fft import complex_abs, from_complex, ifft2c_complex
 from edgesr.spec import UNITS, ModelSpec
@@ -382,6 +382,11 @@ def prepare_recon(
             f"the spec says {spec.intensity.normaliser!r}, {spec.recon.coil_compression!r}"
         )
     kspace = data.kspace
+    if spec.recon.coils and kspace.shape[1] < spec.recon.coils:
+        raise DataError(
+            f"{data.source}: the data has {kspace.shape[1]} coil(s); the model needs {spec.recon.coils} "
+            "(coils can be compressed, not invented)"
+        )
     if isinstance(maps, np.ndarray) and maps.shape != kspace.shape:
         raise DataError(
             f"{data.source}: coil maps of shape {maps.shape} do not match the k-space {kspace.shape}"
@@ -393,17 +398,26 @@ def prepare_recon(
         if isinstance(maps, np.ndarray):
             maps = apply_coils(matrix, maps)
     method = spec.recon.map_estimation if maps is None else maps
-    if isinstance(method, str) and method not in ESTIMATION_METHODS:
-        raise ConfigError(f"maps={method!r} is not valid; choose one of {', '.join(ESTIMATION_METHODS)}")
+    mask = torch.from_numpy(np.asarray(data.mask, dtype=np.float32))
+    if isinstance(method, str):
+        if method not in ESTIMATION_METHODS:
+            raise ConfigError(f"maps={method!r} is not valid; choose one of {', '.join(ESTIMATION_METHODS)}")
+        lines, needed = acs_lines(mask), MIN_ACS_LINES[method]
+        if lines < needed:
+            raise DataError(
+                f"{data.source}: the mask samples {lines} contiguous line(s) through the k-space centre; "
+                f"estimating coil maps ({method}) needs a fully sampled centre of at least {needed}"
+            )
     if reference is None:
-        rss = np.sqrt((np.abs(ifft2c_complex(torch.from_numpy(kspace)).numpy()) ** 2).sum(axis=1))
-        reference = float(rss.max())
+        # float64: the sum of squares of a scanner's raw units can overflow float32.
+        coil_images = np.abs(ifft2c_complex(torch.from_numpy(kspace)).numpy()).astype(np.float64)
+        reference = float(np.sqrt((coil_images**2).sum(axis=1)).max())
     if not math.isfinite(reference) or reference <= 0:
         raise DataError(f"{data.source}: k-space holds no signal")
     return PreparedRecon(
         spec,
         (kspace / reference).astype(np.complex64),
-        torch.from_numpy(np.asarray(data.mask, dtype=np.float32)),
+        mask,
         method,
         reference,
         str(data.source),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.images import load_image
@@ -92,5 +93,5 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             result = finish(spec, prepared_recon, run(predictor, prepared_recon))
         write_image(cfg.output, result, dtype="float32")
         units = ""
-    console.print(f"[green]wrote[/] {cfg.output} ({' x '.join(map(str, result.shape))}){units}")
+    console.print(f"[green]wrote[/] {escape(cfg.output)} ({' x '.join(map(str, result.shape))}){units}")
     return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgesr._io import write_json_atomic
 from edgesr.cards import evaluate_command, write_card
@@ -93,7 +94,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
             maps=cfg.maps, max_slices=cfg.max_slices,
         )  # fmt: skip
         written = write_card(folder, cfg.card, report, name=name, dataset=dataset, evaluate_command=command)
-        console.print(f"[green]wrote[/] {written}")
+        console.print(f"[green]wrote[/] {escape(str(written))}")
     if cfg.format == "json":
         print(json.dumps(report, indent=2))
         return 0

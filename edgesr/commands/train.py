@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgesr.train.config import TrainConfig
 from edgesr.train.teacher import train
@@ -16,6 +17,6 @@ def run_train(cfg: TrainConfig) -> int:
     result = train(cfg, command=command)
     Console(stderr=True).print(
         f"[green]done[/]: step {result['step']}, best val PSNR {result['best_val_psnr']:.2f} dB; "
-        f"checkpoints in {cfg.out}/best and {cfg.out}/last"
+        f"checkpoints in {escape(cfg.out)}/best and {escape(cfg.out)}/last"
     )
     return 0

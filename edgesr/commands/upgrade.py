@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgesr.config import opt
 from edgesr.errors import ConfigError
@@ -24,5 +25,5 @@ def run_upgrade(cfg: UpgradeConfig) -> int:
     console = Console(stderr=True)
     spec, wrote = upgrade_checkpoint(cfg.checkpoint)
     verb = "wrote the model spec into" if wrote else "already has a model spec:"
-    console.print(f"{verb} {cfg.checkpoint}: {spec.describe()}")
+    console.print(f"{verb} {escape(cfg.checkpoint)}: {spec.describe()}", highlight=False)
     return 0

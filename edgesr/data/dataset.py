@@ -39,8 +39,9 @@ class PreparedDataset:
                 f"no prepared data set at {self.path}; run `edgesr data prepare` first"
             )
         try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+            _check_manifest(self.manifest)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise DataError(
                 f"{manifest_path}: corrupt manifest ({exc}); run `edgesr data prepare force=true`"
             ) from None
@@ -55,7 +56,16 @@ class PreparedDataset:
             entry = next((v for v in self.manifest["volumes"] if v["name"] == name), None)
             if entry is None:
                 raise DataError(f"volume {name!r} is not in the data set at {self.path}")
-            self._cache[name] = np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+            file = self.path / entry["file"]
+            try:
+                volume = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"{file}: unreadable volume ({exc}); run `edgesr data prepare force=true`"
+                ) from None
+            if volume.ndim != 3 or volume.dtype != np.float32:
+                raise DataError(f"{file}: expected float32 [S, H, W], got {volume.dtype} {volume.shape}")
+            self._cache[name] = volume
         return self._cache[name]
 
     def slices(self, split: str, modality: str | None = None) -> Iterator[SliceSample]:
@@ -65,6 +75,11 @@ class PreparedDataset:
         for entry in self.volumes(modality):
             volume = self.load_volume(entry["name"])
             for index in entry["splits"][split]:
+                if index >= volume.shape[0]:
+                    raise DataError(
+                        f"{self.path / 'manifest.json'}: {entry['name']} has {volume.shape[0]} slices; "
+                        f"the {split} split names slice {index}"
+                    )
                 yield SliceSample(
                     np.array(volume[index], dtype=np.float32),
                     entry["name"],
@@ -72,3 +87,22 @@ class PreparedDataset:
                     entry["modality"],
                     entry["max_intensity"],
                 )
+
+
+def _check_manifest(manifest: Any) -> None:
+    """The structure every reader relies on; raises ``ValueError`` saying what is missing."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("volumes"), list):
+        raise ValueError("no 'volumes' list")
+    for index, entry in enumerate(manifest["volumes"]):
+        where = f"volumes[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} is not an object")
+        for key, kind in (("name", str), ("modality", str), ("file", str), ("splits", dict)):
+            if not isinstance(entry.get(key), kind):
+                raise ValueError(f"{where}.{key} is missing or not a {kind.__name__}")
+        if not isinstance(entry.get("max_intensity"), (int, float)) or not entry["max_intensity"] > 0:
+            raise ValueError(f"{where}.max_intensity must be a positive number")
+        for split in SPLITS:
+            indices = entry["splits"].get(split)
+            if not isinstance(indices, list) or not all(isinstance(i, int) and i >= 0 for i in indices):
+                raise ValueError(f"{where}.splits.{split} must be a list of slice indices")

@@ -39,15 +39,51 @@ class KSpaceVolume:
 
 
 def _check_kspace(kspace: np.ndarray, path: Path) -> np.ndarray:
+    """complex64 ``[S, C, H, W]`` with at least one slice, coil, row and column, all finite."""
     if not np.iscomplexobj(kspace):
         raise DataError(f"{path}: k-space must be complex, got dtype {kspace.dtype}")
     if kspace.ndim == 3:  # single-coil fastMRI: [S, H, W]
         kspace = kspace[:, None]
     if kspace.ndim != 4:
         raise DataError(f"{path}: k-space must be [slices, coils, rows, cols], got shape {kspace.shape}")
+    if 0 in kspace.shape:
+        names = ("slices", "coils", "rows", "columns")
+        empty = ", ".join(n for n, size in zip(names, kspace.shape, strict=True) if size == 0)
+        raise DataError(f"{path}: k-space of shape {kspace.shape} has no {empty}")
+    if min(kspace.shape[2:]) < 4:
+        raise DataError(
+            f"{path}: k-space of {kspace.shape[2]}x{kspace.shape[3]} samples is too small to image"
+        )
     if not np.isfinite(kspace).all():
         raise DataError(f"{path}: k-space holds NaN/Inf values")
+    # The FFT and the coil sum must stay finite in float32 (|k| is at most a few 1e3 on scanners).
+    peak = float(np.abs(kspace).max())
+    if peak > 1e30:
+        raise DataError(f"{path}: k-space values up to {peak:.3g} are too large to reconstruct in float32")
+    if peak == 0:
+        raise DataError(f"{path}: k-space holds only zeros")
     return np.ascontiguousarray(kspace.astype(np.complex64, copy=False))
+
+
+def _check_mask(mask: np.ndarray, kspace: np.ndarray, path: Path) -> np.ndarray:
+    """The 1-D phase-encode mask: 0/1 values, one per column, sampling something."""
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "biuf":
+        raise DataError(f"{path}: mask of type {mask.dtype}; expected 0/1 numbers")
+    mask = mask.reshape(-1) if mask.size == kspace.shape[-1] else mask
+    if mask.ndim != 1 or mask.shape[0] != kspace.shape[-1]:
+        raise DataError(
+            f"{path}: mask has shape {mask.shape} for {kspace.shape[-1]} phase-encode columns "
+            "(expected one 0/1 value per column)"
+        )
+    values = np.unique(mask)
+    if not np.isin(values, (0, 1)).all():
+        # e.g. 0/255 from an 8-bit image: not guessed, since a weighting mask would mean something else.
+        raise DataError(f"{path}: mask values {values[:6].tolist()} are not 0/1 (1 = acquired column)")
+    mask = mask.astype(np.float32)
+    if not mask.any():
+        raise DataError(f"{path}: the mask samples no phase-encode column")
+    return mask
 
 
 def _mask_from_data(kspace: np.ndarray) -> np.ndarray:
@@ -65,11 +101,12 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
         with h5py.File(path, "r") as f:
             if "kspace" not in f:
                 raise DataError(f"{path}: no 'kspace' dataset (found: {', '.join(f.keys()) or 'nothing'})")
+            for name in ("kspace", "mask", "reconstruction_rss"):
+                if name in f and not isinstance(f[name], h5py.Dataset):
+                    raise DataError(f"{path}: '{name}' is an HDF5 group; expected a dataset")
             kspace = _check_kspace(np.asarray(f["kspace"]), path)
             mask = (
-                np.asarray(f["mask"], dtype=np.float32).reshape(-1)
-                if "mask" in f
-                else _mask_from_data(kspace)
+                _check_mask(np.asarray(f["mask"]), kspace, path) if "mask" in f else _mask_from_data(kspace)
             )
             reference = (
                 np.asarray(f["reconstruction_rss"], dtype=np.float32) if "reconstruction_rss" in f else None
@@ -79,10 +116,6 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if mask.shape[0] != kspace.shape[-1]:
-        raise DataError(
-            f"{path}: mask has {mask.shape[0]} entries for {kspace.shape[-1]} phase-encode columns"
-        )
     if isinstance(header, bytes):
         header = header.decode("utf-8")
     return KSpaceVolume(kspace, mask, path, "fastmri", header=header, reference=reference)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from edgesr import __version__
@@ -101,7 +102,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         existing = json.loads(manifest_path.read_text())
         volumes_present = all((out / v["file"]).is_file() for v in existing.get("volumes", []))
         if existing.get("fingerprint") == fingerprint and volumes_present:
-            console.print(f"[green]data set up to date[/] at {out}")
+            console.print(f"[green]data set up to date[/] at {escape(str(out))}")
             return existing
 
     started = time.perf_counter()
@@ -142,7 +143,9 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         "prepare_seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(manifest_path, manifest)
-    console.print(f"[green]prepared[/] {len(volumes)} volumes at {out} in {manifest['prepare_seconds']} s")
+    console.print(
+        f"[green]prepared[/] {len(volumes)} volumes at {escape(str(out))} in {manifest['prepare_seconds']} s"
+    )
     for missing in unavailable:
         console.print(f"[yellow]not used[/]: {missing['name']} ({missing['package']} not installed)")
     return manifest

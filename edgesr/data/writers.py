@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,8 @@ def check_output(
     """Checks, before any work is done, that a result can be written to ``path``.
 
     Refused: an unknown format, an existing folder, a parent that is a file, a folder that cannot be
-    created or written (as far as permissions tell; root learns of a read-only mount only when writing,
-    which :func:`write_image` reports), and any of ``inputs`` (a result never replaces its source).
+    created or written (tried with a temporary file, which also catches read-only mounts and immutable
+    folders), and any of ``inputs`` (a result never replaces its source).
 
     Raises:
         DataError: naming the path and the problem.
@@ -111,8 +112,11 @@ def check_output(
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise DataError(f"{path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"{path}: the folder {existing} is not writable")
+    try:  # a real write: permissions alone miss read-only mounts and immutable folders (and root)
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".edgesr-probe-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{path}: the folder {existing} is not writable ({exc.strerror or exc})") from None
     return path
 
 

@@ -86,6 +86,19 @@ def smooth_phase(height: int, width: int, *, seed: int, max_phase: float = math.
     return torch.from_numpy(field.astype(np.float32))
 
 
+MIN_ACS_LINES = {"lowres": 3, "espirit": 7}  # ESPIRiT's 6x6 kernels need a calibration region wider than 6
+
+
+def acs_lines(mask: torch.Tensor) -> int:
+    """How many contiguous sampled columns run through the centre of a 1-D mask (0 if the centre is not
+    sampled): the calibration region coil maps are estimated from."""
+    try:
+        start, stop = _acs_block(mask)
+    except ValueError:
+        return 0
+    return stop - start
+
+
 def _acs_block(mask: torch.Tensor) -> tuple[int, int]:
     """Start and stop of the contiguous run of sampled columns through the centre of a 1-D mask."""
     sampled = mask.reshape(-1).cpu().numpy() > 0

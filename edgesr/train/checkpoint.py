@@ -145,14 +145,52 @@ def resolve_checkpoint(folder: str | Path) -> Path:
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """``checkpoint.json``, checked: a JSON object naming a registered model and its options."""
     path = resolve_checkpoint(folder) / META_FILE
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    if meta.get("format") != "edgesr-checkpoint":
-        raise DataError(f"{path}: not an edgesr checkpoint")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "edgesr-checkpoint":
+        raise DataError(f'{path}: not an edgesr checkpoint (no "format": "edgesr-checkpoint" object)')
+    for key, kind in (("model", str), ("model_options", dict), ("config", dict), ("step", int)):
+        if not isinstance(meta.get(key), kind):
+            raise DataError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    if meta["model"] not in list_models():
+        raise DataError(
+            f"{path}: unknown model {meta['model']!r} (this edgesr has {', '.join(list_models())})"
+        )
     return meta
+
+
+def _read_weights(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """A safetensors file (never a pickle), or a DataError saying what is wrong with it."""
+    if not path.is_file():
+        raise DataError(f"{path}: the weights file is missing")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the weights file is empty")
+    try:
+        return load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        hint = " (a pickle? edgesr loads only safetensors)" if path.read_bytes()[:2] == b"\x80\x02" else ""
+        raise DataError(f"{path}: not a readable safetensors file{hint} ({exc})") from None
+
+
+def _fit_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path, name: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error that names a few of the mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if problems:
+        raise DataError(f"{where}: the weights do not fit model {name!r}: " + "; ".join(problems))
+    model.load_state_dict(weights, strict=True)
 
 
 def load_model(
@@ -160,17 +198,16 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Builds the checkpoint's model and loads its weights (strictly); returns (model, metadata)."""
     meta = read_metadata(folder)
+    where = resolve_checkpoint(folder)
+    if meta["model"] not in list_models():
+        raise DataError(
+            f"{where / META_FILE}: unknown model {meta['model']!r} (known: {', '.join(list_models())})"
+        )
     try:
         model = build_model(meta)
-    except ValueError as exc:
-        raise DataError(
-            f"{folder}: the recorded layer widths do not fit model {meta['model']!r} ({exc})"
-        ) from None
-    weights = load_file(str(resolve_checkpoint(folder) / MODEL_FILE), device=str(map_location))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise DataError(f"{folder}: weights do not fit model {meta['model']!r} ({exc})") from None
+    except (ValueError, TypeError) as exc:  # bad option values or layer widths (ConfigError included)
+        raise DataError(f"{where / META_FILE}: cannot build model {meta['model']!r} ({exc})") from None
+    _fit_weights(model, _read_weights(where / MODEL_FILE, map_location), where / MODEL_FILE, meta["model"])
     return model, meta
 
 
@@ -183,8 +220,10 @@ def load_training_state(
     """Restores model, optimizer, scheduler and the torch RNG; returns (metadata, extra tensors)."""
     resolved = resolve_checkpoint(folder)
     meta = read_metadata(resolved)
-    model.load_state_dict(load_file(str(resolved / MODEL_FILE)), strict=True)
-    tensors = load_file(str(resolved / STATE_FILE))
+    _fit_weights(model, _read_weights(resolved / MODEL_FILE, "cpu"), resolved / MODEL_FILE, meta["model"])
+    tensors = _read_weights(resolved / STATE_FILE, "cpu")
+    if "rng.torch" not in tensors or not isinstance(meta.get("optimizer"), dict):
+        raise DataError(f"{resolved}: not a training checkpoint (no optimizer state to resume from)")
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
