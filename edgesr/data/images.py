@@ -65,7 +65,7 @@ def _checked(data: np.ndarray, path: Path) -> np.ndarray:
     if bad.any():
         raise DataError(f"{path}: {int(bad.sum())} NaN/Inf values in the image")
     peak = float(np.abs(data).max())
-    if peak > np.finfo(np.float32).max:
+    if peak > float(np.finfo(np.float32).max):
         raise DataError(f"{path}: values up to {peak:.3g} exceed what float32 computation can hold")
     return np.ascontiguousarray(data.astype(np.float32, copy=False))
 

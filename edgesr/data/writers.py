@@ -95,11 +95,10 @@ def check_output(
         DataError: naming the path and the problem.
     """
     path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in writable:
-        raise DataError(f"{path}: cannot write this format (use {', '.join(writable)})")
     if path.is_dir():
         raise DataError(f"{path}: is an existing folder; name a file to write")
+    if _suffix(path) not in writable:
+        raise DataError(f"{path}: cannot write this format (use {', '.join(writable)})")
     for source in inputs:
         source = Path(source)
         if (
