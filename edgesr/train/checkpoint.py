@@ -158,10 +158,6 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     for key, kind in (("model", str), ("model_options", dict), ("config", dict), ("step", int)):
         if not isinstance(meta.get(key), kind):
             raise DataError(f"{path}: '{key}' is missing or not a {kind.__name__}")
-    if meta["model"] not in list_models():
-        raise DataError(
-            f"{path}: unknown model {meta['model']!r} (this edgesr has {', '.join(list_models())})"
-        )
     return meta
 
 
