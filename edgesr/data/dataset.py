@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,20 +90,47 @@ class PreparedDataset:
                 )
 
 
+_TOP_LEVEL = {"version": int, "created_by": str, "split_policy": dict, "volumes": list, "unavailable": list}
+_VOLUME_TEXT = ("name", "modality", "description", "package", "license", "input_path", "input_sha256", "file")
+
+
 def _check_manifest(manifest: Any) -> None:
-    """The structure every reader relies on; raises ``ValueError`` saying what is missing."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("volumes"), list):
-        raise ValueError("no 'volumes' list")
+    """The structure every reader of a manifest relies on; raises ``ValueError`` saying what is wrong."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"a {type(manifest).__name__}, not an object")
+    for key, kind in _TOP_LEVEL.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ValueError(f"'{key}' is missing or not a {kind.__name__}")
     for index, entry in enumerate(manifest["volumes"]):
         where = f"volumes[{index}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} is not an object")
-        for key, kind in (("name", str), ("modality", str), ("file", str), ("splits", dict)):
-            if not isinstance(entry.get(key), kind):
-                raise ValueError(f"{where}.{key} is missing or not a {kind.__name__}")
-        if not isinstance(entry.get("max_intensity"), (int, float)) or not entry["max_intensity"] > 0:
+        for key in _VOLUME_TEXT:
+            if not isinstance(entry.get(key), str):
+                raise ValueError(f"{where}.{key} is missing or not text")
+        if entry["modality"] not in ("MR", "CT"):
+            raise ValueError(f"{where}.modality must be MR or CT")
+        for key in ("shape", "spacing_mm"):
+            values = entry.get(key)
+            if not isinstance(values, list) or len(values) != 3 or not all(_is_number(v) for v in values):
+                raise ValueError(f"{where}.{key} must be three numbers")
+        if not _is_number(entry.get("max_intensity")) or not entry["max_intensity"] > 0:
             raise ValueError(f"{where}.max_intensity must be a positive number")
+        if not isinstance(entry.get("splits"), dict):
+            raise ValueError(f"{where}.splits is missing")
         for split in SPLITS:
             indices = entry["splits"].get(split)
-            if not isinstance(indices, list) or not all(isinstance(i, int) and i >= 0 for i in indices):
+            valid = isinstance(indices, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
+            )
+            if not valid:
                 raise ValueError(f"{where}.splits.{split} must be a list of slice indices")
+    for index, entry in enumerate(manifest["unavailable"]):
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) for k in ("name", "package", "reason")
+        ):
+            raise ValueError(f"unavailable[{index}] needs name, package and reason")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

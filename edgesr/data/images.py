@@ -206,6 +206,13 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         raise DataError(f"{path}: no series {series_uid} (found: {', '.join(by_series)})")
     chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
     geometry = {file: _slice_geometry(ds, file) for file, ds in chosen}
+    unplaced = [file for file, _ in chosen if not geometry[file].oriented]
+    if unplaced and len(unplaced) < len(chosen):
+        # Sorting some slices by position and others by InstanceNumber would shuffle the volume.
+        raise DataError(
+            f"{unplaced[0]}: lacks ImagePositionPatient/ImageOrientationPatient while other slices of the "
+            "series have them, so its place in the volume is unknown"
+        )
     chosen = sorted(chosen, key=lambda item: geometry[item[0]].position)
     for (file_a, _), (file_b, _) in zip(chosen, chosen[1:], strict=False):
         if geometry[file_a].position == geometry[file_b].position and geometry[file_a].oriented:

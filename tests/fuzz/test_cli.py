@@ -246,7 +246,6 @@ def _any_scale_output_problems(case: Case, output: Path | None, image: Path) -> 
     return problems
 
 
-@fails_today("a corrupt checkpoint ends in a traceback")
 @FUZZ_CLI
 @given(data=st.data())
 def test_enhance_checkpoint(data: st.DataObject) -> None:
@@ -302,7 +301,6 @@ OUTPUT_CHOICES = [
 ]
 
 
-@fails_today("output=input clobbers the input; device=foo, markup, output under a file: tracebacks")
 @FUZZ_CLI
 @given(choice=st.sampled_from(OUTPUT_CHOICES), slices=st.sampled_from([1, 3]))
 def test_enhance_output_paths(choice: str, slices: int) -> None:
@@ -344,7 +342,6 @@ def test_enhance_output_paths(choice: str, slices: int) -> None:
         check_cli("cli-output", case, argv, folder, output, valid, names=(text, "tile", "halo", "device"))
 
 
-@fails_today("a mutated manifest ends in a traceback")
 @FUZZ_CLI
 @given(data=st.data(), fmt=st.sampled_from(["json", "table"]))
 def test_data_info(data: st.DataObject, fmt: str) -> None:
