@@ -41,6 +41,10 @@ TASKS = ("sr", "recon")
 MODALITIES = ("MR", "CT")
 NORMALISERS = ("max", "zero-filled-rss-max")
 UNITS = ("auto", "hu", "raw")
+CANONICAL_NAMES = {
+    "sr": (("lr", "base"), ("sr",)),
+    "recon": (("masked_kspace", "mask", "sens_maps"), ("image",)),
+}
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,11 @@ class ModelSpec:
         _check("spec.intensity.normaliser", self.intensity.normaliser, NORMALISERS)
         for tensor in (*self.inputs, *self.outputs):
             if not isinstance(tensor.name, str) or not isinstance(tensor.channels, int):
-                raise ValueError(f"spec inputs/outputs need a name and integer channels; got {tensor!r}")
+                raise ValueError(f"spec inputs/outputs need a name and integer channels; got {tensor!r:.80}")
+        # The pipeline feeds the networks by these names: a spec cannot rename them.
+        names = CANONICAL_NAMES[self.task]
+        if (self.input_names, self.output_names) != names:
+            raise ValueError(f"a {self.task} spec has inputs {names[0]} and outputs {names[1]}")
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -156,8 +164,8 @@ class ModelSpec:
         """Reads a spec strictly: an unknown or missing key is a :class:`DataError` naming ``source``."""
         try:
             return typing.cast(ModelSpec, _build(cls, raw, "spec"))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise DataError(f"{source}: invalid model spec ({exc})") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise DataError(f"{source}: invalid model spec ({str(exc)[:200]})") from None
 
     def describe(self) -> str:
         """One line for people: what goes in and what comes out."""

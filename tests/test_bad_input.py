@@ -233,7 +233,7 @@ def test_a_bad_model_option_is_a_clear_error(tmp_path, good_npy, capsys):
 def test_an_empty_manifest_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "manifest.json").write_text("{}")
-    _fails(capsys, ["data", "info", f"root={tmp_path}"], "manifest.json", "volumes")
+    _fails(capsys, ["data", "info", f"root={tmp_path}"], "manifest.json", "corrupt manifest")
 
 
 def test_train_never_writes_into_a_folder_that_is_not_a_run(tiny_dataset, tmp_path, capsys):

@@ -107,11 +107,13 @@ def load_raster(path: str | Path) -> ImageVolume:
     """An 8- or 16-bit grayscale PNG or TIFF (multi-page TIFF gives several slices)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    colour = False  # told by the file's own tags, not guessed from a last axis of 3 or 4
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                colour = any(int(getattr(page, "samplesperpixel", 1)) > 1 for page in tif.pages)
                 shapes = {tuple(page.shape) for page in tif.pages}
                 if len(shapes) > 1:
                     raise DataError(
@@ -133,7 +135,7 @@ def load_raster(path: str | Path) -> ImageVolume:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable {suffix[1:].upper()} image ({exc})") from None
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+    if colour:
         raise DataError(f"{path}: colour image of shape {raw.shape}; edgesr reads grayscale images only")
     return ImageVolume(
         _checked(raw, path),
@@ -227,6 +229,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         for tag in ("Rows", "Columns"):
             if tag not in ds:
                 raise DataError(f"{file}: missing DICOM tag {tag}")
+        _check_pixel_data_length(ds, file)
         try:
             stored = ds.pixel_array
             pixels = apply_modality_lut(stored, ds)
@@ -346,13 +349,41 @@ def _slice_geometry(ds: Any, file: Path) -> _SliceGeometry:
     )
 
 
+def _check_pixel_data_length(ds: Any, file: Path) -> None:
+    """Uncompressed pixel data must hold exactly Rows x Columns x samples x frames values (pydicom only
+    warns, then decodes a wrong Columns into a sheared image); odd lengths get one pad byte."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed:
+        return
+    shape = [_numbers(ds, k, 1, file) for k in ("Rows", "Columns", "BitsAllocated")]
+    if any(v is None for v in shape):
+        raise DataError(f"{file}: missing Rows, Columns or BitsAllocated")
+    rows, columns, bits = (int(v[0]) for v in shape if v is not None)
+    samples = int((_numbers(ds, "SamplesPerPixel", 1, file) or [1])[0])
+    frames = int((_numbers(ds, "NumberOfFrames", 1, file) or [1])[0])
+    if min(rows, columns, samples, frames) < 1 or bits not in (8, 16, 32):
+        raise DataError(f"{file}: image of {rows}x{columns}, {samples} sample(s), {bits} bits is not valid")
+    expected = rows * columns * samples * frames * bits // 8
+    actual = len(ds.PixelData)
+    if actual not in (expected, expected + 1):
+        raise DataError(
+            f"{file}: pixel data holds {actual} bytes; Rows {rows} x Columns {columns} x {bits} bits need "
+            f"{expected}"
+        )
+
+
 def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray:
     """Pixels the scanner marked as padding: stored value == PixelPaddingValue, or within
     [PixelPaddingValue, PixelPaddingRangeLimit] when a range is given (DICOM PS3.3 C.7.5.1.1.2)."""
     if "PixelPaddingValue" not in ds:
         return np.zeros(stored.shape, dtype=bool)
-    value = _as_pixel_value(ds, int(ds.PixelPaddingValue))
-    limit = _as_pixel_value(ds, int(ds.PixelPaddingRangeLimit)) if "PixelPaddingRangeLimit" in ds else value
+    file = Path(str(getattr(ds, "filename", "") or "DICOM file"))
+    padding = _numbers(ds, "PixelPaddingValue", 1, file)
+    if padding is None:
+        return np.zeros(stored.shape, dtype=bool)
+    value = _as_pixel_value(ds, int(padding[0]))
+    range_limit = _numbers(ds, "PixelPaddingRangeLimit", 1, file)
+    limit = _as_pixel_value(ds, int(range_limit[0])) if range_limit else value
     low, high = min(value, limit), max(value, limit)
     return (stored >= low) & (stored <= high)
 

@@ -114,7 +114,7 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
             header = f.attrs.get("ismrmrd_header")
     except DataError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # h5py's errors on damaged files
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
     if isinstance(header, bytes):
         header = header.decode("utf-8")
@@ -137,7 +137,9 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
         with h5py.File(path, "r") as f:
             if group not in f or "data" not in f[group]:
                 raise DataError(f"{path}: no ISMRMRD acquisitions at /{group}/data")
-        dataset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
+        dataset = ismrmrd.Dataset(
+            str(path), group, create_if_needed=False, mode="r"
+        )  # never r+: a read must not touch the file
     except DataError:
         raise
     except Exception as exc:
