@@ -194,11 +194,11 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     by_series: dict[str, list[tuple[Path, Any]]] = {}
     for file, ds in datasets:
         if "PixelData" not in ds:
-            if "Rows" in ds and "Columns" in ds:
-                # An image header without its pixels: the file was cut short (pydicom stops quietly at
-                # an element that runs past the end). Skipping it would leave a gap in the volume.
+            if _is_image_file(ds):
+                # An image without its pixels: the file was cut short (pydicom stops quietly at an
+                # element that runs past the end). Skipping it would leave a gap in the volume.
                 raise DataError(f"{file}: an image without pixel data (the file is truncated or damaged)")
-            continue  # e.g. a DICOMDIR or a structured report beside the images
+            continue  # a DICOMDIR, a structured report, a presentation state beside the images
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((file, ds))
     if not by_series:
         raise DataError(f"{path}: none of the DICOM files holds pixel data")
@@ -347,6 +347,19 @@ def _slice_geometry(ds: Any, file: Path) -> _SliceGeometry:
         oriented,
         position,
     )
+
+
+def _is_image_file(ds: Any) -> bool:
+    """An image by its header: image tags, or an image storage SOP class (or none at all: a file cut
+    inside its header). DICOMDIRs, reports and presentation states name their own non-image classes."""
+    if "Rows" in ds or "Columns" in ds:
+        return True
+    sop_class = ds.get("SOPClassUID") or getattr(
+        getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None
+    )
+    if sop_class is None:
+        return True
+    return "image" in str(getattr(sop_class, "name", "")).lower()
 
 
 def _check_pixel_data_length(ds: Any, file: Path) -> None:
