@@ -377,7 +377,7 @@ def _check_pixel_data_length(ds: Any, file: Path) -> None:
     if min(rows, columns, samples, frames) < 1 or bits not in (8, 16, 32):
         raise DataError(f"{file}: image of {rows}x{columns}, {samples} sample(s), {bits} bits is not valid")
     expected = rows * columns * samples * frames * bits // 8
-    actual = len(ds.PixelData)
+    actual = len(ds.PixelData or b"")
     if actual not in (expected, expected + 1):
         raise DataError(
             f"{file}: pixel data holds {actual} bytes; Rows {rows} x Columns {columns} x {bits} bits need "
