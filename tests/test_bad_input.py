@@ -245,3 +245,18 @@ def test_train_never_writes_into_a_folder_that_is_not_a_run(tiny_dataset, tmp_pa
     _fails(capsys, [*argv, f"data.root={tiny_dataset.path.parent}"], "not an edgesr run")
     assert (out / "best" / "keep.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == ["best", "notes.txt"]
+
+
+def test_a_png_output_of_several_slices_is_refused_before_inference(tmp_path, capsys):
+    np.save(tmp_path / "vol.npy", np.random.default_rng(0).uniform(1, 9, (3, 21, 19)).astype(np.float32))
+    _fails(capsys, _enhance(tmp_path / "vol.npy", tmp_path / "o.png"), "o.png", "one slice")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_users_lone_log_is_not_taken_for_a_run(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"mine": true}\n')
+    argv = ["train", "model=rdn_tiny", "optim.steps=2", f"out={out}", f"data.root={tiny_dataset.path.parent}"]
+    _fails(capsys, argv, "not an edgesr run")
+    assert (out / "log.jsonl").read_text() == '{"mine": true}\n'

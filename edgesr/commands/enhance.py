@@ -14,7 +14,7 @@ from rich.markup import escape
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
-from edgesr.data.writers import WRITABLE, check_output, write_image
+from edgesr.data.writers import WRITABLE, check_output, check_slices, write_image
 from edgesr.device import pick_device
 from edgesr.errors import ConfigError
 from edgesr.physics.coils import ESTIMATION_METHODS
@@ -74,6 +74,7 @@ def run_enhance(cfg: EnhanceConfig) -> int:
     predictor = TorchPredictor(model.to(device), spec)
     if spec.sr is not None:
         volume = load_image(cfg.input)
+        check_slices(cfg.output, volume.data.shape[0])
         prepared = prepare_sr(spec, volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = finish(spec, prepared, run(predictor, prepared))

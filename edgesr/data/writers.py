@@ -46,6 +46,7 @@ def write_image(
         raise ValueError(f"data must be [S, H, W]; got shape {data.shape}")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: refusing to write NaN/Inf values")
+    check_slices(path, data.shape[0])
     if suffix == ".png" and np.dtype(dtype) not in (np.dtype("uint8"), np.dtype("uint16")):
         dtype = "uint16"  # PNG holds 8 or 16-bit grayscale only
     out = cast_to(data, dtype)
@@ -68,10 +69,6 @@ def _write(path: Path, *, tmp_suffix: str, out: np.ndarray, affine: np.ndarray |
         elif suffix == ".png":
             from PIL import Image
 
-            if out.shape[0] != 1:
-                raise DataError(
-                    f"{path}: PNG holds one slice; got {out.shape[0]} (write .tif, .npy or .nii.gz)"
-                )
             Image.fromarray(out[0]).save(tmp, format="PNG")
         elif suffix in (".tif", ".tiff"):
             import tifffile
@@ -124,3 +121,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def check_slices(path: str | Path, slices: int) -> None:
+    """A PNG holds one slice: say so before the work, not after it."""
+    if _suffix(Path(path)) == ".png" and slices != 1:
+        raise DataError(f"{path}: PNG holds one slice; the input has {slices} (write .tif, .npy or .nii.gz)")

@@ -125,12 +125,13 @@ def check_run_folder(out: Path, *, resume: bool) -> None:
     if not holds_a_run and out.exists() and not resume:
         if not out.is_dir():
             raise ConfigError(f"out={out} is a file, not a folder for the run")
-        # A run that stopped before its first checkpoint leaves only these; anything else is someone's
-        # files, which checkpoints, logs and best/ would land among (and over).
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("config.resolved.yaml", "log.jsonl"))
-        if foreign:
+        # A run that stopped before its first checkpoint leaves its resolved config (and maybe a log);
+        # anything else is someone's files, which checkpoints, logs and best/ would land among.
+        names = {p.name for p in out.iterdir()}
+        started_run = "config.resolved.yaml" in names and names <= {"config.resolved.yaml", "log.jsonl"}
+        if names and not started_run:
             raise ConfigError(
-                f"out={out} holds files that are not an edgesr run ({', '.join(foreign[:3])}); "
+                f"out={out} holds files that are not an edgesr run ({', '.join(sorted(names)[:3])}); "
                 "choose another out="
             )
     if holds_a_run and not resume:
