@@ -141,7 +141,7 @@ class ModelSpec:
         _check("spec.intensity.normaliser", self.intensity.normaliser, NORMALISERS)
         for tensor in (*self.inputs, *self.outputs):
             if not isinstance(tensor.name, str) or not isinstance(tensor.channels, int):
-                raise ValueError(f"spec inputs/outputs need a name and integer channels; got {tensor!r:.80}")
+                raise ValueError("spec inputs/outputs need a text name and integer channels")
         # The pipeline feeds the networks by these names: a spec cannot rename them.
         names = CANONICAL_NAMES[self.task]
         if (self.input_names, self.output_names) != names:

@@ -190,7 +190,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         try:
             datasets.append((file, pydicom.dcmread(file)))
         except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct.error... on bad files
-            raise DataError(f"{file}: not a readable DICOM file ({exc})") from None
+            raise DataError(f"{file}: not a readable DICOM file ({str(exc)[:160]})") from None
     by_series: dict[str, list[tuple[Path, Any]]] = {}
     for file, ds in datasets:
         if "PixelData" not in ds:
@@ -357,9 +357,11 @@ def _is_image_file(ds: Any) -> bool:
     sop_class = ds.get("SOPClassUID") or getattr(
         getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None
     )
-    if sop_class is None:
+    from pydicom.uid import UID_dictionary
+
+    if sop_class is None or str(sop_class) not in UID_dictionary:  # none, or cut short: assume the worst
         return True
-    return "image" in str(getattr(sop_class, "name", "")).lower()
+    return "image" in UID_dictionary[str(sop_class)][0].lower()
 
 
 def _check_pixel_data_length(ds: Any, file: Path) -> None:
