@@ -483,7 +483,8 @@ def apply_tag_mutation(ds: Any, mutation: tuple[str, str, Any]) -> None:
             raw += b" " * (len(raw) % 2)
             ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
     elif action == "pixeldata":
-        data = bytes(ds.PixelData)
+        # An earlier mutation of the same case may have deleted the pixel data: start from none then.
+        data = bytes(ds.PixelData) if "PixelData" in ds else b""
         ds.PixelData = {
             "empty": b"",
             "odd": data[:-1],
