@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,15 +134,22 @@ def _expected_image_shape(case: Case) -> tuple[int, ...] | None:
         return None
 
 
-def _sr_output_problems(case: Case, output: Path | None, scale: int = 2) -> list[str]:
+def _read_output(case: Case | KSpaceCase, output: Path | None) -> tuple[Any, list[str]]:
+    """The written result and what is wrong with it as an array (or why it cannot be read)."""
     assert output is not None
     if not output.is_file():
-        return ["exit 0 but no output file"]
+        return None, ["exit 0 but no output file"]
     try:
         result = load_image(output).data
     except Exception as exc:
-        return [f"the output is unreadable ({type(exc).__name__}: {exc})"]
-    problems = array_problems(result, Case(case.kind, case.mutation, output))
+        return None, [f"the output is unreadable ({type(exc).__name__}: {exc})"]
+    return result, array_problems(result, Case(case.kind, case.mutation, output))
+
+
+def _sr_output_problems(case: Case, output: Path | None, scale: int = 2) -> list[str]:
+    result, problems = _read_output(case, output)
+    if result is None:
+        return problems
     shape = _expected_image_shape(case)
     if output.suffix == ".png" and shape is not None:
         shape = (1, *shape[1:])
@@ -166,14 +174,9 @@ def test_enhance_image_inputs(data: st.DataObject) -> None:
 
 
 def _recon_output_problems(case: KSpaceCase, output: Path | None) -> list[str]:
-    assert output is not None
-    if not output.is_file():
-        return ["exit 0 but no output file"]
-    try:
-        result = load_image(output).data
-    except Exception as exc:
-        return [f"the output is unreadable ({type(exc).__name__}: {exc})"]
-    problems = array_problems(result, Case(case.kind, case.mutation, output))
+    result, problems = _read_output(case, output)
+    if result is None:
+        return problems
     if case.unusable:
         problems.append(f"exit 0 on {case.unusable}")
     try:
