@@ -7,6 +7,7 @@ message and exit with status 2; set ``EDGESR_DEBUG=1`` to see the traceback as w
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -73,6 +74,17 @@ def _find_command(argv: Sequence[str]) -> tuple[Command, list[str]]:
     raise ConfigError(f"unknown command '{given}'{hint}")
 
 
+def _parse(config: type, arguments: list[str]) -> Any:
+    """The command's config from its ``key=value`` arguments. A command whose config has an
+    ``overrides`` field (``compress``) passes every key that is not its own on, to its recipe."""
+    names = {f.name for f in dataclasses.fields(config)}
+    if "overrides" not in names:
+        return parse_overrides(config, arguments)
+    own = [a for a in arguments if a.partition("=")[0].strip() in names - {"overrides"}]
+    passed_on = tuple(a for a in arguments if a not in own)
+    return dataclasses.replace(parse_overrides(config, own), overrides=passed_on)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
@@ -95,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EdgesrError(
                 f"'edgesr {command.name}' is not available yet: it arrives with {command.arrives_with}"
             )
-        cfg: Any = parse_overrides(command.config, rest)
+        cfg: Any = _parse(command.config, rest)
         return command.run(cfg)
     except EdgesrError as exc:
         if os.environ.get("EDGESR_DEBUG"):

@@ -81,6 +81,52 @@ def describe(cls: type, prefix: str = "") -> list[KeyInfo]:
     return rows
 
 
+def _set_path(tree: Any, key: str, value: Any) -> None:
+    """``tree[a][0][b] = value`` for ``key == "a.0.b"``; an index past a list's end is a ConfigError."""
+    parts = key.split(".")
+    node = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index = int(part) if part.isdigit() else -1
+            if not 0 <= index < len(node):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"{key}: {where} has {len(node)} item(s); there is no item {part}")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def _list_item_class(cls: type, name: str) -> type | None:
+    """The dataclass of the items of ``cls``'s list field ``name`` (``stages: list[Stage]``), if any."""
+    hint = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(hint) in (list, tuple):
+        args = typing.get_args(hint)
+        if args and dataclasses.is_dataclass(args[0]):
+            return typing.cast(type, args[0])
+    return None
+
+
+def _is_valid_key(cls: type, key: str) -> bool:
+    """A leaf key, a nested dataclass given whole (``trainer={...}``), or a list item's key by index
+    (``stages.1.ratio``, validated against the item's dataclass)."""
+    valid = {row.key for row in describe(cls)}
+    if key in valid or any(v.startswith(key + ".") for v in valid):
+        return True
+    head, _, rest = key.partition(".")
+    item_class = _list_item_class(cls, head) if dataclasses.is_dataclass(cls) else None
+    index, _, item_key = rest.partition(".")
+    if item_class is not None and index.isdigit():
+        return not item_key or _is_valid_key(item_class, item_key)
+    nested = typing.get_type_hints(cls).get(head) if dataclasses.is_dataclass(cls) else None
+    return bool(rest) and dataclasses.is_dataclass(nested) and _is_valid_key(typing.cast(type, nested), rest)
+
+
 def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
     valid = [row.key for row in describe(cls)]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
@@ -114,11 +160,9 @@ def parse_overrides(
         ConfigError: for an unknown key (with the closest valid key), a value of the wrong type, or a
             value that the dataclass's ``__post_init__`` rejects.
     """
-    valid = {row.key for row in describe(cls)}
     pairs = [_split_override(item) for item in overrides]
     for key, _ in pairs:
-        # A nested dataclass given whole (``trainer={...}``) is fine; anything else must be a leaf key.
-        if key not in valid and not any(v.startswith(key + ".") for v in valid):
+        if not _is_valid_key(cls, key):
             raise _unknown_key_error(cls, key, "")
     schema = OmegaConf.structured(cls)
     OmegaConf.set_readonly(schema, False)  # frozen dataclasses come back read-only; we merge into a copy
@@ -127,8 +171,19 @@ def parse_overrides(
         merged = schema
         if base is not None:
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(base)))
-        if pairs:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs]))
+        # A dotlist turns ``stages.0.steps`` into a mapping with key "0", which cannot merge into a
+        # list: such keys are set in place instead, after the rest.
+        indexed = [(k, v) for k, v in pairs if any(part.isdigit() for part in k.split("."))]
+        plain = [(k, v) for k, v in pairs if (k, v) not in indexed]
+        if plain:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{k}={v}" for k, v in plain]))
+        if indexed:
+            # Structured list items are read-only nodes: set the values on plain containers, then
+            # validate the result against the schema again (types, unknown keys, __post_init__).
+            plain_tree = OmegaConf.to_container(merged)
+            for key, value in indexed:
+                _set_path(plain_tree, key, OmegaConf.from_dotlist([f"value={value}"])["value"])
+            merged = OmegaConf.merge(schema, OmegaConf.create(plain_tree))
         return typing.cast(T, OmegaConf.to_object(merged))
     except OmegaConfBaseException as exc:
         full_key = getattr(exc, "full_key", None) or "?"

@@ -1,0 +1,1 @@
+"""Timing and (with the export issue) the device harness: latency, throughput and memory."""

@@ -1,0 +1,70 @@
+"""A sound timer: warm-up runs, repeated timed runs, percentiles, and what ran them.
+
+Numbers are measured, never assumed: each call is timed on its own (``perf_counter`` around a
+synchronised call), after warm-up runs that absorb one-off costs (allocation, kernel selection). The
+result records the threads and the machine's load average, since a busy machine skews every figure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def time_call(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20) -> dict[str, float]:
+    """Latency of ``fn()`` in milliseconds: p50, p90, p99, mean, min over ``repeats`` timed calls."""
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0 and repeats >= 1; got {warmup}, {repeats}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _synchronise()
+        started = time.perf_counter()
+        fn()
+        _synchronise()
+        samples.append((time.perf_counter() - started) * 1000.0)
+    values = np.asarray(samples)
+    return {
+        "p50": round(float(np.percentile(values, 50)), 3),
+        "p90": round(float(np.percentile(values, 90)), 3),
+        "p99": round(float(np.percentile(values, 99)), 3),
+        "mean": round(statistics.fmean(samples), 3),
+        "min": round(float(values.min()), 3),
+        "repeats": repeats,
+    }
+
+
+def _synchronise() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def machine_info() -> dict[str, Any]:
+    """What the timings were measured on: CPU, threads, versions and the load at the time."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return info

@@ -1,0 +1,54 @@
+"""``edgesr compress recipe=NAME|PATH [out=DIR] [resume=true] [key=value ...]``: run a compression recipe.
+
+The command's own keys are ``recipe``, ``out`` and ``resume``; every other ``key=value`` overrides the
+recipe (``stages.0.steps=200``, ``teacher=rdn-ct-x2``). See :mod:`edgesr.compress.runner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgesr.compress.recipe import load_recipe
+from edgesr.compress.runner import compress
+from edgesr.config import opt
+from edgesr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    recipe: str = opt("", "a recipe in recipes/ (by name) or a YAML file")
+    out: str = opt("", "output folder (default: runs/compress/<recipe name>)")
+    resume: bool = opt(False, "continue an interrupted run in out=, skipping finished stages")
+    overrides: tuple[str, ...] = field(default=(), metadata={"help": "(every other key=value: the recipe's)"})
+
+    def __post_init__(self) -> None:
+        if not self.recipe:
+            raise ConfigError("recipe= is required (a name in recipes/ or a YAML file)")
+
+
+def run_compress(cfg: CompressConfig) -> int:
+    console = Console(stderr=True)
+    recipe = load_recipe(cfg.recipe, list(cfg.overrides))
+    out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
+    report = compress(recipe, out=out, resume=cfg.resume, console=console)
+    table = Table(title=f"{recipe.teacher}: {report['dataset']['split']} split")
+    for column in ("model", "params", "PSNR", "SSIM", "p50 ms", "speed-up"):
+        table.add_column(column)
+    for row, run in zip([report["teacher"], *report["stages"]], report["runs"], strict=True):
+        table.add_row(
+            escape(row["name"]), f"{row['params']:,}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}",
+            f"{run['latency_ms']['p50']:.1f}", f"{run['speedup_vs_teacher_torch_fp32']:.2f}x",
+        )  # fmt: skip
+    Console().print(table)
+    gate = report["gate"]
+    verdict = "[green]gate passed[/]" if gate["passed"] else "[red]gate missed[/]"
+    console.print(
+        f"{verdict}: PSNR {gate['psnr_drop_db']:+.3f} dB vs teacher (limit {gate['max_psnr_drop_db']}); "
+        f"report: {escape(str(out / 'report.md'))}"
+    )
+    return 0

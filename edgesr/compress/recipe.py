@@ -1,0 +1,103 @@
+"""Compression recipes: YAML validated into frozen dataclasses (unknown keys and bad values name the key).
+
+A recipe names a teacher, how the result is scored and gated, and an ordered list of stages::
+
+    teacher: rdn-mr-x2            # a shipped teacher, or a checkpoint folder
+    max_psnr_drop_db: 0.15        # the gate, against the teacher on the same images
+    stages:
+      - kind: distill
+        student: rdn_tiny
+        steps: 1500
+
+Overrides reach any field, list items by index: ``edgesr compress recipe=quickstart stages.0.steps=200``.
+Recipes live in the top-level ``recipes/`` folder (``recipe=NAME``) or anywhere (``recipe=PATH``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesr.config import check_choice, check_range, load_yaml, opt
+from edgesr.errors import ConfigError
+
+STAGE_KINDS = ("distill",)  # prune and quantize join as their stages land
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str = opt("distill", f"what the stage does: {', '.join(STAGE_KINDS)}")
+    name: str = opt("", "the stage's folder name (default: its number and kind)")
+    student: str = opt("", "distill: a registered model to train (default: the previous stage's model)")
+    student_options: dict[str, Any] = opt(
+        {}, "distill: the student's builder options beyond those the teacher fixes (scale, coils)"
+    )
+    steps: int = opt(1000, "distill: optimisation steps")
+    lr: float = opt(5e-4, "distill: peak learning rate")
+    warmup: int = opt(50, "distill: warm-up steps")
+    batch_size: int = opt(16, "distill: samples per step")
+    patch: int = opt(48, "distill: SR LR patch size")
+    crop: int = opt(128, "distill: recon crop size")
+    output_weight: float = opt(1.0, "distill: weight of L1 to the teacher's output")
+    target_weight: float = opt(0.5, "distill: weight of L1 to the ground truth")
+    eval_every: int = opt(250, "distill: validate and checkpoint every N steps")
+
+    def __post_init__(self) -> None:
+        check_choice("stages.kind", self.kind, STAGE_KINDS)
+        check_range("stages.steps", self.steps, low=1)
+        check_range("stages.batch_size", self.batch_size, low=1)
+        check_range("stages.eval_every", self.eval_every, low=1)
+        check_range("stages.lr", self.lr, low=0.0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str = opt("", "what the recipe is for")
+    teacher: str = opt("rdn-mr-x2", "a shipped teacher's name, or a checkpoint folder")
+    stages: list[Stage] = opt([Stage()], "the stages, in order")
+    eval_split: str = opt("test", "the split every model is scored on")
+    eval_slices: int = opt(0, "at most this many slices per volume when scoring (0: all)")
+    max_psnr_drop_db: float = opt(0.15, "the gate: the final model may lose at most this much PSNR")
+    max_ssim_drop: float = opt(0.003, "the gate: and at most this much SSIM")
+    latency_size: int = opt(256, "timing: output size in pixels (SR: the LR input is size / scale)")
+    latency_repeats: int = opt(20, "timing: timed runs after 3 warm-up runs")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    data_root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
+    seed: int = opt(0, "seed of students and batches")
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("a recipe needs at least one stage")
+        check_choice("eval_split", self.eval_split, ("train", "val", "test"))
+        check_range("max_psnr_drop_db", self.max_psnr_drop_db, low=0.0)
+        check_range("latency_repeats", self.latency_repeats, low=1)
+        check_range("latency_size", self.latency_size, low=16)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """``recipes/NAME.yaml`` for a name, else the path as given."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"recipe file not found: {candidate}")
+        return candidate
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise ConfigError(f"no recipe {name_or_path!r}; shipped: {', '.join(known) or 'none'}")
+    return shipped
+
+
+def load_recipe(name_or_path: str, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """A recipe by name or path, with ``key=value`` overrides (``stages.0.steps=200``)."""
+    return load_yaml(Recipe, recipe_path(name_or_path), list(overrides))
+
+
+def stage_folder_name(index: int, stage: Stage) -> str:
+    return f"{index + 1}-{stage.name or stage.kind}"
+
+
+__all__ = ["Recipe", "Stage", "load_recipe", "recipe_path", "stage_folder_name"]

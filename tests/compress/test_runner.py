@@ -1,0 +1,91 @@
+"""`edgesr compress`: recipes validated, a distillation stage through the one training loop, resume
+from a finished stage, and a report that puts the teacher and every stage side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgesr.cli import main
+from edgesr.compress.recipe import load_recipe
+from edgesr.errors import ConfigError
+from edgesr.models import create_model
+from edgesr.train.checkpoint import load_for_inference
+from tests.conftest import save_model
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.02)  # a teacher that is not the plain skip
+    return save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
+
+
+def _recipe(tmp_path, teacher, root, steps: int = 4) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        f"teacher: {teacher}\ndata_root: {root}\neval_split: val\neval_slices: 1\nlatency_size: 32\n"
+        "latency_repeats: 2\nthreads: 1\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\nstages:\n"
+        f"  - kind: distill\n    student: rdn_tiny\n    steps: {steps}\n    batch_size: 2\n    patch: 8\n"
+        "    eval_every: 2\n    warmup: 1\n"
+    )
+    return str(path)
+
+
+def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teacher, tmp_path, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "sr" and report["teacher"]["model"] == "rdn_tiny"
+    [stage] = report["stages"]
+    assert stage["name"] == "1-distill" and {"psnr", "ssim", "params"} <= stage.keys()
+    assert [r["model"] for r in report["runs"]] == ["teacher", "student"]
+    for run in report["runs"]:
+        assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys()
+        assert run["runtime"] == "torch" and run["executed_precision"] == "fp32"
+    assert {b["name"] for b in report["baselines"]} == {"bicubic", "zero-fill"}
+    assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
+    assert (out / "recipe.resolved.yaml").is_file()
+    # The stage's model carries the teacher's contract with its own receptive radius.
+    model, spec, meta = load_for_inference(out / "1-distill" / "model")
+    assert spec.sr is not None and spec.sr.scale == 2 and meta["model"] == "rdn_tiny"
+    # A second run without resume refuses to redo a finished stage; with resume it skips it.
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 2
+    assert "resume=true" in capsys.readouterr().err
+    before = (out / "1-distill" / "model" / "model.safetensors").read_bytes()
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    assert "finished earlier" in capsys.readouterr().err
+    assert (out / "1-distill" / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    assert load_recipe(recipe, ["stages.0.steps=9"]).stages[0].steps == 9
+    with pytest.raises(ConfigError, match="stages.0.stepz"):
+        load_recipe(recipe, ["stages.0.stepz=9"])
+    with pytest.raises(ConfigError, match="no item 2"):
+        load_recipe(recipe, ["stages.2.steps=9"])
+    with pytest.raises(ConfigError, match="stages.kind"):
+        load_recipe(recipe, ["stages.0.kind=sparsify"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: rdn-mr-x2\nstages:\n  - kind: distill\n    stepz: 3\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        load_recipe(str(bad))
+    with pytest.raises(ConfigError, match="no recipe"):
+        load_recipe("no-such-recipe")
+
+
+def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_dataset, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    argv = ["compress", f"recipe={recipe}", f"out={tmp_path / 'o'}", "stages.0.student=modl_tiny"]
+    assert main(argv) == 2
+    assert "recon model" in capsys.readouterr().err
+
+
+def test_the_shipped_recipe_validates():
+    recipe = load_recipe("distill_rdn_mr_x2")
+    assert recipe.teacher == "rdn-mr-x2" and recipe.stages[0].student == "rdn_lite"
