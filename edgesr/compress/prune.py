@@ -98,7 +98,7 @@ def _is_leaf(module: nn.Module) -> bool:
     return isinstance(module, ComplexConv2d) or not any(True for _ in module.children())
 
 
-def _follow(calls: list[_Call], start: int, group: int) -> tuple[list[nn.PReLU], nn.Module | None]:
+def _follow(calls: list[_Call], start: int) -> tuple[list[nn.PReLU], nn.Module | None]:
     """From call ``start``'s output, through channel-wise modules, to the one conv that consumes it.
 
     Returns ``(per-channel PReLUs on the way, the consumer)``; the consumer is ``None`` when the path
@@ -149,11 +149,11 @@ def _units(calls: list[_Call], skip: set[int]) -> tuple[list[_Unit], set[int]]:
             producer = producers.get(id(call.inputs[0]))
             if isinstance(producer, nn.Conv2d):
                 pre_shuffle.add(id(producer))
-                prelus, consumer = _follow(calls, i, module.upscale_factor**2)
+                prelus, consumer = _follow(calls, i)
                 if consumer is not None and id(producer) not in skip and isinstance(consumer, nn.Conv2d):
                     units.append(_Unit(producer, module.upscale_factor**2, prelus, consumer))
         elif isinstance(module, ComplexConv2d) and id(module) not in skip:
-            prelus, consumer = _follow(calls, i, 1)
+            prelus, consumer = _follow(calls, i)
             if isinstance(consumer, ComplexConv2d) and not prelus:
                 units.append(_Unit(module, 1, [], consumer))
     return units, pre_shuffle
@@ -186,7 +186,7 @@ def _channel_tensors(unit: _Unit) -> list[tuple[torch.Tensor, torch.Tensor | Non
 
 def _unit_scores(unit: _Unit, importance: str) -> torch.Tensor:
     """One score per group (post-shuffle channel or complex channel); higher is kept."""
-    groups = total_groups(unit)
+    groups = _total_groups(unit)
     total = torch.zeros(groups)
     for tensor, grad, dim in _channel_tensors(unit):
         moved = tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
@@ -207,7 +207,7 @@ def _unit_scores(unit: _Unit, importance: str) -> torch.Tensor:
     return total
 
 
-def total_groups(unit: _Unit) -> int:
+def _total_groups(unit: _Unit) -> int:
     """How many groups the unit's producer has now."""
     producer = unit.producer
     channels = producer.real.out_channels if isinstance(producer, ComplexConv2d) else producer.out_channels
