@@ -14,6 +14,7 @@ Two couplings it gets wrong are handled here, with the same importance criterion
 
 A module called more than once per forward (MoDL's denoiser, shared across unrolls) is pruned once, on
 its own, with the input of its first call: DepGraph would otherwise see one graph node per unroll.
+Plain convs outside such shared modules then stay as they are (MoDL has none).
 
 Image channels, coils and the outputs of each model's last conv never change: the last conv called in
 each pruned part is always ignored, and PixelShuffle/complex units only prune channels that end in
@@ -390,7 +391,8 @@ def prune(
             (LAMP scores; with per-layer ratios they rank channels as ``"l2"`` does).
         round_to: kept channel counts are multiples of this (8/16/32 for the CPU's matrix units);
             PixelShuffle convs keep a multiple of ``round_to`` groups of ``r^2``.
-        ignored: module names (prefixes) whose output channels stay as they are.
+        ignored: module names (with everything inside them) whose output channels stay as they are;
+            their inputs still follow the layers that feed them.
         loss_fn: for ``"taylor"``: maps the model's output to a scalar loss.
 
     Returns:
@@ -401,7 +403,11 @@ def prune(
         ValueError: an option is out of range (names it), or ``target_macs`` cannot be reached.
     """
     _check_options(ratio, target_macs, importance, round_to)
-    ignored = tuple(ignored)
+    ignored = (ignored,) if isinstance(ignored, str) else tuple(ignored)
+    names = {name for name, _ in model.named_modules()}
+    unknown = [name for name in ignored if name not in names]
+    if unknown:
+        raise ValueError(f"ignored names no module of the model: {', '.join(map(repr, unknown))}")
     if ratio is not None:
         return _prune_at(model, example_inputs, ratio, importance, round_to, ignored, loss_fn)
     assert target_macs is not None

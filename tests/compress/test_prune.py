@@ -167,6 +167,7 @@ def test_taylor_with_loss_fn_differs_from_magnitude_only_in_choice() -> None:
         ({"target_macs": -1.0}, "target_macs"),
         ({"ratio": 0.5, "importance": "fisher"}, "importance"),
         ({"ratio": 0.5, "round_to": 0}, "round_to"),
+        ({"ratio": 0.5, "ignored": ["trunk"]}, "ignored"),
     ],
 )
 def test_bad_options(options: dict, match: str) -> None:
