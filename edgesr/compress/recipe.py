@@ -22,7 +22,8 @@ from typing import Any
 from edgesr.config import check_choice, check_range, load_yaml, opt
 from edgesr.errors import ConfigError
 
-STAGE_KINDS = ("distill",)  # prune and quantize join as their stages land
+STAGE_KINDS = ("distill", "prune")  # quantize joins when its stage lands
+IMPORTANCES = ("l1", "l2", "taylor", "lamp")
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
@@ -34,7 +35,13 @@ class Stage:
     student_options: dict[str, Any] = opt(
         {}, "distill: the student's builder options beyond those the teacher fixes (scale, coils)"
     )
-    steps: int = opt(1000, "distill: optimisation steps")
+    ratio: float = opt(0.5, "prune: fraction of each prunable layer's channels to remove")
+    target_macs: float = opt(
+        0.0, "prune: prune until the MACs (per the example input) fall to this (0: use ratio)"
+    )
+    importance: str = opt("l1", f"prune: channel importance, {', '.join(IMPORTANCES)}")
+    round_to: int = opt(8, "prune: keep channel counts multiples of this (the CPU's matrix units want 8-32)")
+    steps: int = opt(1000, "distill: optimisation steps; prune: distillation fine-tuning steps (0: none)")
     lr: float = opt(5e-4, "distill: peak learning rate")
     warmup: int = opt(50, "distill: warm-up steps")
     batch_size: int = opt(16, "distill: samples per step")
@@ -46,7 +53,12 @@ class Stage:
 
     def __post_init__(self) -> None:
         check_choice("stages.kind", self.kind, STAGE_KINDS)
-        check_range("stages.steps", self.steps, low=1)
+        check_range("stages.steps", self.steps, low=1 if self.kind == "distill" else 0)
+        check_choice("stages.importance", self.importance, IMPORTANCES)
+        check_range("stages.round_to", self.round_to, low=1)
+        check_range("stages.target_macs", self.target_macs, low=0.0)
+        if not self.target_macs and not 0 < self.ratio < 1:
+            raise ConfigError(f"stages.ratio={self.ratio} must lie in (0, 1)")
         check_range("stages.batch_size", self.batch_size, low=1)
         check_range("stages.eval_every", self.eval_every, low=1)
         check_range("stages.lr", self.lr, low=0.0)

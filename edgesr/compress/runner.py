@@ -30,17 +30,18 @@ from torch import nn
 from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import machine_info, time_call
 from edgesr.compress.distill import DistillSettings, distill
+from edgesr.compress.prune import prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, EdgesrError
 from edgesr.evaluate import evaluate_model
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
 from edgesr.spec import ModelSpec
 from edgesr.teachers import teacher_path
-from edgesr.train.checkpoint import load_for_inference, save_checkpoint
+from edgesr.train.checkpoint import load_for_inference, read_metadata, save_checkpoint
 from edgesr.train.distributed import init_distributed
 
 STAGE_DONE = "stage.json"
@@ -117,8 +118,25 @@ def _run_stage(
         return Candidate(folder.name, model, meta["model"], meta["model_options"], spec, model_dir)
     started = time.perf_counter()
     torch.manual_seed(recipe.seed + index)
-    student, name, options = _student(stage, previous)
+    if stage.kind == "prune":
+        # Structured pruning of the previous model, then distillation from the unpruned teacher.
+        name, options = previous.model_name, previous.model_options
+        example = tuple(_latency_inputs(previous.spec, 64).values())
+        student = prune(
+            previous.model, example, ratio=None if stage.target_macs else stage.ratio,
+            target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
+        )  # fmt: skip
+    else:
+        student, name, options = _student(stage, previous)
     spec = _student_spec(teacher.spec, student)
+    if stage.steps == 0:  # a prune stage without fine-tuning: the pruned model is the stage's model
+        save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
+                        config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
+        write_json_atomic(
+            folder / STAGE_DONE,
+            {"kind": stage.kind, "model": name, "seconds": round(time.perf_counter() - started, 1)},
+        )
+        return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
     settings = DistillSettings(
         steps=stage.steps, lr=stage.lr, warmup=stage.warmup, batch_size=stage.batch_size, patch=stage.patch,
         crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
@@ -139,6 +157,12 @@ def _run_stage(
         resume=resume and (run_dir / "last").exists(),
         console=console,
     )
+    reached = read_metadata(run_dir / "last")["step"]
+    if reached < stage.steps:  # Ctrl-C or SIGTERM: fit saved last/ and returned early
+        raise EdgesrError(
+            f"stage {index + 1} ({stage.kind}) stopped at step {reached} of {stage.steps}; "
+            "run the same command with resume=true to continue it"
+        )
     # The stage's model is its best validation checkpoint (the run keeps last/ for resumption).
     best, _, best_meta = load_for_inference(run_dir / "best")
     save_checkpoint(

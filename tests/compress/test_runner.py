@@ -89,3 +89,39 @@ def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_datas
 def test_the_shipped_recipe_validates():
     recipe = load_recipe("distill_rdn_mr_x2")
     assert recipe.teacher == "rdn-mr-x2" and recipe.stages[0].student == "rdn_lite"
+
+
+def test_distill_then_prune_chain_and_the_pruned_model_reloads(tiny_dataset, tiny_teacher, tmp_path):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "chain"
+    short = "steps: 2, batch_size: 2, patch: 8, eval_every: 2, warmup: 1"
+    first = f"{{kind: distill, student: rdn_tiny, {short}}}"
+    second = f"{{kind: prune, ratio: 0.5, round_to: 1, {short}}}"
+    stages = [f"stages=[{first}, {second}]"]
+    assert main(["compress", f"recipe={recipe}", f"out={out}", *stages]) == 0
+    report = json.loads((out / "report.json").read_text())
+    distilled, pruned = report["stages"]
+    assert pruned["name"] == "2-prune" and pruned["params"] < 0.5 * distilled["params"]
+    model, spec, meta = load_for_inference(out / "2-prune" / "model")
+    assert meta["layer_shapes"] and sum(p.numel() for p in model.parameters()) == pruned["params"]
+    assert spec.sr is not None and spec.sr.receptive_radius >= 1
+    with pytest.raises(ConfigError, match="ratio"):
+        load_recipe(recipe, ["stages.0.kind=prune", "stages.0.ratio=1.5"])
+
+
+def test_an_interrupted_stage_resumes_where_it_stopped(
+    tiny_dataset, tiny_teacher, tmp_path, capsys, monkeypatch
+):
+    import edgesr.compress.runner as runner
+
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "out"
+    real = runner.distill
+    monkeypatch.setattr(runner, "distill", lambda *a, **k: real(*a, **(k | {"stop_at": 2})))  # as if Ctrl-C
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 2
+    assert "stopped at step 2 of 4" in capsys.readouterr().err
+    assert not (out / "1-distill" / "stage.json").exists()
+    monkeypatch.setattr(runner, "distill", real)
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "to_teacher" in r] == [2, 4]  # continued (a restart logs 2 twice)
