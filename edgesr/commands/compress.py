@@ -48,7 +48,8 @@ def run_compress(cfg: CompressConfig) -> int:
     gate = report["gate"]
     verdict = "[green]gate passed[/]" if gate["passed"] else "[red]gate missed[/]"
     console.print(
-        f"{verdict}: PSNR {gate['psnr_drop_db']:+.3f} dB vs teacher (limit {gate['max_psnr_drop_db']}); "
+        f"{verdict}: PSNR {-gate['psnr_drop_db']:+.3f} dB, SSIM {-gate['ssim_drop']:+.4f} vs the teacher "
+        f"(limits -{gate['max_psnr_drop_db']} dB, -{gate['max_ssim_drop']}); "
         f"report: {escape(str(out / 'report.md'))}"
     )
     return 0

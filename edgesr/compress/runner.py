@@ -278,13 +278,17 @@ def _report(
              "speedup_vs_teacher_torch_fp32": round(teacher_latency / run["latency_ms"]["p50"], 2)}
         )  # fmt: skip
     final, teacher = models[-1], models[0]
+    modality = chain[0].spec.intensity.modality  # recon scores MR slices too
+    scored = dataset.volumes(modality)
     psnr_drop = round(teacher["psnr"] - final["psnr"], 3)
     ssim_drop = round(teacher["ssim"] - final["ssim"], 4)
     return {
         "recipe": _plain(recipe),
         "task": chain[0].spec.task,
-        "dataset": {"sources": [v["name"] for v in dataset.volumes()], "split": recipe.eval_split,
-                    "max_slices_per_volume": recipe.eval_slices},
+        "dataset": {"sources": [v["name"] for v in scored], "split": recipe.eval_split,
+                    "max_slices_per_volume": recipe.eval_slices,
+                    # The fingerprint: which files the figures come from.
+                    "input_sha256": {v["name"]: v["input_sha256"] for v in scored}},
         "baselines": baselines,
         "teacher": teacher,
         "stages": models[1:],
@@ -326,8 +330,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     verdict = "passed" if gate["passed"] else "missed"
     lines += [
         "",
-        f"Gate {verdict}: PSNR drop {gate['psnr_drop_db']:+.3f} dB (at most {gate['max_psnr_drop_db']}), "
-        f"SSIM drop {gate['ssim_drop']:+.4f} (at most {gate['max_ssim_drop']}).",
+        f"Gate {verdict}: the final model loses {gate['psnr_drop_db']:.3f} dB PSNR (at most "
+        f"{gate['max_psnr_drop_db']}) and {gate['ssim_drop']:.4f} SSIM (at most {gate['max_ssim_drop']}) "
+        "against the teacher.",
         "",
         f"Final model: `{report['final_model']}`",
         "",
