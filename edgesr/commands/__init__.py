@@ -65,7 +65,7 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "compress",
-            "compress a teacher by a recipe (distillation now; pruning and INT8 arrive with the issue)",
+            "compress a teacher by a recipe (distillation, pruning; INT8 arrives with the compression issue)",
             CompressConfig,
             run_compress,
         ),

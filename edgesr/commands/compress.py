@@ -24,7 +24,10 @@ class CompressConfig:
     recipe: str = opt("", "a recipe in recipes/ (by name) or a YAML file")
     out: str = opt("", "output folder (default: runs/compress/<recipe name>)")
     resume: bool = opt(False, "continue an interrupted run in out=, skipping finished stages")
-    overrides: tuple[str, ...] = field(default=(), metadata={"help": "(every other key=value: the recipe's)"})
+    overrides: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "every other key=value overrides the recipe (teacher=..., stages.0.steps=...)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.recipe:
