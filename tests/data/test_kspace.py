@@ -10,6 +10,7 @@ from edgesr.data.kspace import load_fastmri, load_ismrmrd, load_kspace
 from edgesr.errors import DataError
 from edgesr.physics.fft import to_complex
 from edgesr.physics.simulate import simulate_multicoil
+from tests.fuzz.conftest import ismrmrd_header
 
 
 def _simulated_kspace(
@@ -71,23 +72,7 @@ def test_real_valued_or_corrupt_hdf5_is_rejected(tmp_path):
 def _write_ismrmrd(path, kspace: np.ndarray, sampled: np.ndarray) -> None:
     """Writes [S, C, H, W] k-space as one ISMRMRD acquisition per sampled phase-encode line."""
     slices, coils, readout, n_pe = kspace.shape
-    xml = f"""<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
-  <experimentalConditions><H1resonanceFrequency_Hz>63500000</H1resonanceFrequency_Hz></experimentalConditions>
-  <encoding>
-    <encodedSpace><matrixSize><x>{readout}</x><y>{n_pe}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>200</x><y>200</y><z>5</z></fieldOfView_mm></encodedSpace>
-    <reconSpace><matrixSize><x>{readout}</x><y>{n_pe}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>200</x><y>200</y><z>5</z></fieldOfView_mm></reconSpace>
-    <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum><maximum>{n_pe - 1}</maximum><center>{n_pe // 2}</center>
-      </kspace_encoding_step_1>
-      <slice><minimum>0</minimum><maximum>{slices - 1}</maximum><center>0</center></slice>
-    </encodingLimits>
-    <trajectory>cartesian</trajectory>
-  </encoding>
-</ismrmrdHeader>"""
+    xml = ismrmrd_header(readout, n_pe, slices, center=n_pe // 2)
     dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
     dataset.write_xml_header(xml)
     noise = ismrmrd.Acquisition.from_array(np.ones((coils, readout), dtype=np.complex64))
