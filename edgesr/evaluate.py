@@ -343,6 +343,45 @@ def evaluate_model(
     }
 
 
+def score_predictor(
+    spec: ModelSpec,
+    predictor: Predictor,
+    dataset: PreparedDataset,
+    *,
+    split: str,
+    max_slices: int = 0,
+    acceleration: float = 4.0,
+) -> dict[str, float]:
+    """One model's mean PSNR/SSIM on a split, through the pipeline, without the baselines.
+
+    For checks that score many variants of one model (quantization attempts): the same images and
+    protocol as :func:`evaluate_model` (recon: its first setting, ``acceleration`` with simulated maps).
+    """
+    if spec.sr is not None:
+        modality, scale, kind = spec.intensity.modality, spec.sr.scale, spec.sr.degradation
+        pairs = sr_pairs(
+            dataset, modality=modality, scale=scale, split=split, degradation=kind, max_slices=max_slices
+        )
+        (scores,) = score_sr(
+            {"model": model_sr_method(spec, predictor)}, pairs, scale=scale, degradation=kind
+        )
+    else:
+        assert spec.recon is not None  # noqa: S101 (a spec has one task section)
+        protocol = ReconProtocol()
+        samples = recon_samples(
+            dataset, acceleration=acceleration, mask_kind=protocol.masks[0],
+            n_coils=spec.recon.coils or protocol.coils, center_fraction=protocol.center_fraction,
+            noise_std=protocol.noise_std, split=split, max_slices=max_slices,
+        )  # fmt: skip
+        (scores,) = score_recon({"model": model_recon_method(spec, predictor)}, samples)
+    summary = scores.summary()
+    return {
+        "psnr": float(summary["psnr_db"]),
+        "ssim": float(summary["ssim"]),
+        "slices": int(summary["slices"]),
+    }
+
+
 def sr_predict(model: nn.Module, lr: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """Whole-image SR of ``lr [B, 1, h, w]`` with the global skip the spec names (validation in training,
     where the model may be wrapped in DDP and tiling buys nothing)."""

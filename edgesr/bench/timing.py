@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgesr.spec import ModelSpec
+
 
 def time_call(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20) -> dict[str, float]:
     """Latency of ``fn()`` in milliseconds: p50, p90, p99, mean, min over ``repeats`` timed calls."""
@@ -68,3 +70,26 @@ def machine_info() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
     return info
+
+
+def latency_inputs(spec: ModelSpec, size: int) -> dict[str, torch.Tensor]:
+    """Network inputs for an output of ``size`` x ``size`` pixels, shaped as the pipeline feeds them.
+
+    SR: ``lr [1, 1, size/s, size/s]`` and ``base`` at the output size; recon: 8 coils (or the
+    spec's), a 4x equispaced mask with 16 central lines. Values are random (latency does not
+    depend on them).
+    """
+    generator = torch.Generator().manual_seed(0)
+    if spec.sr is not None:
+        s = spec.sr.scale
+        lr = torch.rand(1, 1, size // s, size // s, generator=generator)
+        return {"lr": lr, "base": torch.rand(1, 1, (size // s) * s, (size // s) * s, generator=generator)}
+    coils = spec.recon.coils if spec.recon is not None and spec.recon.coils else 8
+    mask = torch.zeros(1, 1, 1, size)
+    mask[..., ::4] = 1
+    mask[..., size // 2 - 8 : size // 2 + 8] = 1
+    return {
+        "masked_kspace": torch.randn(1, 2 * coils, size, size, generator=generator) * mask,
+        "mask": mask,
+        "sens_maps": torch.randn(1, 2 * coils, size, size, generator=generator) / coils,
+    }

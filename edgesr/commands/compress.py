@@ -39,19 +39,27 @@ def run_compress(cfg: CompressConfig) -> int:
     recipe = load_recipe(cfg.recipe, list(cfg.overrides))
     out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
     report = compress(recipe, out=out, resume=cfg.resume, console=console)
-    table = Table(title=f"{recipe.teacher}: {report['dataset']['split']} split")
-    for column in ("model", "params", "PSNR", "SSIM", "p50 ms", "speed-up"):
+    table = Table(
+        title=f"{recipe.teacher}: {report['dataset']['split']} split, {report['dataset']['images']} slices"
+    )
+    table.add_column("run", overflow="fold")  # names are paths (stage/runtime/precision): wrap, never cut
+    for column in ("executed", "PSNR dB", "vs teacher", "p50 ms", "speed-up"):
         table.add_column(column)
-    for row, run in zip([report["teacher"], *report["stages"]], report["runs"], strict=True):
+    for run in report["runs"]:
+        if "error" in run:
+            table.add_row(escape(run["name"]), "not measured", "", "", "", "")
+            continue
         table.add_row(
-            escape(row["name"]), f"{row['params']:,}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}",
-            f"{run['latency_ms']['p50']:.1f}", f"{run['speedup_vs_teacher_torch_fp32']:.2f}x",
+            escape(run["name"]), run["executed_precision"], f"{run['psnr']:.2f}",
+            f"{run['psnr_vs_teacher_db']:+.2f}", f"{run['latency_ms']['p50']:.1f}",
+            f"{run['speedup_vs_teacher_torch_fp32']:.2f}x",
         )  # fmt: skip
     Console().print(table)
     gate = report["gate"]
     verdict = "[green]gate passed[/]" if gate["passed"] else "[red]gate missed[/]"
     console.print(
-        f"{verdict}: PSNR {-gate['psnr_drop_db']:+.3f} dB, SSIM {-gate['ssim_drop']:+.4f} vs the teacher "
+        f"{verdict} by {escape(gate['final'])}: PSNR {-gate['psnr_drop_db']:+.3f} dB, "
+        f"SSIM {-gate['ssim_drop']:+.4f} vs the teacher "
         f"(limits -{gate['max_psnr_drop_db']} dB, -{gate['max_ssim_drop']}); "
         f"report: {escape(str(out / 'report.md'))}"
     )

@@ -22,8 +22,10 @@ from typing import Any
 from edgesr.config import check_choice, check_range, load_yaml, opt
 from edgesr.errors import ConfigError
 
-STAGE_KINDS = ("distill", "prune")  # quantize joins when its stage lands
+STAGE_KINDS = ("distill", "prune", "quantize")
 IMPORTANCES = ("l1", "l2", "taylor", "lamp")
+QUANTIZE_RUNTIMES = ("openvino", "onnxruntime")
+QUANTIZE_REMEDIES = ("keep_fp", "more_calibration", "bias_correction")
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
@@ -50,6 +52,26 @@ class Stage:
     output_weight: float = opt(1.0, "distill: weight of L1 to the teacher's output")
     target_weight: float = opt(0.5, "distill: weight of L1 to the ground truth")
     eval_every: int = opt(250, "distill: validate and checkpoint every N steps")
+    runtimes: list[str] = opt(
+        ["openvino", "onnxruntime"],
+        "quantize: INT8 artifacts to build (TensorRT reads the onnxruntime QDQ file)",
+    )
+    calibration_slices: int = opt(16, "quantize: training slices whose pipeline inputs calibrate the ranges")
+    keep_fp_ends: int = opt(1, "quantize: convolutions kept in float at each end of the network")
+    keep_fp_upsampler: bool = opt(True, "quantize: keep the convolutions around each pixel shuffle in float")
+    keep_fp_modules: list[str] = opt([], "quantize: torch module names kept in float (e.g. blocks.0)")
+    keep_fp_patterns: list[str] = opt(
+        [], "quantize: regular expressions over module and node names kept in float"
+    )
+    remedies: list[str] = opt(
+        list(QUANTIZE_REMEDIES),
+        f"quantize: tried in order while the gate is missed: {', '.join(QUANTIZE_REMEDIES)}",
+    )
+    gate_psnr_drop_db: float = opt(
+        -1.0, "quantize: PSNR the INT8 model may lose against its float model (negative: the recipe's gate)"
+    )
+    gate_ssim_drop: float = opt(-1.0, "quantize: SSIM it may lose (negative: the recipe's gate)")
+    gate_slices: int = opt(4, "quantize: val slices per volume that attempts are scored on")
 
     def __post_init__(self) -> None:
         check_choice("stages.kind", self.kind, STAGE_KINDS)
@@ -62,6 +84,15 @@ class Stage:
         check_range("stages.batch_size", self.batch_size, low=1)
         check_range("stages.eval_every", self.eval_every, low=1)
         check_range("stages.lr", self.lr, low=0.0)
+        for runtime in self.runtimes:
+            check_choice("stages.runtimes", runtime, QUANTIZE_RUNTIMES)
+        if self.kind == "quantize" and not self.runtimes:
+            raise ConfigError("stages.runtimes: a quantize stage needs at least one runtime")
+        for remedy in self.remedies:
+            check_choice("stages.remedies", remedy, QUANTIZE_REMEDIES)
+        check_range("stages.calibration_slices", self.calibration_slices, low=1)
+        check_range("stages.keep_fp_ends", self.keep_fp_ends, low=0)
+        check_range("stages.gate_slices", self.gate_slices, low=0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,10 @@ class Recipe:
     max_ssim_drop: float = opt(0.003, "the gate: and at most this much SSIM")
     latency_size: int = opt(256, "timing: output size in pixels (SR: the LR input is size / scale)")
     latency_repeats: int = opt(20, "timing: timed runs after 3 warm-up runs")
+    report_runtimes: list[str] = opt(
+        ["torch", "onnxruntime", "openvino"],
+        "runtimes the teacher and the final float model are scored and timed in (torch always)",
+    )
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     data_root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
@@ -87,6 +122,18 @@ class Recipe:
         check_range("max_psnr_drop_db", self.max_psnr_drop_db, low=0.0)
         check_range("latency_repeats", self.latency_repeats, low=1)
         check_range("latency_size", self.latency_size, low=16)
+        for runtime in self.report_runtimes:
+            check_choice("report_runtimes", runtime, ("torch", "onnxruntime", "openvino"))
+        if "torch" not in self.report_runtimes:
+            raise ConfigError(
+                "report_runtimes must include torch: the teacher in torch FP32 is the reference"
+            )
+        quantize_at = [i for i, stage in enumerate(self.stages) if stage.kind == "quantize"]
+        if quantize_at and quantize_at != [len(self.stages) - 1]:
+            raise ConfigError(
+                f"stages.{quantize_at[0]}: a quantize stage must be the last stage (its INT8 artifacts are "
+                "runtime files that no later stage can train)"
+            )
 
 
 def recipe_path(name_or_path: str) -> Path:

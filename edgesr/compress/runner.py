@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,14 @@ from rich.markup import escape
 from torch import nn
 
 from edgesr._io import write_json_atomic, write_text_atomic
-from edgesr.bench.timing import machine_info, time_call
+from edgesr.bench.timing import latency_inputs
 from edgesr.compress.distill import DistillSettings, distill
 from edgesr.compress.prune import prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
+from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError, EdgesrError
-from edgesr.evaluate import evaluate_model
+from edgesr.errors import ConfigError, EdgesrError, SourceUnavailableError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
@@ -57,6 +57,9 @@ class Candidate:
     model_options: dict[str, Any]
     spec: ModelSpec
     folder: Path
+    # A quantize stage: its INT8 files by runtime, the float ONNX, and its quantization.json summary.
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
 
 def _teacher(recipe: Recipe) -> Candidate:
@@ -115,13 +118,20 @@ def _run_stage(
             )
         model, spec, meta = load_for_inference(model_dir)
         console.print(f"stage {index + 1} ({stage.kind}) finished earlier: {escape(str(model_dir))}")
-        return Candidate(folder.name, model, meta["model"], meta["model_options"], spec, model_dir)
+        candidate = Candidate(folder.name, model, meta["model"], meta["model_options"], spec, model_dir)
+        if stage.kind == "quantize":
+            _attach_quantization(candidate, folder)
+        return candidate
     started = time.perf_counter()
     torch.manual_seed(recipe.seed + index)
+    if stage.kind == "quantize":
+        return _quantize_stage(
+            index, stage, previous, recipe=recipe, dataset=dataset, folder=folder, console=console
+        )
     if stage.kind == "prune":
         # Structured pruning of the previous model, then distillation from the unpruned teacher.
         name, options = previous.model_name, previous.model_options
-        example = tuple(_latency_inputs(previous.spec, 64).values())
+        example = tuple(latency_inputs(previous.spec, 64).values())
         student = prune(
             previous.model, example, ratio=None if stage.target_macs else stage.ratio,
             target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
@@ -176,43 +186,86 @@ def _run_stage(
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
 
 
+def _quantize_stage(
+    index: int,
+    stage: Stage,
+    previous: Candidate,
+    *,
+    recipe: Recipe,
+    dataset: PreparedDataset,
+    folder: Path,
+    console: Console,
+) -> Candidate:
+    """INT8 artifacts of the previous stage's model, one per runtime, gated against that float model.
+
+    The stage folder holds the float model it quantized (``model/``, so the stage rebuilds without the
+    earlier ones), its ONNX export, the INT8 files and ``quantization.json`` (every attempt).
+    """
+    from edgesr.compress.quantize import QuantizeSettings, Scope, quantize
+    from edgesr.export.onnx import export_onnx
+
+    started = time.perf_counter()
+    model_dir = folder / "model"
+    save_checkpoint(
+        model_dir, previous.model, model_name=previous.model_name, model_options=previous.model_options,
+        spec=previous.spec, step=0, config={"recipe": _plain(recipe), "stage": index},
+    )  # fmt: skip
+    onnx_path = folder / "model.onnx"
+    with console.status("exporting the float model to ONNX"):
+        export_onnx(previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path)
+    settings = QuantizeSettings(
+        runtimes=tuple(stage.runtimes),
+        calibration_slices=stage.calibration_slices,
+        scope=Scope(
+            ends=stage.keep_fp_ends, upsampler=stage.keep_fp_upsampler,
+            modules=tuple(stage.keep_fp_modules), patterns=tuple(stage.keep_fp_patterns),
+        ),
+        remedies=tuple(stage.remedies),
+        max_psnr_drop_db=stage.gate_psnr_drop_db if stage.gate_psnr_drop_db >= 0 else recipe.max_psnr_drop_db,
+        max_ssim_drop=stage.gate_ssim_drop if stage.gate_ssim_drop >= 0 else recipe.max_ssim_drop,
+        val_slices=stage.gate_slices,
+    )  # fmt: skip
+    quantize(
+        onnx_path, TorchPredictor(previous.model, previous.spec, device="cpu"), spec=previous.spec,
+        dataset=dataset, settings=settings, out=folder, threads=recipe.threads, console=console,
+    )  # fmt: skip
+    write_json_atomic(
+        folder / STAGE_DONE,
+        {
+            "kind": stage.kind,
+            "model": previous.model_name,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    candidate = Candidate(
+        folder.name, previous.model, previous.model_name, previous.model_options, previous.spec, model_dir
+    )
+    _attach_quantization(candidate, folder)
+    return candidate
+
+
+def _attach_quantization(candidate: Candidate, folder: Path) -> None:
+    summary = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
+    candidate.quantization = summary
+    candidate.artifacts = {"onnx": folder / "model.onnx"} | {
+        runtime: Path(entry["artifact"]) for runtime, entry in summary["runtimes"].items()
+    }
+
+
 def _plain(recipe: Recipe) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
-def _latency_inputs(spec: ModelSpec, size: int) -> dict[str, torch.Tensor]:
-    """One input of the recipe's output size, built as the pipeline builds it."""
-    generator = torch.Generator().manual_seed(0)
-    if spec.sr is not None:
-        s = spec.sr.scale
-        lr = torch.rand(1, 1, size // s, size // s, generator=generator)
-        return {"lr": lr, "base": torch.rand(1, 1, (size // s) * s, (size // s) * s, generator=generator)}
-    coils = spec.recon.coils if spec.recon is not None and spec.recon.coils else 8
-    mask = torch.zeros(1, 1, 1, size)
-    mask[..., ::4] = 1
-    mask[..., size // 2 - 8 : size // 2 + 8] = 1
-    return {
-        "masked_kspace": torch.randn(1, 2 * coils, size, size, generator=generator) * mask,
-        "mask": mask,
-        "sens_maps": torch.randn(1, 2 * coils, size, size, generator=generator) / coils,
-    }
+def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
+    """The prepared data set; built first (``edgesr data prepare``, about a second) when it is missing."""
+    from edgesr.data.prepare import PrepareConfig, prepare_dataset
 
-
-def _measure(candidate: Candidate, recipe: Recipe) -> dict[str, Any]:
-    predictor = TorchPredictor(candidate.model, candidate.spec, device="cpu")
-    inputs = _latency_inputs(candidate.spec, recipe.latency_size)
-    latency = time_call(lambda: predictor(inputs), warmup=3, repeats=recipe.latency_repeats)
-    return {"runtime": "torch", "precision": "fp32", "executed_precision": "fp32", "latency_ms": latency}
-
-
-def _model_row(candidate: Candidate, scores: dict[str, Any]) -> dict[str, Any]:
-    params = sum(p.numel() for p in candidate.model.parameters())
-    return {"name": candidate.name, "model": candidate.model_name, "params": params, **scores}
-
-
-def _scores(report: dict[str, Any], label: str) -> dict[str, Any]:
-    row = next(r for r in report["results"] if r["method"] == label)
-    return {"psnr": row["psnr_db"], "ssim": row["ssim"], "psnr_min": row["psnr_min_db"]}
+    try:
+        return PreparedDataset(recipe.data_root or None)
+    except SourceUnavailableError:
+        console.print("no prepared data set yet: preparing it first (as `edgesr data prepare` does)")
+        prepare_dataset(PrepareConfig(root=recipe.data_root), console=console)
+        return PreparedDataset(recipe.data_root or None)
 
 
 def compress(
@@ -225,7 +278,7 @@ def compress(
     if out.exists() and any(out.iterdir()) and not (out / "recipe.resolved.yaml").is_file():
         raise ConfigError(f"out={out} holds files that are not a compression run; choose another out=")
     teacher = _teacher(recipe)
-    dataset = PreparedDataset(recipe.data_root or None)
+    dataset = _dataset(recipe, console)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "recipe.resolved.yaml", to_yaml(recipe))
     chain = [teacher]
@@ -236,105 +289,7 @@ def compress(
             console=console,
         )  # fmt: skip
         chain.append(result)
-    report = _report(recipe, chain, dataset, console)
+    report = build_report(recipe, chain, dataset, out=out, console=console)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_markdown(report))
     return report
-
-
-def _report(
-    recipe: Recipe, chain: list[Candidate], dataset: PreparedDataset, console: Console
-) -> dict[str, Any]:
-    """Every model of the chain on the same images (with the baselines), and timed the same way."""
-    models: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
-    baselines: list[dict[str, Any]] = []
-    teacher_latency = None
-    for candidate in chain:
-        label = candidate.name
-        with console.status(f"scoring {label} on the {recipe.eval_split} split"):
-            evaluation = evaluate_model(
-                candidate.spec, TorchPredictor(candidate.model, candidate.spec, device="cpu"), dataset,
-                label=label, split=recipe.eval_split, max_slices=recipe.eval_slices,
-            )  # fmt: skip
-        scores = _scores(evaluation, label)
-        if not baselines:
-            first_setting = {
-                k: evaluation["results"][0].get(k) for k in ("task", "modality", "scale", "acceleration")
-            }
-            baselines = [
-                {"name": r["method"], "psnr": r["psnr_db"], "ssim": r["ssim"]}
-                for r in evaluation["results"]
-                if r["method"] != label and all(r.get(k) == v for k, v in first_setting.items())
-            ]
-        with console.status(f"timing {label}"):
-            run = _measure(candidate, recipe)
-        teacher_latency = teacher_latency or run["latency_ms"]["p50"]
-        models.append(_model_row(candidate, scores))
-        runs.append(
-            {"name": f"{label}/torch/fp32", "model": "teacher" if candidate is chain[0] else "student", **run,
-             "psnr": scores["psnr"], "ssim": scores["ssim"],
-             "psnr_vs_teacher_db": round(scores["psnr"] - models[0]["psnr"], 3),
-             "speedup_vs_teacher_torch_fp32": round(teacher_latency / run["latency_ms"]["p50"], 2)}
-        )  # fmt: skip
-    final, teacher = models[-1], models[0]
-    modality = chain[0].spec.intensity.modality  # recon scores MR slices too
-    scored = dataset.volumes(modality)
-    psnr_drop = round(teacher["psnr"] - final["psnr"], 3)
-    ssim_drop = round(teacher["ssim"] - final["ssim"], 4)
-    return {
-        "recipe": _plain(recipe),
-        "task": chain[0].spec.task,
-        "dataset": {"sources": [v["name"] for v in scored], "split": recipe.eval_split,
-                    "max_slices_per_volume": recipe.eval_slices,
-                    # The fingerprint: which files the figures come from.
-                    "input_sha256": {v["name"]: v["input_sha256"] for v in scored}},
-        "baselines": baselines,
-        "teacher": teacher,
-        "stages": models[1:],
-        "gate": {"max_psnr_drop_db": recipe.max_psnr_drop_db, "max_ssim_drop": recipe.max_ssim_drop,
-                 "psnr_drop_db": psnr_drop, "ssim_drop": ssim_drop,
-                 "passed": psnr_drop <= recipe.max_psnr_drop_db and ssim_drop <= recipe.max_ssim_drop},
-        "machine": machine_info(),
-        "runs": runs,
-        "final_model": str(chain[-1].folder),
-    }  # fmt: skip
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: the same figures as report.json, for people."""
-    lines = [
-        f"# Compression report: {report['recipe']['teacher']}",
-        "",
-        f"Task {report['task']}; scored on the {report['dataset']['split']} split of "
-        f"{', '.join(report['dataset']['sources'])}; timed on {report['machine']['cpu']} "
-        f"({report['machine']['torch_threads']} torch threads, "
-        f"load {report['machine'].get('load_average_1min')}).",
-        "",
-        "| model | params | PSNR dB | SSIM | vs teacher dB | runtime | p50 ms | p90 ms | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row, run in zip([report["teacher"], *report["stages"]], report["runs"], strict=True):
-        lines.append(
-            f"| {row['name']} ({row['model']}) | {row['params']:,} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
-            f"{run['psnr_vs_teacher_db']:+.2f} | {run['runtime']} {run['executed_precision']} | "
-            f"{run['latency_ms']['p50']:.1f} | {run['latency_ms']['p90']:.1f} | "
-            f"{run['speedup_vs_teacher_torch_fp32']:.2f}x |"
-        )
-    lines += [
-        "",
-        "Baselines: "
-        + ", ".join(f"{b['name']} {b['psnr']:.2f} dB / {b['ssim']:.4f}" for b in report["baselines"]),
-    ]
-    gate = report["gate"]
-    verdict = "passed" if gate["passed"] else "missed"
-    lines += [
-        "",
-        f"Gate {verdict}: the final model loses {gate['psnr_drop_db']:.3f} dB PSNR (at most "
-        f"{gate['max_psnr_drop_db']}) and {gate['ssim_drop']:.4f} SSIM (at most {gate['max_ssim_drop']}) "
-        "against the teacher.",
-        "",
-        f"Final model: `{report['final_model']}`",
-        "",
-    ]
-    return "\n".join(lines)

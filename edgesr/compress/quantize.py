@@ -1,0 +1,465 @@
+"""INT8 post-training quantization per runtime, gated on PSNR/SSIM, with remedies when it misses.
+
+One float model, two INT8 artifacts, because the runtimes want different files:
+
+* **OpenVINO**: NNCF post-training quantization of the OpenVINO model read from the float ONNX
+  export; saved as IR (``openvino/model.xml`` + ``.bin``). NNCF's own bias correction is available.
+* **ONNX Runtime / TensorRT**: a standard QDQ ONNX (only ``QuantizeLinear``/``DequantizeLinear`` added,
+  no custom ops) from ONNX Runtime's static quantizer, per-channel symmetric INT8 weights and
+  asymmetric UINT8 activations (``onnxruntime/model.int8.onnx``). NNCF's torch-exported INT8 carries
+  OpenVINO's custom ``FakeQuantize`` op, which ONNX Runtime cannot load (DESIGN.md section 5).
+
+Calibration inputs are recorded from the inference pipeline itself on training-split slices, so the
+quantizers see exactly the tiles, global skips and intensity mapping that the runtime will see.
+
+Only convolutions are quantized. What stays in floating point is chosen by a :class:`Scope`, resolved
+on the exported graph: the convolutions at the network's ends (first layers see the image, last
+layers write the residual that is added to the global skip), the sub-pixel upsampler's neighbours,
+and anything named by module or pattern. Data consistency, FFTs and the skip additions are never
+quantized (they are not convolutions).
+
+The gate: each attempt is scored on the validation split (never the test split, which the report
+uses) against the float model. When plain PTQ misses ``max_psnr_drop_db``/``max_ssim_drop``, the
+remedies run in the recipe's order, each on top of the previous: ``keep_fp`` (one more convolution
+kept in float at each end), ``more_calibration`` (four times the calibration slices),
+``bias_correction`` (NNCF's full bias correction; OpenVINO only). The best attempt is kept either
+way and the result says which attempt met the gate, or that none did and the best figures reached.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from edgesr._io import atomic_path, write_json_atomic
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import ConfigError
+from edgesr.evaluate import model_recon_method, model_sr_method, recon_samples, score_predictor, sr_pairs
+from edgesr.pipeline import Predictor
+from edgesr.spec import ModelSpec
+
+RUNTIMES = ("openvino", "onnxruntime")
+REMEDIES = ("keep_fp", "more_calibration", "bias_correction")
+ARTIFACTS = {"openvino": "openvino/model.xml", "onnxruntime": "onnxruntime/model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The convolutions kept in floating point (like NNCF's ``IgnoredScope``, resolved on the graph).
+
+    Attributes:
+        ends: convolutions kept at each end: those with fewer than ``ends + 1`` convolutions between
+            them and a graph input (the first layers) or a graph output (the last layers).
+        upsampler: keep the convolutions directly before and after each sub-pixel shuffle.
+        modules: torch module names (``blocks.3``, ``to_image``): every convolution inside is kept.
+        patterns: regular expressions matched against module names and graph node names.
+    """
+
+    ends: int = 1
+    upsampler: bool = True
+    modules: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+    def widened(self) -> Scope:
+        """The ``keep_fp`` remedy: one more convolution in float at each end."""
+        return replace(self, ends=self.ends + 1)
+
+    def resolve(self, graph: Any) -> list[str]:
+        """The names of the ``Conv`` nodes of an ONNX graph (``onnx.ModelProto``) this scope keeps."""
+        nodes = list(graph.graph.node)
+        from_input = _conv_depths(nodes, {i.name for i in graph.graph.input}, forward=True)
+        from_output = _conv_depths(nodes, {o.name for o in graph.graph.output}, forward=False)
+        near_shuffle = _shuffle_neighbours(nodes) if self.upsampler else set()
+        compiled = [re.compile(p) for p in self.patterns]
+        kept = []
+        for node in nodes:
+            if node.op_type != "Conv":
+                continue
+            modules = _module_path(node)
+            if (
+                from_input.get(node.name, 1 << 30) <= self.ends
+                or from_output.get(node.name, 1 << 30) <= self.ends
+                or node.name in near_shuffle
+                or any(m in modules for m in self.modules)
+                or any(p.search(text) for p in compiled for text in (node.name, *modules))
+            ):
+                kept.append(node.name)
+        return kept
+
+
+def _module_path(node: Any) -> list[str]:
+    """The torch module names a node of a dynamo export belongs to (outermost first)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return [s for s in ast.literal_eval(prop.value) if s]
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def _conv_depths(nodes: list[Any], ends: set[str], *, forward: bool) -> dict[str, int]:
+    """For each Conv, the fewest Convs (itself included) on a path from a graph input (or to an output).
+
+    ONNX nodes are stored in topological order, so one pass (reversed for outputs) settles every node.
+    """
+    depth: dict[str, int] = {name: 0 for name in ends}  # tensor name -> Convs passed so far
+    ordered = nodes if forward else list(reversed(nodes))
+    result: dict[str, int] = {}
+    for node in ordered:
+        sources, targets = (node.input, node.output) if forward else (node.output, node.input)
+        reached = [depth[t] for t in sources if t in depth]
+        if not reached:
+            continue
+        here = min(reached) + (node.op_type == "Conv")
+        if node.op_type == "Conv":
+            result[node.name] = here
+        for tensor in targets:
+            if tensor:
+                depth[tensor] = min(depth.get(tensor, here), here)
+    return result
+
+
+def _shuffle_neighbours(nodes: list[Any]) -> set[str]:
+    """Convs feeding a ``DepthToSpace`` (PixelShuffle) and Convs reading its output."""
+    producer = {out: node for node in nodes for out in node.output}
+    names = set()
+    for node in nodes:
+        if node.op_type != "DepthToSpace":
+            continue
+        source = producer.get(node.input[0])
+        if source is not None and source.op_type == "Conv":
+            names.add(source.name)
+        names |= {n.name for n in nodes if n.op_type == "Conv" and node.output[0] in n.input}
+    return names
+
+
+def default_scope(spec: ModelSpec) -> Scope:
+    """The layers each family keeps in float by default.
+
+    SR: the first and last convolutions and the upsampler's neighbours (they carry the image and the
+    residual at full resolution, where 8-bit steps show). Recon: the first and last convolutions of
+    the unrolled network; data consistency is never quantized.
+    """
+    return Scope(ends=1, upsampler=spec.sr is not None)
+
+
+# --- Calibration -------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """A predictor that records its inputs (as numpy arrays) and answers with the float model's output."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.inputs: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, inputs: Any) -> torch.Tensor:
+        self.inputs.append({k: v.detach().cpu().numpy().astype(np.float32) for k, v in inputs.items()})
+        return self.predictor(inputs)
+
+
+def calibration_inputs(
+    spec: ModelSpec, predictor: Predictor, dataset: PreparedDataset, *, slices: int, split: str = "train"
+) -> list[dict[str, np.ndarray]]:
+    """The network inputs the pipeline feeds on ``slices`` slices of ``split`` (spread over volumes).
+
+    Returns one ``{input name: float32 array}`` per pipeline item (SR: one per tile; recon: per slice).
+    """
+    if slices < 1:
+        raise ConfigError(f"calibration needs at least one slice; got {slices}")
+    modality = spec.intensity.modality if spec.sr is not None else "MR"
+    volumes = max(1, len(dataset.volumes(modality)))
+    per_volume = -(-slices // volumes)
+    recorder = _Recorder(predictor)
+    if spec.sr is not None:
+        method = model_sr_method(spec, recorder)
+        kind = spec.sr.degradation
+        for lr, _, _ in sr_pairs(
+            dataset, modality=modality, scale=spec.sr.scale, split=split, degradation=kind,
+            max_slices=per_volume,
+        ):  # fmt: skip
+            method(lr, spec.sr.scale, kind)
+    else:
+        recon = model_recon_method(spec, recorder)
+        coils = spec.recon.coils if spec.recon is not None and spec.recon.coils else 8
+        for sample, _ in recon_samples(
+            dataset, acceleration=4.0, n_coils=coils, split=split, max_slices=per_volume
+        ):  # fmt: skip
+            recon(sample.kspace[None], sample.mask.view(1, 1, 1, -1), sample.sens_maps[None])
+    return recorder.inputs
+
+
+# --- The two quantizers --------------------------------------------------------------------------------
+
+
+def quantize_onnxruntime(
+    onnx_path: Path, out: Path, calibration: Sequence[dict[str, np.ndarray]], *, keep_fp: Sequence[str]
+) -> Path:
+    """A standard QDQ ONNX of ``onnx_path``: INT8 convolutions except ``keep_fp``; written atomically."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._items, None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        quantize_static(
+            str(onnx_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+            extra_options={"CalibMovingAverage": True},
+            nodes_to_exclude=list(keep_fp), calibrate_method=CalibrationMethod.MinMax,
+        )  # fmt: skip
+    return out
+
+
+def quantize_openvino(
+    onnx_path: Path,
+    calibration: Sequence[dict[str, np.ndarray]],
+    *,
+    keep_fp: Sequence[str],
+    bias_correction: bool = False,
+) -> Any:
+    """NNCF PTQ of the OpenVINO model read from ``onnx_path``: an ``openvino.Model`` with INT8 convs.
+
+    ``keep_fp`` are ONNX node names; OpenVINO names a convolution ``<name>/WithoutBiases`` and its bias
+    addition ``<name>``, so both are ignored. ``bias_correction`` selects NNCF's full bias correction
+    instead of its fast variant.
+    """
+    import logging
+
+    import nncf
+    import openvino
+
+    nncf.set_log_level(logging.WARNING)  # NNCF prints its ignored-node tables at INFO
+    model = openvino.Core().read_model(str(onnx_path))
+    patterns = [rf"^{re.escape(name)}(/WithoutBiases)?$" for name in keep_fp]
+    # Only convolutions are quantized (as in the ONNX Runtime artifact): the residual and skip
+    # additions and any data consistency stay in float.
+    other_types = sorted({op.get_type_name() for op in model.get_ordered_ops()} - {"Convolution"})
+    return nncf.quantize(
+        model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+        fast_bias_correction=not bias_correction,
+        ignored_scope=nncf.IgnoredScope(patterns=patterns, types=other_types, validate=False),
+    )  # fmt: skip
+
+
+# --- The gated stage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeSettings:
+    """The quantize stage's options.
+
+    Attributes:
+        runtimes: which INT8 artifacts to build: ``openvino``, ``onnxruntime`` (TensorRT reads the
+            ONNX Runtime QDQ file).
+        calibration_slices: training-split slices whose pipeline inputs calibrate the ranges.
+        scope: the convolutions kept in float to begin with.
+        remedies: tried in order, each on top of the previous, while the gate is missed.
+        max_psnr_drop_db, max_ssim_drop: the stage's gate, against its float model, on ``val_split``.
+        val_split, val_slices: where attempts are scored (slices per volume; 0: all).
+    """
+
+    runtimes: tuple[str, ...] = RUNTIMES
+    calibration_slices: int = 16
+    scope: Scope = field(default_factory=Scope)
+    remedies: tuple[str, ...] = REMEDIES
+    max_psnr_drop_db: float = 0.15
+    max_ssim_drop: float = 0.003
+    val_split: str = "val"
+    val_slices: int = 4
+
+
+@dataclass
+class Attempt:
+    remedy: str
+    keep_fp: list[str]
+    calibration_slices: int
+    bias_correction: bool
+    psnr: float
+    ssim: float
+    psnr_drop_db: float
+    ssim_drop: float
+    met_gate: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def quantize(
+    onnx_path: Path,
+    float_predictor: Predictor,
+    *,
+    spec: ModelSpec,
+    dataset: PreparedDataset,
+    settings: QuantizeSettings,
+    out: Path,
+    threads: int = 0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Builds each runtime's INT8 artifact from the float ONNX ``onnx_path``, gated against the float model.
+
+    Args:
+        onnx_path: the float model exported by :func:`edgesr.export.onnx.export_onnx`.
+        float_predictor: the float model (the torch module) as a predictor: the gate's reference, and
+            the model that answers while calibration inputs are recorded.
+        spec: the model's contract.
+        dataset: the prepared data (training split for calibration, ``settings.val_split`` for the gate).
+        settings: the stage's options.
+        out: the stage folder; artifacts go to ``openvino/`` and ``onnxruntime/``.
+        threads: runtime threads for scoring attempts (0: the runtime's default).
+
+    Returns:
+        ``{"reference": {psnr, ssim}, "runtimes": {runtime: {artifact, met_gate, chosen, attempts}}}``,
+        also written as ``out/quantization.json``.
+    """
+    from edgesr.export.onnxruntime import OnnxRuntimePredictor
+    from edgesr.export.openvino import OpenVinoPredictor
+
+    console = console or Console(stderr=True)
+    unknown = [r for r in settings.runtimes if r not in RUNTIMES]
+    if unknown or not settings.runtimes:
+        raise ConfigError(f"quantize runtimes must be among {', '.join(RUNTIMES)}; got {settings.runtimes}")
+
+    def scored(predictor: Predictor) -> dict[str, float]:
+        return score_predictor(
+            spec, predictor, dataset, split=settings.val_split, max_slices=settings.val_slices
+        )
+
+    with console.status(f"scoring the float model on the {settings.val_split} split"):
+        reference = scored(float_predictor)
+    calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
+
+    def calibration(slices: int) -> list[dict[str, np.ndarray]]:
+        if slices not in calibrations:
+            with console.status(f"recording calibration inputs from {slices} training slices"):
+                calibrations[slices] = calibration_inputs(spec, float_predictor, dataset, slices=slices)
+        return calibrations[slices]
+
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    results: dict[str, Any] = {}
+    for runtime in settings.runtimes:
+        attempts: list[Attempt] = []
+        artifacts: list[Any] = []
+        scope, slices, bias = settings.scope, settings.calibration_slices, False
+        plan = [("ptq", scope, slices, bias)]
+        for remedy in settings.remedies:
+            if remedy == "keep_fp":
+                scope = scope.widened()
+            elif remedy == "more_calibration":
+                slices *= 4
+            elif remedy == "bias_correction":
+                if runtime != "openvino":  # ONNX Runtime's quantizer has no bias correction
+                    continue
+                bias = True
+            plan.append((remedy, scope, slices, bias))
+        for remedy, scope, slices, bias in plan:
+            keep_fp = scope.resolve(graph)
+            with console.status(f"{runtime} INT8 ({remedy}): quantizing, {len(keep_fp)} convs kept in float"):
+                if runtime == "openvino":
+                    artifact: Any = quantize_openvino(
+                        onnx_path, calibration(slices), keep_fp=keep_fp, bias_correction=bias
+                    )
+                    predictor: Predictor = OpenVinoPredictor(artifact, threads=threads)
+                else:
+                    candidate = out / "attempts" / f"{len(attempts)}-{remedy}.int8.onnx"
+                    artifact = quantize_onnxruntime(
+                        onnx_path, candidate, calibration(slices), keep_fp=keep_fp
+                    )
+                    predictor = OnnxRuntimePredictor(artifact, threads=threads)
+            with console.status(f"{runtime} INT8 ({remedy}): scoring on the {settings.val_split} split"):
+                score = scored(predictor)
+            drop, ssim_drop = reference["psnr"] - score["psnr"], reference["ssim"] - score["ssim"]
+            met = drop <= settings.max_psnr_drop_db and ssim_drop <= settings.max_ssim_drop
+            attempts.append(
+                Attempt(
+                    remedy,
+                    keep_fp,
+                    slices,
+                    bias,
+                    score["psnr"],
+                    score["ssim"],
+                    round(drop, 3),
+                    round(ssim_drop, 4),
+                    met,
+                )  # fmt: skip
+            )
+            console.print(
+                f"  {runtime} INT8 {remedy}: {score['psnr']:.2f} dB / {score['ssim']:.4f} "
+                f"({-drop:+.3f} dB, {-ssim_drop:+.4f} SSIM vs float) {'meets' if met else 'misses'} the gate"
+            )
+            artifacts.append(artifact)
+            if met:
+                break
+        # The loop stops at the first attempt that meets the gate (the least kept in float); when none
+        # does, the best one is kept and reported as missing.
+        chosen = max(range(len(attempts)), key=lambda i: (attempts[i].met_gate, attempts[i].psnr))
+        path = out / ARTIFACTS[runtime]
+        _save_artifact(runtime, artifacts[chosen], path)
+        results[runtime] = {
+            "artifact": str(path),
+            "met_gate": attempts[chosen].met_gate,
+            "chosen": chosen,
+            "attempts": [a.as_dict() for a in attempts],
+        }
+    shutil.rmtree(out / "attempts", ignore_errors=True)
+    summary = {
+        "reference": reference,
+        "gate": {"max_psnr_drop_db": settings.max_psnr_drop_db, "max_ssim_drop": settings.max_ssim_drop,
+                 "split": settings.val_split, "slices_per_volume": settings.val_slices},
+        "runtimes": results,
+    }  # fmt: skip
+    write_json_atomic(out / "quantization.json", summary)
+    return summary
+
+
+def _save_artifact(runtime: str, artifact: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if runtime == "onnxruntime":
+        shutil.copyfile(artifact, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        return
+    import openvino
+
+    # The IR is two files: write both under temporary names, then rename the weights before the graph
+    # that names them, so a reader never finds a graph without its weights.
+    tmp_xml = path.with_name(path.stem + ".tmp.xml")
+    openvino.save_model(artifact, str(tmp_xml), compress_to_fp16=False)
+    tmp_xml.with_suffix(".bin").replace(path.with_suffix(".bin"))
+    tmp_xml.replace(path)
+
+
+__all__ = [
+    "ARTIFACTS",
+    "REMEDIES",
+    "RUNTIMES",
+    "QuantizeSettings",
+    "Scope",
+    "calibration_inputs",
+    "default_scope",
+    "quantize",
+    "quantize_onnxruntime",
+    "quantize_openvino",
+]

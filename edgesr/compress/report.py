@@ -1,0 +1,357 @@
+"""The compression report: every model of a recipe's chain scored on the same images and timed the same way.
+
+``report.json`` (for machines) and ``report.md`` (for people) hold the same figures:
+
+* ``teacher`` and ``stages``: params, MACs (per ``latency_size`` output), PSNR/SSIM on the recipe's
+  ``eval_split`` (a quantize stage's figures are its best INT8 artifact's), and the stage's seconds;
+* ``runs``: one entry per (model, runtime, precision): the teacher in torch FP32 and in each runtime at
+  that runtime's default precision, the final float model in every runtime (OpenVINO's default, BF16 on
+  CPUs with AMX, and FP32), each INT8 artifact. Each run is scored in its runtime on the same slices and
+  timed in a process of its own (:mod:`edgesr.bench.worker`), with the precision that actually ran;
+* ``gate``: the final model against the teacher; ``quantization``: every INT8 attempt and remedy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from edgesr.bench.timing import latency_inputs, machine_info
+from edgesr.bench.worker import measure_isolated
+from edgesr.compress.prune import count_macs_params
+from edgesr.compress.recipe import Recipe
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import EdgesrError
+from edgesr.evaluate import evaluate_model, score_predictor
+from edgesr.pipeline import Predictor, TorchPredictor
+
+if TYPE_CHECKING:
+    from edgesr.compress.runner import Candidate
+
+# (runtime, requested precision) for the teacher and for the final float model.
+TEACHER_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"))
+FINAL_FLOAT_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"), ("openvino", "fp32"))
+
+
+def _predictor(runtime: str, precision: str, model: Any, threads: int) -> Predictor:
+    if runtime == "onnxruntime":
+        from edgesr.export.onnxruntime import OnnxRuntimePredictor
+
+        return OnnxRuntimePredictor(model, threads=threads)
+    from edgesr.export.openvino import OpenVinoPredictor
+
+    hint = {"default": "default", "int8": "default", "fp32": "f32", "bf16": "bf16"}[precision]
+    return OpenVinoPredictor(model, threads=threads, precision=hint)
+
+
+def build_report(
+    recipe: Recipe, chain: list[Candidate], dataset: PreparedDataset, *, out: Path, console: Console
+) -> dict[str, Any]:
+    """Scores and times every model of ``chain`` (teacher first); see the module docstring."""
+    from edgesr.export.onnx import export_onnx
+
+    teacher, final = chain[0], chain[-1]
+    split, slices = recipe.eval_split, recipe.eval_slices
+
+    def score(predictor: Predictor, label: str) -> dict[str, float]:
+        with console.status(f"scoring {label} on the {split} split"):
+            return score_predictor(teacher.spec, predictor, dataset, split=split, max_slices=slices)
+
+    # The teacher next to the baselines (the same slices every other figure uses).
+    with console.status(f"scoring the teacher and the baselines on the {split} split"):
+        evaluation = evaluate_model(
+            teacher.spec, TorchPredictor(teacher.model, teacher.spec, device="cpu"), dataset,
+            label="teacher", split=split, max_slices=slices,
+        )  # fmt: skip
+    setting = {k: evaluation["results"][0].get(k) for k in ("task", "modality", "scale", "acceleration")}
+    rows = [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
+    baselines = [{"name": r["method"], "psnr": r["psnr_db"], "ssim": r["ssim"]} for r in rows]
+    teacher_scores = next(b for b in baselines if b["name"] == "teacher")
+    baselines = [b for b in baselines if b["name"] != "teacher"]
+
+    float_chain = [c for c in chain if c.quantization is None]
+    final_float = float_chain[-1]
+    torch_scores = {id(teacher): {"psnr": teacher_scores["psnr"], "ssim": teacher_scores["ssim"]}}
+    for candidate in float_chain[1:]:
+        torch_scores[id(candidate)] = score(
+            TorchPredictor(candidate.model, candidate.spec, "cpu"), candidate.name
+        )
+
+    onnx_files: dict[int, Path] = {}
+
+    def onnx_of(candidate: Candidate) -> Path:
+        if id(candidate) not in onnx_files:
+            path = out / "runs" / f"{candidate.name}.onnx"
+            if not path.is_file():
+                with console.status(f"exporting {candidate.name} to ONNX"):
+                    export_onnx(candidate.model, candidate.spec, latency_inputs(candidate.spec, 64), path)
+            onnx_files[id(candidate)] = path
+        return onnx_files[id(candidate)]
+
+    # (model, runtime, requested precision, its file (made on demand), or None for the torch module)
+    plan: list[tuple[Candidate, str, str, Callable[[], Path] | None]] = []
+    for runtime, precision in TEACHER_RUNS:
+        if runtime in recipe.report_runtimes:
+            plan.append(
+                (teacher, runtime, precision, None if runtime == "torch" else (lambda: onnx_of(teacher)))
+            )
+    for candidate in float_chain[1:-1]:
+        plan.append((candidate, "torch", "fp32", None))
+    if final_float is not teacher:
+        for runtime, precision in FINAL_FLOAT_RUNS:
+            if runtime in recipe.report_runtimes:
+                plan.append(
+                    (final_float, runtime, precision,
+                     None if runtime == "torch" else (lambda: onnx_of(final_float)))
+                )  # fmt: skip
+    if final.quantization is not None:
+        for runtime in final.quantization["runtimes"]:
+            path = final.artifacts[runtime]
+            plan.append((final, runtime, "int8", lambda path=path: path))  # type: ignore[misc]
+
+    runs: list[dict[str, Any]] = []
+    for candidate, runtime, precision, file in plan:
+        label = f"{candidate.name}/{runtime}/{precision}"
+        role = "teacher" if candidate is teacher else "student"
+        try:
+            if file is None:
+                scores, model_ref = torch_scores[id(candidate)], str(candidate.folder)
+            else:
+                model_ref = str(file())
+                scores = score(_predictor(runtime, precision, model_ref, recipe.threads), label)
+            request = {
+                "runtime": runtime, "model": model_ref, "spec": candidate.spec.to_dict(),
+                "precision": precision, "threads": recipe.threads, "size": recipe.latency_size,
+                "repeats": recipe.latency_repeats,
+            }  # fmt: skip
+            with console.status(f"timing {label} in its own process"):
+                timing = measure_isolated(request)
+        except (EdgesrError, RuntimeError, OSError, ValueError) as exc:  # a runtime that cannot run it
+            console.print(f"[yellow]{label}: not measured[/] ({exc})")
+            runs.append({"name": label, "model": role, "runtime": runtime, "precision": precision,
+                         "error": str(exc)})  # fmt: skip
+            continue
+        runs.append(
+            {"name": label, "model": role, "runtime": runtime, "precision": precision, **timing,
+             "psnr": scores["psnr"], "ssim": scores["ssim"]}
+        )  # fmt: skip
+    measured = [r for r in runs if "error" not in r]
+    reference = next(r for r in measured if r["name"] == f"{teacher.name}/torch/fp32")
+    for run in measured:
+        run["psnr_vs_teacher_db"] = round(run["psnr"] - reference["psnr"], 3)
+        run["ssim_vs_teacher"] = round(run["ssim"] - reference["ssim"], 4)
+        run["speedup_vs_teacher_torch_fp32"] = round(
+            reference["latency_ms"]["p50"] / run["latency_ms"]["p50"], 2
+        )
+
+    stage_rows = []
+    example = tuple(latency_inputs(teacher.spec, recipe.latency_size).values())
+    for candidate in chain[1:]:
+        macs, params = count_macs_params(candidate.model, example)
+        if candidate.quantization is not None:
+            int8 = [
+                r for r in measured if r["name"].startswith(f"{candidate.name}/") and r["precision"] == "int8"
+            ]
+            if not int8:
+                raise EdgesrError(f"no INT8 artifact of {candidate.name} could be run; see the runs above")
+            best = max(int8, key=lambda r: r["psnr"])
+            scores, runtime = {"psnr": best["psnr"], "ssim": best["ssim"]}, f"{best['runtime']} int8"
+        else:
+            scores, runtime = torch_scores[id(candidate)], "torch fp32"
+        stage_rows.append(
+            {"name": candidate.name, "model": candidate.model_name, "params": params, "macs": macs,
+             "psnr": scores["psnr"], "ssim": scores["ssim"], "scored_in": runtime,
+             "seconds": _stage_seconds(candidate)}
+        )  # fmt: skip
+    own_gate = {"max_psnr_drop_db": recipe.max_psnr_drop_db, "max_ssim_drop": recipe.max_ssim_drop}
+    deployment = _fastest_at_equal_quality(
+        measured, final, final_float, (final.quantization or {}).get("gate", own_gate)
+    )
+    teacher_macs, teacher_params = count_macs_params(teacher.model, example)
+    teacher_row = {
+        "name": "teacher", "model": teacher.model_name, "params": teacher_params, "macs": teacher_macs,
+        "psnr": teacher_scores["psnr"], "ssim": teacher_scores["ssim"],
+    }  # fmt: skip
+    last = stage_rows[-1]
+    psnr_drop = round(teacher_row["psnr"] - last["psnr"], 3)
+    ssim_drop = round(teacher_row["ssim"] - last["ssim"], 4)
+    modality = teacher.spec.intensity.modality
+    scored = dataset.volumes(modality)
+    return {
+        "recipe": json.loads(json.dumps(_asdict(recipe))),
+        "task": teacher.spec.task,
+        "dataset": {"sources": [v["name"] for v in scored], "split": split, "max_slices_per_volume": slices,
+                    "images": int(evaluation["results"][0]["slices"]),
+                    # The fingerprint: which files the figures come from.
+                    "input_sha256": {v["name"]: v["input_sha256"] for v in scored}},
+        "baselines": baselines,
+        "teacher": teacher_row,
+        "stages": stage_rows,
+        "gate": {"max_psnr_drop_db": recipe.max_psnr_drop_db, "max_ssim_drop": recipe.max_ssim_drop,
+                 "psnr_drop_db": psnr_drop, "ssim_drop": ssim_drop,
+                 "final": f"{last['name']} ({last['scored_in']})",
+                 "passed": psnr_drop <= recipe.max_psnr_drop_db and ssim_drop <= recipe.max_ssim_drop},
+        "machine": machine_info() | _runtime_versions(),
+        "runs": runs,
+        "fastest_at_equal_quality": deployment,
+        "quantization": final.quantization,
+        "final_model": str(final.folder),
+        "artifacts": {k: str(v) for k, v in final.artifacts.items()},
+    }  # fmt: skip
+
+
+def _fastest_at_equal_quality(
+    runs: list[dict[str, Any]], final: Candidate, final_float: Candidate, gate: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per runtime, the fastest precision of the final model that keeps the float model's quality.
+
+    INT8 is not always the fastest (narrow layers can leave the matrix units idle, and BF16 may win),
+    so this is measured: among the final model's runs in each runtime (BF16 and INT8 alike), those
+    within ``gate`` (the quantize stage's) of the float model in torch FP32, the lowest p50.
+    """
+    names = {final.name, final_float.name}
+    reference = next((r for r in runs if r["name"] == f"{final_float.name}/torch/fp32"), None)
+    chosen: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if run["name"].split("/")[0] not in names or run["runtime"] == "torch" or reference is None:
+            continue
+        within = (
+            reference["psnr"] - run["psnr"] <= gate["max_psnr_drop_db"] + 1e-9
+            and reference["ssim"] - run["ssim"] <= gate["max_ssim_drop"] + 1e-9
+        )
+        best = chosen.get(run["runtime"])
+        if within and (best is None or run["latency_ms"]["p50"] < best["p50_ms"]):
+            chosen[run["runtime"]] = {
+                "run": run["name"], "executed_precision": run["executed_precision"],
+                "p50_ms": run["latency_ms"]["p50"], "psnr": run["psnr"],
+                "psnr_vs_float_db": round(run["psnr"] - reference["psnr"], 3),
+            }  # fmt: skip
+    return chosen
+
+
+def _asdict(recipe: Recipe) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(recipe)
+
+
+def _stage_seconds(candidate: Candidate) -> float | None:
+    done = candidate.folder.parent / "stage.json"
+    if not done.is_file():
+        return None
+    return float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
+
+
+def _runtime_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("onnxruntime", "openvino", "nncf"):
+        try:
+            module = __import__(name)
+            versions[name] = str(getattr(module, "__version__", "?"))
+        except ImportError:
+            continue
+    return versions
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: the same figures as report.json, for people."""
+    machine = report["machine"]
+    lines = [
+        f"# Compression report: {report['recipe']['teacher']}",
+        "",
+        f"Task {report['task']}; scored on {report['dataset']['images']} slices of the "
+        f"{report['dataset']['split']} split of {', '.join(report['dataset']['sources'])}; timed on "
+        f"{machine['cpu']} ({report['recipe']['threads'] or machine['torch_threads']} threads, load "
+        f"{machine.get('load_average_1min')}), {report['recipe']['latency_size']} px output, batch 1, "
+        "each run in its own process.",
+        "",
+        "## Stages",
+        "",
+        "| stage | model | params | GMAC | PSNR dB | SSIM | vs teacher dB | scored in | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    teacher = report["teacher"]
+    for row in [teacher, *report["stages"]]:
+        seconds = row.get("seconds")
+        lines.append(
+            f"| {row['name']} | {row['model']} | {row['params']:,} | {row['macs'] / 1e9:.2f} | "
+            f"{row['psnr']:.2f} | {row['ssim']:.4f} | {row['psnr'] - teacher['psnr']:+.2f} | "
+            f"{row.get('scored_in', 'torch fp32')} | "
+            f"{'' if seconds is None else f'{seconds:.0f}'} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | executed | p50 ms | p90 ms | p99 ms | peak MB | PSNR dB | vs teacher dB | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        if "error" in run:
+            lines.append(f"| {run['name']} | not measured: {run['error']} | | | | | | | |")
+            continue
+        latency = run["latency_ms"]
+        lines.append(
+            f"| {run['name']} | {run['executed_precision']} | {latency['p50']:.1f} | {latency['p90']:.1f} | "
+            f"{latency['p99']:.1f} | {run['peak_memory_mb']:.0f} | {run['psnr']:.2f} | "
+            f"{run['psnr_vs_teacher_db']:+.2f} | {run['speedup_vs_teacher_torch_fp32']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Baselines: "
+        + ", ".join(f"{b['name']} {b['psnr']:.2f} dB / {b['ssim']:.4f}" for b in report["baselines"]),
+    ]
+    fastest = report.get("fastest_at_equal_quality") or {}
+    if fastest:
+        lines += [
+            "",
+            "Fastest per runtime at the float model's quality: "
+            + "; ".join(
+                f"{runtime}: `{entry['run']}` ({entry['executed_precision']}, {entry['p50_ms']:.1f} ms, "
+                f"{entry['psnr_vs_float_db']:+.2f} dB vs float)"
+                for runtime, entry in fastest.items()
+            )
+            + ".",
+        ]
+    quantization = report.get("quantization")
+    if quantization:
+        gate = quantization["gate"]
+        lines += [
+            "",
+            "## INT8 attempts",
+            "",
+            f"Each attempt scored on the {gate['split']} split ({gate['slices_per_volume']} slices per "
+            f"volume) against the float model ({quantization['reference']['psnr']:.2f} dB); the stage's "
+            "gate: at most "
+            f"{gate['max_psnr_drop_db']} dB and {gate['max_ssim_drop']} SSIM lost.",
+            "",
+            "| runtime | attempt | convs kept in float | calibration slices | PSNR dB | vs float dB | met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for runtime, entry in quantization["runtimes"].items():
+            for i, attempt in enumerate(entry["attempts"]):
+                chosen = " (kept)" if i == entry["chosen"] else ""
+                lines.append(
+                    f"| {runtime} | {attempt['remedy']}{chosen} | {len(attempt['keep_fp'])} | "
+                    f"{attempt['calibration_slices']} | {attempt['psnr']:.2f} | "
+                    f"{-attempt['psnr_drop_db']:+.3f} | "
+                    f"{'yes' if attempt['met_gate'] else 'no'} |"
+                )
+    gate = report["gate"]
+    verdict = "passed" if gate["passed"] else "missed"
+    lines += [
+        "",
+        f"Gate {verdict}: the final model, {gate['final']}, loses {gate['psnr_drop_db']:.3f} dB PSNR "
+        f"(at most {gate['max_psnr_drop_db']}) and {gate['ssim_drop']:.4f} SSIM "
+        f"(at most {gate['max_ssim_drop']}) against the teacher in torch FP32.",
+        "",
+        f"Final model: `{report['final_model']}`",
+    ]
+    for name, path in report.get("artifacts", {}).items():
+        lines.append(f"- {name}: `{path}`")
+    lines.append("")
+    return "\n".join(lines)
