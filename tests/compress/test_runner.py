@@ -28,7 +28,8 @@ def _recipe(tmp_path, teacher, root, steps: int = 4) -> str:
     path = tmp_path / "tiny.yaml"
     path.write_text(
         f"teacher: {teacher}\ndata_root: {root}\neval_split: val\neval_slices: 1\nlatency_size: 32\n"
-        "latency_repeats: 2\nthreads: 1\nreport_runtimes: [torch]\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\nstages:\n"
+        "latency_repeats: 2\nthreads: 1\nreport_runtimes: [torch]\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
+        "stages:\n"
         f"  - kind: distill\n    student: rdn_tiny\n    steps: {steps}\n    batch_size: 2\n    patch: 8\n"
         "    eval_every: 2\n    warmup: 1\n"
     )
