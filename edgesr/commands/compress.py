@@ -24,6 +24,9 @@ class CompressConfig:
     recipe: str = opt("", "a recipe in recipes/ (by name) or a YAML file")
     out: str = opt("", "output folder (default: runs/compress/<recipe name>)")
     resume: bool = opt(False, "continue an interrupted run in out=, skipping finished stages")
+    card: str = opt(
+        "", "write the final model with its model card into this folder (edgesr/weights/<name> ships it)"
+    )
     overrides: tuple[str, ...] = field(
         default=(),
         metadata={"help": "every other key=value overrides the recipe (teacher=..., stages.0.steps=...)"},
@@ -39,6 +42,16 @@ def run_compress(cfg: CompressConfig) -> int:
     recipe = load_recipe(cfg.recipe, list(cfg.overrides))
     out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
     report = compress(recipe, out=out, resume=cfg.resume, console=console)
+    if cfg.card:
+        from edgesr.compress.card import write_student_card
+        from edgesr.data.dataset import PreparedDataset
+
+        command = " ".join(["edgesr compress", f"recipe={cfg.recipe}", *cfg.overrides])
+        dataset = PreparedDataset(recipe.data_root or None)
+        folder = write_student_card(
+            report, cfg.card, recipe_name=Path(cfg.recipe).stem, command=command, dataset=dataset
+        )
+        console.print(f"model and card written to {escape(str(folder))}")
     table = Table(
         title=f"{recipe.teacher}: {report['dataset']['split']} split, {report['dataset']['images']} slices"
     )

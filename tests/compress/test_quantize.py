@@ -4,6 +4,7 @@ NNCF INT8 model for OpenVINO, the gated stage with its remedies, and the report'
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import onnx
@@ -27,6 +28,7 @@ from edgesr.export.onnxruntime import OnnxRuntimePredictor
 from edgesr.export.openvino import OpenVinoPredictor
 from edgesr.models import create_model
 from edgesr.pipeline import TorchPredictor
+from edgesr.train.checkpoint import load_for_inference
 from tests.conftest import needs_real_data, save_model, spec_for
 
 pytest.importorskip("openvino")
@@ -184,8 +186,26 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
         capsys.readouterr()
     )  # the table on stdout (long names wrap in their cell), the verdict on stderr
     assert "1-quantize/" in terminal.out and "int8+" in terminal.out and "gate passed" in terminal.err
-    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    card = tmp_path / "ship" / "tiny-edge"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", f"card={card}"]) == 0
     assert "finished earlier" in capsys.readouterr().err
+    # The shipped student: the float model with its card, loadable like a teacher.
+    student, student_spec, _ = load_for_inference(card)
+    assert student_spec.sr is not None and student_spec.sr.scale == 2
+    shipped = json.loads((card / "model_card.json").read_text())
+    assert shipped["compression"]["stages"] == report["stages"] and shipped["evaluation"]["runs"]
+    assert shipped["weights"]["sha256"] and {d["name"] for d in shipped["data"]} == {"fake-mr"}
+    # The INT8 file is rebuilt from the shipped float model by the recorded command, to the same figures.
+    entry = shipped["quantization"]["onnxruntime"]
+    argv = shlex.split(entry["rebuild_command"])[1:]
+    argv = [a if not a.startswith("teacher=") else f"teacher={card}" for a in argv]
+    argv = [a if not a.startswith("recipe=") else f"recipe={recipe}" for a in argv]
+    argv = [a if not a.startswith("out=") else f"out={tmp_path / 'rebuilt'}" for a in argv]
+    assert main(argv) == 0
+    rebuilt = json.loads((tmp_path / "rebuilt" / "1-quantize" / "quantization.json").read_text())
+    [attempt] = rebuilt["runtimes"]["onnxruntime"]["attempts"]
+    assert attempt["keep_fp"] == entry["attempt"]["keep_fp"]
+    assert attempt["psnr"] == pytest.approx(entry["attempt"]["psnr"], abs=1e-3)
 
 
 def test_a_quantize_stage_must_come_last(tmp_path):
@@ -206,7 +226,6 @@ def test_a_quantized_teacher_stays_within_its_gate_on_real_slices(real_data_root
     """The shipped MR x2 teacher in OpenVINO INT8: what the stage reports is what the file delivers."""
     from edgesr.data.dataset import PreparedDataset
     from edgesr.teachers import teacher_path
-    from edgesr.train.checkpoint import load_for_inference
 
     model, spec, _ = load_for_inference(teacher_path("rdn-mr-x2"))
     dataset = PreparedDataset(real_data_root)

@@ -1,0 +1,101 @@
+"""The edge recipes against their targets (issue 11), as ratios measured within one report.
+
+    .venv/bin/python benchmarks/edge_recipes.py [RECIPE ...] [--run]
+
+For each recipe (default: every ``*_edge`` recipe) it reads ``runs/compress/<recipe>/report.json``;
+with ``--run`` it first runs (or resumes) ``edgesr compress recipe=<recipe>``, which takes an hour or
+more per recipe on 2 cores. Every ratio compares runs of one report (same machine, same images,
+each run timed in its own process), never figures from different runs:
+
+* speed-up of the fastest student run at the final model's quality vs the teacher in torch FP32;
+* speed-up vs the teacher in its best runtime at that runtime's default precision;
+* PSNR / SSIM lost vs the teacher in torch FP32 on the report's test slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Issue 11's bars: (speed-up vs teacher torch FP32, speed-up vs teacher's best runtime, max PSNR loss dB).
+TARGETS: dict[str, tuple[float, float | None, float]] = {
+    "rdn_mr_x2_edge": (10.0, 3.0, 0.15),
+    "rdn_mr_x4_edge": (10.0, 3.0, 0.15),
+    "rdn_ct_x2_edge": (10.0, 3.0, 0.15),
+    "srgan_mr_x4_edge": (4.0, None, float("inf")),  # judged on sharpness, not PSNR (see the recipe)
+    "modl_r4_edge": (3.0, None, 0.3),
+    "deepcomplex_r4_edge": (10.0, None, 0.3),
+}
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    runs = [r for r in report["runs"] if "error" not in r]
+    teacher_torch = next(r for r in runs if r["model"] == "teacher" and r["runtime"] == "torch")
+    # The teacher's runtime runs are each at that runtime's default precision (ONNX Runtime FP32,
+    # OpenVINO's own choice); the fastest of them and torch is the teacher at its best.
+    teacher_best = min(
+        (r for r in runs if r["model"] == "teacher"),
+        key=lambda r: r["latency_ms"]["p50"],
+        default=teacher_torch,
+    )
+    fastest = report.get("fastest_at_equal_quality") or {}
+    candidates = [r for r in runs if r["name"] in {entry["run"] for entry in fastest.values()}]
+    if not candidates:  # no runtime runs: the final model in torch
+        final = report["stages"][-1]["name"]
+        candidates = [r for r in runs if r["name"].startswith(f"{final}/")]
+    student = min(candidates, key=lambda r: r["latency_ms"]["p50"])
+    return {
+        "student_run": student["name"],
+        "executed": student["executed_precision"],
+        "vs_teacher_torch_fp32": teacher_torch["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+        "teacher_best_run": teacher_best["name"],
+        "vs_teacher_best": teacher_best["latency_ms"]["p50"] / student["latency_ms"]["p50"],
+        "psnr_loss_db": teacher_torch["psnr"] - student["psnr"],
+        "ssim_loss": teacher_torch["ssim"] - student["ssim"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("recipes", nargs="*", default=list(TARGETS))
+    parser.add_argument("--run", action="store_true", help="run or resume each recipe first")
+    args = parser.parse_args()
+    failed = False
+    for name in args.recipes:
+        out = ROOT / "runs" / "compress" / name
+        if args.run:
+            command = [sys.executable, "-m", "edgesr", "compress", f"recipe={name}", f"out={out}"]
+            if (out / "recipe.resolved.yaml").is_file():
+                command.append("resume=true")
+            subprocess.run(command, check=True, cwd=ROOT)
+        report_path = out / "report.json"
+        if not report_path.is_file():
+            print(f"{name}: no report at {report_path} (run with --run)")
+            continue
+        figures = summarise(json.loads(report_path.read_text(encoding="utf-8")))
+        speed, best, loss = TARGETS.get(name, (0.0, None, float("inf")))
+        met = figures["vs_teacher_torch_fp32"] >= speed and figures["psnr_loss_db"] <= loss
+        if best is not None:
+            met = met and figures["vs_teacher_best"] >= best
+        failed |= not met
+        print(
+            f"{name}: {figures['student_run']} ({figures['executed']}) "
+            f"{figures['vs_teacher_torch_fp32']:.2f}x vs teacher torch FP32 (target {speed}x), "
+            f"{figures['vs_teacher_best']:.2f}x vs {figures['teacher_best_run']}"
+            + (f" (target {best}x)" if best else "")
+            + f", PSNR -{figures['psnr_loss_db']:.3f} dB (target {loss}), SSIM -{figures['ssim_loss']:.4f}: "
+            + ("met" if met else "MISSED")
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

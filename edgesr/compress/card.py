@@ -1,0 +1,117 @@
+"""A compressed student as a shippable model: weights, checkpoint metadata and a model card.
+
+``edgesr compress recipe=NAME card=edgesr/weights/<teacher>-edge`` writes the final *torch* model of the
+run (an INT8 file is a runtime artifact, rebuilt from it) with ``model_card.json``:
+
+* how it was made: the resolved recipe, the command, each stage's figures and seconds;
+* the report's evaluation (test split, every runtime and precision, the baselines, the gate) with the
+  data set's fingerprint (the sha256 of every source file);
+* per runtime, the INT8 settings that the quantize stage chose (the convolutions kept in float, the
+  calibration slices, bias correction) and the command that rebuilds the INT8 file from the shipped
+  float model;
+* the weights' sha256.
+
+Shipped students load wherever a teacher does (``edgesr enhance model=rdn-mr-x2-edge``, the API).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from edgesr import __version__
+from edgesr._io import atomic_path, write_json_atomic
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import ConfigError
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata
+
+
+def _rebuild_command(
+    recipe_name: str, name: str, runtime: str, attempt: dict[str, Any], gate: dict[str, Any]
+) -> str:
+    """``edgesr compress`` with only the quantize stage, on the shipped float model, as it was chosen.
+
+    Bias correction, when chosen, is the one remedy left on: it runs only after plain PTQ misses the
+    gate, as it did when the attempt was chosen.
+    """
+    stage = (
+        f"{{kind: quantize, runtimes: [{runtime}], calibration_slices: {attempt['calibration_slices']}, "
+        f"keep_fp_patterns: [{', '.join(_exact(n) for n in attempt['keep_fp'])}], keep_fp_ends: 0, "
+        f"keep_fp_upsampler: false, remedies: {'[bias_correction]' if attempt['bias_correction'] else '[]'}, "
+        f"gate_psnr_drop_db: {gate['max_psnr_drop_db']}, gate_ssim_drop: {gate['max_ssim_drop']}, "
+        f"gate_slices: {gate['slices_per_volume']}}}"
+    )
+    return (
+        f"edgesr compress recipe={recipe_name} teacher={name} "
+        + shlex.quote(f"stages=[{stage}]")
+        + f" out=runs/compress/{name}-int8-{runtime}"
+    )
+
+
+def _exact(node: str) -> str:
+    return "'^" + node.replace(".", r"\.") + "$'"
+
+
+def write_student_card(
+    report: dict[str, Any], target: str | Path, *, recipe_name: str, command: str, dataset: PreparedDataset
+) -> Path:
+    """Writes the run's final float model and its card into ``target`` (see the module docstring)."""
+    target = Path(target)
+    source = Path(report["final_model"])
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"card={target} is the run's own model folder; choose another folder")
+    name = target.name
+    meta = read_metadata(source)
+    for key in ("optimizer", "scheduler"):
+        meta.pop(key, None)
+    weights = (source / MODEL_FILE).read_bytes()
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target / MODEL_FILE) as tmp:
+        tmp.write_bytes(weights)
+    write_json_atomic(target / META_FILE, meta)
+
+    quantization: dict[str, Any] = {}
+    summary = report.get("quantization") or {}
+    for runtime, entry in (summary.get("runtimes") or {}).items():
+        attempt = entry["attempts"][entry["chosen"]]
+        quantization[runtime] = {
+            "met_stage_gate": entry["met_gate"],
+            "attempt": attempt,
+            "rebuild_command": _rebuild_command(recipe_name, name, runtime, attempt, summary["gate"]),
+        }
+    card = {
+        "name": name,
+        "model": meta["model"],
+        "model_options": meta["model_options"],
+        "spec": meta.get("spec"),
+        "parameters": report["stages"][-1]["params"],
+        "macs_per_output": {"size": report["recipe"]["latency_size"], "macs": report["stages"][-1]["macs"]},
+        "compression": {
+            "teacher": report["recipe"]["teacher"],
+            "recipe": recipe_name,
+            "command": command,
+            "resolved_recipe": report["recipe"],
+            "stages": report["stages"],
+        },
+        "evaluation": {
+            "dataset": report["dataset"],
+            "baselines": report["baselines"],
+            "teacher": report["teacher"],
+            "runs": report["runs"],
+            "gate": report["gate"],
+            "fastest_at_equal_quality": report.get("fastest_at_equal_quality"),
+            "machine": report["machine"],
+        },
+        "quantization": quantization,
+        "data": [
+            {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
+            for v in dataset.manifest["volumes"]
+        ],
+        "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
+        "edgesr_version": __version__,
+    }
+    write_json_atomic(target / "model_card.json", json.loads(json.dumps(card)))
+    return target
