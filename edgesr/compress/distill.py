@@ -6,7 +6,12 @@ test-like images) and is pulled towards:
 
 * the teacher's output (``output_weight``, L1): the teacher's knowledge, including what it does where
   the ground truth is ambiguous;
-* the ground truth (``target_weight``, L1): keeps the student from copying the teacher's errors.
+* the ground truth (``target_weight``, L1): keeps the student from copying the teacher's errors;
+* optionally the teacher's features at named layers (``feature_layers``, ``feature_weight``, L1): the
+  output of each named module in the student is matched to the same-named module in the teacher,
+  through a learned 1x1 convolution where their widths differ (a pruned or narrower student). The
+  adapters are trained with the student and checkpointed with it (``fit``'s ``extra_state``), but
+  they are not part of the student and are not shipped.
 
 Recon students keep the data-consistency structure: they are recon models (fewer unrolls, CG steps or
 blocks are student options), fed exactly as the teacher is.
@@ -25,6 +30,7 @@ from torch import nn
 
 from edgesr.data.dataset import PreparedDataset
 from edgesr.device import bf16_autocast
+from edgesr.errors import ConfigError
 from edgesr.evaluate import ReconAcquisition, validate
 from edgesr.spec import ModelSpec
 from edgesr.train.config import OptimSection
@@ -65,20 +71,121 @@ class DistillSettings:
     val_slices: int = 6
     seed: int = 0
     amp: bool = True
+    feature_layers: tuple[str, ...] = ()
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("distill: steps, batch_size and eval_every must be at least 1")
+        if self.feature_weight < 0 or (self.feature_weight > 0 and not self.feature_layers):
+            raise ValueError("distill: feature_weight must be >= 0, and > 0 only with feature_layers")
         if self.output_weight < 0 or self.target_weight < 0 or self.output_weight + self.target_weight == 0:
             raise ValueError("distill: output_weight and target_weight must be >= 0, not both 0")
 
 
-class DistillationObjective:
-    """L1 to the frozen teacher's output plus L1 to the ground truth, on one batch."""
+class FeatureMatcher(nn.Module):
+    """Captures named layers' outputs in a teacher and a student, and scores the student's against them.
 
-    def __init__(self, teacher: nn.Module, settings: DistillSettings, device: torch.device) -> None:
+    Args:
+        teacher, student: the two networks (the student may be DDP-wrapped later: hooks sit on its
+            modules, which the wrapper calls).
+        layers: module names present in both (``blocks.2``, ``global_fusion``).
+        example_inputs: one input of the networks, run once to learn each layer's widths.
+
+    A layer whose student width differs from the teacher's gets a 1x1 convolution (student -> teacher
+    channels), initialised to copy the first channels; equal widths are compared directly.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        layers: tuple[str, ...],
+        example_inputs: tuple[torch.Tensor, ...],
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        self._captured: dict[str, dict[str, torch.Tensor]] = {"teacher": {}, "student": {}}
+        self._hooks = []
+        for role, network in (("teacher", teacher), ("student", student)):
+            modules = dict(network.named_modules())
+            for name in layers:
+                if name not in modules or not name:
+                    raise ConfigError(
+                        f"stages.feature_layers: the {role} has no layer {name!r}; its top-level layers are "
+                        + ", ".join(n for n in modules if n and "." not in n)
+                    )
+                self._hooks.append(modules[name].register_forward_hook(self._capture(role, name)))
+        modes = (teacher.training, student.training)
+        teacher.eval(), student.eval()  # a probe must not move batch-norm statistics
+        with torch.no_grad():
+            teacher(*example_inputs)
+            student(*example_inputs)
+        teacher.train(modes[0]), student.train(modes[1])
+        self.adapters = nn.ModuleDict()
+        for name in layers:
+            t, s = self._captured["teacher"][name], self._captured["student"][name]
+            if t.dim() != 4 or s.dim() != 4 or t.shape[-2:] != s.shape[-2:]:
+                raise ConfigError(
+                    f"stages.feature_layers: {name!r} gives teacher {tuple(t.shape)} and student "
+                    f"{tuple(s.shape)}; feature distillation needs [B, C, H, W] maps of the same size"
+                )
+            if t.shape[1] != s.shape[1]:
+                adapter = nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)
+                with torch.no_grad():
+                    adapter.weight.zero_()
+                    for c in range(min(s.shape[1], t.shape[1])):
+                        adapter.weight[c, c] = 1.0
+                self.adapters[_key(name)] = adapter
+        self.clear()
+
+    def _capture(self, role: str, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            self._captured[role][name] = output
+
+        return hook
+
+    def clear(self) -> None:
+        self._captured = {"teacher": {}, "student": {}}
+
+    def loss(self) -> torch.Tensor:
+        """Mean L1 over the layers between the (adapted) student features and the teacher's."""
+        terms = []
+        for name in self.layers:
+            student = self._captured["student"][name].float()
+            if _key(name) in self.adapters:
+                student = self.adapters[_key(name)](student)
+            terms.append(F.l1_loss(student, self._captured["teacher"][name].float().detach()))
+        self.clear()
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+
+
+def _key(layer: str) -> str:
+    return layer.replace(".", "__")  # ModuleDict keys cannot hold dots
+
+
+class DistillationObjective:
+    """L1 to the frozen teacher's output, L1 to the ground truth, and (optionally) to its features.
+
+    With ``features``, the adapters' gradients come from the same backward pass as the student's; their
+    optimiser steps at the start of the next call (one step behind, which the loop cannot see).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        settings: DistillSettings,
+        device: torch.device,
+        features: FeatureMatcher | None = None,
+        feature_optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.settings, self.device = settings, device
+        self.features, self.feature_optimizer = features, feature_optimizer
 
     def __call__(
         self, model: nn.Module, batch: SRBatch | ReconBatch, step: int
@@ -95,7 +202,15 @@ class DistillationObjective:
         to_teacher = F.l1_loss(pred, taught)
         to_target = F.l1_loss(pred, target)
         loss = self.settings.output_weight * to_teacher + self.settings.target_weight * to_target
-        return loss, {"to_teacher": to_teacher.item(), "to_target": to_target.item()}
+        parts = {"to_teacher": to_teacher.item(), "to_target": to_target.item()}
+        if self.features is not None:
+            if self.feature_optimizer is not None:  # the previous step's adapter gradients
+                self.feature_optimizer.step()
+                self.feature_optimizer.zero_grad(set_to_none=True)
+            to_features = self.features.loss()
+            loss = loss + self.settings.feature_weight * to_features
+            parts["to_features"] = to_features.item()
+        return loss, parts
 
 
 def distillation_batches(
@@ -165,6 +280,16 @@ def distill(
     student = student.to(env.device)
     optim = OptimSection(steps=settings.steps, lr=settings.lr, warmup=min(settings.warmup, settings.steps))
     optimizer, scheduler = adamw_warmup_cosine(student.parameters(), optim)
+    features: FeatureMatcher | None = None
+    extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}
+    if settings.feature_layers:
+        from edgesr.bench.timing import latency_inputs
+
+        example = tuple(t.to(env.device) for t in latency_inputs(spec, 32).values())
+        features = FeatureMatcher(teacher, student, settings.feature_layers, example).to(env.device)
+        if len(features.adapters):  # equal widths need no adapter, hence nothing to train or save
+            feature_optimizer = torch.optim.AdamW(features.parameters(), lr=settings.lr, weight_decay=0.0)
+            extra_state["feature_adapters"] = (features, feature_optimizer)
     acquisition = ReconAcquisition(4.0, n_coils=spec.recon.coils or 8) if spec.recon is not None else None
 
     def validator(model: nn.Module) -> dict[str, float]:
@@ -172,27 +297,34 @@ def distill(
             model, dataset, spec, device=env.device, max_slices=settings.val_slices, acquisition=acquisition
         )
 
-    fit(
-        student,
-        DistillationObjective(teacher, settings, env.device),
-        distillation_batches(spec, dataset, settings),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        settings=FitSettings(
-            steps=settings.steps,
-            eval_every=settings.eval_every,
-            log_every=max(1, min(50, settings.eval_every)),
-            clip=1.0,
-            description=f"distil {student_name}",
-        ),
-        out=out,
-        checkpoint=CheckpointInfo(
-            model_name=student_name, model_options=student_options, spec=spec, config=config or {}
-        ),
-        env=env,
-        validate=validator,
-        resume=resume,
-        stop_at=stop_at,
-        console=console,
-    )
+    try:
+        fit(
+            student,
+            DistillationObjective(
+                teacher, settings, env.device, features, extra_state.get("feature_adapters", (None, None))[1]
+            ),
+            distillation_batches(spec, dataset, settings),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            settings=FitSettings(
+                steps=settings.steps,
+                eval_every=settings.eval_every,
+                log_every=max(1, min(50, settings.eval_every)),
+                clip=1.0,
+                description=f"distil {student_name}",
+            ),
+            out=out,
+            checkpoint=CheckpointInfo(
+                model_name=student_name, model_options=student_options, spec=spec, config=config or {}
+            ),
+            env=env,
+            validate=validator,
+            extra_state=extra_state,
+            resume=resume,
+            stop_at=stop_at,
+            console=console,
+        )
+    finally:
+        if features is not None:
+            features.remove()  # the student leaves without hooks (export, inference)
     return student

@@ -52,6 +52,10 @@ class Stage:
     output_weight: float = opt(1.0, "distill: weight of L1 to the teacher's output")
     target_weight: float = opt(0.5, "distill: weight of L1 to the ground truth")
     eval_every: int = opt(250, "distill: validate and checkpoint every N steps")
+    feature_layers: list[str] = opt(
+        [], "distill: module names whose outputs the student matches to the teacher's (e.g. blocks.2)"
+    )
+    feature_weight: float = opt(0.0, "distill: weight of L1 to the teacher's features at feature_layers")
     runtimes: list[str] = opt(
         ["openvino", "onnxruntime"],
         "quantize: INT8 artifacts to build (TensorRT reads the onnxruntime QDQ file)",
@@ -84,6 +88,9 @@ class Stage:
         check_range("stages.batch_size", self.batch_size, low=1)
         check_range("stages.eval_every", self.eval_every, low=1)
         check_range("stages.lr", self.lr, low=0.0)
+        check_range("stages.feature_weight", self.feature_weight, low=0.0)
+        if self.feature_weight > 0 and not self.feature_layers:
+            raise ConfigError("stages.feature_weight > 0 needs stages.feature_layers (the layers to match)")
         for runtime in self.runtimes:
             check_choice("stages.runtimes", runtime, QUANTIZE_RUNTIMES)
         if self.kind == "quantize" and not self.runtimes:

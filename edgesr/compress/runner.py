@@ -151,6 +151,8 @@ def _run_stage(
         steps=stage.steps, lr=stage.lr, warmup=stage.warmup, batch_size=stage.batch_size, patch=stage.patch,
         crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
         eval_every=stage.eval_every, seed=recipe.seed + index,
+        feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
+        feature_weight=stage.feature_weight,
     )  # fmt: skip
     run_dir = folder / "run"
     distill(

@@ -136,3 +136,35 @@ def test_an_interrupted_stage_resumes_where_it_stopped(
     assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
     log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "to_teacher" in r] == [2, 4]  # continued (a restart logs 2 twice)
+
+
+def test_feature_distillation_matches_named_layers_through_adapters(tiny_dataset, tiny_teacher, tmp_path):
+    """rdn_tiny (16 features) taught by rdn_lite-width features: 1x1 adapters where widths differ,
+    trained and checkpointed with the student; an unknown layer names itself."""
+    from edgesr.bench.timing import latency_inputs
+    from edgesr.compress.distill import FeatureMatcher
+
+    teacher, spec, _ = load_for_inference(tiny_teacher)
+    student = create_model("rdn_lite", scale=2)
+    example = tuple(latency_inputs(spec, 32).values())
+    matcher = FeatureMatcher(teacher, student, ("blocks.1", "global_fusion"), example)
+    assert set(matcher.adapters) == {"blocks__1", "global_fusion"}  # 32 student -> 16 teacher channels
+    teacher(*example), student(*example)
+    assert matcher.loss().item() > 0
+    matcher.remove()
+    with pytest.raises(ConfigError, match="no layer 'blocks.7'"):
+        FeatureMatcher(teacher, student, ("blocks.7",), example)
+
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "features"
+    argv = ["compress", f"recipe={recipe}", f"out={out}", "stages.0.student=rdn_lite",
+            "stages.0.feature_layers=[blocks.1,global_fusion]", "stages.0.feature_weight=0.5"]  # fmt: skip
+    assert main(argv) == 0
+    log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("to_features" in r for r in log)
+    assert (out / "1-distill" / "run" / "feature_adapters").is_dir()  # resumable with the student
+    model, _, meta = load_for_inference(out / "1-distill" / "model")
+    assert meta["model"] == "rdn_lite" and not model._forward_hooks  # shipped without adapters or hooks
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ConfigError, match="feature_layers"):
+        load_recipe(recipe, ["stages.0.feature_weight=0.5"])
