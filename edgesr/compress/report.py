@@ -198,6 +198,7 @@ def build_report(
         "machine": machine_info() | _runtime_versions(),
         "runs": runs,
         "fastest_at_equal_quality": deployment,
+        "trade_off": _trade_off(measured, teacher_row, stage_rows),
         "quantization": final.quantization,
         "final_model": str(final.folder),
         "artifacts": {k: str(v) for k, v in final.artifacts.items()},
@@ -231,6 +232,29 @@ def _fastest_at_equal_quality(
                 "psnr_vs_float_db": round(run["psnr"] - reference["psnr"], 3),
             }  # fmt: skip
     return chosen
+
+
+def _trade_off(
+    runs: list[dict[str, Any]],
+    teacher_row: dict[str, Any],
+    stage_rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One point per measured run: (size, precision) -> (latency, quality), for a Pareto plot.
+
+    The size axis is the fraction of the teacher's MACs and parameters that the model keeps (1 for the
+    teacher, about 0.25 for a 50% channel prune); the precision axis is what the runtime executed.
+    """
+    rows = {"teacher": teacher_row} | {row["name"]: row for row in stage_rows}
+    points = []
+    for run in runs:
+        row = rows[run["name"].split("/")[0]]
+        points.append(
+            {"run": run["name"], "macs_fraction": round(row["macs"] / teacher_row["macs"], 4),
+             "params_fraction": round(row["params"] / teacher_row["params"], 4), "runtime": run["runtime"],
+             "executed_precision": run["executed_precision"], "p50_ms": run["latency_ms"]["p50"],
+             "psnr": run["psnr"], "ssim": run["ssim"]}
+        )  # fmt: skip
+    return points
 
 
 def _asdict(recipe: Recipe) -> dict[str, Any]:

@@ -176,6 +176,8 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
     )
     [stage] = report["stages"]
     assert stage["scored_in"].endswith("int8") and stage["macs"] > 0
+    assert [p["run"] for p in report["trade_off"]] == names  # one (size, precision) point per run
+    assert {p["macs_fraction"] for p in report["trade_off"]} == {1.0}  # quantizing keeps every MAC
     assert report["quantization"]["runtimes"].keys() == {"openvino", "onnxruntime"}
     assert (out / "1-quantize" / "openvino" / "model.xml").is_file()
     assert (out / "1-quantize" / "openvino" / "model.bin").is_file()

@@ -1,0 +1,62 @@
+"""The rdn-mr-x2 trade-off sweep: prune ratio x precision, one quick-start run per ratio.
+
+    .venv/bin/python benchmarks/prune_sweep.py [--ratios 0.25 0.5 0.75] [--steps 900]
+
+Each ratio runs ``edgesr compress recipe=quickstart stages.0.ratio=R`` (about 7 minutes on 2 cores)
+into ``runs/compress/sweep/ratio-R`` (resumed if present); every report contributes its ``trade_off``
+points (teacher and student in torch, ONNX Runtime and OpenVINO, FP32/BF16/INT8). The merged points,
+each with its ratio, go to ``runs/compress/sweep/trade_off.json`` for a Pareto plot. Latencies are
+compared as ratios to the teacher in torch FP32 *of the same report* (each report times its own
+teacher), so runs made at different machine loads stay comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--steps", type=int, default=900, help="distillation steps after each prune")
+    args = parser.parse_args()
+    sweep = ROOT / "runs" / "compress" / "sweep"
+    points = []
+    for ratio in args.ratios:
+        out = sweep / f"ratio-{ratio:g}"
+        command = [sys.executable, "-m", "edgesr", "compress", "recipe=quickstart", f"out={out}",
+                   f"stages.0.ratio={ratio}", f"stages.0.steps={args.steps}"]  # fmt: skip
+        if (out / "recipe.resolved.yaml").is_file():
+            command.append("resume=true")
+        subprocess.run(command, check=True, cwd=ROOT)
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        reference = next(r for r in report["runs"] if r["name"] == "teacher/torch/fp32")
+        teacher_ms = reference["latency_ms"]["p50"]
+        for point in report["trade_off"]:
+            is_teacher = point["run"].startswith("teacher/")
+            points.append(
+                point | {"prune_ratio": 0.0 if is_teacher else ratio,
+                         "speedup_vs_teacher_torch_fp32": round(teacher_ms / point["p50_ms"], 2),
+                         "psnr_vs_teacher_db": round(point["psnr"] - reference["psnr"], 3)}
+            )  # fmt: skip
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "trade_off.json").write_text(json.dumps(points, indent=1), encoding="utf-8")
+    print(f"{'ratio':>6} {'run':<32} {'executed':<10} {'speed-up':>9} {'dB vs teacher':>14}")
+    for p in points:
+        print(
+            f"{p['prune_ratio']:>6g} {p['run']:<32} {p['executed_precision']:<10} "
+            f"{p['speedup_vs_teacher_torch_fp32']:>8.2f}x {p['psnr_vs_teacher_db']:>+14.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
