@@ -7,6 +7,10 @@ test-like images) and is pulled towards:
 * the teacher's output (``output_weight``, L1): the teacher's knowledge, including what it does where
   the ground truth is ambiguous;
 * the ground truth (``target_weight``, L1): keeps the student from copying the teacher's errors;
+* for GAN teachers (SRGAN), optionally the perceptual distance to the teacher's output
+  (``perceptual_weight``, edgesr's feature network, as in the teacher's training) and an adversarial
+  term (``adversarial_weight``) from a discriminator trained alongside on the ground truth against the
+  student, so that the student keeps the teacher's texture rather than the blur that L1 favours;
 * optionally the teacher's features at named layers (``feature_layers``, ``feature_weight``, L1): the
   output of each named module in the student is matched to the same-named module in the teacher,
   through a learned 1x1 convolution where their widths differ (a pruned or narrower student). The
@@ -19,6 +23,7 @@ blocks are student options), fed exactly as the teacher is.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,15 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from edgesr.data.dataset import PreparedDataset
 from edgesr.device import bf16_autocast
 from edgesr.errors import ConfigError
 from edgesr.evaluate import ReconAcquisition, validate
+from edgesr.losses import discriminator_loss, generator_adversarial_loss
+from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder
+from edgesr.models.srgan import Discriminator
 from edgesr.spec import ModelSpec
 from edgesr.train.config import OptimSection
 from edgesr.train.data import ReconBatch, ReconBatches, SRBatch, SRBatches
@@ -73,12 +82,18 @@ class DistillSettings:
     amp: bool = True
     feature_layers: tuple[str, ...] = ()
     feature_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    adversarial_weight: float = 0.0
+    disc_lr: float = 1e-4
+    perceptual_steps: int = 1500
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("distill: steps, batch_size and eval_every must be at least 1")
         if self.feature_weight < 0 or (self.feature_weight > 0 and not self.feature_layers):
             raise ValueError("distill: feature_weight must be >= 0, and > 0 only with feature_layers")
+        if self.perceptual_weight < 0 or self.adversarial_weight < 0:
+            raise ValueError("distill: perceptual_weight and adversarial_weight must be >= 0")
         if self.output_weight < 0 or self.target_weight < 0 or self.output_weight + self.target_weight == 0:
             raise ValueError("distill: output_weight and target_weight must be >= 0, not both 0")
 
@@ -182,10 +197,15 @@ class DistillationObjective:
         device: torch.device,
         features: FeatureMatcher | None = None,
         feature_optimizer: torch.optim.Optimizer | None = None,
+        perceptual: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+        disc_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.settings, self.device = settings, device
         self.features, self.feature_optimizer = features, feature_optimizer
+        self.perceptual = perceptual
+        self.discriminator, self.disc_optimizer = discriminator, disc_optimizer
 
     def __call__(
         self, model: nn.Module, batch: SRBatch | ReconBatch, step: int
@@ -203,6 +223,19 @@ class DistillationObjective:
         to_target = F.l1_loss(pred, target)
         loss = self.settings.output_weight * to_teacher + self.settings.target_weight * to_target
         parts = {"to_teacher": to_teacher.item(), "to_target": to_target.item()}
+        if self.perceptual is not None:  # the teacher's output, not the ground truth: its texture
+            to_texture = self.perceptual(pred, taught)
+            loss = loss + self.settings.perceptual_weight * to_texture
+            parts["perceptual"] = to_texture.item()
+        if self.discriminator is not None and self.disc_optimizer is not None:
+            # One discriminator step (ground truth vs the detached student), then the student's term.
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss = discriminator_loss(self.discriminator, target, pred, "standard")
+            d_loss.backward()
+            self.disc_optimizer.step()
+            g_adv = generator_adversarial_loss(self.discriminator(pred), "standard")
+            loss = loss + self.settings.adversarial_weight * g_adv
+            parts |= {"adversarial": g_adv.item(), "discriminator": d_loss.item()}
         if self.features is not None:
             if self.feature_optimizer is not None:  # the previous step's adapter gradients
                 self.feature_optimizer.step()
@@ -211,6 +244,35 @@ class DistillationObjective:
             loss = loss + self.settings.feature_weight * to_features
             parts["to_features"] = to_features.item()
         return loss, parts
+
+
+def _gan_terms(
+    spec: ModelSpec,
+    dataset: PreparedDataset,
+    settings: DistillSettings,
+    env: DistEnv,
+    console: Console | None,
+    extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]],
+) -> tuple[nn.Module | None, nn.Module | None, torch.optim.Optimizer | None]:
+    """The perceptual loss and the discriminator of a GAN distillation (SR only), when asked for."""
+    if spec.sr is None and (settings.perceptual_weight > 0 or settings.adversarial_weight > 0):
+        raise ConfigError("stages.perceptual_weight/adversarial_weight: texture terms are for SR students")
+    perceptual: nn.Module | None = None
+    if settings.perceptual_weight > 0:
+        status = console.status("edgesr's feature network (once per data set)") if console else nullcontext()
+        with status:
+            encoder = cached_feature_encoder(
+                dataset, dataset.path / "features", steps=settings.perceptual_steps
+            )
+        perceptual = PerceptualLoss(encoder).to(env.device)
+    if settings.adversarial_weight <= 0:
+        return perceptual, None, None
+    discriminator: nn.Module = Discriminator(in_channels=1, features=32, norm="batch").to(env.device)
+    disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=settings.disc_lr, betas=(0.5, 0.999))
+    extra_state["discriminator"] = (discriminator, disc_optimizer)
+    if env.world_size > 1:
+        discriminator = DistributedDataParallel(discriminator)
+    return perceptual, discriminator, disc_optimizer
 
 
 def distillation_batches(
@@ -290,6 +352,7 @@ def distill(
         if len(features.adapters):  # equal widths need no adapter, hence nothing to train or save
             feature_optimizer = torch.optim.AdamW(features.parameters(), lr=settings.lr, weight_decay=0.0)
             extra_state["feature_adapters"] = (features, feature_optimizer)
+    perceptual, discriminator, disc_optimizer = _gan_terms(spec, dataset, settings, env, console, extra_state)
     acquisition = ReconAcquisition(4.0, n_coils=spec.recon.coils or 8) if spec.recon is not None else None
 
     def validator(model: nn.Module) -> dict[str, float]:
@@ -301,8 +364,15 @@ def distill(
         fit(
             student,
             DistillationObjective(
-                teacher, settings, env.device, features, extra_state.get("feature_adapters", (None, None))[1]
-            ),
+                teacher,
+                settings,
+                env.device,
+                features,
+                extra_state.get("feature_adapters", (None, None))[1],
+                perceptual,
+                discriminator,
+                disc_optimizer,
+            ),  # fmt: skip
             distillation_batches(spec, dataset, settings),
             optimizer=optimizer,
             scheduler=scheduler,

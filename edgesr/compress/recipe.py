@@ -56,6 +56,17 @@ class Stage:
         [], "distill: module names whose outputs the student matches to the teacher's (e.g. blocks.2)"
     )
     feature_weight: float = opt(0.0, "distill: weight of L1 to the teacher's features at feature_layers")
+    perceptual_weight: float = opt(
+        0.0, "distill (SR): weight of the perceptual distance to the teacher's output (GAN teachers' texture)"
+    )
+    adversarial_weight: float = opt(
+        0.0, "distill (SR): weight of the adversarial term (a discriminator trained on the ground truth)"
+    )
+    disc_lr: float = opt(1e-4, "distill: the discriminator's learning rate (adversarial_weight > 0)")
+    perceptual_steps: int = opt(
+        1500,
+        "distill: training steps of edgesr's feature network (once per data set, cached; as edgesr train)",
+    )
     runtimes: list[str] = opt(
         ["openvino", "onnxruntime"],
         "quantize: INT8 artifacts to build (TensorRT reads the onnxruntime QDQ file)",
@@ -89,6 +100,9 @@ class Stage:
         check_range("stages.eval_every", self.eval_every, low=1)
         check_range("stages.lr", self.lr, low=0.0)
         check_range("stages.feature_weight", self.feature_weight, low=0.0)
+        check_range("stages.perceptual_weight", self.perceptual_weight, low=0.0)
+        check_range("stages.adversarial_weight", self.adversarial_weight, low=0.0)
+        check_range("stages.perceptual_steps", self.perceptual_steps, low=1)
         if self.feature_weight > 0 and not self.feature_layers:
             raise ConfigError("stages.feature_weight > 0 needs stages.feature_layers (the layers to match)")
         for runtime in self.runtimes:

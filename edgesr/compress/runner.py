@@ -152,7 +152,9 @@ def _run_stage(
         crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
         eval_every=stage.eval_every, seed=recipe.seed + index,
         feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
-        feature_weight=stage.feature_weight,
+        feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
+        adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
+        perceptual_steps=stage.perceptual_steps,
     )  # fmt: skip
     run_dir = folder / "run"
     distill(

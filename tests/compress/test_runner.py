@@ -168,3 +168,24 @@ def test_feature_distillation_matches_named_layers_through_adapters(tiny_dataset
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(ConfigError, match="feature_layers"):
         load_recipe(recipe, ["stages.0.feature_weight=0.5"])
+
+
+def test_gan_distillation_trains_a_discriminator_and_matches_texture(tiny_dataset, tmp_path):
+    """SRGAN students: the perceptual distance to the teacher's output and an adversarial term; the
+    discriminator is checkpointed with the run (resumable) and not shipped with the student."""
+    torch.manual_seed(0)
+    teacher = save_model(tmp_path / "gan", create_model("srgan_tiny", scale=2), "srgan_tiny", {"scale": 2})
+    recipe = _recipe(tmp_path, teacher, tiny_dataset.path.parent)
+    out = tmp_path / "gan-out"
+    argv = ["compress", f"recipe={recipe}", f"out={out}", "stages.0.student=srgan_tiny",
+            "stages.0.perceptual_weight=1.0", "stages.0.adversarial_weight=1e-3",
+            "stages.0.perceptual_steps=5"]  # fmt: skip
+    assert main(argv) == 0
+    log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
+    parts = next(r for r in log if "to_teacher" in r)
+    assert {"perceptual", "adversarial", "discriminator"} <= parts.keys()
+    assert (out / "1-distill" / "run" / "discriminator").is_dir()
+    model, _, meta = load_for_inference(out / "1-distill" / "model")
+    assert meta["model"] == "srgan_tiny"
+    with pytest.raises(ConfigError, match="stages.adversarial_weight"):
+        load_recipe(recipe, ["stages.0.adversarial_weight=-1"])
