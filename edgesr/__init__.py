@@ -23,7 +23,7 @@ from edgesr.data.images import ImageVolume, load_image  # noqa: E402
 from edgesr.data.kspace import KSpaceVolume, load_kspace  # noqa: E402
 from edgesr.errors import ConfigError, DataError, EdgesrError  # noqa: E402
 from edgesr.spec import ModelSpec  # noqa: E402
-from edgesr.teachers import list_teachers, teacher_path  # noqa: E402
+from edgesr.teachers import list_shipped, list_students, list_teachers, teacher_path  # noqa: E402
 
 # Imported on first use: they load torch, which a command like `edgesr --help` does not need.
 _LAZY = {
@@ -56,6 +56,8 @@ __all__ = [
     "__version__",
     "finish",
     "infer",
+    "list_shipped",
+    "list_students",
     "list_teachers",
     "load_for_inference",
     "load_image",

@@ -120,7 +120,7 @@ def test_bad_input_leaves_an_existing_output_untouched(tmp_path, sr_checkpoint, 
         == 2
     )
     assert main(["enhance", "model=rdn-mr-x9", f"input={tmp_path / 'bad.npy'}", f"output={out}"]) == 2
-    assert "no shipped teacher" in capsys.readouterr().err
+    assert "no shipped model" in capsys.readouterr().err
     assert (
         sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     )  # no temporary left over

@@ -21,7 +21,7 @@ from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.physics.degrade import upsampled_affine
 from edgesr.pipeline import DEFAULT_TILE, TorchPredictor, finish, prepare_recon, prepare_sr, run
 from edgesr.spec import UNITS
-from edgesr.teachers import list_teachers, teacher_path
+from edgesr.teachers import list_shipped, teacher_path
 from edgesr.train.checkpoint import load_for_inference
 
 RECON_WRITABLE = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")  # a magnitude volume: no 8/16-bit PNG
@@ -52,7 +52,7 @@ class EnhanceConfig:
             raise ConfigError("input= and output= are required")
         if bool(self.model) == bool(self.checkpoint):
             raise ConfigError(
-                f"give exactly one of model= (shipped: {', '.join(list_teachers()) or 'none'}) or checkpoint="
+                f"give exactly one of model= (shipped: {', '.join(list_shipped()) or 'none'}) or checkpoint="
             )
         check_choice("units", self.units, UNITS)
         check_range("tile", self.tile, low=0)
