@@ -29,9 +29,11 @@ way and the result says which attempt met the gate, or that none did and the bes
 from __future__ import annotations
 
 import ast
+import logging
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -222,7 +224,11 @@ def quantize_onnxruntime(
             return next(self._items, None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    # ONNX Runtime logs (twice, on the root logger) that the model should be pre-processed with its
+    # symbolic shape inference first; that inference fails on dynamo exports ("Incomplete symbolic shape
+    # inference"), so the advice is dropped here rather than shown to every user.
+    advice = _DropMessage("consider to run pre-processing", "consider pre-processing")
+    with _root_filter(advice), atomic_path(out) as tmp:
         quantize_static(
             str(onnx_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
@@ -230,6 +236,24 @@ def quantize_onnxruntime(
             nodes_to_exclude=list(keep_fp), calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
     return out
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextmanager
+def _root_filter(log_filter: logging.Filter) -> Iterator[None]:
+    logging.getLogger().addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(log_filter)
 
 
 def quantize_openvino(
@@ -245,8 +269,6 @@ def quantize_openvino(
     addition ``<name>``, so both are ignored. ``bias_correction`` selects NNCF's full bias correction
     instead of its fast variant.
     """
-    import logging
-
     import nncf
     import openvino
 
