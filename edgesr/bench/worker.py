@@ -73,13 +73,10 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     elif runtime == "onnxruntime":
         import onnxruntime
 
-        from edgesr.export.onnxruntime import OnnxRuntimePredictor
+        from edgesr.export.onnxruntime import OnnxRuntimePredictor, executed_precision
 
         predictor = OnnxRuntimePredictor(request["model"], threads=threads)
-        # ONNX Runtime's CPU provider runs float32 graphs in float32 and QDQ graphs' convolutions in
-        # INT8 (its graph optimiser fuses DequantizeLinear-Conv-QuantizeLinear into QLinearConv).
-        executed = "int8" if precision == "int8" else "fp32"
-        version = onnxruntime.__version__
+        executed, version = executed_precision(request["model"]), onnxruntime.__version__
     elif runtime == "openvino":
         import openvino
 

@@ -73,3 +73,31 @@ class OnnxRuntimePredictor:
         }
         (output,) = self._session.run([self._output_name], feeds)
         return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
+
+
+_INTEGER_CONVS = {"QLinearConv", "ConvInteger"}
+
+
+def executed_precision(path: str | Path) -> str:
+    """What ONNX Runtime's CPU provider runs a graph's convolutions in: ``fp32``, ``int8`` or ``int8+fp32``.
+
+    A QDQ file only *asks* for INT8: ONNX Runtime runs a convolution in INT8 when its graph optimiser
+    fuses DequantizeLinear -> Conv -> QuantizeLinear into ``QLinearConv``, and in float otherwise. So
+    the graph is optimised as a session would optimise it, saved to a temporary file, and counted.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as folder:
+        optimized = Path(folder) / "optimized.onnx"
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3  # the "hardware-specific optimisations" notice is expected here
+        onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    integer = sum(op in _INTEGER_CONVS for op in ops)
+    floating = sum(op == "Conv" for op in ops)
+    return "+".join(["int8"] * bool(integer) + ["fp32"] * bool(floating or not integer))
