@@ -65,7 +65,7 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "compress",
-            "compress a teacher by a recipe (distillation, pruning; INT8 arrives with the compression issue)",
+            "compress a teacher by a recipe (distillation, pruning, INT8) and report every runtime",
             CompressConfig,
             run_compress,
         ),
