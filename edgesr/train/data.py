@@ -18,6 +18,7 @@ processes when asked.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -253,5 +254,10 @@ def batch_stream(
         prefetch_factor=4,
         pin_memory=pin_memory,
         worker_init_fn=_one_thread_per_worker,
+        # Workers start from a clean server process, not by forking this one: a fork copies a process
+        # whose thread pools (OpenVINO's oneTBB after a quantize stage, OpenMP, CUDA) are not
+        # fork-safe, and the test suite crashed that way once (a segfault after OpenVINO had run).
+        multiprocessing_context="forkserver" if "forkserver" in mp.get_all_start_methods() else None,
+        persistent_workers=False,
     )
     yield from loader

@@ -31,9 +31,6 @@ from edgesr.pipeline import TorchPredictor
 from edgesr.train.checkpoint import load_for_inference
 from tests.conftest import needs_real_data, save_model, spec_for
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
