@@ -29,6 +29,7 @@ way and the result says which attempt met the gate, or that none did and the bes
 from __future__ import annotations
 
 import ast
+import gc
 import logging
 import re
 import shutil
@@ -278,11 +279,17 @@ def quantize_openvino(
     # Only convolutions are quantized (as in the ONNX Runtime artifact): the residual and skip
     # additions and any data consistency stay in float.
     other_types = sorted({op.get_type_name() for op in model.get_ordered_ops()} - {"Convolution"})
-    return nncf.quantize(
+    quantized = nncf.quantize(
         model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
         fast_bias_correction=not bias_correction,
         ignored_scope=nncf.IgnoredScope(patterns=patterns, types=other_types, validate=False),
     )  # fmt: skip
+    # NNCF's statistics pass leaves compiled OpenVINO models in reference cycles. Freed by the cyclic
+    # collector at some later moment, their destructors crashed the test suite (a segfault near its
+    # end, after other libraries had started and stopped threads); freeing them here, where they were
+    # made, keeps their end deterministic.
+    gc.collect()
+    return quantized
 
 
 # --- The gated stage --------------------------------------------------------------------------------
@@ -447,6 +454,8 @@ def quantize(
             "attempts": [a.as_dict() for a in attempts],
         }
     shutil.rmtree(out / "attempts", ignore_errors=True)
+    del artifacts, predictor
+    gc.collect()  # the attempts' compiled models and sessions, now rather than at an arbitrary later moment
     summary = {
         "reference": reference,
         "gate": {"max_psnr_drop_db": settings.max_psnr_drop_db, "max_ssim_drop": settings.max_ssim_drop,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,7 @@ def build_report(
             {"name": label, "model": role, "runtime": runtime, "precision": precision, **timing,
              "psnr": scores["psnr"], "ssim": scores["ssim"]}
         )  # fmt: skip
+    gc.collect()  # runtime sessions in reference cycles end here (see compress.quantize.quantize_openvino)
     measured = [r for r in runs if "error" not in r]
     reference = next(r for r in measured if r["name"] == f"{teacher.name}/torch/fp32")
     for run in measured:
