@@ -1,0 +1,249 @@
+"""INT8 quantization: the scope resolved on the exported graph, a standard QDQ ONNX for ONNX Runtime, an
+NNCF INT8 model for OpenVINO, the gated stage with its remedies, and the report's per-runtime runs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgesr.cli import main
+from edgesr.compress.quantize import (
+    QuantizeSettings,
+    Scope,
+    calibration_inputs,
+    quantize,
+    quantize_onnxruntime,
+    quantize_openvino,
+)
+from edgesr.compress.recipe import load_recipe
+from edgesr.errors import ConfigError
+from edgesr.evaluate import score_predictor
+from edgesr.export.onnx import export_onnx
+from edgesr.export.onnxruntime import OnnxRuntimePredictor
+from edgesr.export.openvino import OpenVinoPredictor
+from edgesr.models import create_model
+from edgesr.pipeline import TorchPredictor
+from edgesr.train.checkpoint import load_for_inference
+from tests.conftest import needs_real_data, save_model, spec_for
+
+# Run by tests/compress/test_quantize.py in a pytest process of its own (see there).
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny x2 RDN with a non-trivial output layer, its spec and its float ONNX file."""
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2).eval()
+    torch.nn.init.normal_(model.to_image.weight, std=0.05)
+    spec = spec_for(model, "rdn_tiny")
+    path = tmp_path_factory.mktemp("q") / "tiny.onnx"
+    export_onnx(model, spec, {"lr": torch.rand(1, 1, 19, 17), "base": torch.rand(1, 1, 38, 34)}, path)
+    return model, spec, path
+
+
+def _smooth_inputs(seed: int, h: int = 21, w: int = 18) -> dict[str, np.ndarray]:
+    generator = torch.Generator().manual_seed(seed)
+    lr = torch.nn.functional.avg_pool2d(torch.rand(1, 1, h + 4, w + 4, generator=generator), 5, 1)
+    base = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bilinear")
+    return {"lr": lr.numpy(), "base": base.numpy()}
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1.0 / torch.mean((a - b) ** 2)))
+
+
+def test_the_scope_keeps_the_ends_the_upsampler_and_named_modules(exported):
+    _, _, path = exported
+    graph = onnx.load(str(path))
+    convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
+    first, second, pre_shuffle, last = convs[0], convs[1], convs[-2], convs[-1]
+    assert Scope(ends=1, upsampler=False).resolve(graph) == [first, last]
+    assert Scope(ends=1, upsampler=True).resolve(graph) == [first, pre_shuffle, last]
+    assert set(Scope(ends=2, upsampler=False).resolve(graph)) >= {first, second, pre_shuffle, last}
+    assert Scope(ends=0, upsampler=False).resolve(graph) == []
+    in_block = Scope(ends=0, upsampler=False, modules=("blocks.0",)).resolve(graph)
+    assert in_block and first not in in_block and last not in in_block
+    assert Scope(ends=0, upsampler=False, patterns=(r"^to_image$",)).resolve(graph) == [last]
+
+
+def test_the_qdq_onnx_holds_only_standard_ops_and_runs_in_onnxruntime(exported, tmp_path):
+    model, _, path = exported
+    calibration = [_smooth_inputs(seed) for seed in range(6)]
+    out = quantize_onnxruntime(path, tmp_path / "int8.onnx", calibration, keep_fp=[])
+    graph = onnx.load(str(out))
+    onnx.checker.check_model(graph, full_check=True)
+    float_ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops <= float_ops | {"QuantizeLinear", "DequantizeLinear"}
+    assert {n.domain for n in graph.graph.node} <= {"", "ai.onnx"}  # no custom (com.microsoft) ops
+    weights = {i.name: i for i in graph.graph.initializer}
+    assert any(w.data_type == onnx.TensorProto.INT8 for w in weights.values())  # INT8 weights stored
+    inputs = _smooth_inputs(99)
+    expected = model(torch.from_numpy(inputs["lr"]), torch.from_numpy(inputs["base"]))
+    got = OnnxRuntimePredictor(out, threads=1)({k: torch.from_numpy(v) for k, v in inputs.items()})
+    assert got.shape == expected.shape and _psnr(got, expected.detach()) > 30
+
+
+def test_openvino_int8_runs_int8_convolutions(exported):
+    model, _, path = exported
+    calibration = [_smooth_inputs(seed) for seed in range(6)]
+    quantized = quantize_openvino(path, calibration, keep_fp=[])
+    predictor = OpenVinoPredictor(quantized, threads=1, precision="f32")
+    assert predictor.executed_precision.startswith("int8")
+    assert OpenVinoPredictor(path, threads=1, precision="f32").executed_precision == "fp32"
+    inputs = _smooth_inputs(7)
+    expected = model(torch.from_numpy(inputs["lr"]), torch.from_numpy(inputs["base"])).detach()
+    got = predictor({k: torch.from_numpy(v) for k, v in inputs.items()})
+    assert got.shape == expected.shape and _psnr(got, expected) > 30
+
+
+def test_calibration_records_what_the_pipeline_feeds(exported, tiny_dataset):
+    model, spec, _ = exported
+    items = calibration_inputs(spec, TorchPredictor(model, spec), tiny_dataset, slices=3)
+    assert len(items) >= 3 and all(set(item) == {"lr", "base"} for item in items)
+    first = items[0]
+    assert first["base"].shape[-2:] == (2 * first["lr"].shape[-2], 2 * first["lr"].shape[-1])
+    with pytest.raises(ConfigError, match="at least one slice"):
+        calibration_inputs(spec, TorchPredictor(model, spec), tiny_dataset, slices=0)
+
+
+def test_an_unreachable_gate_tries_every_remedy_and_says_none_met_it(exported, tiny_dataset, tmp_path):
+    model, spec, path = exported
+    settings = QuantizeSettings(
+        calibration_slices=2, max_psnr_drop_db=0.0, max_ssim_drop=0.0, val_slices=1,
+        remedies=("keep_fp", "more_calibration", "bias_correction"),
+    )  # fmt: skip
+    summary = quantize(
+        path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings, out=tmp_path
+    )
+    openvino, onnxruntime = summary["runtimes"]["openvino"], summary["runtimes"]["onnxruntime"]
+    # ONNX Runtime's quantizer has no bias correction: that remedy is skipped there, not faked.
+    assert [a["remedy"] for a in openvino["attempts"]] == [
+        "ptq",
+        "keep_fp",
+        "more_calibration",
+        "bias_correction",
+    ]
+    assert [a["remedy"] for a in onnxruntime["attempts"]] == ["ptq", "keep_fp", "more_calibration"]
+    assert not openvino["met_gate"] and not onnxruntime["met_gate"]
+    widths = [len(a["keep_fp"]) for a in openvino["attempts"]]
+    assert widths[1] > widths[0]  # keep_fp kept more convolutions in float
+    assert [a["calibration_slices"] for a in openvino["attempts"]][1:3] == [2, 8]
+    # The kept artifact is the best attempt, and it is what the file holds.
+    best = max(onnxruntime["attempts"], key=lambda a: a["psnr"])
+    assert onnxruntime["attempts"][onnxruntime["chosen"]] == best
+    rescored = score_predictor(
+        spec, OnnxRuntimePredictor(onnxruntime["artifact"]), tiny_dataset, split="val", max_slices=1
+    )
+    assert rescored["psnr"] == pytest.approx(best["psnr"], abs=1e-3)
+    assert json.loads((tmp_path / "quantization.json").read_text()) == summary
+    assert not (tmp_path / "attempts").exists()
+
+
+def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.02)
+    teacher = save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(
+        f"teacher: {teacher}\ndata_root: {tiny_dataset.path.parent}\neval_split: val\neval_slices: 1\n"
+        "latency_size: 32\nlatency_repeats: 2\nthreads: 1\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
+        "stages:\n  - kind: quantize\n    calibration_slices: 2\n    gate_slices: 1\n"
+    )
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["runs"]]
+    assert names == [
+        "teacher/torch/fp32", "teacher/onnxruntime/fp32", "teacher/openvino/default",
+        "1-quantize/openvino/int8", "1-quantize/onnxruntime/int8",
+    ]  # fmt: skip
+    by_name = {r["name"]: r for r in report["runs"]}
+    assert by_name["teacher/onnxruntime/fp32"]["executed_precision"] == "fp32"
+    assert by_name["1-quantize/openvino/int8"]["executed_precision"].startswith("int8")
+    # ONNX Runtime fuses the QDQ convolutions into QLinearConv; the ones kept in float stay Conv.
+    assert by_name["1-quantize/onnxruntime/int8"]["executed_precision"] == "int8+fp32"
+    for run in report["runs"]:
+        assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys() and run["peak_memory_mb"] >= 0
+        assert {"psnr", "ssim", "psnr_vs_teacher_db", "speedup_vs_teacher_torch_fp32"} <= run.keys()
+    assert by_name["teacher/onnxruntime/fp32"]["psnr"] == pytest.approx(
+        by_name["teacher/torch/fp32"]["psnr"], abs=0.01
+    )
+    [stage] = report["stages"]
+    assert stage["scored_in"].endswith("int8") and stage["macs"] > 0
+    assert [p["run"] for p in report["trade_off"]] == names  # one (size, precision) point per run
+    assert {p["macs_fraction"] for p in report["trade_off"]} == {1.0}  # quantizing keeps every MAC
+    assert report["quantization"]["runtimes"].keys() == {"openvino", "onnxruntime"}
+    assert (out / "1-quantize" / "openvino" / "model.xml").is_file()
+    assert (out / "1-quantize" / "openvino" / "model.bin").is_file()
+    assert (out / "1-quantize" / "onnxruntime" / "model.int8.onnx").is_file()
+    markdown = (out / "report.md").read_text()
+    assert "## INT8 attempts" in markdown and "1-quantize/openvino/int8" in markdown
+    terminal = (
+        capsys.readouterr()
+    )  # the table on stdout (long names wrap in their cell), the verdict on stderr
+    assert "1-quantize/" in terminal.out and "int8+" in terminal.out and "gate passed" in terminal.err
+    card = tmp_path / "ship" / "tiny-edge"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", f"card={card}"]) == 0
+    assert "finished earlier" in capsys.readouterr().err
+    # The shipped student: the float model with its card, loadable like a teacher.
+    student, student_spec, _ = load_for_inference(card)
+    assert student_spec.sr is not None and student_spec.sr.scale == 2
+    shipped = json.loads((card / "model_card.json").read_text())
+    assert shipped["compression"]["stages"] == report["stages"] and shipped["evaluation"]["runs"]
+    assert shipped["weights"]["sha256"] and {d["name"] for d in shipped["data"]} == {"fake-mr"}
+    # The INT8 file is rebuilt from the shipped float model by the recorded command, to the same figures.
+    entry = shipped["quantization"]["onnxruntime"]
+    argv = shlex.split(entry["rebuild_command"])[1:]
+    argv = [a if not a.startswith("teacher=") else f"teacher={card}" for a in argv]
+    argv = [a if not a.startswith("recipe=") else f"recipe={recipe}" for a in argv]
+    argv = [a if not a.startswith("out=") else f"out={tmp_path / 'rebuilt'}" for a in argv]
+    assert main(argv) == 0
+    rebuilt = json.loads((tmp_path / "rebuilt" / "1-quantize" / "quantization.json").read_text())
+    [attempt] = rebuilt["runtimes"]["onnxruntime"]["attempts"]
+    assert attempt["keep_fp"] == entry["attempt"]["keep_fp"]
+    assert attempt["psnr"] == pytest.approx(entry["attempt"]["psnr"], abs=1e-3)
+
+
+def test_a_quantize_stage_must_come_last(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - kind: quantize\n  - kind: distill\n    student: rdn_tiny\n")
+    with pytest.raises(ConfigError, match="stages.0: a quantize stage must be the last"):
+        load_recipe(str(path))
+    with pytest.raises(ConfigError, match="stages.remedies"):
+        load_recipe("quickstart", ["stages.1.remedies=[sparsify]"])
+    with pytest.raises(ConfigError, match="stages.runtimes"):
+        load_recipe("quickstart", ["stages.1.runtimes=[tflite]"])
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_real_data
+def test_a_quantized_teacher_stays_within_its_gate_on_real_slices(real_data_root, tmp_path):
+    """The shipped MR x2 teacher in OpenVINO INT8: what the stage reports is what the file delivers."""
+    from edgesr.data.dataset import PreparedDataset
+    from edgesr.teachers import teacher_path
+
+    model, spec, _ = load_for_inference(teacher_path("rdn-mr-x2"))
+    dataset = PreparedDataset(real_data_root)
+    path = tmp_path / "teacher.onnx"
+    export_onnx(model, spec, {"lr": torch.rand(1, 1, 32, 32), "base": torch.rand(1, 1, 64, 64)}, path)
+    settings = QuantizeSettings(
+        runtimes=("openvino",), calibration_slices=8, remedies=(), max_psnr_drop_db=0.5, max_ssim_drop=0.005,
+        val_slices=2,
+    )  # fmt: skip
+    summary = quantize(
+        path, TorchPredictor(model, spec), spec=spec, dataset=dataset, settings=settings, out=tmp_path
+    )
+    assert summary["runtimes"]["openvino"]["met_gate"], summary
+    # On test slices it was not scored on: the INT8 file stays within the same gate.
+    artifact = summary["runtimes"]["openvino"]["artifact"]
+    int8 = score_predictor(spec, OpenVinoPredictor(artifact, threads=2), dataset, split="test", max_slices=2)
+    reference = score_predictor(spec, TorchPredictor(model, spec), dataset, split="test", max_slices=2)
+    assert reference["psnr"] - int8["psnr"] <= 0.5 and reference["ssim"] - int8["ssim"] <= 0.005
