@@ -279,6 +279,8 @@ def compress(
     console = console or Console(stderr=True)
     if recipe.threads > 0:
         torch.set_num_threads(recipe.threads)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; choose a folder for the run")
     if out.exists() and any(out.iterdir()) and not (out / "recipe.resolved.yaml").is_file():
         raise ConfigError(f"out={out} holds files that are not a compression run; choose another out=")
     teacher = _teacher(recipe)

@@ -81,6 +81,14 @@ def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_tea
         load_recipe("no-such-recipe")
 
 
+def test_an_out_that_is_a_file_is_refused_and_left_alone(tiny_teacher, tmp_path, tiny_dataset, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["compress", f"recipe={recipe}", f"out={target}"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and target.read_text() == "keep me"
+
+
 def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_dataset, capsys):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
     argv = ["compress", f"recipe={recipe}", f"out={tmp_path / 'o'}", "stages.0.student=modl_tiny"]
