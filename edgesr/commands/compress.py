@@ -40,6 +40,9 @@ class CompressConfig:
 def run_compress(cfg: CompressConfig) -> int:
     console = Console(stderr=True)
     recipe = load_recipe(cfg.recipe, list(cfg.overrides))
+    if cfg.card and Path(cfg.card).exists() and not Path(cfg.card).is_dir():
+        # Checked before the run, not after an hour of it.
+        raise ConfigError(f"card={cfg.card} is a file, not a folder; choose a folder for the model and card")
     out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
     report = compress(recipe, out=out, resume=cfg.resume, console=console)
     if cfg.card:

@@ -87,6 +87,8 @@ def test_an_out_that_is_a_file_is_refused_and_left_alone(tiny_teacher, tmp_path,
     target.write_text("keep me")
     assert main(["compress", f"recipe={recipe}", f"out={target}"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and target.read_text() == "keep me"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'o'}", f"card={target}"]) == 2
+    assert "card=" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_dataset, capsys):
