@@ -62,17 +62,23 @@ class OnnxRuntimePredictor:
         Raises:
             ValueError: a graph input is missing from ``inputs``.
         """
-        missing = [name for name in self._input_names if name not in inputs]
-        if missing:
-            raise ValueError(
-                f"inputs lack {', '.join(map(repr, missing))}; the graph takes {', '.join(self._input_names)}"
-            )
-        feeds = {
-            name: np.ascontiguousarray(inputs[name].detach().to("cpu", torch.float32).numpy())
-            for name in self._input_names
-        }
+        feeds = numpy_feeds(inputs, self._input_names)
         (output,) = self._session.run([self._output_name], feeds)
         return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
+
+
+def numpy_feeds(inputs: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named inputs a runtime session takes, as contiguous float32 CPU arrays (extra entries ignored).
+
+    Raises:
+        ValueError: one of ``names`` is missing from ``inputs``.
+    """
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs lack {', '.join(map(repr, missing))}; the model takes {', '.join(names)}")
+    return {
+        name: np.ascontiguousarray(inputs[name].detach().to("cpu", torch.float32).numpy()) for name in names
+    }
 
 
 _INTEGER_CONVS = {"QLinearConv", "ConvInteger"}

@@ -74,16 +74,9 @@ class OpenVinoPredictor:
         Raises:
             ValueError: a model input is missing from ``inputs``.
         """
-        missing = [name for name in self._input_names if name not in inputs]
-        if missing:
-            raise ValueError(
-                f"inputs lack {', '.join(map(repr, missing))}; the model takes {', '.join(self._input_names)}"
-            )
-        feeds = {
-            name: np.ascontiguousarray(inputs[name].detach().to("cpu", torch.float32).numpy())
-            for name in self._input_names
-        }
-        result = self._request.infer(feeds)
+        from edgesr.export.onnxruntime import numpy_feeds  # the one conversion both runtimes share
+
+        result = self._request.infer(numpy_feeds(inputs, self._input_names))
         output = result[self._compiled.outputs[0]]
         return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
 
