@@ -30,23 +30,36 @@ from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata
 
 
 def _rebuild_command(
-    recipe_name: str, name: str, runtime: str, attempt: dict[str, Any], gate: dict[str, Any]
+    recipe_name: str,
+    name: str,
+    runtime: str,
+    attempt: dict[str, Any],
+    gate: dict[str, Any],
+    stage: dict[str, Any],
+    seed: int,
 ) -> str:
     """``edgesr compress`` with only the quantize stage, on the shipped float model, as it was chosen.
 
-    Bias correction, when chosen, is the one remedy left on: it runs only after plain PTQ misses the
-    gate, as it did when the attempt was chosen.
+    Bias correction or QAT, when chosen, is the one remedy left on: it runs only after plain PTQ misses
+    the gate, as it did when the attempt was chosen. QAT is rebuilt by training again, with the
+    stage's options and seed.
     """
-    stage = (
+    if attempt["remedy"] == "qat":
+        options = ("qat_steps", "qat_lr", "qat_eval_every", "warmup", "batch_size", "patch", "crop",
+                   "output_weight", "target_weight")  # fmt: skip
+        remedies = "[qat], " + ", ".join(f"{key}: {stage[key]}" for key in options if key in stage)
+    else:
+        remedies = "[bias_correction]" if attempt["bias_correction"] else "[]"
+    quantize = (
         f"{{kind: quantize, runtimes: [{runtime}], calibration_slices: {attempt['calibration_slices']}, "
         f"keep_fp_patterns: [{', '.join(_exact(n) for n in attempt['keep_fp'])}], keep_fp_ends: 0, "
-        f"keep_fp_upsampler: false, remedies: {'[bias_correction]' if attempt['bias_correction'] else '[]'}, "
+        f"keep_fp_upsampler: false, remedies: {remedies}, "
         f"gate_psnr_drop_db: {gate['max_psnr_drop_db']}, gate_ssim_drop: {gate['max_ssim_drop']}, "
         f"gate_slices: {gate['slices_per_volume']}}}"
     )
     return (
-        f"edgesr compress recipe={recipe_name} teacher={name} "
-        + shlex.quote(f"stages=[{stage}]")
+        f"edgesr compress recipe={recipe_name} teacher={name} seed={seed} "
+        + shlex.quote(f"stages=[{quantize}]")
         + f" out=runs/compress/{name}-int8-{runtime}"
     )
 
@@ -75,12 +88,17 @@ def write_student_card(
 
     quantization: dict[str, Any] = {}
     summary = report.get("quantization") or {}
+    stages = report["recipe"]["stages"]
+    # The quantize stage is the last; its seed is the recipe's plus its index (as the runner sets it).
+    seed = int(report["recipe"].get("seed", 0)) + len(stages) - 1
     for runtime, entry in (summary.get("runtimes") or {}).items():
         attempt = entry["attempts"][entry["chosen"]]
+        gate = summary["gate"]
+        command_line = _rebuild_command(recipe_name, name, runtime, attempt, gate, stages[-1], seed)
         quantization[runtime] = {
             "met_stage_gate": entry["met_gate"],
             "attempt": attempt,
-            "rebuild_command": _rebuild_command(recipe_name, name, runtime, attempt, summary["gate"]),
+            "rebuild_command": command_line,
         }
     card = {
         "name": name,

@@ -22,8 +22,10 @@ The gate: each attempt is scored on the validation split (never the test split, 
 uses) against the float model. When plain PTQ misses ``max_psnr_drop_db``/``max_ssim_drop``, the
 remedies run in the recipe's order, each on top of the previous: ``keep_fp`` (one more convolution
 kept in float at each end), ``more_calibration`` (four times the calibration slices),
-``bias_correction`` (NNCF's full bias correction; OpenVINO only). The best attempt is kept either
-way and the result says which attempt met the gate, or that none did and the best figures reached.
+``bias_correction`` (NNCF's full bias correction; OpenVINO only), ``qat`` (quantization-aware training
+with distillation from the float model, :mod:`edgesr.compress.qat`; trained once, then converted for
+each runtime). The best attempt is kept either way and the result says which attempt met the gate, or
+that none did and the best figures reached.
 """
 
 from __future__ import annotations
@@ -33,25 +35,28 @@ import gc
 import logging
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
+from torch import nn
 
 from edgesr._io import atomic_path, write_json_atomic
+from edgesr.compress.distill import DistillSettings
+from edgesr.compress.recipe import QUANTIZE_REMEDIES as REMEDIES
+from edgesr.compress.recipe import QUANTIZE_RUNTIMES as RUNTIMES
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
 from edgesr.evaluate import model_recon_method, model_sr_method, recon_samples, score_predictor, sr_pairs
 from edgesr.pipeline import Predictor
 from edgesr.spec import ModelSpec
 
-RUNTIMES = ("openvino", "onnxruntime")
-REMEDIES = ("keep_fp", "more_calibration", "bias_correction")
 ARTIFACTS = {"openvino": "openvino/model.xml", "onnxruntime": "onnxruntime/model.int8.onnx"}
 
 
@@ -319,6 +324,17 @@ class QuantizeSettings:
     val_slices: int = 4
 
 
+@dataclass(frozen=True)
+class QatPlan:
+    """What the ``qat`` remedy trains: the float torch model (also its distillation teacher), how it
+    is rebuilt from checkpoints, and the fine-tuning's options."""
+
+    model: nn.Module
+    model_name: str
+    model_options: dict[str, Any]
+    settings: DistillSettings
+
+
 @dataclass
 class Attempt:
     remedy: str
@@ -330,6 +346,9 @@ class Attempt:
     psnr_drop_db: float
     ssim_drop: float
     met_gate: bool
+    # QAT files are converted from the fake-quantized torch model: their largest output difference
+    # from it on a calibration input (the export check).
+    export_max_abs_error: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -344,6 +363,8 @@ def quantize(
     settings: QuantizeSettings,
     out: Path,
     threads: int = 0,
+    qat: QatPlan | None = None,
+    resume: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Builds each runtime's INT8 artifact from the float ONNX ``onnx_path``, gated against the float model.
@@ -357,10 +378,13 @@ def quantize(
         settings: the stage's options.
         out: the stage folder; artifacts go to ``openvino/`` and ``onnxruntime/``.
         threads: runtime threads for scoring attempts (0: the runtime's default).
+        qat: the float torch model and fine-tuning options, needed when ``qat`` is among the remedies.
+        resume: continue an interrupted QAT fine-tuning in ``out/qat/run``.
 
     Returns:
-        ``{"reference": {psnr, ssim}, "runtimes": {runtime: {artifact, met_gate, chosen, attempts}}}``,
-        also written as ``out/quantization.json``.
+        ``{"reference": {psnr, ssim}, "runtimes": {runtime: {artifact, met_gate, chosen, attempts,
+        unavailable}}}``, also written as ``out/quantization.json``; ``unavailable`` lists remedies that
+        could not produce a file for the runtime, with the reason.
     """
     from edgesr.export.onnxruntime import OnnxRuntimePredictor
     from edgesr.export.openvino import OpenVinoPredictor
@@ -369,6 +393,8 @@ def quantize(
     unknown = [r for r in settings.runtimes if r not in RUNTIMES]
     if unknown or not settings.runtimes:
         raise ConfigError(f"quantize runtimes must be among {', '.join(RUNTIMES)}; got {settings.runtimes}")
+    if "qat" in settings.remedies and qat is None:
+        raise ConfigError("quantize: the qat remedy needs the float torch model and its training options")
 
     def scored(predictor: Predictor) -> dict[str, float]:
         return score_predictor(
@@ -388,10 +414,31 @@ def quantize(
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False)
+    trained: dict[tuple[tuple[str, ...], int], nn.Module] = {}
+
+    def fake_quantized(keep_fp: list[str], slices: int) -> nn.Module:
+        """The QAT model for this scope and calibration, trained once and shared by the runtimes."""
+        from edgesr.compress import qat as qat_steps
+
+        assert qat is not None  # noqa: S101 (checked above)
+        key = (tuple(keep_fp), slices)
+        if key not in trained:
+            items = [qat_steps.torch_inputs(spec, item) for item in calibration(slices)]
+            keep_modules = qat_steps.kept_modules(qat.model, graph, keep_fp)
+            with console.status("QAT: inserting fake quantizers (NNCF) and calibrating them"):
+                model = qat_steps.quantize_torch(qat.model, items, keep_fp=keep_modules)
+            trained[key] = qat_steps.finetune(
+                model, qat.model, spec=spec, model_name=qat.model_name, model_options=qat.model_options,
+                dataset=dataset, settings=qat.settings, out=out / "qat" / "run", resume=resume,
+                console=console,
+            )  # fmt: skip
+        return trained[key]
+
     results: dict[str, Any] = {}
     for runtime in settings.runtimes:
         attempts: list[Attempt] = []
         artifacts: list[Any] = []
+        unavailable: list[dict[str, str]] = []
         scope, slices, bias = settings.scope, settings.calibration_slices, False
         plan = [("ptq", scope, slices, bias)]
         for remedy in settings.remedies:
@@ -406,18 +453,32 @@ def quantize(
             plan.append((remedy, scope, slices, bias))
         for remedy, scope, slices, bias in plan:
             keep_fp = scope.resolve(graph)
-            with console.status(f"{runtime} INT8 ({remedy}): quantizing, {len(keep_fp)} convs kept in float"):
-                if runtime == "openvino":
-                    artifact: Any = quantize_openvino(
+            artifact: Any
+            predictor: Predictor
+            export_error: float | None = None
+            if remedy == "qat":
+                built = _qat_artifact(
+                    runtime, partial(fake_quantized, keep_fp, slices), spec, calibration(slices)[0],
+                    out / "attempts" / f"{len(attempts)}-qat.int8.onnx", threads,
+                )  # fmt: skip
+                if isinstance(built, str):
+                    console.print(f"  {runtime} INT8 qat: not available ({built})")
+                    unavailable.append({"remedy": remedy, "reason": built})
+                    continue
+                artifact, predictor, export_error = built
+            elif runtime == "openvino":
+                with console.status(f"openvino INT8 ({remedy}): quantizing, {len(keep_fp)} kept in float"):
+                    artifact = quantize_openvino(
                         onnx_path, calibration(slices), keep_fp=keep_fp, bias_correction=bias
                     )
-                    predictor: Predictor = OpenVinoPredictor(artifact, threads=threads)
-                else:
-                    candidate = out / "attempts" / f"{len(attempts)}-{remedy}.int8.onnx"
+                predictor = OpenVinoPredictor(artifact, threads=threads)
+            else:
+                candidate = out / "attempts" / f"{len(attempts)}-{remedy}.int8.onnx"
+                with console.status(f"onnxruntime INT8 ({remedy}): quantizing, {len(keep_fp)} kept in float"):
                     artifact = quantize_onnxruntime(
                         onnx_path, candidate, calibration(slices), keep_fp=keep_fp
                     )
-                    predictor = OnnxRuntimePredictor(artifact, threads=threads)
+                predictor = OnnxRuntimePredictor(artifact, threads=threads)
             with console.status(f"{runtime} INT8 ({remedy}): scoring on the {settings.val_split} split"):
                 score = scored(predictor)
             drop, ssim_drop = reference["psnr"] - score["psnr"], reference["ssim"] - score["ssim"]
@@ -433,6 +494,7 @@ def quantize(
                     round(drop, 3),
                     round(ssim_drop, 4),
                     met,
+                    export_error,
                 )  # fmt: skip
             )
             console.print(
@@ -452,6 +514,7 @@ def quantize(
             "met_gate": attempts[chosen].met_gate,
             "chosen": chosen,
             "attempts": [a.as_dict() for a in attempts],
+            "unavailable": unavailable,
         }
     shutil.rmtree(out / "attempts", ignore_errors=True)
     del artifacts, predictor
@@ -464,6 +527,36 @@ def quantize(
     }  # fmt: skip
     write_json_atomic(out / "quantization.json", summary)
     return summary
+
+
+def _qat_artifact(
+    runtime: str,
+    trained: Callable[[], nn.Module],
+    spec: ModelSpec,
+    example_item: dict[str, np.ndarray],
+    onnx_path: Path,
+    threads: int,
+) -> tuple[Any, Predictor, float] | str:
+    """The runtime's file from the QAT model, its predictor and export error; or why there is none."""
+    from edgesr.compress import qat as qat_steps
+    from edgesr.export.onnxruntime import OnnxRuntimePredictor
+    from edgesr.export.openvino import OpenVinoPredictor
+
+    if runtime == "onnxruntime" and spec.recon is not None:
+        return "its QDQ file needs the TorchScript ONNX exporter, which cannot export recon models' FFTs"
+    try:
+        model = trained()
+    except qat_steps.QatUnavailable as exc:
+        return str(exc)
+    example = qat_steps.torch_inputs(spec, example_item)
+    predictor: Predictor
+    if runtime == "openvino":
+        artifact: Any = qat_steps.to_openvino(model, example)
+        predictor = OpenVinoPredictor(artifact, threads=threads)
+    else:
+        artifact = qat_steps.to_qdq_onnx(model, spec, example, onnx_path)
+        predictor = OnnxRuntimePredictor(artifact, threads=threads)
+    return artifact, predictor, qat_steps.largest_difference(model, predictor, spec, example)
 
 
 def _save_artifact(runtime: str, artifact: Any, path: Path) -> None:
@@ -486,6 +579,7 @@ __all__ = [
     "ARTIFACTS",
     "REMEDIES",
     "RUNTIMES",
+    "QatPlan",
     "QuantizeSettings",
     "Scope",
     "calibration_inputs",

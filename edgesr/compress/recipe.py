@@ -23,9 +23,10 @@ from edgesr.config import check_choice, check_range, load_yaml, opt
 from edgesr.errors import ConfigError
 
 STAGE_KINDS = ("distill", "prune", "quantize")
+STUDENT_INITS = ("scratch", "teacher")
 IMPORTANCES = ("l1", "l2", "taylor", "lamp")
 QUANTIZE_RUNTIMES = ("openvino", "onnxruntime")
-QUANTIZE_REMEDIES = ("keep_fp", "more_calibration", "bias_correction")
+QUANTIZE_REMEDIES = ("keep_fp", "more_calibration", "bias_correction", "qat")
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
@@ -36,6 +37,11 @@ class Stage:
     student: str = opt("", "distill: a registered model to train (default: the previous stage's model)")
     student_options: dict[str, Any] = opt(
         {}, "distill: the student's builder options beyond those the teacher fixes (scale, coils)"
+    )
+    student_init: str = opt(
+        "scratch",
+        "distill: 'teacher' starts the student from the teacher's weights wherever a tensor's name and "
+        "shape match (MoDL with fewer unrolls, the same blocks fewer times); 'scratch': random",
     )
     ratio: float = opt(0.5, "prune: fraction of each prunable layer's channels to remove")
     target_macs: float = opt(
@@ -82,6 +88,11 @@ class Stage:
         list(QUANTIZE_REMEDIES),
         f"quantize: tried in order while the gate is missed: {', '.join(QUANTIZE_REMEDIES)}",
     )
+    qat_steps: int = opt(
+        400, "quantize (qat remedy): distillation steps of quantization-aware training (batch as distill)"
+    )
+    qat_lr: float = opt(5e-5, "quantize (qat remedy): peak learning rate (a fine-tuning: small)")
+    qat_eval_every: int = opt(100, "quantize (qat remedy): validate and checkpoint every N steps")
     gate_psnr_drop_db: float = opt(
         -1.0, "quantize: PSNR the INT8 model may lose against its float model (negative: the recipe's gate)"
     )
@@ -91,6 +102,7 @@ class Stage:
     def __post_init__(self) -> None:
         check_choice("stages.kind", self.kind, STAGE_KINDS)
         check_range("stages.steps", self.steps, low=1 if self.kind == "distill" else 0)
+        check_choice("stages.student_init", self.student_init, STUDENT_INITS)
         check_choice("stages.importance", self.importance, IMPORTANCES)
         check_range("stages.round_to", self.round_to, low=1)
         check_range("stages.target_macs", self.target_macs, low=0.0)
@@ -114,6 +126,9 @@ class Stage:
         check_range("stages.calibration_slices", self.calibration_slices, low=1)
         check_range("stages.keep_fp_ends", self.keep_fp_ends, low=0)
         check_range("stages.gate_slices", self.gate_slices, low=0)
+        check_range("stages.qat_steps", self.qat_steps, low=1)
+        check_range("stages.qat_eval_every", self.qat_eval_every, low=1)
+        check_range("stages.qat_lr", self.qat_lr, low=0.0)
 
 
 @dataclass(frozen=True)

@@ -355,18 +355,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             "gate: at most "
             f"{gate['max_psnr_drop_db']} dB and {gate['max_ssim_drop']} SSIM lost.",
             "",
-            "| runtime | attempt | convs kept in float | calibration slices | PSNR dB | vs float dB | met |",
-            "|---|---|---|---|---|---|---|",
+            "QAT files are converted from the fake-quantized torch model; their export check is the "
+            "largest output difference from it on a calibration input.",
+            "",
+            "| runtime | attempt | convs kept in float | calibration slices | PSNR dB | vs float dB | SSIM "
+            "vs float | met | export check |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for runtime, entry in quantization["runtimes"].items():
             for i, attempt in enumerate(entry["attempts"]):
                 chosen = " (kept)" if i == entry["chosen"] else ""
+                check = attempt.get("export_max_abs_error")
                 lines.append(
                     f"| {runtime} | {attempt['remedy']}{chosen} | {len(attempt['keep_fp'])} | "
                     f"{attempt['calibration_slices']} | {attempt['psnr']:.2f} | "
-                    f"{-attempt['psnr_drop_db']:+.3f} | "
-                    f"{'yes' if attempt['met_gate'] else 'no'} |"
+                    f"{-attempt['psnr_drop_db']:+.3f} | {-attempt['ssim_drop']:+.4f} | "
+                    f"{'yes' if attempt['met_gate'] else 'no'} | "
+                    f"{'' if check is None else f'max abs {check:.2g}'} |"
                 )
+            for missing in entry.get("unavailable", []):
+                reason = f"not available: {missing['reason']}"
+                lines.append(f"| {runtime} | {missing['remedy']} | {reason} | | | | | | |")
     gate = report["gate"]
     verdict = "passed" if gate["passed"] else "missed"
     lines += [

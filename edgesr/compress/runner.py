@@ -78,7 +78,7 @@ def _student_spec(spec: ModelSpec, student: nn.Module) -> ModelSpec:
     return type(spec)(spec.task, spec.inputs, spec.outputs, spec.intensity, sr=sr, recon=spec.recon)
 
 
-def _student(stage: Stage, previous: Candidate) -> tuple[nn.Module, str, dict[str, Any]]:
+def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model a distill stage trains: a registered preset fed like the teacher, or the previous model."""
     if not stage.student:
         return previous.model, previous.model_name, previous.model_options
@@ -94,7 +94,29 @@ def _student(stage: Stage, previous: Candidate) -> tuple[nn.Module, str, dict[st
     elif previous.spec.recon is not None and previous.spec.recon.coils:
         fixed = {"coils": previous.spec.recon.coils}
     options = fixed | dict(stage.student_options)
-    return create_model(stage.student, **options), stage.student, options
+    student = create_model(stage.student, **options)
+    if stage.student_init == "teacher":
+        shared, total = _init_from(student, previous)
+        console.print(f"student starts from {previous.model_name}'s weights: {shared} of {total} tensors")
+    return student, stage.student, options
+
+
+def _init_from(student: nn.Module, previous: Candidate) -> tuple[int, int]:
+    """Copies every tensor of ``previous`` whose name and shape the student shares (warm start).
+
+    A MoDL student with fewer unrolls shares the whole denoiser; a student with the teacher's blocks
+    but fewer of them shares the first ones. Nothing shared is a recipe error, not a silent cold start.
+    """
+    source = previous.model.state_dict()
+    target = student.state_dict()
+    shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not shared:
+        raise ConfigError(
+            f"stages.student_init=teacher: the student shares no tensor (name and shape) with "
+            f"{previous.model_name}; use student_init=scratch"
+        )
+    student.load_state_dict(shared, strict=False)
+    return len(shared), len(target)
 
 
 def _run_stage(
@@ -126,8 +148,9 @@ def _run_stage(
     torch.manual_seed(recipe.seed + index)
     if stage.kind == "quantize":
         return _quantize_stage(
-            index, stage, previous, recipe=recipe, dataset=dataset, folder=folder, console=console
-        )
+            index, stage, previous, recipe=recipe, dataset=dataset, folder=folder, resume=resume,
+            console=console,
+        )  # fmt: skip
     if stage.kind == "prune":
         # Structured pruning of the previous model, then distillation from the unpruned teacher.
         name, options = previous.model_name, previous.model_options
@@ -137,7 +160,7 @@ def _run_stage(
             target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
         )  # fmt: skip
     else:
-        student, name, options = _student(stage, previous)
+        student, name, options = _student(stage, previous, console)
     spec = _student_spec(teacher.spec, student)
     if stage.steps == 0:  # a prune stage without fine-tuning: the pruned model is the stage's model
         save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
@@ -198,6 +221,7 @@ def _quantize_stage(
     recipe: Recipe,
     dataset: PreparedDataset,
     folder: Path,
+    resume: bool,
     console: Console,
 ) -> Candidate:
     """INT8 artifacts of the previous stage's model, one per runtime, gated against that float model.
@@ -205,7 +229,7 @@ def _quantize_stage(
     The stage folder holds the float model it quantized (``model/``, so the stage rebuilds without the
     earlier ones), its ONNX export, the INT8 files and ``quantization.json`` (every attempt).
     """
-    from edgesr.compress.quantize import QuantizeSettings, Scope, quantize
+    from edgesr.compress.quantize import QatPlan, QuantizeSettings, Scope, quantize
     from edgesr.export.onnx import export_onnx
 
     started = time.perf_counter()
@@ -229,9 +253,19 @@ def _quantize_stage(
         max_ssim_drop=stage.gate_ssim_drop if stage.gate_ssim_drop >= 0 else recipe.max_ssim_drop,
         val_slices=stage.gate_slices,
     )  # fmt: skip
+    qat = None
+    if "qat" in stage.remedies:  # fine-tuned from the float model, towards it (see edgesr.compress.qat)
+        qat_settings = DistillSettings(
+            steps=stage.qat_steps, lr=stage.qat_lr, warmup=min(stage.warmup, stage.qat_steps),
+            batch_size=stage.batch_size, patch=stage.patch, crop=stage.crop,
+            output_weight=stage.output_weight, target_weight=stage.target_weight,
+            eval_every=stage.qat_eval_every, seed=recipe.seed + index, amp=False,
+        )  # fmt: skip
+        qat = QatPlan(previous.model, previous.model_name, previous.model_options, qat_settings)
     quantize(
         onnx_path, TorchPredictor(previous.model, previous.spec, device="cpu"), spec=previous.spec,
-        dataset=dataset, settings=settings, out=folder, threads=recipe.threads, console=console,
+        dataset=dataset, settings=settings, out=folder, threads=recipe.threads, qat=qat, resume=resume,
+        console=console,
     )  # fmt: skip
     write_json_atomic(
         folder / STAGE_DONE,

@@ -207,6 +207,17 @@ def load_model(
     return model, meta
 
 
+def load_weights(folder: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Loads a checkpoint's weights into an already built ``model`` (strictly); returns the metadata.
+
+    For models the registry cannot rebuild on its own, such as a network with quantizers inserted.
+    """
+    resolved = resolve_checkpoint(folder)
+    meta = read_metadata(resolved)
+    _fit_weights(model, _read_weights(resolved / MODEL_FILE, "cpu"), resolved / MODEL_FILE, meta["model"])
+    return meta
+
+
 def load_training_state(
     folder: str | Path,
     model: nn.Module,

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from edgesr.cli import main
+from edgesr.compress.distill import DistillSettings
+from edgesr.compress.qat import kept_modules, quantize_torch
 from edgesr.compress.quantize import (
+    QatPlan,
     QuantizeSettings,
     Scope,
     calibration_inputs,
@@ -25,6 +28,7 @@ from edgesr.errors import ConfigError
 from edgesr.evaluate import score_predictor
 from edgesr.export.onnx import export_onnx
 from edgesr.export.onnxruntime import OnnxRuntimePredictor
+from edgesr.export.onnxruntime import executed_precision as onnxruntime_precision
 from edgesr.export.openvino import OpenVinoPredictor
 from edgesr.models import create_model
 from edgesr.pipeline import TorchPredictor
@@ -143,6 +147,100 @@ def test_an_unreachable_gate_tries_every_remedy_and_says_none_met_it(exported, t
     assert rescored["psnr"] == pytest.approx(best["psnr"], abs=1e-3)
     assert json.loads((tmp_path / "quantization.json").read_text()) == summary
     assert not (tmp_path / "attempts").exists()
+
+
+def test_kept_onnx_convolutions_map_to_their_torch_modules_and_stay_unquantized(exported):
+    model, spec, path = exported
+    graph = onnx.load(str(path))
+    kept = Scope(ends=1, upsampler=True).resolve(graph)
+    modules = kept_modules(model, graph, kept)
+    assert "shallow1" in modules and "to_image" in modules and len(modules) == len(kept)
+    calibration = [tuple(torch.from_numpy(_smooth_inputs(s)[n]) for n in spec.input_names) for s in range(3)]
+    quantized = quantize_torch(model, calibration, keep_fp=modules)
+    # NNCF hooks a weight quantizer onto each quantized convolution; the kept ones have none, and the
+    # float model handed in is left untouched.
+    hooked = {k for k in quantized.state_dict() if k.startswith("__nncf_hooks")}
+    assert hooked and not any(k.startswith("__nncf_hooks") for k in model.state_dict())
+    assert not any(f"{name}/conv2d" in key for key in hooked for name in ("shallow1", "to_image"))
+    with pytest.raises(ConfigError, match="not convolutions"):
+        quantize_torch(model, calibration, keep_fp={"no_such_layer"})
+
+
+def test_qat_trains_once_and_each_runtime_file_is_checked_against_it(exported, tiny_dataset, tmp_path):
+    model, spec, path = exported
+    settings = QuantizeSettings(
+        calibration_slices=2, max_psnr_drop_db=0.0, max_ssim_drop=0.0, val_slices=1, remedies=("qat",)
+    )
+    plan = QatPlan(
+        model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"},
+        DistillSettings(steps=2, warmup=1, batch_size=2, patch=16, eval_every=2, val_slices=1, amp=False),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="qat remedy needs"):
+        quantize(path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings,
+                 out=tmp_path)  # fmt: skip
+    summary = quantize(
+        path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings,
+        out=tmp_path, qat=plan,
+    )  # fmt: skip
+    for runtime in ("openvino", "onnxruntime"):
+        entry = summary["runtimes"][runtime]
+        assert [a["remedy"] for a in entry["attempts"]] == ["ptq", "qat"] and entry["unavailable"] == []
+        qat = entry["attempts"][1]
+        assert qat["export_max_abs_error"] is not None and qat["export_max_abs_error"] < 0.05
+        assert entry["attempts"][0]["export_max_abs_error"] is None  # PTQ files come from the ONNX
+    # One fine-tuning (two steps), shared by both runtimes; its checkpoints keep NNCF's quantizers.
+    log = (tmp_path / "qat" / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log if "loss" in line] == [2]
+    qdq = onnx.load(summary["runtimes"]["onnxruntime"]["artifact"])
+    ops = {n.op_type for n in qdq.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and {n.domain for n in qdq.graph.node} <= {
+        "",
+        "ai.onnx",
+    }
+    assert onnxruntime_precision(summary["runtimes"]["onnxruntime"]["artifact"]).startswith("int8")
+    openvino = OpenVinoPredictor(summary["runtimes"]["openvino"]["artifact"], precision="f32")
+    assert openvino.executed_precision.startswith("int8")
+    # The ONNX Runtime file has dynamic sizes: an odd-sized input runs.
+    odd = {k: torch.from_numpy(v) for k, v in _smooth_inputs(3, 23, 15).items()}
+    assert OnnxRuntimePredictor(summary["runtimes"]["onnxruntime"]["artifact"])(odd).shape == (1, 1, 46, 30)
+    # Run again with resume: the finished fine-tuning is reused, not repeated.
+    again = quantize(
+        path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings,
+        out=tmp_path, qat=plan, resume=True,
+    )  # fmt: skip
+    assert (tmp_path / "qat" / "run" / "log.jsonl").read_text().splitlines() == log
+    assert again["runtimes"]["openvino"]["attempts"][1]["psnr"] == pytest.approx(
+        summary["runtimes"]["openvino"]["attempts"][1]["psnr"], abs=1e-3
+    )
+
+
+def test_a_recon_model_quantizes_its_convolutions_and_says_why_qat_has_no_onnx_file(tiny_dataset, tmp_path):
+    # DeepcomplexMRI for ONNX Runtime (its edge recipe's runtime): the data consistency's FFTs (ONNX
+    # DFT) stay float, the denoisers' convolutions go INT8, calibrated on simulated acquisitions.
+    torch.manual_seed(0)
+    model = create_model("deepcomplex_tiny", coils=4).eval()
+    spec = spec_for(model, "deepcomplex_tiny")
+    path = tmp_path / "recon.onnx"
+    export_onnx(model, spec, {"masked_kspace": torch.rand(1, 8, 24, 20), "mask": torch.ones(1, 1, 1, 20),
+                              "sens_maps": torch.rand(1, 8, 24, 20)}, path)  # fmt: skip
+    # The tiny network is all ends (each complex conv is four real ones): quantize every convolution.
+    # A gate nothing meets (a random network can score higher in INT8), so that the remedy is tried.
+    settings = QuantizeSettings(
+        runtimes=("onnxruntime",), calibration_slices=2, max_psnr_drop_db=-1.0, max_ssim_drop=-1.0,
+        val_slices=1, remedies=("qat",), scope=Scope(ends=0, upsampler=False),
+    )  # fmt: skip
+    plan = QatPlan(model, "deepcomplex_tiny", {"coils": 4}, DistillSettings(steps=1, crop=32, batch_size=1))
+    summary = quantize(
+        path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings,
+        out=tmp_path / "q", qat=plan,
+    )  # fmt: skip
+    entry = summary["runtimes"]["onnxruntime"]
+    [ptq] = entry["attempts"]
+    assert ptq["remedy"] == "ptq" and np.isfinite(ptq["psnr"])
+    assert onnxruntime_precision(entry["artifact"]).startswith("int8")
+    [missing] = entry["unavailable"]
+    assert missing["remedy"] == "qat" and "FFT" in missing["reason"]
+    assert not (tmp_path / "q" / "qat").exists()  # nothing was trained for a file that cannot exist
 
 
 def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_path, capsys):

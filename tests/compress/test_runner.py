@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edgesr.cli import main
+from edgesr.compress import runner
 from edgesr.compress.recipe import RECIPES_DIR, load_recipe
 from edgesr.errors import ConfigError
 from edgesr.models import create_model
@@ -96,6 +97,21 @@ def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_datas
     argv = ["compress", f"recipe={recipe}", f"out={tmp_path / 'o'}", "stages.0.student=modl_tiny"]
     assert main(argv) == 2
     assert "recon model" in capsys.readouterr().err
+
+
+def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, tiny_dataset, capsys):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2)
+    out = tmp_path / "warm"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "stages.0.student_init=teacher"]) == 0
+    said = capsys.readouterr().err
+    shared = len(create_model("rdn_tiny", scale=2).state_dict())
+    assert f"student starts from rdn_tiny's weights: {shared} of {shared} tensors" in said
+    # A student sharing no tensor with the teacher is a recipe error, not a silent cold start.
+    teacher = runner.Candidate("teacher", torch.nn.Linear(3, 4), "x", {}, None, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="shares no tensor"):
+        runner._init_from(create_model("rdn_tiny", scale=2), teacher)
+    assert main(["compress", f"recipe={recipe}", "stages.0.student_init=pretrained"]) == 2
+    assert "stages.student_init" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)

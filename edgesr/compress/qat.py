@@ -1,0 +1,231 @@
+"""Quantization-aware training (QAT) with distillation: the last INT8 remedy when PTQ misses the gate.
+
+1. NNCF inserts fake quantizers into a copy of the float torch model, on the same convolutions that
+   post-training quantization quantizes (the :class:`~edgesr.compress.quantize.Scope` resolved on the
+   ONNX graph is mapped back to torch modules), with ranges calibrated on the same pipeline inputs.
+2. The fake-quantized model is fine-tuned through :func:`edgesr.compress.distill.distill` (the one
+   training loop: checkpoints, resumption, validation) towards the float model's output and the ground
+   truth, so its weights and quantizer scales learn to live with 8-bit steps.
+3. It becomes each runtime's INT8 file: OpenVINO converts the NNCF model itself (its fake quantizers
+   become ``FakeQuantize`` and the convolutions run in INT8); for ONNX Runtime / TensorRT, NNCF strips
+   its quantizers to torch's native fake-quantize modules, which torch's TorchScript ONNX exporter
+   writes as standard ``QuantizeLinear``/``DequantizeLinear`` pairs (the dynamo exporter cannot trace
+   those modules; recon models, whose FFTs only the dynamo exporter handles, get no ONNX Runtime QAT
+   file, and the attempt says so).
+
+Every file is checked against the fake-quantized torch model on a calibration input, and the largest
+difference is recorded with the attempt. The fine-tuning runs on the CPU, in one process (NNCF's CPU
+quantizer kernels are compiled on first use, which needs a C++ compiler).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from edgesr._io import atomic_path
+from edgesr.compress.distill import DistillSettings, distill
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import ConfigError
+from edgesr.spec import ModelSpec
+from edgesr.train.checkpoint import load_weights
+from edgesr.train.distributed import DistEnv
+
+# NNCF compiles its CPU quantizer kernels on first use and gives up after 60 s by default; on two busy
+# cores the build takes longer than that. A user's own setting wins.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+
+
+class QatUnavailable(Exception):
+    """QAT cannot produce a file here (NNCF cannot wrap the network, or a converter refuses it)."""
+
+
+def torch_inputs(spec: ModelSpec, item: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """One recorded calibration item as the network's positional inputs (the spec's order)."""
+    missing = [name for name in spec.input_names if name not in item]
+    if missing:
+        raise ValueError(f"calibration item lacks {', '.join(missing)}; the model takes {spec.input_names}")
+    return tuple(torch.from_numpy(np.ascontiguousarray(item[name])) for name in spec.input_names)
+
+
+def kept_modules(model: nn.Module, onnx_graph: Any, kept_nodes: Sequence[str]) -> set[str]:
+    """The torch ``Conv2d`` modules behind the ONNX ``Conv`` nodes a scope keeps in float.
+
+    A dynamo export records, per node, the module names it was traced in (outermost first); the
+    innermost one that is a ``Conv2d`` of ``model`` is the node's layer.
+    """
+    from edgesr.compress.quantize import _module_path
+
+    convs = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    wanted = set(kept_nodes)
+    found: set[str] = set()
+    for node in onnx_graph.graph.node:
+        if node.name not in wanted:
+            continue
+        owners = [m for m in _module_path(node) if m in convs]
+        if not owners:
+            raise ConfigError(f"quantize: the ONNX node {node.name} maps to no Conv2d of the model")
+        found.add(owners[-1])
+    return found
+
+
+def _conv_nodes(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, str]:
+    """NNCF's graph node name of each convolution -> the torch module that owns its weight.
+
+    NNCF names nodes after the call path, which for layers called from loops is not the module name;
+    the weight tensor's name (``blocks.0.layers.1.weight``) is, so the mapping goes through it.
+    """
+    from nncf.common.graph.layer_attributes import ConstantLayerAttributes
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    from nncf.torch.model_graph_manager import get_const_node, split_const_name
+
+    graph = build_nncf_graph(model, example)
+    result = {}
+    for node in graph.get_nodes_by_types(["conv2d"]):
+        const = get_const_node(node, 1, graph)
+        if const is None or not isinstance(const.layer_attributes, ConstantLayerAttributes):
+            continue  # a convolution with a computed weight: nothing to quantize per channel
+        module, _ = split_const_name(const.layer_attributes.name)
+        result[node.node_name] = module
+    return result
+
+
+def quantize_torch(
+    model: nn.Module, calibration: Sequence[tuple[torch.Tensor, ...]], *, keep_fp: set[str]
+) -> nn.Module:
+    """A copy of ``model`` with NNCF fake quantizers on every convolution except the ``keep_fp`` modules.
+
+    Only convolutions are quantized, as in the PTQ files: additions, concatenations and data
+    consistency stay in float.
+    """
+    import nncf
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    nncf.set_log_level(logging.WARNING)
+    model = copy.deepcopy(model).cpu().eval()
+    example = calibration[0]
+    convs = _conv_nodes(model, example)
+    unknown = keep_fp - set(convs.values())
+    if unknown:
+        raise ConfigError(f"quantize: layers kept in float are not convolutions: {sorted(unknown)}")
+    names = [node for node, module in convs.items() if module in keep_fp]
+    types = sorted({n.node_type for n in build_nncf_graph(model, example).get_all_nodes()} - {"conv2d"})
+    try:
+        return nncf.quantize(
+            model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=names, types=types, validate=False),
+        )  # fmt: skip
+    except Exception as exc:  # NNCF's torch tracing fails in its own ways (seen: MoDL's CG solver)
+        raise QatUnavailable(f"NNCF cannot insert quantizers into {type(model).__name__} ({exc})") from exc
+
+
+def finetune(
+    fake_quantized: nn.Module,
+    float_model: nn.Module,
+    *,
+    spec: ModelSpec,
+    model_name: str,
+    model_options: dict[str, Any],
+    dataset: PreparedDataset,
+    settings: DistillSettings,
+    out: Path,
+    resume: bool,
+    console: Console | None = None,
+) -> nn.Module:
+    """Distils ``float_model`` into the fake-quantized copy; returns it with its best validation weights.
+
+    ``out`` is the training run's folder: with ``resume`` and a ``last/`` checkpoint there, training
+    continues where it stopped (the fake-quantized model is rebuilt identically from the same
+    calibration, then its trained weights and scales are loaded).
+    """
+    env = DistEnv(0, 1, torch.device("cpu"))
+    # Saved under a name the model registry does not know: these checkpoints hold NNCF's quantizer
+    # state beside the weights, and only this module can rebuild the network they fit.
+    distill(
+        float_model.cpu(), fake_quantized, spec=spec, student_name=f"{model_name}+nncf-qat",
+        student_options=model_options,
+        dataset=dataset, settings=settings, out=out, env=env, config={"qat": True},
+        resume=resume and (out / "last").exists(), console=console,
+    )  # fmt: skip
+    load_weights(out / "best", fake_quantized)
+    return fake_quantized.eval()
+
+
+def to_openvino(fake_quantized: nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    """The OpenVINO model of the NNCF fake-quantized torch model (its convolutions run in INT8)."""
+    import openvino
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # The converter traces the model and compares the trace with an eager run; fake quantizers
+        # round differently in the two, which it reports as a mismatch. The file is verified below.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*Tensor-likes are not close.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit.trace, used by it
+        return openvino.convert_model(fake_quantized.eval(), example_input=example)
+
+
+def to_qdq_onnx(
+    fake_quantized: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor, ...], path: Path
+) -> Path:
+    """A standard QDQ ONNX of the fake-quantized model (QuantizeLinear/DequantizeLinear only)."""
+    import nncf
+    import onnx
+    from nncf.parameters import StripFormat
+
+    # NNCF's strip imports torchao, which logs at import that its GPU kernels (CUDA, Triton) are absent
+    # on a CPU machine, and torch then logs a deprecation about torchao's enum registration: noise.
+    for noisy in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    native = nncf.strip(
+        copy.deepcopy(fake_quantized), do_copy=False, strip_format=StripFormat.NATIVE, example_input=example
+    )
+    dynamic = {}
+    for tensor, name in zip(example, spec.input_names, strict=True):
+        # Batch, height and width are free (a mask's singleton height stays 1); names per input, since
+        # SR's lr and base differ in size by the scale.
+        spatial = [(axis, f"{name}_{label}") for axis, label in ((2, "height"), (3, "width"))]
+        dynamic[name] = {0: "batch"} | {axis: label for axis, label in spatial if tensor.shape[axis] > 1}
+    dynamic |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in spec.output_names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        torch.onnx.export(
+            native.eval(), example, str(tmp), dynamo=False, opset_version=17,
+            input_names=list(spec.input_names), output_names=list(spec.output_names), dynamic_axes=dynamic,
+        )  # fmt: skip
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return path
+
+
+def largest_difference(
+    reference: nn.Module, predictor: Any, spec: ModelSpec, example: tuple[torch.Tensor, ...]
+) -> float:
+    """The largest absolute difference between the torch model and a runtime predictor on ``example``."""
+    with torch.no_grad():
+        expected = reference.eval()(*example).float()
+    got = predictor(dict(zip(spec.input_names, example, strict=True)))
+    return float((got.float() - expected).abs().max())
+
+
+__all__ = [
+    "QatUnavailable",
+    "finetune",
+    "kept_modules",
+    "largest_difference",
+    "quantize_torch",
+    "to_openvino",
+    "to_qdq_onnx",
+    "torch_inputs",
+]
