@@ -32,8 +32,6 @@ from edgesr.errors import EdgesrError
 from edgesr.spec import ModelSpec
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-# What each requested precision is called by OpenVINO's INFERENCE_PRECISION_HINT.
-_OPENVINO_PRECISION = {"default": "default", "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def _status_mb(field: str) -> float:
@@ -80,9 +78,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     elif runtime == "openvino":
         import openvino
 
-        from edgesr.export.openvino import OpenVinoPredictor
+        from edgesr.export.openvino import OpenVinoPredictor, precision_hint
 
-        hint = "default" if precision == "int8" else _OPENVINO_PRECISION[precision]
+        hint = precision_hint(precision)
         predictor = OpenVinoPredictor(request["model"], threads=threads, precision=hint)
         executed, version = predictor.executed_precision, openvino.__version__
     else:

@@ -43,10 +43,9 @@ def _predictor(runtime: str, precision: str, model: Any, threads: int) -> Predic
         from edgesr.export.onnxruntime import OnnxRuntimePredictor
 
         return OnnxRuntimePredictor(model, threads=threads)
-    from edgesr.export.openvino import OpenVinoPredictor
+    from edgesr.export.openvino import OpenVinoPredictor, precision_hint
 
-    hint = {"default": "default", "int8": "default", "fp32": "f32", "bf16": "bf16"}[precision]
-    return OpenVinoPredictor(model, threads=threads, precision=hint)
+    return OpenVinoPredictor(model, threads=threads, precision=precision_hint(precision))
 
 
 def build_report(

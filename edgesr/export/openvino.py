@@ -81,6 +81,18 @@ class OpenVinoPredictor:
         return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
 
 
+# Precision names as reports use them -> OpenVINO's inference precision hint. An INT8 file carries its
+# own precision in its FakeQuantize nodes; the rest of it runs at the device default (BF16 here).
+_HINTS = {"default": "default", "int8": "default", "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def precision_hint(precision: str) -> str:
+    """The :class:`OpenVinoPredictor` ``precision`` that runs a model at a report's ``precision``."""
+    if precision not in _HINTS:
+        raise ValueError(f"precision must be one of {', '.join(_HINTS)}; got {precision!r}")
+    return _HINTS[precision]
+
+
 def executed_precision(compiled: Any) -> str:
     """What a compiled CPU model runs its convolutions in: ``fp32``, ``bf16``, ``fp16``, ``int8+bf16``...
 
