@@ -170,15 +170,7 @@ def _run_stage(
             {"kind": stage.kind, "model": name, "seconds": round(time.perf_counter() - started, 1)},
         )
         return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
-    settings = DistillSettings(
-        steps=stage.steps, lr=stage.lr, warmup=stage.warmup, batch_size=stage.batch_size, patch=stage.patch,
-        crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
-        eval_every=stage.eval_every, seed=recipe.seed + index,
-        feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
-        feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
-        adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
-        perceptual_steps=stage.perceptual_steps,
-    )  # fmt: skip
+    settings = _distill_settings(stage, seed=recipe.seed + index)
     run_dir = folder / "run"
     distill(
         teacher.model,
@@ -211,6 +203,19 @@ def _run_stage(
         {"kind": stage.kind, "model": name, "seconds": round(time.perf_counter() - started, 1)},
     )
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
+
+
+def _distill_settings(stage: Stage, *, seed: int) -> DistillSettings:
+    """The training options of a distill or prune stage (and the base of a quantize stage's QAT)."""
+    return DistillSettings(
+        steps=stage.steps, lr=stage.lr, warmup=stage.warmup, batch_size=stage.batch_size, patch=stage.patch,
+        crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
+        eval_every=stage.eval_every, seed=seed,
+        feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
+        feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
+        adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
+        perceptual_steps=stage.perceptual_steps,
+    )  # fmt: skip
 
 
 def _quantize_stage(
@@ -255,11 +260,9 @@ def _quantize_stage(
     )  # fmt: skip
     qat = None
     if "qat" in stage.remedies:  # fine-tuned from the float model, towards it (see edgesr.compress.qat)
-        qat_settings = DistillSettings(
-            steps=stage.qat_steps, lr=stage.qat_lr, warmup=min(stage.warmup, stage.qat_steps),
-            batch_size=stage.batch_size, patch=stage.patch, crop=stage.crop,
-            output_weight=stage.output_weight, target_weight=stage.target_weight,
-            eval_every=stage.qat_eval_every, seed=recipe.seed + index, amp=False,
+        qat_settings = dataclasses.replace(
+            _distill_settings(stage, seed=recipe.seed + index), steps=stage.qat_steps, lr=stage.qat_lr,
+            warmup=min(stage.warmup, stage.qat_steps), eval_every=stage.qat_eval_every,
         )  # fmt: skip
         qat = QatPlan(previous.model, previous.model_name, previous.model_options, qat_settings)
     quantize(

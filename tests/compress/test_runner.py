@@ -3,7 +3,9 @@ from a finished stage, and a report that puts the teacher and every stage side b
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 
 import pytest
 import torch
@@ -112,6 +114,23 @@ def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, t
         runner._init_from(create_model("rdn_tiny", scale=2), teacher)
     assert main(["compress", f"recipe={recipe}", "stages.0.student_init=pretrained"]) == 2
     assert "stages.student_init" in capsys.readouterr().err
+
+
+def test_a_qat_attempt_is_rebuilt_by_training_again_with_the_stages_options_and_seed():
+    from edgesr.compress.card import _rebuild_command
+    from edgesr.compress.recipe import Stage
+
+    stage = dataclasses.asdict(Stage(kind="quantize", qat_steps=120, batch_size=4))
+    attempt = {"remedy": "qat", "keep_fp": ["node_conv2d"], "calibration_slices": 64, "bias_correction": True}
+    gate = {"max_psnr_drop_db": 0.15, "max_ssim_drop": 0.003, "slices_per_volume": 4}
+    command = _rebuild_command("r", "student", "onnxruntime", attempt, gate, stage, seed=3)
+    argv = shlex.split(command)
+    assert argv[:5] == ["edgesr", "compress", "recipe=r", "teacher=student", "seed=3"]
+    assert "remedies: [qat], qat_steps: 120," in command and "batch_size: 4" in command
+    assert "calibration_slices: 64" in command and "bias_correction" not in command
+    assert (
+        load_recipe("quickstart", [a for a in argv[2:] if a.startswith("stages=")]).stages[0].qat_steps == 120
+    )
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
