@@ -114,18 +114,21 @@ def quantize_torch(
     nncf.set_log_level(logging.WARNING)
     model = copy.deepcopy(model).cpu().eval()
     example = calibration[0]
-    convs = _conv_nodes(model, example)
+    try:  # NNCF's torch tracing fails in its own ways (seen: a TypeError in its deepcopy of MoDL)
+        convs = _conv_nodes(model, example)
+        types = {n.node_type for n in build_nncf_graph(model, example).get_all_nodes()} - {"conv2d"}
+    except Exception as exc:
+        raise QatUnavailable(f"NNCF cannot trace {type(model).__name__} ({exc})") from exc
     unknown = keep_fp - set(convs.values())
     if unknown:
         raise ConfigError(f"quantize: layers kept in float are not convolutions: {sorted(unknown)}")
     names = [node for node, module in convs.items() if module in keep_fp]
-    types = sorted({n.node_type for n in build_nncf_graph(model, example).get_all_nodes()} - {"conv2d"})
     try:
         return nncf.quantize(
             model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
-            ignored_scope=nncf.IgnoredScope(names=names, types=types, validate=False),
+            ignored_scope=nncf.IgnoredScope(names=names, types=sorted(types), validate=False),
         )  # fmt: skip
-    except Exception as exc:  # NNCF's torch tracing fails in its own ways (seen: MoDL's CG solver)
+    except Exception as exc:
         raise QatUnavailable(f"NNCF cannot insert quantizers into {type(model).__name__} ({exc})") from exc
 
 
