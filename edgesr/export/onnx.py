@@ -15,6 +15,7 @@ symbolic bounds, before the graph is translated.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,9 @@ def export_onnx(
     """
     import onnx
 
+    # The exporter logs a warning for each torchvision operator it cannot register when torchvision
+    # is absent; edgesr's models use none of them (detection ops), so the four lines are noise.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     args = _ordered_inputs(spec, example_inputs)
     if dynamic and all(a.shape[0] == 1 for a in args):
         # torch.export specialises a dimension of size 1 to the constant 1 (and then reports the batch
