@@ -1,8 +1,9 @@
 """The rdn-mr-x2 trade-off sweep: prune ratio x precision, one quick-start run per ratio.
 
-    .venv/bin/python benchmarks/prune_sweep.py [--ratios 0.25 0.5 0.75] [--steps 900] [--rerun]
+    .venv/bin/python benchmarks/prune_sweep.py [--ratios 0.25 0.5 0.75] [--round-to 8] [--steps 900] [--rerun]
 
-Each ratio runs ``edgesr compress recipe=quickstart stages.0.ratio=R`` (about 7 minutes on 2 cores)
+Each ratio runs ``edgesr compress recipe=quickstart stages.0.ratio=R stages.0.round_to=N`` (about 7
+minutes on 2 cores; round_to 8 so that the 32-channel layers keep 24, 16 and 8 channels)
 into ``runs/compress/sweep/ratio-R``; a ratio whose report already exists is read, not re-run
 (``--rerun`` resumes it, which re-scores and re-times every run). Every report contributes its
 ``trade_off`` points (teacher and student in torch, ONNX Runtime and OpenVINO, FP32/BF16/INT8). The
@@ -29,6 +30,7 @@ def main() -> int:
     )
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--steps", type=int, default=900, help="distillation steps after each prune")
+    parser.add_argument("--round-to", type=int, default=8, help="kept channels are multiples of this")
     parser.add_argument("--rerun", action="store_true", help="resume and re-report ratios already run")
     args = parser.parse_args()
     sweep = ROOT / "runs" / "compress" / "sweep"
@@ -37,7 +39,8 @@ def main() -> int:
         out = sweep / f"ratio-{ratio:g}"
         if args.rerun or not (out / "report.json").is_file():
             command = [sys.executable, "-m", "edgesr", "compress", "recipe=quickstart", f"out={out}",
-                       f"stages.0.ratio={ratio}", f"stages.0.steps={args.steps}"]  # fmt: skip
+                       f"stages.0.ratio={ratio}", f"stages.0.round_to={args.round_to}",
+                       f"stages.0.steps={args.steps}"]  # fmt: skip
             if (out / "recipe.resolved.yaml").is_file():
                 command.append("resume=true")
             subprocess.run(command, check=True, cwd=ROOT)
@@ -55,7 +58,12 @@ def main() -> int:
     sweep.mkdir(parents=True, exist_ok=True)
     merged = {
         "recipe": "quickstart",
-        "sweep": {"ratios": args.ratios, "steps": args.steps, "runs": [f"ratio-{r:g}" for r in args.ratios]},
+        "sweep": {
+            "ratios": args.ratios,
+            "round_to": args.round_to,
+            "steps": args.steps,
+            "runs": [f"ratio-{r:g}" for r in args.ratios],
+        },  # fmt: skip
         "machine": machines,
         "trade_off": points,
     }

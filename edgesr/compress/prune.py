@@ -216,6 +216,21 @@ def _total_groups(unit: _Unit) -> int:
     return channels // unit.group
 
 
+class _RoundUpPruner(tp.pruner.MetaPruner):
+    """torch-pruning's MetaPruner, with the kept channel count rounded *up* to a multiple of round_to.
+
+    torch-pruning rounds it down: a 32-channel layer at ratio 0.25 with round_to=16 kept 16 channels
+    (as at 0.5), and at ratio 0.75 it would keep 0, so the layer was silently left whole. Rounding up,
+    as :func:`_keep_count` does for the sub-pixel units, keeps "ratio" an upper bound on what is
+    removed. (Overrides torch-pruning 1.6's ``_round_to``.)
+    """
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        kept = max(1, current_channels - n_pruned)
+        kept = min(current_channels, math.ceil(kept / round_to) * round_to)
+        return current_channels - kept
+
+
 def _keep_count(current: int, ratio: float, round_to: int) -> int:
     """Channels kept: ``current * (1 - ratio)`` rounded up to a multiple of ``round_to``, at most all."""
     keep = max(1, current - int(current * ratio))
@@ -340,7 +355,7 @@ def _prune_at(
         ignored_layers += [m for m in root.modules() if isinstance(m, ComplexConv2d)]
         if not any(m not in ignored_layers for m in plain):
             continue  # nothing for DepGraph to prune here (DeepcomplexMRI is all complex convs)
-        pruner = tp.pruner.MetaPruner(
+        pruner = _RoundUpPruner(
             root,
             inputs,
             importance=_tp_importance(importance),
@@ -409,7 +424,14 @@ def prune(
     if unknown:
         raise ValueError(f"ignored names no module of the model: {', '.join(map(repr, unknown))}")
     if ratio is not None:
-        return _prune_at(model, example_inputs, ratio, importance, round_to, ignored, loss_fn)
+        pruned = _prune_at(model, example_inputs, ratio, importance, round_to, ignored, loss_fn)
+        if sum(p.numel() for p in pruned.parameters()) == sum(p.numel() for p in model.parameters()):
+            widths = sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)})
+            raise ValueError(
+                f"ratio={ratio} with round_to={round_to} removes no channel: every layer's kept count "
+                f"rounds up to all its channels (layer widths {widths}); raise the ratio or lower round_to"
+            )
+        return pruned
     assert target_macs is not None
     low, high = 0.0, 0.99
     best = _prune_at(model, example_inputs, high, importance, round_to, ignored, loss_fn)

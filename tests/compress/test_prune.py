@@ -4,6 +4,7 @@ channel groups DepGraph cannot see (PixelShuffle's r^2 blocks, complex channel p
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -106,6 +107,21 @@ def test_round_to_and_ratio(name: str, options: dict) -> None:
         out_before, out_after = before[name_][1], after[name_][1]
         assert out_after % step == 0, name_
         assert out_before * 0.5 <= out_after <= out_before * 0.5 + step, name_  # half, rounded up
+
+
+def test_kept_channels_round_up_so_a_ratio_never_removes_more_than_asked() -> None:
+    # torch-pruning alone rounds the kept count down: a 32-channel layer with round_to=16 kept 16 at
+    # ratio 0.25 (as at 0.5) and was silently left whole at 0.75 (0 kept). edgesr rounds up.
+    model = _random_model("rdn_tiny", {"scale": 2})
+    trunk = _widths(model)["blocks.0.layers.0.0"][1]
+    for step in (2, 4):
+        for ratio in (0.25, 0.5, 0.75):
+            pruned = prune(model, _inputs(model), ratio=ratio, round_to=step)
+            expected = min(trunk, math.ceil((trunk - int(trunk * ratio)) / step) * step)
+            assert _widths(pruned)["blocks.0.layers.0.0"][1] == expected, (step, ratio)
+    # A ratio that rounds back up to every channel is an error, not a silent copy of the model.
+    with pytest.raises(ValueError, match="removes no channel"):
+        prune(model, _inputs(model), ratio=0.1, round_to=16)
 
 
 def test_image_and_coil_channels_never_change() -> None:
