@@ -155,10 +155,13 @@ def _run_stage(
         # Structured pruning of the previous model, then distillation from the unpruned teacher.
         name, options = previous.model_name, previous.model_options
         example = tuple(latency_inputs(previous.spec, 64).values())
-        student = prune(
-            previous.model, example, ratio=None if stage.target_macs else stage.ratio,
-            target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
-        )  # fmt: skip
+        try:
+            student = prune(
+                previous.model, example, ratio=None if stage.target_macs else stage.ratio,
+                target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
+            )  # fmt: skip
+        except ValueError as exc:  # options this model cannot honour (nothing removed, MACs unreachable)
+            raise ConfigError(f"stages.{index}: {exc}") from None
     else:
         student, name, options = _student(stage, previous, console)
     spec = _student_spec(teacher.spec, student)

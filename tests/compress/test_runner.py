@@ -101,6 +101,17 @@ def test_a_student_of_another_task_is_refused(tiny_teacher, tmp_path, tiny_datas
     assert "recon model" in capsys.readouterr().err
 
 
+def test_a_prune_that_would_remove_nothing_is_a_recipe_error(tiny_teacher, tmp_path, tiny_dataset, capsys):
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(
+        f"teacher: {tiny_teacher}\ndata_root: {tiny_dataset.path.parent}\nreport_runtimes: [torch]\n"
+        "stages:\n  - kind: prune\n    ratio: 0.1\n    round_to: 64\n    steps: 0\n"
+    )
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'o'}"]) == 2
+    assert "stages.0: ratio=0.1 with round_to=64 removes no channel" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "1-prune" / "model").exists()
+
+
 def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, tiny_dataset, capsys):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2)
     out = tmp_path / "warm"
