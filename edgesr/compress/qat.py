@@ -64,7 +64,7 @@ def kept_modules(model: nn.Module, onnx_graph: Any, kept_nodes: Sequence[str]) -
     A dynamo export records, per node, the module names it was traced in (outermost first); the
     innermost one that is a ``Conv2d`` of ``model`` is the node's layer.
     """
-    from edgesr.compress.quantize import _module_path
+    from edgesr.compress.quantize import module_path
 
     convs = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
     wanted = set(kept_nodes)
@@ -72,24 +72,22 @@ def kept_modules(model: nn.Module, onnx_graph: Any, kept_nodes: Sequence[str]) -
     for node in onnx_graph.graph.node:
         if node.name not in wanted:
             continue
-        owners = [m for m in _module_path(node) if m in convs]
+        owners = [m for m in module_path(node) if m in convs]
         if not owners:
             raise ConfigError(f"quantize: the ONNX node {node.name} maps to no Conv2d of the model")
         found.add(owners[-1])
     return found
 
 
-def _conv_nodes(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, str]:
+def _conv_nodes(graph: Any) -> dict[str, str]:
     """NNCF's graph node name of each convolution -> the torch module that owns its weight.
 
     NNCF names nodes after the call path, which for layers called from loops is not the module name;
     the weight tensor's name (``blocks.0.layers.1.weight``) is, so the mapping goes through it.
     """
     from nncf.common.graph.layer_attributes import ConstantLayerAttributes
-    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
     from nncf.torch.model_graph_manager import get_const_node, split_const_name
 
-    graph = build_nncf_graph(model, example)
     result = {}
     for node in graph.get_nodes_by_types(["conv2d"]):
         const = get_const_node(node, 1, graph)
@@ -115,8 +113,9 @@ def quantize_torch(
     model = copy.deepcopy(model).cpu().eval()
     example = calibration[0]
     try:  # NNCF's torch tracing fails in its own ways (seen: a TypeError in its deepcopy of MoDL)
-        convs = _conv_nodes(model, example)
-        types = {n.node_type for n in build_nncf_graph(model, example).get_all_nodes()} - {"conv2d"}
+        graph = build_nncf_graph(model, example)  # traced once: for the convs and the other op types
+        convs = _conv_nodes(graph)
+        types = {n.node_type for n in graph.get_all_nodes()} - {"conv2d"}
     except Exception as exc:
         raise QatUnavailable(f"NNCF cannot trace {type(model).__name__} ({exc})") from exc
     unknown = keep_fp - set(convs.values())

@@ -92,7 +92,7 @@ class Scope:
         for node in nodes:
             if node.op_type != "Conv":
                 continue
-            modules = _module_path(node)
+            modules = module_path(node)
             if (
                 from_input.get(node.name, 1 << 30) <= self.ends
                 or from_output.get(node.name, 1 << 30) <= self.ends
@@ -104,7 +104,7 @@ class Scope:
         return kept
 
 
-def _module_path(node: Any) -> list[str]:
+def module_path(node: Any) -> list[str]:
     """The torch module names a node of a dynamo export belongs to (outermost first)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
