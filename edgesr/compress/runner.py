@@ -42,6 +42,7 @@ from edgesr.pipeline import TorchPredictor
 from edgesr.spec import ModelSpec
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import load_for_inference, read_metadata, save_checkpoint
+from edgesr.train.data import PatchTooLarge, check_sr_patch
 from edgesr.train.distributed import init_distributed
 
 STAGE_DONE = "stage.json"
@@ -312,6 +313,20 @@ def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
         return PreparedDataset(recipe.data_root or None)
 
 
+def _check_patches(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
+    """Every SR stage that trains gets a patch its training slices can give, checked before stage 1 runs."""
+    if spec.sr is None:
+        return
+    for index, stage in enumerate(recipe.stages):
+        trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
+        if not trains:
+            continue
+        try:
+            check_sr_patch(dataset, modality=spec.intensity.modality, scale=spec.sr.scale, patch=stage.patch)
+        except PatchTooLarge as exc:
+            raise ConfigError(f"stages.{index}.patch={stage.patch}: {exc}") from None
+
+
 def compress(
     recipe: Recipe, *, out: Path, resume: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
@@ -325,6 +340,7 @@ def compress(
         raise ConfigError(f"out={out} holds files that are not a compression run; choose another out=")
     teacher = _teacher(recipe)
     dataset = _dataset(recipe, console)
+    _check_patches(recipe, teacher.spec, dataset)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "recipe.resolved.yaml", to_yaml(recipe))
     chain = [teacher]

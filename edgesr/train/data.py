@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import ConfigError, DataError
 from edgesr.physics.degrade import crop_to_multiple, degrade
 from edgesr.physics.simulate import simulate_multicoil
 
@@ -90,6 +91,37 @@ def _foreground_crop(
     return top, left
 
 
+class PatchTooLarge(ConfigError):
+    """An SR patch larger than the smallest training slice allows at the scale (callers name their key)."""
+
+
+def _require_patch_fits(images: Sequence[torch.Tensor], *, scale: int, patch: int, what: str) -> None:
+    """Raises PatchTooLarge when a ``patch`` (low-resolution pixels) does not fit every image at ``scale``.
+
+    Any rotation counts (the augmentation's rot90 swaps height and width), so the bound is the
+    shortest side. Checked before training, because the crop is drawn per step: a patch too large for
+    one small slice would otherwise stop a run hours in, at the step that first draws that slice.
+    """
+    smallest = min(images, key=lambda image: min(image.shape[-2:]))
+    largest = min(smallest.shape[-2:]) // scale
+    if patch > largest:
+        height, width = smallest.shape[-2:]
+        raise PatchTooLarge(
+            f"a patch of {patch} low-resolution pixels does not fit the smallest {what} "
+            f"({height}x{width}, {height // scale}x{width // scale} at x{scale}); at most {largest}"
+        )
+
+
+def check_sr_patch(
+    dataset: PreparedDataset, *, modality: str, scale: int, patch: int, split: str = "train"
+) -> None:
+    """What SRBatches checks, without building it: for a recipe's later stages, before the first trains."""
+    images = [torch.from_numpy(s.image) for s in dataset.slices(split, modality)]
+    if not images:
+        raise DataError(f"no {modality} slices in the {split} split of {dataset.path}")
+    _require_patch_fits(images, scale=scale, patch=patch, what=f"{modality} {split} slice")
+
+
 class SRBatches:
     """Patches for SR training from the ``split`` slices of one modality."""
 
@@ -111,6 +143,7 @@ class SRBatches:
         self.images = [torch.from_numpy(s.image / s.volume_max) for s in dataset.slices(split, modality)]
         if not self.images:
             raise ValueError(f"no {modality} slices in the {split} split")
+        _require_patch_fits(self.images, scale=scale, patch=patch, what=f"{modality} {split} slice")
         self.scale, self.degradation, self.upsampler = scale, degradation, upsampler
         self.patch, self.batch_size, self.noise_max = patch, batch_size, noise_max
         self.augment, self.seed = augment, seed

@@ -25,7 +25,7 @@ from edgesr._io import write_text_atomic
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset
 from edgesr.device import bf16_autocast
-from edgesr.errors import DataError
+from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import ReconAcquisition, validate
 from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder, load_vgg19
 from edgesr.models import create_model
@@ -34,7 +34,7 @@ from edgesr.physics.fft import complex_abs, complex_mul
 from edgesr.train import distributed
 from edgesr.train.checkpoint import load_model, read_metadata
 from edgesr.train.config import TrainConfig, check_resume_settings, config_of, run_spec
-from edgesr.train.data import ReconBatches, SRBatches
+from edgesr.train.data import PatchTooLarge, ReconBatches, SRBatches
 from edgesr.train.fit import CheckpointInfo, FitSettings, Objective, check_run_folder, fit
 from edgesr.train.optim import adamw_warmup_cosine
 
@@ -76,7 +76,10 @@ def train(
         if cfg.init and not cfg.resume:
             initial, _ = load_model(cfg.init)
             model.load_state_dict(initial.state_dict(), strict=True)
-        batches = _make_batches(cfg, dataset)
+        try:
+            batches = _make_batches(cfg, dataset)
+        except PatchTooLarge as exc:
+            raise ConfigError(f"data.patch={cfg.data.patch}: {exc}") from None
         optimizer, scheduler = adamw_warmup_cosine(model.parameters(), cfg.optim)
         perceptual = _make_perceptual(cfg, dataset, console, env.device)
         extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}

@@ -112,6 +112,25 @@ def test_a_prune_that_would_remove_nothing_is_a_recipe_error(tiny_teacher, tmp_p
     assert not (tmp_path / "o" / "1-prune" / "model").exists()
 
 
+def test_a_patch_too_large_for_the_training_slices_is_found_before_any_stage_runs(
+    tiny_teacher, tmp_path, tiny_dataset, capsys
+):
+    # 37x33 slices at x2 give 16 low-resolution pixels on the short side (either way up: rot90).
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "big"
+    later = "{kind: distill, student: rdn_tiny, steps: 2, batch_size: 2, patch: 17, eval_every: 2}"
+    argv = ["compress", f"recipe={recipe}", f"out={out}", f"stages=[{later.replace('17', '16')}, {later}]"]
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert "stages.1.patch=17" in said and "(37x33, 18x16 at x2); at most 16" in said
+    assert not out.exists()  # found before stage 1 trained or anything was written
+    # The teacher's training command says the same, naming its own key.
+    train = ["train", "model=rdn_tiny", "data.scale=2", "data.patch=17", "optim.steps=1"]
+    assert main([*train, f"data.root={tiny_dataset.path.parent}", f"out={tmp_path / 't'}"]) == 2
+    assert "data.patch=17: a patch of 17" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
 def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, tiny_dataset, capsys):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2)
     out = tmp_path / "warm"
