@@ -378,6 +378,7 @@ def score_predictor(
     return {
         "psnr": float(summary["psnr_db"]),
         "ssim": float(summary["ssim"]),
+        "gradient_energy_ratio": float(summary["gradient_energy_ratio"]),
         "slices": int(summary["slices"]),
     }
 

@@ -69,13 +69,17 @@ def build_report(
         )  # fmt: skip
     setting = {k: evaluation["results"][0].get(k) for k in ("task", "modality", "scale", "acceleration")}
     rows = [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
-    baselines = [{"name": r["method"], "psnr": r["psnr_db"], "ssim": r["ssim"]} for r in rows]
+    baselines = [
+        {"name": r["method"], "psnr": r["psnr_db"], "ssim": r["ssim"],
+         "gradient_energy_ratio": r["gradient_energy_ratio"]}
+        for r in rows
+    ]  # fmt: skip
     teacher_scores = next(b for b in baselines if b["name"] == "teacher")
     baselines = [b for b in baselines if b["name"] != "teacher"]
 
     float_chain = [c for c in chain if c.quantization is None]
     final_float = float_chain[-1]
-    torch_scores = {id(teacher): {"psnr": teacher_scores["psnr"], "ssim": teacher_scores["ssim"]}}
+    torch_scores = {id(teacher): teacher_scores}
     for candidate in float_chain[1:]:
         torch_scores[id(candidate)] = score(
             TorchPredictor(candidate.model, candidate.spec, "cpu"), candidate.name
@@ -137,7 +141,8 @@ def build_report(
             continue
         runs.append(
             {"name": label, "model": role, "runtime": runtime, "precision": precision, **timing,
-             "psnr": scores["psnr"], "ssim": scores["ssim"]}
+             "psnr": scores["psnr"], "ssim": scores["ssim"],
+             "gradient_energy_ratio": scores["gradient_energy_ratio"]}
         )  # fmt: skip
     gc.collect()  # runtime sessions in reference cycles end here (see compress.quantize.quantize_openvino)
     measured = [r for r in runs if "error" not in r]
@@ -145,6 +150,10 @@ def build_report(
     for run in measured:
         run["psnr_vs_teacher_db"] = round(run["psnr"] - reference["psnr"], 3)
         run["ssim_vs_teacher"] = round(run["ssim"] - reference["ssim"], 4)
+        # Sharpness against the teacher's (1 = as sharp; a GAN student is judged by it, not by PSNR).
+        run["sharpness_vs_teacher"] = round(
+            run["gradient_energy_ratio"] / max(reference["gradient_energy_ratio"], 1e-12), 3
+        )
         run["speedup_vs_teacher_torch_fp32"] = round(
             reference["latency_ms"]["p50"] / run["latency_ms"]["p50"], 2
         )
@@ -312,20 +321,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Runs",
         "",
-        "| run | executed | p50 ms | p90 ms | p99 ms | peak MB | PSNR dB | vs teacher dB | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | executed | p50 ms | p90 ms | p99 ms | peak MB | PSNR dB | vs teacher dB | sharpness "
+        "| speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
         if "error" in run:
-            lines.append(f"| {run['name']} | not measured: {run['error']} | | | | | | | |")
+            lines.append(f"| {run['name']} | not measured: {run['error']} | | | | | | | | |")
             continue
         latency = run["latency_ms"]
         lines.append(
             f"| {run['name']} | {run['executed_precision']} | {latency['p50']:.1f} | {latency['p90']:.1f} | "
             f"{latency['p99']:.1f} | {run['peak_memory_mb']:.0f} | {run['psnr']:.2f} | "
-            f"{run['psnr_vs_teacher_db']:+.2f} | {run['speedup_vs_teacher_torch_fp32']:.2f}x |"
+            f"{run['psnr_vs_teacher_db']:+.2f} | {run.get('sharpness_vs_teacher', float('nan')):.3f} | "
+            f"{run['speedup_vs_teacher_torch_fp32']:.2f}x |"
         )
     lines += [
+        "",
+        "Sharpness: gradient energy over the teacher's in torch FP32 (1 = as sharp, below 1 blurrier).",
         "",
         "Baselines: "
         + ", ".join(f"{b['name']} {b['psnr']:.2f} dB / {b['ssim']:.4f}" for b in report["baselines"]),

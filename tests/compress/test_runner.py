@@ -52,6 +52,8 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     for run in report["runs"]:
         assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys()
         assert run["runtime"] == "torch" and run["executed_precision"] == "fp32"
+        assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
+    assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
     assert {b["name"] for b in report["baselines"]} == {"bicubic", "zero-fill"}
     assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
     assert (out / "recipe.resolved.yaml").is_file()
