@@ -66,7 +66,27 @@ class MethodScores:
         self.gradient_ratio.append(float(gradient_energy_ratio(pred, ref)))
         self.slices.append(slice_id)
 
-    def summary(self) -> dict[str, float | int | str]:
+    def by_source(self) -> dict[str, dict[str, float | int]]:
+        """Means per source volume (slice ids are ``volume:index``), so that a template average and a
+        real scan are never blended into one headline."""
+        members: dict[str, list[int]] = {}
+        for index, slice_id in enumerate(self.slices):
+            members.setdefault(slice_id.rsplit(":", 1)[0], []).append(index)
+
+        def mean(values: list[float], rows: list[int], digits: int) -> float:
+            return round(sum(values[i] for i in rows) / len(rows), digits)
+
+        return {
+            volume: {
+                "slices": len(rows),
+                "psnr_db": mean(self.psnr, rows, 3),
+                "ssim": mean(self.ssim, rows, 4),
+                "gradient_energy_ratio": mean(self.gradient_ratio, rows, 4),
+            }
+            for volume, rows in members.items()
+        }
+
+    def summary(self) -> dict[str, Any]:
         n = len(self.psnr)
         return {
             "method": self.method,
@@ -78,6 +98,7 @@ class MethodScores:
             "gradient_energy_ratio": round(sum(self.gradient_ratio) / n, 4) if n else float("nan"),
             "psnr_min_db": round(min(self.psnr), 3) if n else float("nan"),
             "seconds_per_slice": round(self.seconds / n, 4) if n else float("nan"),
+            "by_source": self.by_source(),
         }
 
 
@@ -351,7 +372,7 @@ def score_predictor(
     split: str,
     max_slices: int = 0,
     acceleration: float = 4.0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One model's mean PSNR/SSIM on a split, through the pipeline, without the baselines.
 
     For checks that score many variants of one model (quantization attempts): the same images and
@@ -380,6 +401,7 @@ def score_predictor(
         "ssim": float(summary["ssim"]),
         "gradient_energy_ratio": float(summary["gradient_energy_ratio"]),
         "slices": int(summary["slices"]),
+        "by_source": summary["by_source"],
     }
 
 

@@ -66,6 +66,28 @@ def test_comparison_names_the_best_baseline_and_those_beaten_on_every_slice():
     assert comparison["baselines_beaten_on_every_slice"] == ["zero-filled", "cg-sense"]
 
 
+def test_figures_are_also_given_per_source_volume():
+    # Slice ids are "volume:index"; a volume name may itself hold a colon-free dash or dot.
+    scores = MethodScores(
+        "net", psnr=[30.0, 32.0, 40.0], ssim=[0.8, 0.9, 0.99], gradient_ratio=[0.5, 0.7, 0.9],
+        slices=["colin27-t1:3", "colin27-t1:9", "mni152-t1:3"],
+    )  # fmt: skip
+    by_source = scores.summary()["by_source"]
+    assert by_source == {
+        "colin27-t1": {"slices": 2, "psnr_db": 31.0, "ssim": 0.85, "gradient_energy_ratio": 0.6},
+        "mni152-t1": {"slices": 1, "psnr_db": 40.0, "ssim": 0.99, "gradient_energy_ratio": 0.9},
+    }
+    from edgesr.data.sources import is_template
+
+    assert is_template("mni152-t1") and not is_template("colin27-t1") and not is_template("unknown")
+    # The compress report's "real scans" figure: slice-weighted over the sources that are not templates.
+    from edgesr.compress.report import real_scan_psnr
+
+    row = {"by_source": by_source | {"other-t2": {"slices": 1, "psnr_db": 34.0}}}
+    assert real_scan_psnr(row, ["mni152-t1"]) == (30.0 + 32.0 + 34.0) / 3
+    assert real_scan_psnr({"by_source": {}}, []) is None
+
+
 def test_result_tables_keep_every_number_at_80_columns():
     """Piped output is 80 columns wide: numbers must never be cut, long method names may fold."""
     row = {

@@ -46,6 +46,9 @@ class Source:
     license: str
     locate: Callable[[], Path | None]
     load: Callable[[Path], SourceVolume]
+    # An average of many subjects (smooth, no single scanner's noise or artefacts): scored and shown
+    # apart, never the headline, because models gain far more on it than on a real scan.
+    template: bool = False
 
 
 def _nifti_axial(path: Path) -> SourceVolume:
@@ -126,6 +129,7 @@ SOURCES: tuple[Source, ...] = (
         license="MNI ICBM152 license (free use with attribution), shipped by nilearn (BSD-3-Clause)",
         locate=_locate_mni152,
         load=_nifti_axial,
+        template=True,
     ),
     Source(
         name="cranium-ct",
@@ -144,3 +148,8 @@ def get_source(name: str) -> Source:
         if source.name == name:
             return source
     raise DataError(f"unknown data source {name!r}; known: {', '.join(s.name for s in SOURCES)}")
+
+
+def is_template(name: str) -> bool:
+    """Whether the source ``name`` is a population average rather than a real scan (unknown: False)."""
+    return any(source.template for source in SOURCES if source.name == name)

@@ -54,6 +54,13 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
         assert run["runtime"] == "torch" and run["executed_precision"] == "fp32"
         assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
     assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
+    # Figures per source volume too (a template would be listed apart and never be the headline).
+    assert report["dataset"]["templates"] == []
+    for row in [report["teacher"], stage, *report["runs"], *report["baselines"]]:
+        assert set(row["by_source"]) == {"fake-mr"} and row["by_source"]["fake-mr"]["slices"] >= 1
+    assert "## Per source" in (out / "report.md").read_text()
+    table = capsys.readouterr().out
+    assert "real" in table and "scans" in table  # the terminal table's column (its header may wrap)
     assert {b["name"] for b in report["baselines"]} == {"bicubic", "zero-fill"}
     assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
     assert (out / "recipe.resolved.yaml").is_file()
