@@ -338,6 +338,9 @@ def distill(
         resume: continue an interrupted distillation in ``out`` exactly.
         stop_at: stop after this many steps as if interrupted (tests).
     """
+    # The teacher is moved for the run and back afterwards: the caller scores, counts and exports it
+    # on the device it was on (the CPU, in the compress runner).
+    teacher_home = next(teacher.parameters()).device
     teacher = teacher.to(env.device)
     student = student.to(env.device)
     optim = OptimSection(steps=settings.steps, lr=settings.lr, warmup=min(settings.warmup, settings.steps))
@@ -397,4 +400,5 @@ def distill(
     finally:
         if features is not None:
             features.remove()  # the student leaves without hooks (export, inference)
+        teacher.to(teacher_home)
     return student

@@ -36,9 +36,9 @@ from torch import nn
 from edgesr._io import atomic_path
 from edgesr.compress.distill import DistillSettings, distill
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, EdgesrError
 from edgesr.spec import ModelSpec
-from edgesr.train.checkpoint import load_weights
+from edgesr.train.checkpoint import checkpoint_exists, load_weights, read_metadata
 from edgesr.train.distributed import DistEnv
 
 # NNCF compiles its CPU quantizer kernels on first use and gives up after 60 s by default; on two busy
@@ -157,8 +157,14 @@ def finetune(
         float_model.cpu(), fake_quantized, spec=spec, student_name=f"{model_name}+nncf-qat",
         student_options=model_options,
         dataset=dataset, settings=settings, out=out, env=env, config={"qat": True},
-        resume=resume and (out / "last").exists(), console=console,
+        resume=resume and checkpoint_exists(out / "last"), console=console,
     )  # fmt: skip
+    reached = read_metadata(out / "last")["step"]
+    if reached < settings.steps:  # Ctrl-C or SIGTERM: fit saved last/ and returned early
+        raise EdgesrError(
+            f"quantization-aware training stopped at step {reached} of {settings.steps}; "
+            "run the same command with resume=true to continue it"
+        )
     load_weights(out / "best", fake_quantized)
     return fake_quantized.eval()
 

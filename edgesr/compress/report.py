@@ -30,6 +30,7 @@ from edgesr.data.sources import is_template
 from edgesr.errors import EdgesrError
 from edgesr.evaluate import evaluate_model, score_predictor
 from edgesr.pipeline import Predictor, TorchPredictor
+from edgesr.train.checkpoint import weights_sha256
 
 if TYPE_CHECKING:
     from edgesr.compress.runner import Candidate
@@ -90,7 +91,8 @@ def build_report(
 
     def onnx_of(candidate: Candidate) -> Path:
         if id(candidate) not in onnx_files:
-            path = out / "runs" / f"{candidate.name}.onnx"
+            # Named by the weights it was exported from: a stage re-run since gets a new file.
+            path = out / "runs" / f"{candidate.name}-{weights_sha256(candidate.folder)[:12]}.onnx"
             if not path.is_file():
                 with console.status(f"exporting {candidate.name} to ONNX"):
                     export_onnx(candidate.model, candidate.spec, latency_inputs(candidate.spec, 64), path)

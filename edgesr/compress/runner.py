@@ -15,7 +15,9 @@ it another ``name``) without redoing earlier ones.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -41,7 +43,13 @@ from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
 from edgesr.spec import ModelSpec
 from edgesr.teachers import teacher_path
-from edgesr.train.checkpoint import load_for_inference, read_metadata, save_checkpoint
+from edgesr.train.checkpoint import (
+    checkpoint_exists,
+    load_for_inference,
+    read_metadata,
+    save_checkpoint,
+    weights_sha256,
+)
 from edgesr.train.data import PatchTooLarge, check_sr_patch
 from edgesr.train.distributed import init_distributed
 
@@ -81,8 +89,8 @@ def _student_spec(spec: ModelSpec, student: nn.Module) -> ModelSpec:
 
 def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model a distill stage trains: a registered preset fed like the teacher, or the previous model."""
-    if not stage.student:
-        return previous.model, previous.model_name, previous.model_options
+    if not stage.student:  # a copy: the previous stage's model stays as that stage left it
+        return copy.deepcopy(previous.model), previous.model_name, previous.model_options
     if model_task(stage.student) != previous.spec.task:
         raise ConfigError(
             f"stages: student {stage.student!r} is a {model_task(stage.student)} model; "
@@ -120,6 +128,39 @@ def _init_from(student: nn.Module, previous: Candidate) -> tuple[int, int]:
     return len(shared), len(target)
 
 
+# Left out of a stage's fingerprint: how long it ran and how often it validated. A run stopped at step
+# 468 of 800 can be reported as finished at 468 (README) without redoing it.
+_NOT_FINGERPRINTED = ("steps", "eval_every", "qat_eval_every")
+
+
+def _fingerprint(
+    index: int, stage: Stage, previous: Candidate, recipe: Recipe, dataset: PreparedDataset
+) -> str:
+    """What a finished stage was made from: its options, the previous model's weights, seed, gate and data.
+
+    A finished stage is reused (``resume=true``) only when this matches: a stage re-run with other
+    options, or an earlier stage re-run since, makes every later stage's fingerprint differ.
+    """
+    options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
+    made_of = {
+        "stage": options,
+        "previous_weights_sha256": weights_sha256(previous.folder),
+        "seed": recipe.seed + index,
+        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
+        "data": dataset.manifest.get("fingerprint"),
+    }
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _mark_done(folder: Path, stage: Stage, model_name: str, started: float, fingerprint: str) -> None:
+    """stage.json, written last: the stage finished (``resume=true`` reuses it) and what it was made from."""
+    write_json_atomic(
+        folder / STAGE_DONE,
+        {"kind": stage.kind, "model": model_name, "seconds": round(time.perf_counter() - started, 1),
+         "fingerprint": fingerprint},
+    )  # fmt: skip
+
+
 def _run_stage(
     index: int,
     stage: Stage,
@@ -134,10 +175,20 @@ def _run_stage(
 ) -> Candidate:
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
+    fingerprint = _fingerprint(index, stage, previous, recipe, dataset)
     if (folder / STAGE_DONE).is_file():
-        if not resume:
+        if not resume:  # compress() checks this before it writes anything; kept here for direct callers
             raise ConfigError(
                 f"{folder} holds a finished stage; pass resume=true to reuse it, or choose another out="
+            )
+        done = json.loads((folder / STAGE_DONE).read_text(encoding="utf-8"))
+        if "fingerprint" not in done:
+            console.print(f"[yellow]{escape(str(folder))} predates stage fingerprints: reused unchecked[/]")
+        elif done["fingerprint"] != fingerprint:
+            raise ConfigError(
+                f"stages.{index}: {folder} was made with other options or from another model (the stage's "
+                "options, the previous stage's weights, the seed, the gate or the data set differ); delete "
+                "the folder to redo it with these, or choose another out="
             )
         model, spec, meta = load_for_inference(model_dir)
         console.print(f"stage {index + 1} ({stage.kind}) finished earlier: {escape(str(model_dir))}")
@@ -150,7 +201,7 @@ def _run_stage(
     if stage.kind == "quantize":
         return _quantize_stage(
             index, stage, previous, recipe=recipe, dataset=dataset, folder=folder, resume=resume,
-            console=console,
+            console=console, fingerprint=fingerprint,
         )  # fmt: skip
     if stage.kind == "prune":
         # Structured pruning of the previous model, then distillation from the unpruned teacher.
@@ -169,10 +220,7 @@ def _run_stage(
     if stage.steps == 0:  # a prune stage without fine-tuning: the pruned model is the stage's model
         save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
                         config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
-        write_json_atomic(
-            folder / STAGE_DONE,
-            {"kind": stage.kind, "model": name, "seconds": round(time.perf_counter() - started, 1)},
-        )
+        _mark_done(folder, stage, name, started, fingerprint)
         return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
     settings = _distill_settings(stage, seed=recipe.seed + index)
     run_dir = folder / "run"
@@ -187,7 +235,7 @@ def _run_stage(
         out=run_dir,
         env=init_distributed(recipe.device),
         config={"recipe": _plain(recipe), "stage": index},
-        resume=resume and (run_dir / "last").exists(),
+        resume=resume and checkpoint_exists(run_dir / "last"),
         console=console,
     )
     reached = read_metadata(run_dir / "last")["step"]
@@ -202,10 +250,7 @@ def _run_stage(
         model_dir, best, model_name=name, model_options=options, spec=spec, step=best_meta["step"],
         metrics=best_meta["metrics"], config=best_meta["config"], machine=best_meta.get("machine"),
     )  # fmt: skip
-    write_json_atomic(
-        folder / STAGE_DONE,
-        {"kind": stage.kind, "model": name, "seconds": round(time.perf_counter() - started, 1)},
-    )
+    _mark_done(folder, stage, name, started, fingerprint)
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
 
 
@@ -232,6 +277,7 @@ def _quantize_stage(
     folder: Path,
     resume: bool,
     console: Console,
+    fingerprint: str,
 ) -> Candidate:
     """INT8 artifacts of the previous stage's model, one per runtime, gated against that float model.
 
@@ -274,14 +320,7 @@ def _quantize_stage(
         dataset=dataset, settings=settings, out=folder, threads=recipe.threads, qat=qat, resume=resume,
         console=console,
     )  # fmt: skip
-    write_json_atomic(
-        folder / STAGE_DONE,
-        {
-            "kind": stage.kind,
-            "model": previous.model_name,
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-    )
+    _mark_done(folder, stage, previous.model_name, started, fingerprint)
     candidate = Candidate(
         folder.name, previous.model, previous.model_name, previous.model_options, previous.spec, model_dir
     )
@@ -341,6 +380,14 @@ def compress(
     teacher = _teacher(recipe)
     dataset = _dataset(recipe, console)
     _check_patches(recipe, teacher.spec, dataset)  # before anything is written
+    finished = [
+        i for i, st in enumerate(recipe.stages) if (out / stage_folder_name(i, st) / STAGE_DONE).is_file()
+    ]
+    if finished and not resume:  # before recipe.resolved.yaml is rewritten: the run's record stays true
+        folder = out / stage_folder_name(finished[0], recipe.stages[finished[0]])
+        raise ConfigError(
+            f"{folder} holds a finished stage; pass resume=true to reuse it, or choose another out="
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "recipe.resolved.yaml", to_yaml(recipe))
     chain = [teacher]

@@ -16,6 +16,7 @@ an interrupted save leaves the previous checkpoint intact (``load`` also finds `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -142,6 +143,20 @@ def resolve_checkpoint(folder: str | Path) -> Path:
     if (old / META_FILE).is_file():  # a save was interrupted between its two renames
         return old
     raise DataError(f"{folder}: no checkpoint here (expected {META_FILE} and {MODEL_FILE})")
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """The sha256 of a checkpoint's weights file: what a derived file (an export, a stage) was made from."""
+    return hashlib.sha256((resolve_checkpoint(folder) / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def checkpoint_exists(folder: str | Path) -> bool:
+    """Whether ``folder`` (or what an interrupted save left of it, ``<folder>.old``) holds a checkpoint."""
+    try:
+        resolve_checkpoint(folder)
+    except DataError:
+        return False
+    return True
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:

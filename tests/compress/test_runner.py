@@ -67,13 +67,19 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     # The stage's model carries the teacher's contract with its own receptive radius.
     model, spec, meta = load_for_inference(out / "1-distill" / "model")
     assert spec.sr is not None and spec.sr.scale == 2 and meta["model"] == "rdn_tiny"
-    # A second run without resume refuses to redo a finished stage; with resume it skips it.
-    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 2
+    # A second run without resume refuses to redo a finished stage, and leaves the run's record as it was.
+    resolved = (out / "recipe.resolved.yaml").read_text()
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "stages.0.lr=0.01"]) == 2
     assert "resume=true" in capsys.readouterr().err
+    assert (out / "recipe.resolved.yaml").read_text() == resolved
+    # With resume it skips it, also when only its length changed (a stopped run reported as finished).
     before = (out / "1-distill" / "model" / "model.safetensors").read_bytes()
-    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", "stages.0.steps=3"]) == 0
     assert "finished earlier" in capsys.readouterr().err
     assert (out / "1-distill" / "model" / "model.safetensors").read_bytes() == before
+    # Other options, or another teacher, make the finished stage a different stage: refused, not reused.
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", "stages.0.lr=0.01"]) == 2
+    assert "stages.0: " in (said := capsys.readouterr().err) and "made with other options" in said
 
 
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
@@ -138,6 +144,25 @@ def test_a_patch_too_large_for_the_training_slices_is_found_before_any_stage_run
     assert main([*train, f"data.root={tiny_dataset.path.parent}", f"out={tmp_path / 't'}"]) == 2
     assert "data.patch=17: a patch of 17" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_distill_stage_without_a_student_trains_a_copy_of_the_previous_model(
+    tiny_teacher, tmp_path, tiny_dataset
+):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "again"
+    short = "steps: 2, batch_size: 2, patch: 8, eval_every: 2, warmup: 1"
+    stages = f"stages=[{{kind: distill, student: rdn_tiny, {short}}}, {{kind: distill, {short}, lr: 0.05}}]"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", stages]) == 0
+    report = json.loads((out / "report.json").read_text())
+    first, _ = report["stages"]
+    # The first stage's row is scored on its own weights, not on what the second stage trained them into.
+    model, spec, _ = load_for_inference(out / "1-distill" / "model")
+    from edgesr.compress.report import score_predictor
+    from edgesr.pipeline import TorchPredictor
+
+    own = score_predictor(spec, TorchPredictor(model, spec, "cpu"), tiny_dataset, split="val", max_slices=1)
+    assert own["psnr"] == first["psnr"]
 
 
 def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, tiny_dataset, capsys):
