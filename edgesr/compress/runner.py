@@ -50,7 +50,7 @@ from edgesr.train.checkpoint import (
     save_checkpoint,
     weights_sha256,
 )
-from edgesr.train.data import PatchTooLarge, check_sr_patch
+from edgesr.train.data import CropTooLarge, check_recon_crop, check_sr_patch
 from edgesr.train.distributed import init_distributed
 
 STAGE_DONE = "stage.json"
@@ -353,17 +353,23 @@ def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
 
 
 def _check_patches(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
-    """Every SR stage that trains gets a patch its training slices can give, checked before stage 1 runs."""
-    if spec.sr is None:
-        return
+    """Every stage that trains gets a patch (SR) or crop (recon) its training slices can give, checked
+    before stage 1 runs rather than at the step that first draws the smallest slice."""
     for index, stage in enumerate(recipe.stages):
         trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
         if not trains:
             continue
         try:
-            check_sr_patch(dataset, modality=spec.intensity.modality, scale=spec.sr.scale, patch=stage.patch)
-        except PatchTooLarge as exc:
-            raise ConfigError(f"stages.{index}.patch={stage.patch}: {exc}") from None
+            if spec.sr is not None:
+                key = f"stages.{index}.patch={stage.patch}"
+                check_sr_patch(
+                    dataset, modality=spec.intensity.modality, scale=spec.sr.scale, patch=stage.patch
+                )
+            else:
+                key = f"stages.{index}.crop={stage.crop}"
+                check_recon_crop(dataset, crop=stage.crop)
+        except CropTooLarge as exc:
+            raise ConfigError(f"{key}: {exc}") from None
 
 
 def compress(

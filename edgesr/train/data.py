@@ -91,35 +91,51 @@ def _foreground_crop(
     return top, left
 
 
-class PatchTooLarge(ConfigError):
-    """An SR patch larger than the smallest training slice allows at the scale (callers name their key)."""
+LR_PIXELS = "low-resolution pixels"  # an SR patch is measured on the network's input
 
 
-def _require_patch_fits(images: Sequence[torch.Tensor], *, scale: int, patch: int, what: str) -> None:
-    """Raises PatchTooLarge when a ``patch`` (low-resolution pixels) does not fit every image at ``scale``.
+class CropTooLarge(ConfigError):
+    """A training patch or crop larger than the smallest training slice allows (callers name their key)."""
+
+
+def _require_crop_fits(
+    images: Sequence[torch.Tensor], *, size: int, scale: int, what: str, unit: str = "pixels"
+) -> None:
+    """Raises CropTooLarge when a square crop of ``size`` (at ``1/scale``) does not fit every image.
 
     Any rotation counts (the augmentation's rot90 swaps height and width), so the bound is the
-    shortest side. Checked before training, because the crop is drawn per step: a patch too large for
+    shortest side. Checked before training, because crops are drawn per step: a crop too large for
     one small slice would otherwise stop a run hours in, at the step that first draws that slice.
     """
     smallest = min(images, key=lambda image: min(image.shape[-2:]))
     largest = min(smallest.shape[-2:]) // scale
-    if patch > largest:
+    if size > largest:
         height, width = smallest.shape[-2:]
-        raise PatchTooLarge(
-            f"a patch of {patch} low-resolution pixels does not fit the smallest {what} "
-            f"({height}x{width}, {height // scale}x{width // scale} at x{scale}); at most {largest}"
+        at = f", {height // scale}x{width // scale} at x{scale}" if scale > 1 else ""
+        raise CropTooLarge(
+            f"a crop of {size} {unit} does not fit the smallest {what} ({height}x{width}{at}); "
+            f"at most {largest}"
         )
+
+
+def _split_images(dataset: PreparedDataset, modality: str, split: str) -> list[torch.Tensor]:
+    images = [torch.from_numpy(s.image) for s in dataset.slices(split, modality)]
+    if not images:
+        raise DataError(f"no {modality} slices in the {split} split of {dataset.path}")
+    return images
 
 
 def check_sr_patch(
     dataset: PreparedDataset, *, modality: str, scale: int, patch: int, split: str = "train"
 ) -> None:
     """What SRBatches checks, without building it: for a recipe's later stages, before the first trains."""
-    images = [torch.from_numpy(s.image) for s in dataset.slices(split, modality)]
-    if not images:
-        raise DataError(f"no {modality} slices in the {split} split of {dataset.path}")
-    _require_patch_fits(images, scale=scale, patch=patch, what=f"{modality} {split} slice")
+    images = _split_images(dataset, modality, split)
+    _require_crop_fits(images, size=patch, scale=scale, what=f"{modality} {split} slice", unit=LR_PIXELS)
+
+
+def check_recon_crop(dataset: PreparedDataset, *, crop: int, split: str = "train") -> None:
+    """What ReconBatches checks, without building it."""
+    _require_crop_fits(_split_images(dataset, "MR", split), size=crop, scale=1, what=f"MR {split} slice")
 
 
 class SRBatches:
@@ -143,7 +159,9 @@ class SRBatches:
         self.images = [torch.from_numpy(s.image / s.volume_max) for s in dataset.slices(split, modality)]
         if not self.images:
             raise ValueError(f"no {modality} slices in the {split} split")
-        _require_patch_fits(self.images, scale=scale, patch=patch, what=f"{modality} {split} slice")
+        _require_crop_fits(
+            self.images, size=patch, scale=scale, what=f"{modality} {split} slice", unit=LR_PIXELS
+        )
         self.scale, self.degradation, self.upsampler = scale, degradation, upsampler
         self.patch, self.batch_size, self.noise_max = patch, batch_size, noise_max
         self.augment, self.seed = augment, seed
@@ -198,6 +216,8 @@ class ReconBatches:
         self.images = [torch.from_numpy(s.image / s.volume_max) for s in dataset.slices(split, "MR")]
         if not self.images:
             raise ValueError(f"no MR slices in the {split} split")
+        # Every item of a batch has the same square crop (they are stacked), so it must fit every slice.
+        _require_crop_fits(self.images, size=crop, scale=1, what=f"MR {split} slice")
         self.crop, self.batch_size = crop, batch_size
         self.accelerations, self.masks = list(accelerations), list(masks)
         self.coils, self.center_fraction, self.noise_std = coils, center_fraction, noise_std
@@ -210,7 +230,7 @@ class ReconBatches:
         for item in range(self.batch_size):
             image = self.images[int(torch.randint(0, len(self.images), (), generator=g))]
             image = _augment(image, g, self.augment) if self.augment else image
-            crop_h, crop_w = min(self.crop, image.shape[-2]), min(self.crop, image.shape[-1])
+            crop_h = crop_w = self.crop
             top, left = _foreground_crop(image, crop_h, crop_w, g)
             acceleration = self.accelerations[int(torch.randint(0, len(self.accelerations), (), generator=g))]
             mask_kind = self.masks[int(torch.randint(0, len(self.masks), (), generator=g))]

@@ -34,7 +34,7 @@ from edgesr.physics.fft import complex_abs, complex_mul
 from edgesr.train import distributed
 from edgesr.train.checkpoint import load_model, read_metadata
 from edgesr.train.config import TrainConfig, check_resume_settings, config_of, run_spec
-from edgesr.train.data import PatchTooLarge, ReconBatches, SRBatches
+from edgesr.train.data import CropTooLarge, ReconBatches, SRBatches
 from edgesr.train.fit import CheckpointInfo, FitSettings, Objective, check_run_folder, fit
 from edgesr.train.optim import adamw_warmup_cosine
 
@@ -78,8 +78,9 @@ def train(
             model.load_state_dict(initial.state_dict(), strict=True)
         try:
             batches = _make_batches(cfg, dataset)
-        except PatchTooLarge as exc:
-            raise ConfigError(f"data.patch={cfg.data.patch}: {exc}") from None
+        except CropTooLarge as exc:
+            key = f"data.patch={cfg.data.patch}" if cfg.task == "sr" else f"data.crop={cfg.data.crop}"
+            raise ConfigError(f"{key}: {exc}") from None
         optimizer, scheduler = adamw_warmup_cosine(model.parameters(), cfg.optim)
         perceptual = _make_perceptual(cfg, dataset, console, env.device)
         extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}

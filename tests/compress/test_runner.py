@@ -142,8 +142,15 @@ def test_a_patch_too_large_for_the_training_slices_is_found_before_any_stage_run
     # The teacher's training command says the same, naming its own key.
     train = ["train", "model=rdn_tiny", "data.scale=2", "data.patch=17", "optim.steps=1"]
     assert main([*train, f"data.root={tiny_dataset.path.parent}", f"out={tmp_path / 't'}"]) == 2
-    assert "data.patch=17: a patch of 17" in capsys.readouterr().err
+    assert "data.patch=17: a crop of 17 low-resolution pixels" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+    # A recon crop is stacked across the batch, so it too must fit every slice: 33 pixels at most here.
+    recon = ["train", "model=modl_tiny", "data.crop=34", "data.batch_size=2", "optim.steps=1"]
+    assert main([*recon, f"data.root={tiny_dataset.path.parent}", f"out={tmp_path / 'r'}"]) == 2
+    assert (
+        "data.crop=34: a crop of 34 pixels does not fit the smallest MR train slice (37x33); at most 33"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_a_distill_stage_without_a_student_trains_a_copy_of_the_previous_model(
