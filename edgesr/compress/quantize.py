@@ -101,6 +101,13 @@ class Scope:
                 or any(p.search(text) for p in compiled for text in (node.name, *modules))
             ):
                 kept.append(node.name)
+        named = {m for node in nodes if node.op_type == "Conv" for m in module_path(node)}
+        unknown = [m for m in self.modules if m not in named]
+        if unknown:  # a typo would otherwise keep nothing in float, silently
+            raise ConfigError(
+                f"stages.keep_fp_modules: no convolution lies in {', '.join(map(repr, unknown))}; "
+                f"modules with convolutions: {', '.join(sorted(named)[:12])}"
+            )
         return kept
 
 

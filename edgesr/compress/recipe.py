@@ -15,6 +15,7 @@ Recipes live in the top-level ``recipes/`` folder (``recipe=NAME``) or anywhere 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,23 @@ class Stage:
         check_range("stages.qat_steps", self.qat_steps, low=1)
         check_range("stages.qat_eval_every", self.qat_eval_every, low=1)
         check_range("stages.qat_lr", self.qat_lr, low=0.0)
+        check_range("stages.patch", self.patch, low=1)
+        check_range("stages.crop", self.crop, low=8)
+        check_range("stages.warmup", self.warmup, low=0)
+        check_range("stages.disc_lr", self.disc_lr, low=0.0)
+        check_range("stages.output_weight", self.output_weight, low=0.0)
+        check_range("stages.target_weight", self.target_weight, low=0.0)
+        if self.output_weight + self.target_weight == 0:
+            raise ConfigError(
+                "stages.output_weight and stages.target_weight cannot both be 0 (nothing to learn)"
+            )
+        for pattern in self.keep_fp_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"stages.keep_fp_patterns: {pattern!r} is not a regular expression ({exc})"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,7 @@ class Recipe:
             raise ConfigError("a recipe needs at least one stage")
         check_choice("eval_split", self.eval_split, ("train", "val", "test"))
         check_range("max_psnr_drop_db", self.max_psnr_drop_db, low=0.0)
+        check_range("max_ssim_drop", self.max_ssim_drop, low=0.0)
         check_range("latency_repeats", self.latency_repeats, low=1)
         check_range("latency_size", self.latency_size, low=16)
         for runtime in self.report_runtimes:

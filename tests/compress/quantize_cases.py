@@ -73,6 +73,9 @@ def test_the_scope_keeps_the_ends_the_upsampler_and_named_modules(exported):
     in_block = Scope(ends=0, upsampler=False, modules=("blocks.0",)).resolve(graph)
     assert in_block and first not in in_block and last not in in_block
     assert Scope(ends=0, upsampler=False, patterns=(r"^to_image$",)).resolve(graph) == [last]
+    # A module name that holds no convolution (a typo) would keep nothing in float: an error instead.
+    with pytest.raises(ConfigError, match="keep_fp_modules: no convolution lies in 'blocks.9'"):
+        Scope(ends=0, upsampler=False, modules=("blocks.9",)).resolve(graph)
 
 
 def test_the_qdq_onnx_holds_only_standard_ops_and_runs_in_onnxruntime(exported, tmp_path):

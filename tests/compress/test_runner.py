@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 
 import pytest
@@ -97,6 +98,23 @@ def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_tea
         load_recipe(str(bad))
     with pytest.raises(ConfigError, match="no recipe"):
         load_recipe("no-such-recipe")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["stages.1.keep_fp_patterns=['(']"], "keep_fp_patterns: '(' is not a regular expression"),
+        (["stages.0.output_weight=0", "stages.0.target_weight=0"], "cannot both be 0"),
+        (["stages.0.patch=0"], "stages.patch=0"),
+        (["stages.0.crop=4"], "stages.crop=4"),
+        (["stages.0.warmup=-1"], "stages.warmup=-1"),
+        (["stages.0.disc_lr=-0.1"], "stages.disc_lr"),
+        (["max_ssim_drop=-0.01"], "max_ssim_drop"),
+    ],
+)
+def test_bad_values_are_recipe_errors_when_it_loads_not_hours_into_a_run(overrides, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_recipe("quickstart", overrides)
 
 
 def test_an_out_that_is_a_file_is_refused_and_left_alone(tiny_teacher, tmp_path, tiny_dataset, capsys):
