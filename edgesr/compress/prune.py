@@ -433,6 +433,12 @@ def prune(
             )
         return pruned
     assert target_macs is not None
+    unpruned = count_macs_params(model, example_inputs)[0]
+    if unpruned <= target_macs:  # the bisection would settle on a ratio that removes nothing
+        raise ValueError(
+            f"target_macs={target_macs:.4g} is not below the unpruned model's {unpruned:.4g} MACs "
+            "(counted on the example input): nothing to prune"
+        )
     low, high = 0.0, 0.99
     best = _prune_at(model, example_inputs, high, importance, round_to, ignored, loss_fn)
     if count_macs_params(best, example_inputs)[0] > target_macs:

@@ -46,7 +46,8 @@ class Stage:
     )
     ratio: float = opt(0.5, "prune: fraction of each prunable layer's channels to remove")
     target_macs: float = opt(
-        0.0, "prune: prune until the MACs (per the example input) fall to this (0: use ratio)"
+        0.0,
+        "prune: prune until the MACs per latency_size output (as report.md counts) fall to this (0: ratio)",
     )
     importance: str = opt("l1", f"prune: channel importance, {', '.join(IMPORTANCES)}")
     round_to: int = opt(8, "prune: keep channel counts multiples of this (the CPU's matrix units want 8-32)")

@@ -206,7 +206,8 @@ def _run_stage(
     if stage.kind == "prune":
         # Structured pruning of the previous model, then distillation from the unpruned teacher.
         name, options = previous.model_name, previous.model_options
-        example = tuple(latency_inputs(previous.spec, 64).values())
+        # At the report's output size, so that a target_macs read off report.md means the same MACs.
+        example = tuple(latency_inputs(previous.spec, recipe.latency_size).values())
         try:
             student = prune(
                 previous.model, example, ratio=None if stage.target_macs else stage.ratio,

@@ -150,6 +150,8 @@ def test_target_macs() -> None:
     assert 0.4 * macs <= pruned_macs <= 0.6 * macs  # reached, without pruning far past it
     with pytest.raises(ValueError, match="target_macs"):
         prune(model, inputs, target_macs=1.0)
+    with pytest.raises(ValueError, match="not below the unpruned model's"):  # would remove nothing
+        prune(model, inputs, target_macs=2 * macs)
 
 
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "lamp"])
