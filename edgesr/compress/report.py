@@ -3,7 +3,8 @@
 ``report.json`` (for machines) and ``report.md`` (for people) hold the same figures:
 
 * ``teacher`` and ``stages``: params, MACs (per ``latency_size`` output), PSNR/SSIM on the recipe's
-  ``eval_split`` (a quantize stage's figures are its best INT8 artifact's), and the stage's seconds;
+  ``eval_split`` (a quantize stage's figures are its worst INT8 artifact's, so that the gate holds for
+  every file it ships), per source volume too, and the stage's seconds;
 * ``runs``: one entry per (model, runtime, precision): the teacher in torch FP32 and in each runtime at
   that runtime's default precision, the final float model in every runtime (OpenVINO's default, BF16 on
   CPUs with AMX, and FP32), each INT8 artifact. Each run is scored in its runtime on the same slices and
@@ -171,7 +172,8 @@ def build_report(
             ]
             if not int8:
                 raise EdgesrError(f"no INT8 artifact of {candidate.name} could be run; see the runs above")
-            scores = max(int8, key=lambda r: r["psnr"])
+            # The worst INT8 file stands for the stage: the gate must hold for every file it ships.
+            scores = min(int8, key=lambda r: r["psnr"])
             runtime = f"{scores['runtime']} int8"
         else:
             scores, runtime = torch_scores[id(candidate)], "torch fp32"
