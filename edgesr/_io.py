@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,3 +56,19 @@ def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def replace_folder(tmp: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Puts the finished folder ``tmp`` in the place of ``folder``: the old one or the whole new one.
+
+    Two renames: ``folder`` -> ``<folder>.old``, ``tmp`` -> ``folder``. An interruption between them
+    leaves the previous folder complete in ``<folder>.old`` (checkpoint readers look there too).
+    """
+    tmp, folder = Path(tmp), Path(folder)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -59,21 +59,23 @@ def run_compress(cfg: CompressConfig) -> int:
     table = Table(
         title=f"{recipe.teacher}: {report['dataset']['split']} split, {report['dataset']['images']} slices"
     )
-    table.add_column("run", overflow="fold")  # names are paths (stage/runtime/precision): wrap, never cut
-    for column in ("executed", "PSNR dB", "vs teacher", "real scans", "p50 ms", "speed-up"):
-        table.add_column(column)
-    # "real scans": the change against the teacher on the sources that are not template averages.
+    # With a template among the sources, "real scans" gives the change against the teacher on the
+    # others: the figure to judge a model by (report.md has every source apart).
     templates = report["dataset"].get("templates", [])
-    teacher_real = real_scan_psnr(report["teacher"], templates)
+    teacher_real = real_scan_psnr(report["teacher"], templates) if templates else None
+    columns = ["executed", "PSNR dB", "vs teacher", *(["real scans"] if teacher_real is not None else [])]
+    table.add_column("run", overflow="fold")  # names are paths (stage/runtime/precision): wrap, never cut
+    for column in (*columns, "p50 ms", "speed-up"):
+        table.add_column(column)
     for run in report["runs"]:
         if "error" in run:
-            table.add_row(escape(run["name"]), "not measured", "", "", "", "", "")
+            table.add_row(escape(run["name"]), "not measured", *[""] * (len(columns) + 1))
             continue
         real = real_scan_psnr(run, templates)
+        change = [] if teacher_real is None else ["" if real is None else f"{real - teacher_real:+.2f}"]
         table.add_row(
             escape(run["name"]), run["executed_precision"], f"{run['psnr']:.2f}",
-            f"{run['psnr_vs_teacher_db']:+.2f}",
-            "" if real is None or teacher_real is None else f"{real - teacher_real:+.2f}",
+            f"{run['psnr_vs_teacher_db']:+.2f}", *change,
             f"{run['latency_ms']['p50']:.1f}", f"{run['speedup_vs_teacher_torch_fp32']:.2f}x",
         )  # fmt: skip
     Console().print(table)

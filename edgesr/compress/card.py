@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from edgesr import __version__
-from edgesr._io import atomic_path, write_json_atomic
+from edgesr._io import replace_folder
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata
@@ -81,10 +82,13 @@ def write_student_card(
     for key in ("optimizer", "scheduler"):
         meta.pop(key, None)
     weights = (source / MODEL_FILE).read_bytes()
-    target.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target / MODEL_FILE) as tmp:
-        tmp.write_bytes(weights)
-    write_json_atomic(target / META_FILE, meta)
+    # Weights, metadata and card are written into a folder beside the target and swapped in whole:
+    # an interrupted re-card never leaves new weights under the old card's sha256.
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / MODEL_FILE).write_bytes(weights)
+    (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     quantization: dict[str, Any] = {}
     summary = report.get("quantization") or {}
@@ -131,5 +135,5 @@ def write_student_card(
         "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         "edgesr_version": __version__,
     }
-    write_json_atomic(target / "model_card.json", json.loads(json.dumps(card)))
-    return target
+    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return replace_folder(staging, target)

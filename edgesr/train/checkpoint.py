@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgesr._io import replace_folder
 from edgesr.errors import DataError
 from edgesr.models import create_model, list_models
 from edgesr.models._shapes import apply_layer_shapes, shape_changes
@@ -108,13 +108,7 @@ def save_checkpoint(
         meta["optimizer"] = layout
         meta["scheduler"] = scheduler.state_dict() if scheduler is not None else None
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_folder(tmp, folder)
 
 
 def _layer_shape_changes(model: nn.Module, name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -255,7 +255,7 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
     recipe.write_text(
         f"teacher: {teacher}\ndata_root: {tiny_dataset.path.parent}\neval_split: val\neval_slices: 1\n"
         "latency_size: 32\nlatency_repeats: 2\nthreads: 1\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
-        "stages:\n  - kind: quantize\n    calibration_slices: 2\n    gate_slices: 1\n"
+        "stages:\n  - kind: quantize\n    calibration_slices: 2\n    gate_slices: 1\n    patch: 8\n"
     )
     out = tmp_path / "out"
     assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
@@ -299,6 +299,13 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
     shipped = json.loads((card / "model_card.json").read_text())
     assert shipped["compression"]["stages"] == report["stages"] and shipped["evaluation"]["runs"]
     assert shipped["weights"]["sha256"] and {d["name"] for d in shipped["data"]} == {"fake-mr"}
+    # The card folder is swapped in whole: nothing of the staging or the previous card is left beside it.
+    assert sorted(p.name for p in card.parent.iterdir()) == ["tiny-edge"]
+    assert sorted(p.name for p in card.iterdir()) == [
+        "checkpoint.json",
+        "model.safetensors",
+        "model_card.json",
+    ]
     # The INT8 file is rebuilt from the shipped float model by the recorded command, to the same figures.
     entry = shipped["quantization"]["onnxruntime"]
     argv = shlex.split(entry["rebuild_command"])[1:]
