@@ -517,7 +517,7 @@ def quantize(
         path = out / ARTIFACTS[runtime]
         _save_artifact(runtime, artifacts[chosen], path)
         results[runtime] = {
-            "artifact": str(path),
+            "artifact": ARTIFACTS[runtime],  # relative to the stage folder (a run may be moved)
             "met_gate": attempts[chosen].met_gate,
             "chosen": chosen,
             "attempts": [a.as_dict() for a in attempts],

@@ -333,8 +333,15 @@ def _attach_quantization(candidate: Candidate, folder: Path) -> None:
     summary = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
     candidate.quantization = summary
     candidate.artifacts = {"onnx": folder / "model.onnx"} | {
-        runtime: Path(entry["artifact"]) for runtime, entry in summary["runtimes"].items()
+        runtime: _artifact_path(folder, entry["artifact"]) for runtime, entry in summary["runtimes"].items()
     }
+
+
+def _artifact_path(folder: Path, recorded: str) -> Path:
+    """An INT8 file named in quantization.json: relative to the stage folder (runs before 0.2 recorded
+    the path as given, relative to where the run was started)."""
+    inside = folder / recorded
+    return inside if inside.exists() or not Path(recorded).exists() else Path(recorded)
 
 
 def _plain(recipe: Recipe) -> dict[str, Any]:

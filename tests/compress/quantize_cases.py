@@ -145,7 +145,11 @@ def test_an_unreachable_gate_tries_every_remedy_and_says_none_met_it(exported, t
     best = max(onnxruntime["attempts"], key=lambda a: a["psnr"])
     assert onnxruntime["attempts"][onnxruntime["chosen"]] == best
     rescored = score_predictor(
-        spec, OnnxRuntimePredictor(onnxruntime["artifact"]), tiny_dataset, split="val", max_slices=1
+        spec,
+        OnnxRuntimePredictor(tmp_path / onnxruntime["artifact"]),
+        tiny_dataset,
+        split="val",
+        max_slices=1,
     )
     assert rescored["psnr"] == pytest.approx(best["psnr"], abs=1e-3)
     assert json.loads((tmp_path / "quantization.json").read_text()) == summary
@@ -194,18 +198,23 @@ def test_qat_trains_once_and_each_runtime_file_is_checked_against_it(exported, t
     # One fine-tuning (two steps), shared by both runtimes; its checkpoints keep NNCF's quantizers.
     log = (tmp_path / "qat" / "run" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log if "loss" in line] == [2]
-    qdq = onnx.load(summary["runtimes"]["onnxruntime"]["artifact"])
+    qdq = onnx.load(tmp_path / summary["runtimes"]["onnxruntime"]["artifact"])
     ops = {n.op_type for n in qdq.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and {n.domain for n in qdq.graph.node} <= {
         "",
         "ai.onnx",
     }
-    assert onnxruntime_precision(summary["runtimes"]["onnxruntime"]["artifact"]).startswith("int8")
-    openvino = OpenVinoPredictor(summary["runtimes"]["openvino"]["artifact"], precision="f32")
+    assert onnxruntime_precision(tmp_path / summary["runtimes"]["onnxruntime"]["artifact"]).startswith("int8")
+    openvino = OpenVinoPredictor(tmp_path / summary["runtimes"]["openvino"]["artifact"], precision="f32")
     assert openvino.executed_precision.startswith("int8")
     # The ONNX Runtime file has dynamic sizes: an odd-sized input runs.
     odd = {k: torch.from_numpy(v) for k, v in _smooth_inputs(3, 23, 15).items()}
-    assert OnnxRuntimePredictor(summary["runtimes"]["onnxruntime"]["artifact"])(odd).shape == (1, 1, 46, 30)
+    assert OnnxRuntimePredictor(tmp_path / summary["runtimes"]["onnxruntime"]["artifact"])(odd).shape == (
+        1,
+        1,
+        46,
+        30,
+    )
     # Run again with resume: the finished fine-tuning is reused, not repeated.
     again = quantize(
         path, TorchPredictor(model, spec), spec=spec, dataset=tiny_dataset, settings=settings,
@@ -240,7 +249,7 @@ def test_a_recon_model_quantizes_its_convolutions_and_says_why_qat_has_no_onnx_f
     entry = summary["runtimes"]["onnxruntime"]
     [ptq] = entry["attempts"]
     assert ptq["remedy"] == "ptq" and np.isfinite(ptq["psnr"])
-    assert onnxruntime_precision(entry["artifact"]).startswith("int8")
+    assert onnxruntime_precision(tmp_path / "q" / entry["artifact"]).startswith("int8")
     [missing] = entry["unavailable"]
     assert missing["remedy"] == "qat" and "FFT" in missing["reason"]
     assert not (tmp_path / "q" / "qat").exists()  # nothing was trained for a file that cannot exist
@@ -351,7 +360,7 @@ def test_a_quantized_teacher_stays_within_its_gate_on_real_slices(real_data_root
     )
     assert summary["runtimes"]["openvino"]["met_gate"], summary
     # On test slices it was not scored on: the INT8 file stays within the same gate.
-    artifact = summary["runtimes"]["openvino"]["artifact"]
+    artifact = tmp_path / summary["runtimes"]["openvino"]["artifact"]
     int8 = score_predictor(spec, OpenVinoPredictor(artifact, threads=2), dataset, split="test", max_slices=2)
     reference = score_predictor(spec, TorchPredictor(model, spec), dataset, split="test", max_slices=2)
     assert reference["psnr"] - int8["psnr"] <= 0.5 and reference["ssim"] - int8["ssim"] <= 0.005
