@@ -416,9 +416,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## INT8 attempts",
             "",
-            f"Each attempt scored on the {gate['split']} split ({gate['slices_per_volume']} slices per "
-            f"volume) against the float model ({quantization['reference']['psnr']:.2f} dB); the stage's "
-            "gate: at most "
+            f"Each attempt scored on the {gate['split']} split "
+            f"({gate['slices_per_volume'] or 'all'} slices per volume) against the float model "
+            f"({quantization['reference']['psnr']:.2f} dB); the stage's gate: at most "
             f"{gate['max_psnr_drop_db']} dB and {gate['max_ssim_drop']} SSIM lost.",
             "",
             "QAT files are converted from the fake-quantized torch model; their export check is the "
