@@ -47,7 +47,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgesr._io import atomic_path, write_json_atomic
+from edgesr._io import atomic_path, replace_folder, write_json_atomic
 from edgesr.compress.distill import DistillSettings
 from edgesr.compress.recipe import QUANTIZE_REMEDIES as REMEDIES
 from edgesr.compress.recipe import QUANTIZE_RUNTIMES as RUNTIMES
@@ -574,12 +574,13 @@ def _save_artifact(runtime: str, artifact: Any, path: Path) -> None:
         return
     import openvino
 
-    # The IR is two files: write both under temporary names, then rename the weights before the graph
-    # that names them, so a reader never finds a graph without its weights.
-    tmp_xml = path.with_name(path.stem + ".tmp.xml")
-    openvino.save_model(artifact, str(tmp_xml), compress_to_fp16=False)
-    tmp_xml.with_suffix(".bin").replace(path.with_suffix(".bin"))
-    tmp_xml.replace(path)
+    # The IR is two files (graph and weights), which no single rename can replace together: they are
+    # written into a staging folder that then takes the place of the runtime's folder as a whole.
+    staging = path.parent.with_name(path.parent.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    openvino.save_model(artifact, str(staging / path.name), compress_to_fp16=False)
+    replace_folder(staging, path.parent)
 
 
 __all__ = [
