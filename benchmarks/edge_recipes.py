@@ -61,7 +61,17 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "psnr_loss_db": teacher_torch["psnr"] - student["psnr"],
         "ssim_loss": teacher_torch["ssim"] - student["ssim"],
         "sharpness": student.get("sharpness_vs_teacher"),  # absent from reports before it was recorded
+        "real_psnr_loss_db": _real_loss(report, teacher_torch, student),
     }
+
+
+def _real_loss(report: dict[str, Any], teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
+    """PSNR lost on the real scans only (the sources that are not template averages), when recorded."""
+    from edgesr.compress.report import real_scan_psnr
+
+    templates = report["dataset"].get("templates", [])
+    mine, reference = real_scan_psnr(student, templates), real_scan_psnr(teacher, templates)
+    return None if mine is None or reference is None else reference - mine
 
 
 def main() -> int:
@@ -78,7 +88,10 @@ def main() -> int:
             command = [sys.executable, "-m", "edgesr", "compress", f"recipe={name}", f"out={out}"]
             if (out / "recipe.resolved.yaml").is_file():
                 command.append("resume=true")
-            subprocess.run(command, check=True, cwd=ROOT)
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                print(f"{name}: edgesr compress failed (its message is above); next recipe")
+                failed = True
+                continue
         report_path = out / "report.json"
         if not report_path.is_file():
             print(f"{name}: no report at {report_path} (run with --run)")
@@ -98,6 +111,11 @@ def main() -> int:
             f"{figures['vs_teacher_best']:.2f}x vs {figures['teacher_best_run']}"
             + (f" (target {best}x)" if best else "")
             + f", PSNR -{figures['psnr_loss_db']:.3f} dB (target {loss}), SSIM -{figures['ssim_loss']:.4f}"
+            + (
+                ""
+                if figures["real_psnr_loss_db"] is None
+                else f" (real scans -{figures['real_psnr_loss_db']:.3f})"
+            )
             + ("" if sharp is None else f", sharpness {sharp:.3f} of the teacher's")
             + ("" if sharpness is None else f" (target 1 +- {sharpness})")
             + ": "
