@@ -37,9 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 from edgesr.data.dataset import PreparedDataset
 from edgesr.device import bf16_autocast
 from edgesr.errors import ConfigError
-from edgesr.evaluate import ReconAcquisition, validate
+from edgesr.evaluate import ReconAcquisition, sr_pairs, sr_predict, validate
 from edgesr.losses import discriminator_loss, generator_adversarial_loss
 from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder
+from edgesr.metrics import crop_border, psnr
 from edgesr.models.srgan import Discriminator
 from edgesr.spec import ModelSpec
 from edgesr.train.config import OptimSection
@@ -66,6 +67,8 @@ class DistillSettings:
         val_slices: validation slices per volume.
         seed: seed of the batches.
         amp: bf16 autocast for the networks' forward passes on CUDA.
+        select_by: what ``best/`` is kept by: ``"target"`` (val PSNR to the ground truth) or
+            ``"teacher"`` (val PSNR to the teacher's output; SR only: for GAN teachers).
     """
 
     steps: int
@@ -86,6 +89,7 @@ class DistillSettings:
     adversarial_weight: float = 0.0
     disc_lr: float = 1e-4
     perceptual_steps: int = 1500
+    select_by: str = "target"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -94,6 +98,8 @@ class DistillSettings:
             raise ValueError("distill: feature_weight must be >= 0, and > 0 only with feature_layers")
         if self.perceptual_weight < 0 or self.adversarial_weight < 0:
             raise ValueError("distill: perceptual_weight and adversarial_weight must be >= 0")
+        if self.select_by not in ("target", "teacher"):
+            raise ValueError(f"distill: select_by must be 'target' or 'teacher'; got {self.select_by!r}")
         if self.output_weight < 0 or self.target_weight < 0 or self.output_weight + self.target_weight == 0:
             raise ValueError("distill: output_weight and target_weight must be >= 0, not both 0")
 
@@ -307,6 +313,41 @@ def distillation_batches(
     )
 
 
+def psnr_to_teacher(
+    student: nn.Module,
+    teacher: nn.Module,
+    dataset: PreparedDataset,
+    spec: ModelSpec,
+    *,
+    device: torch.device,
+    max_slices: int,
+    cache: dict[str, torch.Tensor] | None = None,
+) -> float:
+    """Mean PSNR of the student's val-split output against the teacher's (SR): how closely it imitates.
+
+    What ``select_by: teacher`` keeps ``best/`` by. For a GAN teacher, PSNR to the ground truth favours the
+    blurriest checkpoint; agreement with the teacher keeps the one that reproduces its texture best.
+    ``cache`` keeps the teacher's outputs by slice between calls (the val slices never change).
+    """
+    if spec.sr is None:
+        raise ValueError("psnr_to_teacher scores SR students; a recon student is kept by val_psnr")
+    student.eval()
+    kind, scale = spec.sr.degradation, spec.sr.scale
+    values = []
+    with torch.no_grad():
+        for lr, _, slice_id in sr_pairs(dataset, modality=spec.intensity.modality, scale=scale, split="val",
+                                        degradation=kind, max_slices=max_slices):  # fmt: skip
+            lr = lr.to(device)
+            mine = crop_border(sr_predict(student, lr, spec).float().cpu(), scale)
+            reference = cache.get(slice_id) if cache is not None else None
+            if reference is None:
+                reference = crop_border(sr_predict(teacher, lr, spec).float().cpu(), scale)
+                if cache is not None:
+                    cache[slice_id] = reference
+            values.append(float(psnr(mine, reference, 1.0)))
+    return round(sum(values) / len(values), 3)
+
+
 def distill(
     teacher: nn.Module,
     student: nn.Module,
@@ -358,10 +399,23 @@ def distill(
     perceptual, discriminator, disc_optimizer = _gan_terms(spec, dataset, settings, env, console, extra_state)
     acquisition = ReconAcquisition(4.0, n_coils=spec.recon.coils or 8) if spec.recon is not None else None
 
+    teacher_outputs: dict[str, torch.Tensor] = {}
+
     def validator(model: nn.Module) -> dict[str, float]:
-        return validate(
+        metrics = validate(
             model, dataset, spec, device=env.device, max_slices=settings.val_slices, acquisition=acquisition
         )
+        if settings.select_by == "teacher":
+            metrics["val_psnr_to_teacher"] = psnr_to_teacher(
+                model,
+                teacher,
+                dataset,
+                spec,
+                device=env.device,
+                max_slices=settings.val_slices,
+                cache=teacher_outputs,
+            )
+        return metrics
 
     try:
         fit(
@@ -385,6 +439,7 @@ def distill(
                 log_every=max(1, min(50, settings.eval_every)),
                 clip=1.0,
                 description=f"distil {student_name}",
+                best_metric="val_psnr" if settings.select_by == "target" else "val_psnr_to_teacher",
             ),
             out=out,
             checkpoint=CheckpointInfo(

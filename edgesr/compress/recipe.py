@@ -71,6 +71,12 @@ class Stage:
         0.0, "distill (SR): weight of the adversarial term (a discriminator trained on the ground truth)"
     )
     disc_lr: float = opt(1e-4, "distill: the discriminator's learning rate (adversarial_weight > 0)")
+    select_by: str = opt(
+        "target",
+        "distill: what the stage's model is chosen by among its validations: 'target' (val PSNR to the "
+        "ground truth) or 'teacher' (val PSNR to the teacher's output; SR: for GAN teachers, whose "
+        "texture PSNR to the ground truth penalises)",
+    )
     perceptual_steps: int = opt(
         1500,
         "distill: training steps of edgesr's feature network (once per data set, cached; as edgesr train)",
@@ -106,6 +112,7 @@ class Stage:
         check_range("stages.steps", self.steps, low=1 if self.kind == "distill" else 0)
         check_choice("stages.student_init", self.student_init, STUDENT_INITS)
         check_choice("stages.importance", self.importance, IMPORTANCES)
+        check_choice("stages.select_by", self.select_by, ("target", "teacher"))
         check_range("stages.round_to", self.round_to, low=1)
         check_range("stages.target_macs", self.target_macs, low=0.0)
         if not self.target_macs and not 0 < self.ratio < 1:

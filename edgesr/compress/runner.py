@@ -264,7 +264,7 @@ def _distill_settings(stage: Stage, *, seed: int) -> DistillSettings:
         feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
         feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
         adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
-        perceptual_steps=stage.perceptual_steps,
+        perceptual_steps=stage.perceptual_steps, select_by=stage.select_by,
     )  # fmt: skip
 
 
@@ -367,6 +367,10 @@ def _check_patches(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) ->
         trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
         if not trains:
             continue
+        if spec.sr is None and stage.select_by == "teacher":
+            raise ConfigError(
+                f"stages.{index}.select_by=teacher: SR stages only; a recon student is kept by val PSNR"
+            )
         try:
             if spec.sr is not None:
                 key = f"stages.{index}.patch={stage.patch}"

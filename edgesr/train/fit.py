@@ -63,7 +63,8 @@ them in ``fit``'s ``extra_state`` so that they are checkpointed and restored.
 
 Validator = Callable[[nn.Module], dict[str, float]]
 """``validate(model) -> metrics`` on the unwrapped model, rank 0 only: at least ``val_psnr`` (dB) and
-``val_ssim`` (:func:`edgesr.evaluate.validate`); ``best/`` is kept by ``val_psnr``."""
+``val_ssim`` (:func:`edgesr.evaluate.validate`); ``best/`` is kept by ``FitSettings.best_metric``
+(``val_psnr`` unless a caller validates something else as well)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,7 @@ class FitSettings:
         workers: processes that build batches ahead of the loop (0: in the loop). Batches are a pure
             function of the step, so this changes the speed, never the result.
         description: the progress bar's label, e.g. ``"train rdn_small"``.
+        best_metric: the validation metric (higher is better) that ``best/`` is kept by.
     """
 
     steps: int
@@ -86,6 +88,7 @@ class FitSettings:
     clip: float = 0.0
     workers: int = 0
     description: str = "train"
+    best_metric: str = "val_psnr"
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "log_every"):
@@ -183,7 +186,7 @@ def fit(
         console: where the progress bar and messages go (default: stderr).
 
     Returns:
-        ``{"step": last step, "best_val_psnr": ..., **the last validation metrics}``.
+        ``{"step": last step, "best_<best_metric>": ..., **the last validation metrics}``.
 
     Raises:
         ConfigError: ``out`` already holds a run and ``resume`` is false, or holds none and it is true.
@@ -197,11 +200,12 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed training shapes: let cuDNN pick its fastest kernels
 
     # Where the run starts: step 0, or exactly where last/ left it (model, optimiser, scheduler, RNG).
-    start_step, best_psnr, metrics = 0, -math.inf, {}
+    best_key = f"best_{settings.best_metric}"
+    start_step, best, metrics = 0, -math.inf, {}
     if resume:
         meta, _ = load_training_state(last_dir, model, optimizer, scheduler)
         start_step, metrics = meta["step"], meta["metrics"]
-        best_psnr = float(metrics.get("best_val_psnr", -math.inf))
+        best = float(metrics.get(best_key, -math.inf))
         for name, (module, module_optimizer) in extra.items():
             if _saved(out / name):
                 load_training_state(out / name, module, module_optimizer)
@@ -217,7 +221,7 @@ def fit(
             model_name=checkpoint.model_name,
             model_options=checkpoint.model_options,
             step=step,
-            metrics=metrics | {"best_val_psnr": best_psnr},
+            metrics=metrics | {best_key: best},
             config=checkpoint.config,
             optimizer=optimizer if with_state else None,
             scheduler=scheduler if with_state else None,
@@ -286,18 +290,22 @@ def fit(
                     if env.is_main:
                         if validate is not None:
                             metrics = validate(model)
-                            if metrics["val_psnr"] > best_psnr:
-                                best_psnr = metrics["val_psnr"]
+                            if metrics[settings.best_metric] > best:
+                                best = metrics[settings.best_metric]
                                 save(best_dir, step, with_state=False)
                         save(last_dir, step)
                         if validate is not None:
                             if log_file is not None:
-                                log_file.write(
-                                    json.dumps({"step": step, **metrics, "best_val_psnr": best_psnr}) + "\n"
-                                )
+                                log_file.write(json.dumps({"step": step, **metrics, best_key: best}) + "\n")
                                 log_file.flush()
                             psnr, ssim = metrics["val_psnr"], metrics["val_ssim"]
-                            progress.console.print(f"step {step}: val PSNR {psnr:.2f} dB, SSIM {ssim:.4f}")
+                            kept_by = (
+                                "" if settings.best_metric == "val_psnr"
+                                else f"; {settings.best_metric} {metrics[settings.best_metric]:.3f}"
+                            )  # fmt: skip
+                            progress.console.print(
+                                f"step {step}: val PSNR {psnr:.2f} dB, SSIM {ssim:.4f}{kept_by}"
+                            )
                     distributed.barrier(env)
 
                 # A stop (Ctrl-C, SIGTERM, stop_at) leaves after a whole step, on every rank at once.
@@ -311,7 +319,7 @@ def fit(
         stream.close()  # stops the batch workers when the loop ends early
         if log_file is not None:
             log_file.close()
-    return {"step": step, "best_val_psnr": best_psnr, **metrics}
+    return {"step": step, best_key: best, **metrics}
 
 
 def _saved(folder: Path) -> bool:

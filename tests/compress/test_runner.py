@@ -190,6 +190,30 @@ def test_a_distill_stage_without_a_student_trains_a_copy_of_the_previous_model(
     assert own["psnr"] == first["psnr"]
 
 
+def test_a_gan_student_can_be_kept_by_its_agreement_with_the_teacher(
+    tiny_teacher, tmp_path, tiny_dataset, capsys
+):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "agree"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "stages.0.select_by=teacher"]) == 0
+    records = [
+        json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()
+    ]
+    validations = [r for r in records if "val_psnr_to_teacher" in r]
+    assert len(validations) == 2 and all("best_val_psnr_to_teacher" in r for r in validations)
+    best = max(validations, key=lambda r: r["val_psnr_to_teacher"])
+    _, _, meta = load_for_inference(out / "1-distill" / "model")
+    assert meta["step"] == best["step"]
+    assert "val_psnr_to_teacher" in capsys.readouterr().err
+    # A recon student has no SR agreement score: a recipe error before anything runs.
+    recon = create_model("modl_tiny", iterations=2)
+    teacher = save_model(tmp_path / "recon", recon, "modl_tiny", {"iterations": 2})
+    argv = ["compress", f"recipe={recipe}", f"out={tmp_path / 'r'}", f"teacher={teacher}",
+            "stages.0.student=modl_tiny", "stages.0.select_by=teacher"]  # fmt: skip
+    assert main(argv) == 2
+    assert "stages.0.select_by=teacher: SR stages only" in capsys.readouterr().err
+
+
 def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, tiny_dataset, capsys):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2)
     out = tmp_path / "warm"
