@@ -225,6 +225,9 @@ def _run_stage(
         return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
     settings = _distill_settings(stage, seed=recipe.seed + index)
     run_dir = folder / "run"
+    resuming = resume and checkpoint_exists(run_dir / "last")
+    # Training time of earlier, interrupted invocations: the stage's seconds are the whole stage's.
+    earlier = float(read_metadata(run_dir / "last")["metrics"].get("train_seconds", 0.0)) if resuming else 0.0
     distill(
         teacher.model,
         student,
@@ -236,7 +239,7 @@ def _run_stage(
         out=run_dir,
         env=init_distributed(recipe.device),
         config={"recipe": _plain(recipe), "stage": index},
-        resume=resume and checkpoint_exists(run_dir / "last"),
+        resume=resuming,
         console=console,
     )
     reached = read_metadata(run_dir / "last")["step"]
@@ -251,7 +254,7 @@ def _run_stage(
         model_dir, best, model_name=name, model_options=options, spec=spec, step=best_meta["step"],
         metrics=best_meta["metrics"], config=best_meta["config"], machine=best_meta.get("machine"),
     )  # fmt: skip
-    _mark_done(folder, stage, name, started, fingerprint)
+    _mark_done(folder, stage, name, started - earlier, fingerprint)
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
 
 

@@ -209,6 +209,12 @@ def fit(
         for name, (module, module_optimizer) in extra.items():
             if _saved(out / name):
                 load_training_state(out / name, module, module_optimizer)
+    # Wall-clock seconds of the whole run, earlier (interrupted) invocations included.
+    seconds_before = float(metrics.get("train_seconds", 0.0))
+
+    def elapsed() -> float:  # ``started`` is set when the batches start flowing, below
+        return seconds_before + time.perf_counter() - started
+
     # Under torchrun each rank trains a replica on its share of the batch; DDP averages the gradients.
     train_model: nn.Module = DistributedDataParallel(model) if env.world_size > 1 else model
     machine = training_machine(env.device, env.world_size)
@@ -221,7 +227,7 @@ def fit(
             model_name=checkpoint.model_name,
             model_options=checkpoint.model_options,
             step=step,
-            metrics=metrics | {best_key: best},
+            metrics=metrics | {best_key: best, "train_seconds": round(elapsed(), 2)},
             config=checkpoint.config,
             optimizer=optimizer if with_state else None,
             scheduler=scheduler if with_state else None,
@@ -280,7 +286,7 @@ def fit(
                         **parts,
                         "lr": scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm),
-                        "seconds": round(time.perf_counter() - started, 2),
+                        "seconds": round(elapsed(), 2),
                     }
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()

@@ -119,6 +119,10 @@ def test_a_resumed_distillation_run_matches_an_uninterrupted_one(tiny_dataset, t
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "distill" in r] == list(range(1, STEPS + 1))
     assert [r["step"] for r in log if "val_psnr" in r] == [3, 6]
+    # Time counts across the interruption: the resumed part continues the first part's clock.
+    seconds = [r["seconds"] for r in log if "distill" in r]
+    assert seconds == sorted(seconds) and seconds[-1] > 0
+    assert read_metadata(tmp_path / "split" / "last")["metrics"]["train_seconds"] >= seconds[3]
     # The student learnt something (a test of equality between two runs that stand still proves nothing).
     trained = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
     torch.manual_seed(0)
