@@ -363,7 +363,7 @@ def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
         return PreparedDataset(recipe.data_root or None)
 
 
-def _check_patches(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
+def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
     """Every stage that trains gets a patch (SR) or crop (recon) its training slices can give, checked
     before stage 1 runs rather than at the step that first draws the smallest slice."""
     for index, stage in enumerate(recipe.stages):
@@ -400,7 +400,7 @@ def compress(
         raise ConfigError(f"out={out} holds files that are not a compression run; choose another out=")
     teacher = _teacher(recipe)
     dataset = _dataset(recipe, console)
-    _check_patches(recipe, teacher.spec, dataset)  # before anything is written
+    _check_training_options(recipe, teacher.spec, dataset)  # before anything is written
     finished = [
         i for i, st in enumerate(recipe.stages) if (out / stage_folder_name(i, st) / STAGE_DONE).is_file()
     ]
