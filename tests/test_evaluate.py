@@ -67,7 +67,7 @@ def test_comparison_names_the_best_baseline_and_those_beaten_on_every_slice():
 
 
 def test_figures_are_also_given_per_source_volume():
-    # Slice ids are "volume:index"; a volume name may itself hold a colon-free dash or dot.
+    # Slice ids are "volume:index": the figures are grouped by the part before the last colon.
     scores = MethodScores(
         "net", psnr=[30.0, 32.0, 40.0], ssim=[0.8, 0.9, 0.99], gradient_ratio=[0.5, 0.7, 0.9],
         slices=["colin27-t1:3", "colin27-t1:9", "mni152-t1:3"],
