@@ -40,6 +40,7 @@ from edgesr.errors import ConfigError, EdgesrError
 from edgesr.spec import ModelSpec
 from edgesr.train.checkpoint import checkpoint_exists, load_weights, read_metadata
 from edgesr.train.distributed import DistEnv
+from edgesr.train.fit import discard_run_without_checkpoint
 
 # NNCF compiles its CPU quantizer kernels on first use and gives up after 60 s by default; on two busy
 # cores the build takes longer than that. A user's own setting wins.
@@ -151,13 +152,16 @@ def finetune(
     calibration, then its trained weights and scales are loaded).
     """
     env = DistEnv(0, 1, torch.device("cpu"))
+    resume = resume and checkpoint_exists(out / "last")
+    if not resume:  # a QAT run killed before its first checkpoint starts over
+        discard_run_without_checkpoint(out)
     # Saved under a name the model registry does not know: these checkpoints hold NNCF's quantizer
     # state beside the weights, and only this module can rebuild the network they fit.
     distill(
         float_model.cpu(), fake_quantized, spec=spec, student_name=f"{model_name}+nncf-qat",
         student_options=model_options,
         dataset=dataset, settings=settings, out=out, env=env, config={"qat": True},
-        resume=resume and checkpoint_exists(out / "last"), console=console,
+        resume=resume, console=console,
     )  # fmt: skip
     reached = read_metadata(out / "last")["step"]
     if reached < settings.steps:  # Ctrl-C or SIGTERM: fit saved last/ and returned early

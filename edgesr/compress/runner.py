@@ -52,6 +52,7 @@ from edgesr.train.checkpoint import (
 )
 from edgesr.train.data import CropTooLarge, check_recon_crop, check_sr_patch
 from edgesr.train.distributed import init_distributed
+from edgesr.train.fit import discard_run_without_checkpoint
 
 STAGE_DONE = "stage.json"
 
@@ -226,6 +227,8 @@ def _run_stage(
     settings = _distill_settings(stage, seed=recipe.seed + index)
     run_dir = folder / "run"
     resuming = resume and checkpoint_exists(run_dir / "last")
+    if not resuming:  # a stage killed before its first checkpoint starts over
+        discard_run_without_checkpoint(run_dir)
     # Training time of earlier, interrupted invocations: the stage's seconds are the whole stage's.
     earlier = float(read_metadata(run_dir / "last")["metrics"].get("train_seconds", 0.0)) if resuming else 0.0
     distill(

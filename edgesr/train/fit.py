@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,7 +48,7 @@ from edgesr.device import training_machine
 from edgesr.errors import ConfigError
 from edgesr.spec import ModelSpec
 from edgesr.train import distributed
-from edgesr.train.checkpoint import load_training_state, save_checkpoint
+from edgesr.train.checkpoint import checkpoint_exists, load_training_state, save_checkpoint
 from edgesr.train.data import BatchSource, batch_stream
 from edgesr.train.distributed import DistEnv
 
@@ -143,6 +144,18 @@ def check_run_folder(out: Path, *, resume: bool) -> None:
         )
     if resume and not holds_a_run:
         raise ConfigError(f"resume=true, but {out} holds no run to resume")
+
+
+def discard_run_without_checkpoint(out: Path) -> None:
+    """Removes what a run killed before its first checkpoint left in ``out`` (its log, maybe ``best/``).
+
+    A hard kill (SIGKILL, power loss) before the first ``eval_every`` leaves a folder that is neither
+    a run to resume nor empty, and :func:`check_run_folder` rightly refuses such folders from users.
+    Only callers that own ``out`` use this (a compress stage's ``run/``, inside a folder holding its
+    ``recipe.resolved.yaml``), so that ``resume=true`` starts such a stage over instead of failing.
+    """
+    if out.is_dir() and not checkpoint_exists(out / "last"):
+        shutil.rmtree(out)
 
 
 def fit(

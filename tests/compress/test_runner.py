@@ -296,6 +296,28 @@ def test_an_interrupted_stage_resumes_where_it_stopped(
     assert [r["step"] for r in log if "to_teacher" in r] == [2, 4]  # continued (a restart logs 2 twice)
 
 
+def test_a_stage_killed_before_its_first_checkpoint_starts_over_on_resume(
+    tiny_dataset, tiny_teacher, tmp_path, capsys, monkeypatch
+):
+    """SIGKILL before the first ``eval_every`` leaves ``run/log.jsonl`` and no ``last/``: neither a
+    run to continue nor an empty folder. ``resume=true`` starts that stage over."""
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        kwargs["out"].mkdir(parents=True)
+        (kwargs["out"] / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+        raise KeyboardInterrupt  # what the runner sees of a kill is only the leftover folder
+
+    monkeypatch.setattr(runner, "distill", killed)
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) != 0
+    monkeypatch.undo()
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"step": 1, "loss": 0.5} not in log  # the killed run's log went with it
+    assert [r["step"] for r in log if "to_teacher" in r] == [2, 4]
+
+
 def test_feature_distillation_matches_named_layers_through_adapters(tiny_dataset, tiny_teacher, tmp_path):
     """rdn_tiny (16 features) taught by rdn_lite-width features: 1x1 adapters where widths differ,
     trained and checkpointed with the student; an unknown layer names itself."""
