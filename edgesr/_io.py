@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,12 @@ def replace_folder(tmp: str | os.PathLike[str], folder: str | os.PathLike[str]) 
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file, read in 1 MiB chunks (source volumes and artifacts can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ does nothing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -27,7 +26,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from edgesr import __version__
-from edgesr._io import save_npy_atomic, write_json_atomic
+from edgesr._io import save_npy_atomic, sha256_file, write_json_atomic
 from edgesr.config import opt
 from edgesr.data.sources import SOURCES, Source
 from edgesr.data.splits import SPLITS, SplitPolicy, split_slices
@@ -57,14 +56,6 @@ class PrepareConfig:
     force: bool = opt(False, "rebuild even when the cached data set is up to date")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def usable_slices(volume: np.ndarray) -> list[int]:
     """Indices of slices with enough foreground (see ``MIN_FOREGROUND_FRACTION``)."""
     threshold = 0.05 * float(volume.max())
@@ -90,7 +81,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
             "no real data source is installed; run `bash .ci/setup` (Debian packages mricron-data and "
             "invesalius-examples, PyPI nilearn)"
         )
-    checksums = {source.name: _sha256(path) for source, path in located}
+    checksums = {source.name: sha256_file(path) for source, path in located}
     # Round-tripped through JSON so that it compares equal to the one read back from the manifest.
     fingerprint = json.loads(
         json.dumps(
