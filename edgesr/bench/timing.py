@@ -72,6 +72,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def runtime_versions() -> dict[str, str]:
+    """The versions of the export and runtime libraries that are installed (absent ones are left out)."""
+    versions = {}
+    for name in ("onnx", "onnxruntime", "openvino", "nncf"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        versions[name] = str(getattr(module, "__version__", "?"))
+    return versions
+
+
 def latency_inputs(spec: ModelSpec, size: int) -> dict[str, torch.Tensor]:
     """Network inputs for an output of ``size`` x ``size`` pixels, shaped as the pipeline feeds them.
 

@@ -11,6 +11,7 @@ from edgesr.commands.compress import CompressConfig, run_compress
 from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
+from edgesr.commands.export import ExportConfig, run_export
 from edgesr.commands.train import run_train
 from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
@@ -71,10 +72,9 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "export",
-            "export to ONNX Runtime, OpenVINO or TensorRT and verify",
-            None,
-            None,
-            "the export issue",
+            "export for a target (ONNX Runtime, OpenVINO) and verify every artifact against PyTorch",
+            ExportConfig,
+            run_export,
         ),
         Command(
             "bench", "latency, throughput and memory on a device profile", None, None, "the benchmark issue"

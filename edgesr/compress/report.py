@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from edgesr.bench.timing import latency_inputs, machine_info
+from edgesr.bench.timing import latency_inputs, machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
 from edgesr.compress.prune import count_macs_params
 from edgesr.compress.recipe import Recipe
@@ -213,7 +213,7 @@ def build_report(
                  "psnr_drop_db": psnr_drop, "ssim_drop": ssim_drop,
                  "final": f"{last['name']} ({last['scored_in']})",
                  "passed": psnr_drop <= recipe.max_psnr_drop_db and ssim_drop <= recipe.max_ssim_drop},
-        "machine": machine_info() | _runtime_versions(),
+        "machine": machine_info() | runtime_versions(),
         "runs": runs,
         "fastest_at_equal_quality": deployment,
         "trade_off": _trade_off(measured, teacher_row, stage_rows),
@@ -286,17 +286,6 @@ def _stage_seconds(candidate: Candidate) -> float | None:
     if not done.is_file():
         return None
     return float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
-
-
-def _runtime_versions() -> dict[str, str]:
-    versions = {}
-    for name in ("onnxruntime", "openvino", "nncf"):
-        try:
-            module = __import__(name)
-            versions[name] = str(getattr(module, "__version__", "?"))
-        except ImportError:
-            continue
-    return versions
 
 
 def real_scan_psnr(row: dict[str, Any], templates: list[str]) -> float | None:

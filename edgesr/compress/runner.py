@@ -36,8 +36,8 @@ from edgesr.compress.prune import prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
-from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError, EdgesrError, SourceUnavailableError
+from edgesr.data.dataset import PreparedDataset, open_or_prepare
+from edgesr.errors import ConfigError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
@@ -355,15 +355,7 @@ def _plain(recipe: Recipe) -> dict[str, Any]:
 
 
 def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
-    """The prepared data set; built first (``edgesr data prepare``, about a second) when it is missing."""
-    from edgesr.data.prepare import PrepareConfig, prepare_dataset
-
-    try:
-        return PreparedDataset(recipe.data_root or None)
-    except SourceUnavailableError:
-        console.print("no prepared data set yet: preparing it first (as `edgesr data prepare` does)")
-        prepare_dataset(PrepareConfig(root=recipe.data_root), console=console)
-        return PreparedDataset(recipe.data_root or None)
+    return open_or_prepare(recipe.data_root, console)
 
 
 def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from rich.console import Console
 
-from edgesr.data.prepare import dataset_dir
+from edgesr.data.prepare import PrepareConfig, dataset_dir, prepare_dataset
 from edgesr.data.splits import SPLITS
 from edgesr.errors import DataError, SourceUnavailableError
 
@@ -134,3 +135,15 @@ def _check_manifest(manifest: Any) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def open_or_prepare(root: str = "", console: Console | None = None) -> PreparedDataset:
+    """The prepared data set at ``root`` (default location when empty); built first when it is missing
+    (as ``edgesr data prepare`` does, about a second), so that commands run on a fresh machine."""
+    try:
+        return PreparedDataset(root or None)
+    except SourceUnavailableError:
+        console = console or Console(stderr=True)
+        console.print("no prepared data set yet: preparing it first (as `edgesr data prepare` does)")
+        prepare_dataset(PrepareConfig(root=root), console=console)
+        return PreparedDataset(root or None)

@@ -1,0 +1,53 @@
+"""Opening an exported artifact folder as a predictor of the model contract.
+
+``open_artifact(folder)`` checks the folder against its manifest (hashes, paths: see
+:mod:`edgesr.export.manifest`) and returns the runtime session behind the predictor contract with the
+spec it keeps, so that ``prepare -> run -> finish`` serves an artifact exactly as it serves the torch
+module (``edgesr enhance artifact=DIR``, the benchmark harness).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgesr.errors import ConfigError
+from edgesr.export.manifest import Manifest, read_manifest
+from edgesr.pipeline import Predictor
+
+
+def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:
+    """The runtime session of an artifact whose files were checked (see :func:`open_artifact`).
+
+    OpenVINO artifacts are compiled at the precision they were built and verified for: an ``fp32``
+    artifact with ``INFERENCE_PRECISION_HINT=f32`` (else it would run BF16 on this CPU), ``bf16`` and
+    ``fp16`` with their hints, ``int8`` at the plugin's default for the layers left in float.
+    """
+    path = folder / manifest.entry
+    if manifest.runtime == "onnxruntime":
+        from edgesr.export.onnxruntime import OnnxRuntimePredictor
+
+        return OnnxRuntimePredictor(path, threads=threads)
+    if manifest.runtime == "openvino":
+        from edgesr.export.openvino import OpenVinoPredictor, precision_hint
+
+        return OpenVinoPredictor(path, threads=threads, precision=precision_hint(manifest.precision))
+    raise ConfigError(
+        f"{folder} is a {manifest.runtime} artifact ({manifest.target}); this machine runs onnxruntime "
+        "and openvino artifacts"
+    )
+
+
+def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[Predictor, Manifest]:
+    """The artifact's predictor and manifest, after checking every file against the manifest.
+
+    Raises:
+        DataError: the folder is not an artifact, or a file is missing, changed or outside it.
+        ConfigError: the artifact's runtime cannot run here.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    return artifact_predictor(folder, manifest, threads=threads), manifest
+
+
+__all__ = ["artifact_predictor", "open_artifact"]

@@ -1,0 +1,92 @@
+"""Export target profiles: ``export/<name>.yaml``, validated into a frozen :class:`ExportTarget`.
+
+A profile says what a deployment target needs from an export: which runtime loads it, at which
+precisions, whether the input size may vary (ONNX Runtime, OpenVINO) or must be fixed (TensorRT engines
+built for one shape), how FFTs are written for recon models (the ONNX ``DFT`` op, or a DFT-as-matmul
+form for runtimes without it) and how strictly the export is verified against PyTorch. Unknown keys
+and bad values are errors that name the key, as for recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesr.config import check_choice, check_range, load_yaml, opt
+from edgesr.errors import ConfigError
+from edgesr.export.manifest import PRECISIONS, RUNTIMES
+
+EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
+FFT_FORMS = ("dft", "matmul")
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    slices: int = opt(4, "real test slices (spread over the volumes) every export is checked on")
+    max_abs_error: float = opt(
+        1.0e-4, "FP32 exports: the largest |runtime - PyTorch| allowed, as a fraction of the data range"
+    )
+    max_psnr_drop_db: float = opt(
+        0.3, "BF16/FP16/INT8 exports: the most PSNR they may lose against PyTorch FP32 on the references"
+    )
+    max_ssim_drop: float = opt(0.005, "BF16/FP16/INT8 exports: and the most SSIM")
+
+    def __post_init__(self) -> None:
+        check_range("verify.slices", self.slices, low=1)
+        check_range("verify.max_abs_error", self.max_abs_error, low=0.0)
+        check_range("verify.max_psnr_drop_db", self.max_psnr_drop_db, low=0.0)
+        check_range("verify.max_ssim_drop", self.max_ssim_drop, low=0.0)
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    description: str = opt("", "what the target is for")
+    runtime: str = opt("onnxruntime", f"the runtime that loads the artifact: {', '.join(RUNTIMES)}")
+    precisions: list[str] = opt(["fp32"], f"one artifact per precision: {', '.join(PRECISIONS)}")
+    dynamic_shapes: bool = opt(True, "any input size the model accepts; false: fixed to input_size")
+    input_size: int = opt(256, "fixed shapes: the output size in pixels (SR: the LR input is size / scale)")
+    fft: str = opt("dft", "recon models' FFTs: the ONNX DFT op (dft), or DFT-as-matmul at a fixed size")
+    build_on_device: bool = opt(
+        False, "the runtime file (a TensorRT engine) is built on the device that runs it, not here"
+    )
+    verify: VerifySettings = opt(VerifySettings(), "how every export is checked against PyTorch")
+
+    def __post_init__(self) -> None:
+        check_choice("runtime", self.runtime, RUNTIMES)
+        if not self.precisions:
+            raise ConfigError("precisions must name at least one precision")
+        for precision in self.precisions:
+            check_choice("precisions", precision, PRECISIONS)
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ConfigError(f"precisions lists a precision twice: {self.precisions}")
+        check_choice("fft", self.fft, FFT_FORMS)
+        check_range("input_size", self.input_size, low=16)
+        if self.fft == "matmul" and self.dynamic_shapes:
+            # A DFT matrix has the size of the image: the form exists only for a fixed size.
+            raise ConfigError("fft=matmul needs dynamic_shapes=false (a DFT matrix is built for one size)")
+
+
+def target_path(name_or_path: str) -> Path:
+    """``export/NAME.yaml`` for a name, else the path as given."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"export target file not found: {candidate}")
+        return candidate
+    shipped = EXPORT_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        shipped_names = ", ".join(list_targets()) or "none"
+        raise ConfigError(f"no export target {name_or_path!r}; shipped: {shipped_names}")
+    return shipped
+
+
+def list_targets() -> list[str]:
+    return sorted(p.stem for p in EXPORT_DIR.glob("*.yaml"))
+
+
+def load_target(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> ExportTarget:
+    """An export profile by name (``cpu-openvino``) or path, with ``key=value`` overrides."""
+    return load_yaml(ExportTarget, target_path(name_or_path), list(overrides))
+
+
+__all__ = ["EXPORT_DIR", "ExportTarget", "VerifySettings", "list_targets", "load_target", "target_path"]

@@ -1,0 +1,134 @@
+"""Every export is checked against PyTorch on real inputs before it is declared done.
+
+Two checks, chosen by the artifact's precision:
+
+* **FP32 parity**: the runtime's output and the torch module's on the same network inputs (the
+  pipeline's own tiles of real test slices), the largest absolute difference as a fraction of the
+  torch output's data range. A runtime that computes a layer wrongly (as OpenVINO 2026.4 does the
+  DFT graph of DeepcomplexMRI, DESIGN.md section 5) fails it by orders of magnitude.
+* **Quality** for BF16, FP16 and INT8, which differ from FP32 by design: PSNR/SSIM through the full
+  pipeline on the test split's reference images, against torch FP32's on the same images, within the
+  target's (or the recipe's) gate; the PSNR of the artifact's output against torch's is recorded too.
+
+A failure raises :class:`VerificationError` naming the artifact, the output and the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import EdgesrError
+from edgesr.evaluate import score_predictor
+from edgesr.pipeline import Predictor
+from edgesr.spec import ModelSpec
+
+
+class VerificationError(EdgesrError):
+    """An export whose outputs do not match PyTorch within the target's tolerance."""
+
+
+def compare_outputs(
+    reference: Predictor, candidate: Predictor, inputs: Sequence[dict[str, np.ndarray]]
+) -> dict[str, float | int]:
+    """The candidate's outputs against the reference's on each of ``inputs``.
+
+    Returns:
+        ``max_abs_error``; ``data_range`` (max - min of all reference outputs); ``relative_error``
+        (their ratio); ``psnr_db`` of the candidate against the reference over all items (inf when
+        equal); ``worst_item`` (the index of the item with the largest error); ``items``.
+
+    Raises:
+        VerificationError: an output's shape differs, or holds NaN or Inf.
+    """
+    if not inputs:
+        raise ValueError("compare_outputs needs at least one input")
+    worst, worst_item, squared, count = 0.0, 0, 0.0, 0
+    low, high = math.inf, -math.inf
+    for index, item in enumerate(inputs):
+        feeds = {name: torch.from_numpy(array) for name, array in item.items()}
+        expected, actual = reference(feeds), candidate(feeds)
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise VerificationError(
+                f"output shape {tuple(actual.shape)} differs from PyTorch's {tuple(expected.shape)} "
+                f"on input {index} ({_shapes(item)})"
+            )
+        if not torch.isfinite(actual).all():
+            raise VerificationError(f"the output holds NaN or Inf on input {index} ({_shapes(item)})")
+        difference = (actual - expected).abs()
+        if float(difference.max()) > worst:
+            worst, worst_item = float(difference.max()), index
+        squared += float((difference.double() ** 2).sum())
+        count += difference.numel()
+        low, high = min(low, float(expected.min())), max(high, float(expected.max()))
+    data_range = max(high - low, 1e-12)
+    mse = squared / count
+    return {
+        "max_abs_error": worst,
+        "data_range": data_range,
+        "relative_error": worst / data_range,
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse),
+        "worst_item": worst_item,
+        "items": len(inputs),
+    }
+
+
+def check_parity(figures: dict[str, Any], *, limit: float, label: str) -> None:
+    """Raises :class:`VerificationError` when ``figures["relative_error"]`` exceeds ``limit``."""
+    if figures["relative_error"] > limit:
+        raise VerificationError(
+            f"{label}: output differs from PyTorch by {figures['max_abs_error']:.3g} "
+            f"({figures['relative_error']:.3g} of the data range {figures['data_range']:.3g}) on input "
+            f"{figures['worst_item']} of {figures['items']}; the limit is {limit:g} of the range. The "
+            "runtime computes some layer differently from PyTorch; nothing was kept"
+        )
+
+
+def quality(
+    spec: ModelSpec,
+    reference: Predictor,
+    candidate: Predictor,
+    dataset: PreparedDataset,
+    *,
+    slices_per_volume: int,
+    split: str = "test",
+) -> dict[str, Any]:
+    """PSNR/SSIM of torch FP32 and of the artifact through the pipeline, on the same reference images."""
+    torch_scores = score_predictor(spec, reference, dataset, split=split, max_slices=slices_per_volume)
+    scores = score_predictor(spec, candidate, dataset, split=split, max_slices=slices_per_volume)
+    return {
+        "split": split,
+        "slices": scores["slices"],
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "torch_fp32_psnr": torch_scores["psnr"],
+        "torch_fp32_ssim": torch_scores["ssim"],
+        "psnr_drop_db": round(torch_scores["psnr"] - scores["psnr"], 4),
+        "ssim_drop": round(torch_scores["ssim"] - scores["ssim"], 5),
+    }
+
+
+def check_quality(
+    figures: dict[str, Any], *, max_psnr_drop_db: float, max_ssim_drop: float, label: str
+) -> None:
+    """Raises :class:`VerificationError` when the artifact loses more than the gate allows."""
+    if figures["psnr_drop_db"] > max_psnr_drop_db or figures["ssim_drop"] > max_ssim_drop:
+        raise VerificationError(
+            f"{label}: PSNR {figures['psnr']:.2f} dB, SSIM {figures['ssim']:.4f} on {figures['slices']} "
+            f"{figures['split']} slices against PyTorch FP32's {figures['torch_fp32_psnr']:.2f} dB, "
+            f"{figures['torch_fp32_ssim']:.4f}: it loses {figures['psnr_drop_db']:.3f} dB and "
+            f"{figures['ssim_drop']:.4f} SSIM, more than the gate ({max_psnr_drop_db} dB, {max_ssim_drop}); "
+            "nothing was kept"
+        )
+
+
+def _shapes(item: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{name} {list(array.shape)}" for name, array in item.items())
+
+
+__all__ = ["VerificationError", "check_parity", "check_quality", "compare_outputs", "quality"]

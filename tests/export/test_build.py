@@ -1,0 +1,144 @@
+"""`edgesr export`: one verified artifact folder per precision of a target, written whole or not at all,
+and opened again as a predictor that gives the torch module's results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgesr.cli import main
+from edgesr.errors import ConfigError
+from edgesr.export.artifact import open_artifact
+from edgesr.export.targets import list_targets, load_target
+from edgesr.models import create_model
+from tests.conftest import save_model
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.02)  # not the plain skip: the body matters
+    return save_model(tmp_path / "ckpt", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
+
+
+def _export(tiny_dataset, checkpoint, out, *extra: str) -> int:
+    root = tiny_dataset.path.parent
+    return main(
+        ["export", f"checkpoint={checkpoint}", f"out={out}", f"data_root={root}", "threads=1", *extra]
+    )
+
+
+def test_every_shipped_profile_loads_and_bad_keys_name_themselves():
+    assert {"cpu-onnxruntime", "cpu-openvino"} <= set(list_targets())
+    for name in list_targets():
+        load_target(name)
+    with pytest.raises(ConfigError, match="precisions"):
+        load_target("cpu-openvino", ["precisions=[fp8]"])
+    with pytest.raises(ConfigError, match="verfy"):
+        load_target("cpu-openvino", ["verfy.slices=2"])
+    with pytest.raises(ConfigError, match="fft=matmul needs dynamic_shapes=false"):
+        load_target("cpu-openvino", ["fft=matmul"])
+
+
+def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset, tiny_checkpoint, tmp_path):
+    out = tmp_path / "exported"
+    assert _export(tiny_dataset, tiny_checkpoint, out, "target=cpu-onnxruntime", "verify.slices=2") == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert set(summary["artifacts"]) == {"fp32", "int8"} and summary["target"] == "cpu-onnxruntime"
+    fp32 = summary["artifacts"]["fp32"]["verification"]
+    assert fp32["check"] == "parity" and fp32["relative_error"] <= 1e-4 and fp32["items"] >= 2
+    int8 = summary["artifacts"]["int8"]["verification"]
+    assert int8["check"] == "quality" and int8["psnr_drop_db"] <= 0.3 and int8["slices"] >= 1
+    assert summary["source"]["model"] == "rdn_tiny" and len(summary["source"]["weights_sha256"]) == 64
+    assert not list(tmp_path.glob(".*staging*"))  # nothing left beside the export
+
+    # The artifact, opened from its folder, gives the torch module's output on a new odd-sized input.
+    predictor, manifest = open_artifact(out / "fp32")
+    assert manifest.precision == "fp32" and manifest.spec.sr is not None and manifest.spec.sr.scale == 2
+    from edgesr.train.checkpoint import load_for_inference
+
+    model, _, _ = load_for_inference(tiny_checkpoint)
+    lr = torch.rand(1, 1, 23, 19)
+    base = torch.nn.functional.interpolate(lr, scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        expected = model(lr, base)
+    assert torch.allclose(predictor({"lr": lr, "base": base}), expected, atol=1e-5)
+
+
+def test_openvino_artifacts_run_at_the_precision_they_were_verified_at(
+    tiny_dataset, tiny_checkpoint, tmp_path
+):
+    out = tmp_path / "ov"
+    argv = ["target=cpu-openvino", "precisions=[fp32,bf16]", "verify.slices=1"]
+    assert _export(tiny_dataset, tiny_checkpoint, out, *argv) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["artifacts"]["fp32"]["verification"]["executed_precision"] == "fp32"
+    bf16 = summary["artifacts"]["bf16"]["verification"]
+    assert bf16["check"] == "quality" and bf16["executed_precision"] in (
+        "bf16",
+        "fp32",
+    )  # fp32: no AMX/AVX512
+    assert {"model.xml", "model.bin"} == set(summary["artifacts"]["bf16"]["files"])
+    predictor, _ = open_artifact(out / "fp32")
+    assert getattr(predictor, "executed_precision") == "fp32"
+
+
+def test_a_failed_verification_leaves_nothing_and_keeps_an_earlier_export(
+    tiny_dataset, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "exported"
+    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
+    before = {p.name: p.read_bytes() for p in (out / "fp32").iterdir()}
+
+    # A runtime that computes one layer wrongly: its output is off by 1% of the range.
+    import edgesr.export.build as build
+
+    real = build.artifact_predictor
+
+    def wrong(*args, **kwargs):
+        predictor = real(*args, **kwargs)
+        return lambda inputs: predictor(inputs) + 0.01
+
+    monkeypatch.setattr(build, "artifact_predictor", wrong)
+    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 2
+    err = capsys.readouterr().err
+    assert "differs from PyTorch" in err and "nothing was kept" in err
+    assert {p.name: p.read_bytes() for p in (out / "fp32").iterdir()} == before
+    assert not list(tmp_path.glob(".*staging*"))
+
+
+def test_export_never_writes_into_someone_elses_folder(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]") == 2
+    assert "not an edgesr export" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_export_needs_exactly_one_model_and_a_known_target(tiny_checkpoint, capsys):
+    assert main(["export", f"checkpoint={tiny_checkpoint}", "model=rdn-mr-x2"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+    assert main(["export", f"checkpoint={tiny_checkpoint}", "target=cpu-tflite"]) == 2
+    assert "no export target 'cpu-tflite'" in capsys.readouterr().err
+
+
+def test_verification_figures_are_computed_not_assumed():
+    from edgesr.export.verify import VerificationError, check_parity, compare_outputs
+
+    def reference(inputs):
+        return inputs["x"] * 2
+
+    inputs = [{"x": np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 1, 4, 4)}]
+    same = compare_outputs(reference, reference, inputs)
+    assert same["max_abs_error"] == 0 and same["psnr_db"] == float("inf") and same["data_range"] == 2.0
+    off = compare_outputs(reference, lambda i: reference(i) + 0.002, inputs)
+    assert off["relative_error"] == pytest.approx(0.001, rel=1e-3)
+    with pytest.raises(VerificationError, match="0.001 of the data range"):
+        check_parity(off, limit=1e-4, label="t")
+    with pytest.raises(VerificationError, match="NaN or Inf"):
+        compare_outputs(reference, lambda i: reference(i) * float("nan"), inputs)
