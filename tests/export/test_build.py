@@ -84,7 +84,7 @@ def test_openvino_artifacts_run_at_the_precision_they_were_verified_at(
     )  # fp32: no AMX/AVX512
     assert {"model.xml", "model.bin"} == set(summary["artifacts"]["bf16"]["files"])
     predictor, _ = open_artifact(out / "fp32")
-    assert getattr(predictor, "executed_precision") == "fp32"
+    assert predictor.executed_precision == "fp32"
 
 
 def test_a_failed_verification_leaves_nothing_and_keeps_an_earlier_export(
