@@ -1,6 +1,9 @@
-"""``edgesr enhance``: run a shipped teacher or a checkpoint on a user's image or raw k-space.
+"""``edgesr enhance``: run a shipped model, a checkpoint or an exported artifact on a user's image or raw
+k-space.
 
-The model runs through :mod:`edgesr.pipeline` as its spec says: the same path ``evaluate`` scores.
+The model runs through :mod:`edgesr.pipeline` as its spec says: the same path ``evaluate`` scores. An
+artifact (``edgesr export``) is checked against its manifest, then its runtime session takes the torch
+module's place behind the same prepare and finish.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from edgesr.device import pick_device
 from edgesr.errors import ConfigError
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.physics.degrade import upsampled_affine
-from edgesr.pipeline import DEFAULT_TILE, TorchPredictor, finish, prepare_recon, prepare_sr, run
+from edgesr.pipeline import DEFAULT_TILE, Predictor, TorchPredictor, finish, prepare_recon, prepare_sr, run
 from edgesr.spec import UNITS
 from edgesr.teachers import list_shipped, teacher_path
 from edgesr.train.checkpoint import load_for_inference
@@ -33,6 +36,9 @@ class EnhanceConfig:
     output: str = opt("", "where to write the result (SR: same format as the input; recon: .nii.gz)")
     model: str = opt("", "a shipped teacher (see `edgesr enhance --help`), or use checkpoint=")
     checkpoint: str = opt("", "a checkpoint folder written by `edgesr train` (its best/ or last/)")
+    artifact: str = opt(
+        "", "an artifact folder written by `edgesr export` (e.g. exports/NAME/cpu-openvino/fp32)"
+    )
     units: str = opt(
         "auto",
         "SR: hu (CT numbers), raw (the model's own units or any magnitude scale) or auto: DICOM says; "
@@ -50,10 +56,9 @@ class EnhanceConfig:
     def __post_init__(self) -> None:
         if not self.input or not self.output:
             raise ConfigError("input= and output= are required")
-        if bool(self.model) == bool(self.checkpoint):
-            raise ConfigError(
-                f"give exactly one of model= (shipped: {', '.join(list_shipped()) or 'none'}) or checkpoint="
-            )
+        if sum(map(bool, (self.model, self.checkpoint, self.artifact))) != 1:
+            shipped = ", ".join(list_shipped()) or "none"
+            raise ConfigError(f"give exactly one of model= (shipped: {shipped}), checkpoint= or artifact=")
         check_choice("units", self.units, UNITS)
         check_range("tile", self.tile, low=0)
         if self.halo is not None:
@@ -64,14 +69,20 @@ class EnhanceConfig:
 
 def run_enhance(cfg: EnhanceConfig) -> int:
     console = Console(stderr=True)
-    device = pick_device(cfg.device)
-    folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
-    model, spec, _ = load_for_inference(folder)
+    predictor: Predictor
+    if cfg.artifact:
+        from edgesr.export.artifact import open_artifact
+
+        predictor, manifest = open_artifact(cfg.artifact)
+        spec = manifest.spec
+    else:
+        folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
+        model, spec, _ = load_for_inference(folder)
+        predictor = TorchPredictor(model.to(pick_device(cfg.device)), spec)
     # Where the result goes is checked before any work: never after minutes of inference.
     check_output(
         cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
     )
-    predictor = TorchPredictor(model.to(device), spec)
     if spec.sr is not None:
         volume = load_image(cfg.input)
         check_slices(cfg.output, volume.data.shape[0])

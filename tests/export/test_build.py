@@ -142,3 +142,28 @@ def test_verification_figures_are_computed_not_assumed():
         check_parity(off, limit=1e-4, label="t")
     with pytest.raises(VerificationError, match="NaN or Inf"):
         compare_outputs(reference, lambda i: reference(i) * float("nan"), inputs)
+
+
+def test_enhance_runs_an_artifact_like_its_checkpoint(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
+    """Same formats, tiling and outputs as `enhance checkpoint=`; equal within the verified tolerance."""
+    from edgesr.data.images import load_image
+
+    out = tmp_path / "exported"
+    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
+    pixels = (np.random.default_rng(0).random((3, 41, 29)) * 200 + 20).astype(np.float32)
+    np.save(tmp_path / "lr.npy", pixels)
+    common = [f"input={tmp_path / 'lr.npy'}", "tile=16"]  # several tiles with halos
+    assert (
+        main(["enhance", f"checkpoint={tiny_checkpoint}", *common, f"output={tmp_path / 'torch.npy'}"]) == 0
+    )
+    assert main(["enhance", f"artifact={out / 'fp32'}", *common, f"output={tmp_path / 'onnx.npy'}"]) == 0
+    expected, actual = load_image(tmp_path / "torch.npy").data, load_image(tmp_path / "onnx.npy").data
+    assert actual.shape == expected.shape == (3, 82, 58)
+    assert np.abs(actual - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+    # A changed file is refused before any work, by name.
+    (out / "fp32" / "model.onnx").write_bytes((out / "fp32" / "model.onnx").read_bytes() + b"\0")
+    argv = ["enhance", f"artifact={out / 'fp32'}", *common, f"output={tmp_path / 'again.npy'}"]
+    assert main(argv) == 2
+    assert "model.onnx has changed since export" in capsys.readouterr().err
+    assert not (tmp_path / "again.npy").exists()
