@@ -283,10 +283,11 @@ def quantize_openvino(
     instead of its fast variant.
     """
     import nncf
-    import openvino
 
     nncf.set_log_level(logging.WARNING)  # NNCF prints its ignored-node tables at INFO
-    model = openvino.Core().read_model(str(onnx_path))
+    from edgesr.export.openvino import read_onnx
+
+    model = read_onnx(onnx_path)
     patterns = [rf"^{re.escape(name)}(/WithoutBiases)?$" for name in keep_fp]
     # Only convolutions are quantized (as in the ONNX Runtime artifact): the residual and skip
     # additions and any data consistency stay in float.

@@ -210,7 +210,9 @@ def _build(
         else:
             # FP32 weights for every float precision: the precision is the compiled model's
             # INFERENCE_PRECISION_HINT (see edgesr.export.artifact), and BF16 weights would only lose bits.
-            ir = openvino.convert_model(str(onnx_path))
+            from edgesr.export.openvino import read_onnx
+
+            ir = read_onnx(onnx_path)  # with OpenVINO's DFT-axis bug worked around
         openvino.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
     return time.perf_counter() - started
 

@@ -4,8 +4,8 @@ Two checks, chosen by the artifact's precision:
 
 * **FP32 parity**: the runtime's output and the torch module's on the same network inputs (the
   pipeline's own tiles of real test slices), the largest absolute difference as a fraction of the
-  torch output's data range. A runtime that computes a layer wrongly (as OpenVINO 2026.4 does the
-  DFT graph of DeepcomplexMRI, DESIGN.md section 5) fails it by orders of magnitude.
+  torch output's data range. A runtime that computes a layer wrongly fails it by orders of magnitude
+  (OpenVINO 2026.4 reading the ONNX DFT op without edgesr's rewrite: relative error ~10).
 * **Quality** for BF16, FP16 and INT8, which differ from FP32 by design: PSNR/SSIM through the full
   pipeline on the test split's reference images, against torch FP32's on the same images, within the
   target's (or the recipe's) gate; the PSNR of the artifact's output against torch's is recorded too.

@@ -1,4 +1,5 @@
-"""ONNX export smoke test for every registered model family: export, run in ONNX Runtime, compare to torch.
+"""ONNX export smoke test for every registered model family: export, run in ONNX Runtime and OpenVINO
+(f32), compare to torch.
 
 One tiny preset per family (derived from ``list_models()``), odd sizes, non-trivial random weights, and
 other batch sizes and odd sizes from the same file to prove the dynamic axes. Errors measured on 2 CPU
@@ -20,6 +21,7 @@ from torch import nn
 
 from edgesr.export.onnx import export_onnx
 from edgesr.export.onnxruntime import OnnxRuntimePredictor
+from edgesr.export.openvino import OpenVinoPredictor
 from edgesr.models import create_model, list_models, model_task
 from edgesr.physics.coils import simulate_coil_maps
 from edgesr.physics.masks import cartesian_mask
@@ -124,11 +126,14 @@ def test_onnx_export_matches_torch_at_two_sizes(name: str, tmp_path: Path) -> No
 
     predictor = OnnxRuntimePredictor(path, threads=1)
     assert predictor.input_names == spec.input_names
+    # OpenVINO at f32 from the same file: its reading of the DFT op needs edgesr's rewrite (recon).
+    openvino = OpenVinoPredictor(path, threads=1, precision="f32")
     for batch, height, width in [(2, 37, 31), (3, 29, 43)]:
         inputs = _inputs(name, spec, batch=batch, height=height, width=width, seed=3 + height)
         with torch.no_grad():
             expected = model(*[inputs[n] for n in spec.input_names])
         _assert_close(predictor(inputs), expected, f"{name} at {batch}x{height}x{width}")
+        _assert_close(openvino(inputs), expected, f"{name} in OpenVINO at {batch}x{height}x{width}")
 
     first = spec.input_names[0]
     with pytest.raises(ValueError, match=repr(first)):
