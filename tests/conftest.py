@@ -162,3 +162,30 @@ def save_model(folder: Path, model, name: str, options: dict, **kwargs):
         spec=spec_for(model, name, **spec_options),
         **kwargs,
     )
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """An rdn_tiny x2 checkpoint whose body matters (its last conv is not zero)."""
+    import torch
+
+    from edgesr.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.02)
+    return save_model(tmp_path / "ckpt", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
+
+
+def export_cli(dataset, checkpoint, out, *extra: str) -> int:
+    """``edgesr export checkpoint=... out=...`` on the tiny data set, one thread."""
+    from edgesr.cli import main
+
+    argv = [
+        "export",
+        f"checkpoint={checkpoint}",
+        f"out={out}",
+        f"data_root={dataset.path.parent}",
+        "threads=1",
+    ]
+    return main([*argv, *extra])

@@ -16,6 +16,13 @@ The request (a JSON object)::
 The answer: ``latency_ms`` (p50/p90/p99/mean/min), ``executed_precision`` (what actually ran),
 ``peak_memory_mb`` (the process's peak resident memory above what it held before loading the model),
 ``process_peak_mb``, ``threads`` and ``runtime_version``.
+
+The device harness (``edgesr bench``) sends a request of the same form with more keys: ``artifact``
+(an export folder, checked against its manifest, instead of ``model``), ``timing`` (the
+:class:`~edgesr.bench.harness.TimingSettings` of a device profile, instead of warmup/repeats),
+``batch`` (also time an offline run of that many images per call), ``device`` ("cpu" or "cuda") and
+``memory`` ("rss" or "cuda"). Its answer adds ``throughput`` and, on CUDA, the GPU's name and its
+allocator and NVML peaks.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgesr.bench.timing import latency_inputs, time_call
+from edgesr.bench.timing import latency_inputs, runtime_versions, time_call
 from edgesr.errors import EdgesrError
 from edgesr.spec import ModelSpec
 
@@ -52,39 +60,14 @@ def _status_mb(field: str) -> float:
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
     """Loads the request's model in this process and times it (see the module docstring)."""
+    if "artifact" in request or "timing" in request:
+        return measure_on_device(request)
     runtime, precision = request["runtime"], request.get("precision", "fp32")
     threads = int(request.get("threads", 0))
     spec = ModelSpec.from_dict(request["spec"])
     inputs = latency_inputs(spec, int(request.get("size", 256)))
     before = _status_mb("VmRSS")
-    if runtime == "torch":
-        from edgesr.pipeline import TorchPredictor
-        from edgesr.train.checkpoint import load_for_inference
-
-        if precision != "fp32":
-            raise EdgesrError(f"torch runs are timed in fp32 only; got precision {precision!r}")
-        if threads > 0:
-            torch.set_num_threads(threads)
-        model, _, _ = load_for_inference(request["model"])
-        predictor: Any = TorchPredictor(model, spec, device="cpu")
-        executed, version = "fp32", torch.__version__
-    elif runtime == "onnxruntime":
-        import onnxruntime
-
-        from edgesr.export.onnxruntime import OnnxRuntimePredictor, executed_precision
-
-        predictor = OnnxRuntimePredictor(request["model"], threads=threads)
-        executed, version = executed_precision(request["model"]), onnxruntime.__version__
-    elif runtime == "openvino":
-        import openvino
-
-        from edgesr.export.openvino import OpenVinoPredictor, precision_hint
-
-        hint = precision_hint(precision)
-        predictor = OpenVinoPredictor(request["model"], threads=threads, precision=hint)
-        executed, version = predictor.executed_precision, openvino.__version__
-    else:
-        raise EdgesrError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    predictor, executed, version = _load(runtime, precision, request["model"], spec, threads)
     latency = time_call(
         lambda: predictor(inputs),
         warmup=int(request.get("warmup", 3)),
@@ -99,6 +82,121 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         "threads": threads if threads > 0 else torch.get_num_threads(),
         "runtime_version": version,
     }
+
+
+def _load(runtime: str, precision: str, model: str, spec: ModelSpec, threads: int) -> tuple[Any, str, str]:
+    """The predictor of a torch checkpoint or a runtime file, what it executes, and the runtime version."""
+    if runtime == "torch":
+        from edgesr.pipeline import TorchPredictor
+        from edgesr.train.checkpoint import load_for_inference
+
+        if precision != "fp32":
+            raise EdgesrError(f"torch runs are timed in fp32 only; got precision {precision!r}")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        module, _, _ = load_for_inference(model)
+        return TorchPredictor(module, spec, device="cpu"), "fp32", torch.__version__
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        from edgesr.export.onnxruntime import OnnxRuntimePredictor, executed_precision
+
+        predictor = OnnxRuntimePredictor(model, threads=threads)
+        return predictor, executed_precision(model), onnxruntime.__version__
+    if runtime == "openvino":
+        import openvino
+
+        from edgesr.export.openvino import OpenVinoPredictor, precision_hint
+
+        ov_predictor = OpenVinoPredictor(model, threads=threads, precision=precision_hint(precision))
+        return ov_predictor, ov_predictor.executed_precision, openvino.__version__
+    raise EdgesrError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+
+
+def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
+    """The harness's measurement: single-stream latency, offline throughput and peak memory."""
+    from edgesr.bench.harness import CudaTimer, Timer, TimingSettings, offline, single_stream
+
+    threads = int(request.get("threads", 0))
+    device = request.get("device", "cpu")
+    settings = TimingSettings(**request.get("timing", {}))
+    before = _status_mb("VmRSS")
+    answer: dict[str, Any] = {}
+    if "artifact" in request:
+        from edgesr.export.artifact import open_artifact
+        from edgesr.export.onnxruntime import executed_precision
+
+        predictor, manifest = open_artifact(request["artifact"], threads=threads)
+        spec = manifest.spec
+        runtime = manifest.runtime
+        entry = Path(request["artifact"]) / manifest.entry
+        # OpenVINO's predictor reads it from the compiled model; ONNX Runtime's from the optimised graph.
+        executed = str(getattr(predictor, "executed_precision", ""))
+        if runtime == "onnxruntime":
+            executed = executed_precision(entry)
+        answer["runtime_version"] = runtime_versions().get(runtime, "")
+    else:
+        spec = ModelSpec.from_dict(request["spec"])
+        predictor, executed = _torch_predictor(request, spec, device, threads)
+        answer["runtime_version"] = torch.__version__
+    size, batch = int(request.get("size", 256)), int(request.get("batch", 0))
+    single = latency_inputs(spec, size)
+    timer: Timer = CudaTimer() if device.startswith("cuda") else Timer()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    answer["latency_ms"] = single_stream(lambda: predictor(single), settings, timer=timer)
+    answer["peak_memory_mb"] = round(_status_mb("VmHWM") - before, 1)
+    if device.startswith("cuda"):
+        answer["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        answer["gpu"] = torch.cuda.get_device_name()
+        answer["nvml_used_mb"] = _nvml_used_mb()
+    if batch > 0:
+        batched = {name: tensor.repeat(batch, *[1] * (tensor.dim() - 1)) for name, tensor in single.items()}
+        answer["throughput"] = offline(lambda: predictor(batched), settings, batch=batch, timer=timer)
+        answer["peak_memory_batch_mb"] = round(_status_mb("VmHWM") - before, 1)
+    return answer | {
+        "executed_precision": executed,
+        "process_peak_mb": round(_status_mb("VmHWM"), 1),
+        "threads": threads if threads > 0 else torch.get_num_threads(),
+    }
+
+
+def _torch_predictor(request: dict[str, Any], spec: ModelSpec, device: str, threads: int) -> tuple[Any, str]:
+    """A torch checkpoint on ``device``, run at the request's precision (autocast on CUDA)."""
+    from edgesr.pipeline import TorchPredictor
+    from edgesr.train.checkpoint import load_for_inference
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    precision = request.get("precision", "fp32")
+    module, _, _ = load_for_inference(request["model"])
+    predictor = TorchPredictor(module.to(device), spec, device=device)
+    if precision == "fp32":
+        return predictor, "fp32"
+    if not device.startswith("cuda"):
+        raise EdgesrError(f"torch {precision} is timed on CUDA only (autocast); this run is on {device}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def autocast_predictor(inputs: Any) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=dtype):
+            return predictor(inputs)
+
+    return autocast_predictor, f"{precision}+fp32"  # autocast keeps reductions and FFTs in fp32
+
+
+def _nvml_used_mb() -> float | None:
+    """Device memory in use as NVML sees it (every context, not only the allocator), when pynvml is here."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    pynvml.nvmlInit()
+    try:
+        index = torch.cuda.current_device()
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return round(float(info.used) / 2**20, 1)
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def measure_isolated(request: dict[str, Any], *, timeout: float = 900.0) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesr.commands.baseline import BaselineConfig, run_baseline
+from edgesr.commands.bench import BenchConfig, run_bench
 from edgesr.commands.compress import CompressConfig, run_compress
 from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
@@ -77,7 +78,10 @@ COMMANDS: dict[str, Command] = {
             run_export,
         ),
         Command(
-            "bench", "latency, throughput and memory on a device profile", None, None, "the benchmark issue"
+            "bench",
+            "latency, throughput and memory on a device profile, with PSNR/SSIM in the same run",
+            BenchConfig,
+            run_bench,
         ),
         Command("report", "tables, plots and JSON from benchmark runs", None, None, "the benchmark issue"),
     )

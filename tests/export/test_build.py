@@ -13,23 +13,7 @@ from edgesr.cli import main
 from edgesr.errors import ConfigError
 from edgesr.export.artifact import open_artifact
 from edgesr.export.targets import list_targets, load_target
-from edgesr.models import create_model
-from tests.conftest import save_model
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("rdn_tiny", scale=2)
-    torch.nn.init.normal_(model.to_image.weight, std=0.02)  # not the plain skip: the body matters
-    return save_model(tmp_path / "ckpt", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
-
-
-def _export(tiny_dataset, checkpoint, out, *extra: str) -> int:
-    root = tiny_dataset.path.parent
-    return main(
-        ["export", f"checkpoint={checkpoint}", f"out={out}", f"data_root={root}", "threads=1", *extra]
-    )
+from tests.conftest import export_cli
 
 
 def test_every_shipped_profile_loads_and_bad_keys_name_themselves():
@@ -46,7 +30,7 @@ def test_every_shipped_profile_loads_and_bad_keys_name_themselves():
 
 def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset, tiny_checkpoint, tmp_path):
     out = tmp_path / "exported"
-    assert _export(tiny_dataset, tiny_checkpoint, out, "target=cpu-onnxruntime", "verify.slices=2") == 0
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "target=cpu-onnxruntime", "verify.slices=2") == 0
     summary = json.loads((out / "export.json").read_text())
     assert set(summary["artifacts"]) == {"fp32", "int8"} and summary["target"] == "cpu-onnxruntime"
     fp32 = summary["artifacts"]["fp32"]["verification"]
@@ -74,7 +58,7 @@ def test_openvino_artifacts_run_at_the_precision_they_were_verified_at(
 ):
     out = tmp_path / "ov"
     argv = ["target=cpu-openvino", "precisions=[fp32,bf16]", "verify.slices=1"]
-    assert _export(tiny_dataset, tiny_checkpoint, out, *argv) == 0
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, *argv) == 0
     summary = json.loads((out / "export.json").read_text())
     assert summary["artifacts"]["fp32"]["verification"]["executed_precision"] == "fp32"
     bf16 = summary["artifacts"]["bf16"]["verification"]
@@ -91,7 +75,7 @@ def test_a_failed_verification_leaves_nothing_and_keeps_an_earlier_export(
     tiny_dataset, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "exported"
-    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
     before = {p.name: p.read_bytes() for p in (out / "fp32").iterdir()}
 
     # A runtime that computes one layer wrongly: its output is off by 1% of the range.
@@ -104,7 +88,7 @@ def test_a_failed_verification_leaves_nothing_and_keeps_an_earlier_export(
         return lambda inputs: predictor(inputs) + 0.01
 
     monkeypatch.setattr(build, "artifact_predictor", wrong)
-    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 2
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 2
     err = capsys.readouterr().err
     assert "differs from PyTorch" in err and "nothing was kept" in err
     assert {p.name: p.read_bytes() for p in (out / "fp32").iterdir()} == before
@@ -115,7 +99,7 @@ def test_export_never_writes_into_someone_elses_folder(tiny_dataset, tiny_checkp
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]") == 2
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]") == 2
     assert "not an edgesr export" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -149,7 +133,7 @@ def test_enhance_runs_an_artifact_like_its_checkpoint(tiny_dataset, tiny_checkpo
     from edgesr.data.images import load_image
 
     out = tmp_path / "exported"
-    assert _export(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
     pixels = (np.random.default_rng(0).random((3, 41, 29)) * 200 + 20).astype(np.float32)
     np.save(tmp_path / "lr.npy", pixels)
     common = [f"input={tmp_path / 'lr.npy'}", "tile=16"]  # several tiles with halos

@@ -1,0 +1,46 @@
+"""`edgesr bench`: an artifact or a checkpoint timed on a device profile (latency percentiles,
+throughput, peak memory) and scored in the same run; devices that are not here are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgesr.cli import main
+from tests.conftest import export_cli
+
+
+def test_bench_times_an_artifact_beside_its_source_and_scores_it_in_the_same_run(
+    tiny_dataset, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "exported"
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 0
+    fast = ["timing.min_runs=3", "timing.min_seconds=0", "timing.warmup_seconds=0", "size=32",
+            "threads=1", "quality_slices=1", f"data_root={tiny_dataset.path.parent}"]  # fmt: skip
+    bench_out = tmp_path / "bench"
+    argv = ["bench", f"artifact={out / 'fp32'}", "device=cpu-onnxruntime", f"out={bench_out}", *fast]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads((bench_out / "bench.json").read_text())
+    [run] = result["runs"]  # a checkpoint of no shipped teacher: no reference run
+    assert run["runtime"] == "onnxruntime" and run["executed_precision"] == "fp32" and run["size_mb"] > 0
+    assert run["latency_ms"]["runs"] >= 3 and run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+    assert run["throughput_ips"] > 0 and run["throughput_batch"] == 4 and run["peak_memory_mb"] >= 0
+    assert {b["name"] for b in result["baselines"]} == {"bicubic", "zero-fill"} and run["psnr"] > 0
+    assert set(result["dataset"]["input_sha256"]) == {"fake-mr"} and result["machine"]["cpu"]
+
+    # The torch checkpoint on the torch profile; an artifact on the wrong runtime is refused by name.
+    assert (
+        main(["bench", f"checkpoint={tiny_checkpoint}", "device=cpu-torch", f"out={tmp_path / 'b2'}", *fast])
+        == 0
+    )
+    assert main(["bench", f"checkpoint={tiny_checkpoint}", "device=cpu-openvino", *fast]) == 2
+    assert "Export it first" in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_here_is_refused_never_measured(tiny_checkpoint, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["bench", f"checkpoint={tiny_checkpoint}", "device=gpu-torch"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
