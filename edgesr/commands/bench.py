@@ -54,25 +54,17 @@ def run_bench(cfg: BenchConfig) -> int:
     dataset = open_or_prepare(cfg.data_root, console)
     result = bench(subject, profile, device_name=device_name, dataset=dataset, out=out, console=console)
 
-    table = Table(title=f"{escape(subject.name)} on {escape(device_name)} ({result['machine']['cpu']})")
-    for column in (
-        "run",
-        "executed",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "img/s",
-        "peak MB",
-        "PSNR",
-        "vs teacher",
-        "speed-up",
-    ):
-        table.add_column(column, justify="left" if column in ("run", "executed") else "right")
+    table = Table(title=f"{escape(subject.name)} on {escape(device_name)}: {result['machine']['cpu']}")
+    table.add_column("run", no_wrap=True)
+    table.add_column("ran", no_wrap=True)
+    for column in ("p50 ms", "p90 ms", "img/s", "peak MB", "PSNR", "vs T dB", "speed-up"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in result["runs"]:
         latency = row["latency_ms"]
         table.add_row(
-            escape(row["name"]), row["executed_precision"], f"{latency['p50']:.2f}", f"{latency['p90']:.2f}",
-            f"{latency['p99']:.2f}", _number(row.get("throughput_ips")), _number(row.get("peak_memory_mb")),
+            f"{row['model']} {row['runtime']}", row["executed_precision"], f"{latency['p50']:.1f}",
+            f"{latency['p90']:.1f}", _number(row.get("throughput_ips")),
+            _number(row.get("peak_memory_mb"), 0),
             _number(row.get("psnr")), _number(row.get("psnr_vs_teacher_db"), signed=True),
             _number(row.get("speedup_vs_teacher_torch_fp32"), suffix="x"),
         )  # fmt: skip
@@ -81,7 +73,7 @@ def run_bench(cfg: BenchConfig) -> int:
     return 0
 
 
-def _number(value: float | None, *, signed: bool = False, suffix: str = "") -> str:
+def _number(value: float | None, digits: int = 2, *, signed: bool = False, suffix: str = "") -> str:
     if value is None:
         return "-"
-    return f"{value:+.2f}{suffix}" if signed else f"{value:.2f}{suffix}"
+    return f"{value:+.{digits}f}{suffix}" if signed else f"{value:.{digits}f}{suffix}"
