@@ -13,6 +13,7 @@ from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.export import ExportConfig, run_export
+from edgesr.commands.report import ReportConfig, run_report
 from edgesr.commands.train import run_train
 from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
@@ -83,6 +84,11 @@ COMMANDS: dict[str, Command] = {
             BenchConfig,
             run_bench,
         ),
-        Command("report", "tables, plots and JSON from benchmark runs", None, None, "the benchmark issue"),
+        Command(
+            "report",
+            "one report (Markdown and self-contained HTML, with plots) of compress and bench runs",
+            ReportConfig,
+            run_report,
+        ),
     )
 }
