@@ -209,8 +209,9 @@ def _row_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def render(sources: list[Source], out: str | Path) -> dict[str, Path]:
-    """Writes ``report.md``, ``report.html`` and the plots' PNGs into ``out``; returns their paths."""
+def render(sources: list[Source], out: str | Path, *, markdown: bool = True) -> dict[str, Path]:
+    """Writes ``report.md`` (unless ``markdown`` is false: ``edgesr compress`` writes its own),
+    ``report.html`` and the plots' PNGs into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = run_rows(sources)
@@ -224,9 +225,12 @@ def render(sources: list[Source], out: str | Path) -> dict[str, Path]:
         with open(out / name, "wb") as f:  # plain files beside the pages; the HTML embeds its own copies
             f.write(data)
     front = {(r["source"], r["name"]) for r in pareto_front(rows)}
-    write_text_atomic(out / "report.md", _markdown(sources, rows, images, front))
+    written = {"html": out / "report.html"} | {n: out / n for n in images}
+    if markdown:
+        write_text_atomic(out / "report.md", _markdown(sources, rows, images, front))
+        written["md"] = out / "report.md"
     write_text_atomic(out / "report.html", _html(sources, rows, images, front))
-    return {"md": out / "report.md", "html": out / "report.html"} | {n: out / n for n in images}
+    return written
 
 
 def _source_lines(source: Source) -> list[str]:

@@ -46,6 +46,10 @@ def run_compress(cfg: CompressConfig) -> int:
         raise ConfigError(f"card={cfg.card} is a file, not a folder; choose a folder for the model and card")
     out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
     report = compress(recipe, out=out, resume=cfg.resume, console=console)
+    from edgesr.bench.pages import load_sources, render
+
+    # The page a person opens: the runs table, latency against PSNR and the per-stage chart.
+    page = render(load_sources([out]), out, markdown=False)["html"]
     if cfg.card:
         from edgesr.compress.card import write_student_card
         from edgesr.data.dataset import PreparedDataset
@@ -87,6 +91,6 @@ def run_compress(cfg: CompressConfig) -> int:
         f"{verdict} by {escape(gate['final'])}: PSNR {-gate['psnr_drop_db']:+.3f} dB, "
         f"SSIM {-gate['ssim_drop']:+.4f} vs the teacher "
         f"(limits -{gate['max_psnr_drop_db']} dB, -{gate['max_ssim_drop']}); "
-        f"report: {escape(str(out / 'report.md'))}"
+        f"report: {escape(str(page))} (and report.md)"
     )
     return 0
