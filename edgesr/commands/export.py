@@ -88,14 +88,15 @@ def run_export(cfg: ExportConfig) -> int:
     target_name = target_path(cfg.target).stem
     model, spec, meta = load_for_inference(folder)
     source |= {"model": meta["model"], "weights_sha256": weights_sha256(folder)}
-    compression = _card(folder).get("compression")
+    card = _card(folder)
+    compression = card.get("compression")
     if isinstance(compression, dict):  # a shipped student: say what it was compressed from
         source |= {"teacher": compression.get("teacher", ""), "recipe": compression.get("recipe", "")}
     out = Path(cfg.out or f"exports/{name}/{target_name}")
     dataset = open_or_prepare(cfg.data_root, console)
     summary = export_model(
         model, spec, target=target, target_name=target_name, out=out, dataset=dataset, source=source,
-        threads=cfg.threads, console=console,
+        threads=cfg.threads, card_quantization=card.get("quantization"), console=console,
     )  # fmt: skip
     console.print(f"[green]exported[/] {escape(str(out))}: {', '.join(summary['artifacts'])}")
     return 0

@@ -14,7 +14,8 @@ Everything is built in a staging folder beside ``out`` that takes ``out``'s plac
 precision passed: a failed verification leaves no artifact that looks usable, and an earlier export in
 ``out`` stays whole until the new one is complete. INT8 files are calibrated on training slices (never
 the test slices they are verified on) with the model family's default float scope (first and last
-convolutions, the upsampler's neighbours; data consistency and FFTs are never quantized).
+convolutions, the upsampler's neighbours; data consistency and FFTs are never quantized), or, for a
+shipped student, with the settings its model card records (:func:`int8_plan`).
 
 Layout::
 
@@ -63,6 +64,7 @@ def export_model(
     dataset: PreparedDataset,
     source: Mapping[str, Any],
     threads: int = 0,
+    card_quantization: Mapping[str, Any] | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Exports ``model`` for ``target``; returns the summary also written as ``out/export.json``.
@@ -76,6 +78,8 @@ def export_model(
         dataset: the prepared data: test slices verify, training slices calibrate INT8.
         source: where the model came from (model name, checkpoint sha256, teacher, recipe).
         threads: runtime threads for verification (0: the runtime's default).
+        card_quantization: a student card's ``quantization`` section: its INT8 files keep the card's
+            float scope, calibration and bias correction (see :func:`int8_plan`).
 
     Raises:
         ConfigError: ``out`` holds files that are not an earlier export; the target needs what this
@@ -100,22 +104,41 @@ def export_model(
         onnx_seconds = time.perf_counter() - started
         with console.status(f"recording the network inputs of {target.verify.slices} test slices"):
             inputs = _network_inputs(spec, reference, dataset, slices=target.verify.slices, split="test")
-        calibration: list[dict[str, np.ndarray]] = []
+        calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
+        plan: Int8Plan | None = None
+        if "int8" in target.precisions:
+            import onnx
+
+            graph = onnx.load(str(onnx_path), load_external_data=False)
+            plan = int8_plan(target.runtime, graph, spec, card_quantization)
         artifacts: dict[str, Any] = {}
         for precision in target.precisions:
             started = time.perf_counter()
             folder = staging / precision
             label = f"{target_name} {precision}"
             with console.status(f"building the {label} artifact"):
-                if precision == "int8" and not calibration:
-                    calibration = _network_inputs(
-                        spec, reference, dataset, slices=CALIBRATION_SLICES, split="train"
-                    )
-                build_seconds = _build(target.runtime, precision, onnx_path, folder, spec, calibration)
+                calibration: list[dict[str, np.ndarray]] = []
+                if precision == "int8" and plan is not None:
+                    slices = plan.calibration_slices
+                    if slices not in calibrations:
+                        calibrations[slices] = _network_inputs(
+                            spec, reference, dataset, slices=slices, split="train"
+                        )
+                    calibration = calibrations[slices]
+                build_seconds = _build(
+                    target.runtime,
+                    precision,
+                    onnx_path,
+                    folder,
+                    calibration,
+                    plan if precision == "int8" else None,
+                )
             with console.status(f"verifying the {label} artifact against PyTorch"):
                 verification = _verify(
                     target, precision, spec, reference, folder, dataset, inputs, threads=threads, label=label
                 )
+            if precision == "int8" and plan is not None:
+                verification["int8"] = dataclasses.asdict(plan) | {"keep_fp": list(plan.keep_fp)}
             manifest = write_manifest(
                 folder, target=target_name, runtime=target.runtime, precision=precision,
                 entry=ENTRIES[target.runtime], spec=spec, source=source, verification=verification,
@@ -145,6 +168,51 @@ def export_model(
         raise
     replace_folder(staging, out)
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Plan:
+    """How an INT8 file is made: the convolutions kept in float, calibration slices, bias correction."""
+
+    keep_fp: tuple[str, ...]
+    calibration_slices: int
+    bias_correction: bool
+    origin: str  # "card" (the student's chosen attempt) or "default scope"
+    note: str = ""
+
+
+def int8_plan(
+    runtime: str, graph: Any, spec: ModelSpec, card_quantization: Mapping[str, Any] | None
+) -> Int8Plan:
+    """The student card's INT8 settings for ``runtime`` when it has them, else the family's default.
+
+    A card whose chosen attempt was QAT gives its scope and calibration, applied here as post-training
+    quantization: QAT weights are trained, and only the card's ``rebuild_command`` retrains them.
+
+    Raises:
+        ConfigError: the card names convolutions that the exported graph does not have.
+    """
+    entry = (card_quantization or {}).get(runtime)
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("attempt"), Mapping):
+        from edgesr.compress.quantize import default_scope
+
+        keep = tuple(default_scope(spec).resolve(graph))
+        return Int8Plan(keep, CALIBRATION_SLICES, False, "default scope")
+    attempt = entry["attempt"]
+    convs = {node.name for node in graph.graph.node if node.op_type == "Conv"}
+    unknown = sorted(set(attempt["keep_fp"]) - convs)
+    if unknown:
+        raise ConfigError(
+            f"the model card keeps {', '.join(unknown)} in float for {runtime}, but the exported graph has "
+            "no such convolution (exported by another torch version?); re-run the card's rebuild_command"
+        )
+    note = ""
+    if attempt.get("remedy") == "qat":
+        note = "the card chose QAT; this file is PTQ with the card's scope (its rebuild_command retrains QAT)"
+    return Int8Plan(
+        tuple(attempt["keep_fp"]), int(attempt["calibration_slices"]), bool(attempt.get("bias_correction")),
+        "card", note,
+    )  # fmt: skip
 
 
 def _check_out(out: Path) -> None:
@@ -178,19 +246,13 @@ def _build(
     precision: str,
     onnx_path: Path,
     folder: Path,
-    spec: ModelSpec,
     calibration: Sequence[dict[str, np.ndarray]],
+    plan: Int8Plan | None,
 ) -> float:
     """Writes the runtime's file(s) for ``precision`` into ``folder``; returns the seconds it took."""
     started = time.perf_counter()
     folder.mkdir(parents=True)
-    keep_fp: list[str] = []
-    if precision == "int8":
-        import onnx
-
-        from edgesr.compress.quantize import default_scope
-
-        keep_fp = default_scope(spec).resolve(onnx.load(str(onnx_path), load_external_data=False))
+    keep_fp = list(plan.keep_fp) if plan is not None else []
     if runtime == "onnxruntime":
         if precision == "fp32":
             shutil.copyfile(onnx_path, folder / "model.onnx")
@@ -206,7 +268,8 @@ def _build(
         if precision == "int8":
             from edgesr.compress.quantize import quantize_openvino
 
-            ir = quantize_openvino(onnx_path, calibration, keep_fp=keep_fp)
+            bias_correction = plan.bias_correction if plan is not None else False
+            ir = quantize_openvino(onnx_path, calibration, keep_fp=keep_fp, bias_correction=bias_correction)
         else:
             # FP32 weights for every float precision: the precision is the compiled model's
             # INFERENCE_PRECISION_HINT (see edgesr.export.artifact), and BF16 weights would only lose bits.

@@ -151,3 +151,27 @@ def test_enhance_runs_an_artifact_like_its_checkpoint(tiny_dataset, tiny_checkpo
     assert main(argv) == 2
     assert "model.onnx has changed since export" in capsys.readouterr().err
     assert not (tmp_path / "again.npy").exists()
+
+
+def test_int8_keeps_a_student_cards_scope_and_refuses_names_the_graph_lacks(tiny_checkpoint, tmp_path):
+    import onnx
+
+    from edgesr.bench.timing import latency_inputs
+    from edgesr.export.build import int8_plan
+    from edgesr.export.onnx import export_onnx
+    from edgesr.train.checkpoint import load_for_inference
+
+    model, spec, _ = load_for_inference(tiny_checkpoint)
+    path = export_onnx(model, spec, latency_inputs(spec, 32), tmp_path / "m.onnx")
+    graph = onnx.load(str(path))
+    default = int8_plan("openvino", graph, spec, None)
+    assert default.origin == "default scope" and default.keep_fp and default.calibration_slices == 32
+    attempt = {"remedy": "qat", "keep_fp": list(default.keep_fp[:1]), "calibration_slices": 8,
+               "bias_correction": True}  # fmt: skip
+    plan = int8_plan("openvino", graph, spec, {"openvino": {"attempt": attempt}})
+    assert plan.origin == "card" and plan.keep_fp == default.keep_fp[:1] and plan.bias_correction
+    assert plan.calibration_slices == 8 and "QAT" in plan.note
+    with pytest.raises(ConfigError, match="node_conv2d_999"):
+        int8_plan(
+            "openvino", graph, spec, {"openvino": {"attempt": attempt | {"keep_fp": ["node_conv2d_999"]}}}
+        )
