@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesr._io import write_text_atomic
+from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import DataError
 
 RUNTIME_COLOURS = {"torch": "#4c72b0", "onnxruntime": "#dd8452", "openvino": "#55a868", "tensorrt": "#c44e52"}
@@ -209,9 +210,13 @@ def _row_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def render(sources: list[Source], out: str | Path, *, markdown: bool = True) -> dict[str, Path]:
+def render(
+    sources: list[Source], out: str | Path, *, markdown: bool = True, dataset: PreparedDataset | None = None
+) -> dict[str, Path]:
     """Writes ``report.md`` (unless ``markdown`` is false: ``edgesr compress`` writes its own),
-    ``report.html`` and the plots' PNGs into ``out``; returns their paths."""
+    ``report.html`` and the plots' PNGs into ``out``; returns their paths. With ``dataset``, each
+    source also gets its image grid (:mod:`edgesr.bench.grid`): input, teacher, student, reference and
+    error maps on a test slice per volume."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = run_rows(sources)
@@ -221,6 +226,12 @@ def render(sources: list[Source], out: str | Path, *, markdown: bool = True) -> 
     for source in sources:
         if (stages := stage_plot(source)) is not None:
             images[f"stages_{source.label}.png"] = stages
+        if dataset is not None:
+            from edgesr.bench.grid import image_grid, models_of
+
+            models = models_of(source.kind, source.folder, source.data)
+            if models is not None:
+                images[f"images_{source.label}.png"] = image_grid(models, dataset)
     for name, data in images.items():
         with open(out / name, "wb") as f:  # plain files beside the pages; the HTML embeds its own copies
             f.write(data)

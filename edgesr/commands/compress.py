@@ -49,7 +49,9 @@ def run_compress(cfg: CompressConfig) -> int:
     from edgesr.bench.pages import load_sources, render
 
     # The page a person opens: the runs table, latency against PSNR and the per-stage chart.
-    page = render(load_sources([out]), out, markdown=False)["html"]
+    from edgesr.data.dataset import open_or_prepare
+
+    page = render(load_sources([out]), out, markdown=False, dataset=open_or_prepare(recipe.data_root))["html"]
     if cfg.card:
         from edgesr.compress.card import write_student_card
         from edgesr.data.dataset import PreparedDataset

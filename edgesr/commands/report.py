@@ -21,6 +21,10 @@ from edgesr.errors import ConfigError
 class ReportConfig:
     runs: str = opt("", "folders of compress or bench runs, separated by commas")
     out: str = opt("", "output folder (default: the first run's folder/report)")
+    images: bool = opt(
+        True, "draw each run's image grid (runs its teacher and student on a test slice per volume)"
+    )
+    data_root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
 
     def __post_init__(self) -> None:
         if not [r for r in self.runs.split(",") if r.strip()]:
@@ -35,7 +39,12 @@ def run_report(cfg: ReportConfig) -> int:
     out = Path(cfg.out or Path(folders[0]) / "report")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is a file; choose a folder for the report")
-    written = render(sources, out)
+    dataset = None
+    if cfg.images:
+        from edgesr.data.dataset import open_or_prepare
+
+        dataset = open_or_prepare(cfg.data_root)
+    written = render(sources, out, dataset=dataset)
     Console(stderr=True).print(
         f"[green]wrote[/] {escape(str(written['html']))} and {escape(str(written['md']))}"
     )

@@ -66,7 +66,8 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
     assert (out / "recipe.resolved.yaml").is_file()
     # The page a person opens, with its plots embedded.
-    assert 'src="data:image/png;base64,' in (out / "report.html").read_text()
+    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 3
+    assert (out / "images_out.png").is_file()  # input, teacher, student, reference and error maps
     # The stage's model carries the teacher's contract with its own receptive radius.
     model, spec, meta = load_for_inference(out / "1-distill" / "model")
     assert spec.sr is not None and spec.sr.scale == 2 and meta["model"] == "rdn_tiny"
