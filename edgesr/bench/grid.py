@@ -46,10 +46,16 @@ def _teacher_folder(name_or_path: str) -> Path | None:
 
 
 def models_of(kind: str, folder: Path, data: dict[str, Any]) -> dict[str, Any] | None:
-    """The teacher and the student of a compress report or bench result, as predictors (None: unknown)."""
+    """The teacher and the student of a compress report or bench result, as predictors; None when the
+    result does not say where its models are, or they are no longer there (no grid is drawn)."""
     if kind == "compress":
+        if "final_model" not in data:
+            return None
         recorded = Path(data["final_model"])
-        student, spec = _torch_model(folder / recorded.parent.name / recorded.name)
+        student_folder = folder / recorded.parent.name / recorded.name
+        if not student_folder.is_dir():  # the run's models were not kept beside its report
+            return None
+        student, spec = _torch_model(student_folder)
         teacher_folder = _teacher_folder(str(data.get("recipe", {}).get("teacher", "")))
         label = recorded.parent.name
     else:
