@@ -60,9 +60,9 @@ def models_of(kind: str, folder: Path, data: dict[str, Any]) -> dict[str, Any] |
         label = recorded.parent.name
     else:
         subject = data.get("subject", {})
-        subject_folder = Path(subject.get("folder", ""))
-        if not subject_folder.is_dir():
+        if not subject.get("folder") or not Path(subject["folder"]).is_dir():
             return None
+        subject_folder = Path(subject["folder"])
         if subject.get("artifact"):
             from edgesr.export.artifact import open_artifact
 
