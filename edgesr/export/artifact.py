@@ -16,26 +16,28 @@ from edgesr.export.manifest import Manifest, read_manifest
 from edgesr.pipeline import Predictor
 
 
-def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:
-    """The runtime session of an artifact whose files were checked (see :func:`open_artifact`).
+def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int = 0) -> Predictor:
+    """The runtime session of one artifact file, compiled at the precision it was built for.
 
     OpenVINO artifacts are compiled at the precision they were built and verified for: an ``fp32``
     artifact with ``INFERENCE_PRECISION_HINT=f32`` (else it would run BF16 on this CPU), ``bf16`` and
     ``fp16`` with their hints, ``int8`` at the plugin's default for the layers left in float.
     """
-    path = folder / manifest.entry
-    if manifest.runtime == "onnxruntime":
+    if runtime == "onnxruntime":
         from edgesr.export.onnxruntime import OnnxRuntimePredictor
 
         return OnnxRuntimePredictor(path, threads=threads)
-    if manifest.runtime == "openvino":
+    if runtime == "openvino":
         from edgesr.export.openvino import OpenVinoPredictor, precision_hint
 
-        return OpenVinoPredictor(path, threads=threads, precision=precision_hint(manifest.precision))
-    raise ConfigError(
-        f"{folder} is a {manifest.runtime} artifact ({manifest.target}); this machine runs onnxruntime "
-        "and openvino artifacts"
-    )
+        return OpenVinoPredictor(path, threads=threads, precision=precision_hint(precision))
+    raise ConfigError(f"{path} is a {runtime} artifact; this machine runs onnxruntime and openvino artifacts")
+
+
+def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:
+    """The runtime session of an artifact whose files were checked (see :func:`open_artifact`)."""
+    path = folder / manifest.entry
+    return runtime_predictor(path, runtime=manifest.runtime, precision=manifest.precision, threads=threads)
 
 
 def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[Predictor, Manifest]:
@@ -50,4 +52,4 @@ def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[
     return artifact_predictor(folder, manifest, threads=threads), manifest
 
 
-__all__ = ["artifact_predictor", "open_artifact"]
+__all__ = ["artifact_predictor", "open_artifact", "runtime_predictor"]

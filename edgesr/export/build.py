@@ -42,7 +42,7 @@ from edgesr._io import replace_folder, write_json_atomic
 from edgesr.bench.timing import latency_inputs, runtime_versions
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
-from edgesr.export.artifact import artifact_predictor
+from edgesr.export.artifact import runtime_predictor
 from edgesr.export.manifest import write_manifest
 from edgesr.export.targets import ExportTarget
 from edgesr.export.verify import check_parity, check_quality, compare_outputs, quality
@@ -293,12 +293,9 @@ def _verify(
     label: str,
 ) -> dict[str, Any]:
     """Parity (FP32) or quality within the gate (the rest); the figures, or a VerificationError."""
-    from edgesr.export.manifest import Manifest
-
-    # The artifact is opened the way users will open it, from its folder (its manifest is written after).
-    unsigned = Manifest(target="", runtime=target.runtime, precision=precision, entry=ENTRIES[target.runtime],
-                        files={}, spec=spec)  # fmt: skip
-    candidate = artifact_predictor(folder, unsigned, threads=threads)
+    # The artifact is opened the way users will open it, from its folder (its manifest comes after).
+    path = folder / ENTRIES[target.runtime]
+    candidate = runtime_predictor(path, runtime=target.runtime, precision=precision, threads=threads)
     executed = getattr(candidate, "executed_precision", None)
     parity = compare_outputs(reference, candidate, inputs)
     figures: dict[str, Any] = {

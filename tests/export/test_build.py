@@ -81,13 +81,13 @@ def test_a_failed_verification_leaves_nothing_and_keeps_an_earlier_export(
     # A runtime that computes one layer wrongly: its output is off by 1% of the range.
     import edgesr.export.build as build
 
-    real = build.artifact_predictor
+    real = build.runtime_predictor
 
     def wrong(*args, **kwargs):
         predictor = real(*args, **kwargs)
         return lambda inputs: predictor(inputs) + 0.01
 
-    monkeypatch.setattr(build, "artifact_predictor", wrong)
+    monkeypatch.setattr(build, "runtime_predictor", wrong)
     assert export_cli(tiny_dataset, tiny_checkpoint, out, "precisions=[fp32]", "verify.slices=1") == 2
     err = capsys.readouterr().err
     assert "differs from PyTorch" in err and "nothing was kept" in err
