@@ -175,3 +175,29 @@ def test_int8_keeps_a_student_cards_scope_and_refuses_names_the_graph_lacks(tiny
         int8_plan(
             "openvino", graph, spec, {"openvino": {"attempt": attempt | {"keep_fp": ["node_conv2d_999"]}}}
         )
+
+
+def test_a_compress_runs_final_model_exports_within_its_recipes_gate(tiny_dataset, tiny_checkpoint, tmp_path):
+    """``compressed=DIR``: the final model is found beside report.json wherever compress ran from, and
+    the recipe's gate becomes the verification's."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, run / "2-quantize" / "model")
+    report = {"final_model": "somewhere/else/run/2-quantize/model", "recipe": {"teacher": "rdn-mr-x2"},
+              "gate": {"max_psnr_drop_db": 0.07, "max_ssim_drop": 0.001}, "runs": []}  # fmt: skip
+    (run / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "exported"
+    root = tiny_dataset.path.parent
+    argv = [
+        "export",
+        f"compressed={run}",
+        f"out={out}",
+        f"data_root={root}",
+        "precisions=[fp32]",
+        "verify.slices=1",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["profile"]["verify"]["max_psnr_drop_db"] == 0.07
+    assert summary["source"]["stage"] == "2-quantize" and summary["source"]["teacher"] == "rdn-mr-x2"
