@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, DataError
 from edgesr.export.manifest import Manifest, read_manifest
 from edgesr.pipeline import Predictor
 
@@ -35,9 +35,22 @@ def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int 
 
 
 def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:
-    """The runtime session of an artifact whose files were checked (see :func:`open_artifact`)."""
+    """The runtime session of an artifact whose files were checked (see :func:`open_artifact`).
+
+    Raises:
+        DataError: the runtime cannot load the file (a corrupt IR or ONNX whose hash was recorded
+            from the corrupt file itself, or a file made by a newer runtime).
+    """
     path = folder / manifest.entry
-    return runtime_predictor(path, runtime=manifest.runtime, precision=manifest.precision, threads=threads)
+    try:
+        return runtime_predictor(
+            path, runtime=manifest.runtime, precision=manifest.precision, threads=threads
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:  # the runtimes raise RuntimeError or their own Fail/InvalidGraph types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: {manifest.runtime} cannot load it ({first_line[:300]})") from None
 
 
 def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[Predictor, Manifest]:

@@ -153,3 +153,15 @@ def test_writing_refuses_an_unknown_runtime_and_an_entry_that_is_not_there(tmp_p
         write_manifest(
             tmp_path, target="t", runtime="openvino", precision="int8", entry="model.xml", spec=SPEC
         )
+
+
+def test_a_corrupt_openvino_ir_is_refused_by_name_when_opened(tmp_path):
+    from edgesr.export.artifact import open_artifact
+
+    folder = tmp_path / "ir"
+    folder.mkdir()
+    (folder / "model.xml").write_text("<net name='broken'><layers><layer id='0' type=")
+    (folder / "model.bin").write_bytes(b"\0" * 16)
+    write_manifest(folder, target="t", runtime="openvino", precision="fp32", entry="model.xml", spec=SPEC)
+    with pytest.raises(DataError, match=r"model\.xml: openvino cannot load it"):
+        open_artifact(folder)
