@@ -47,9 +47,18 @@ def test_bad_value_and_unknown_command(capsys):
     assert "needs a subcommand" in capsys.readouterr().err
 
 
-def test_planned_command_says_which_issue_brings_it(capsys):
+def test_export_without_a_model_names_the_three_ways_to_give_one(capsys):
     assert main(["export", "target=cpu-openvino"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "give exactly one of model= (shipped: " in capsys.readouterr().err
+
+
+def test_planned_command_says_which_issue_brings_it(capsys, monkeypatch):
+    from edgesr import commands
+
+    planned = commands.Command("serve", "a DICOM node", None, None, "the integration issue")
+    monkeypatch.setitem(commands.COMMANDS, "serve", planned)
+    assert main(["serve", "port=104"]) == 2
+    assert "not available yet: it arrives with the integration issue" in capsys.readouterr().err
 
 
 def test_missing_data_set_tells_how_to_prepare(tmp_path, capsys):
