@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
+from typing import Any
 
 from edgesr.errors import ConfigError
 
@@ -26,9 +27,17 @@ def list_shipped() -> list[str]:
     return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.safetensors").is_file())
 
 
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """A model folder's ``model_card.json`` as a dict; empty when the folder has none (a plain checkpoint)."""
+    path = Path(folder) / "model_card.json"
+    if not path.is_file():
+        return {}
+    card = json.loads(path.read_text(encoding="utf-8"))
+    return card if isinstance(card, dict) else {}
+
+
 def _is_student(name: str) -> bool:
-    card = WEIGHTS_DIR / name / "model_card.json"
-    return card.is_file() and "compression" in json.loads(card.read_text(encoding="utf-8"))
+    return "compression" in read_card(WEIGHTS_DIR / name)
 
 
 def list_teachers() -> list[str]:

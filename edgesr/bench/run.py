@@ -18,7 +18,6 @@ and ``size_mb``), the device profile and the machine record.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from edgesr.errors import ConfigError
 from edgesr.evaluate import ReconProtocol, evaluate_model, score_predictor
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.spec import ModelSpec
-from edgesr.teachers import list_teachers, teacher_path
+from edgesr.teachers import list_teachers, read_card, teacher_path
 from edgesr.train.checkpoint import load_for_inference, read_metadata, read_spec
 
 BENCH_FILE = "bench.json"
@@ -69,7 +68,7 @@ def subject_of(*, artifact: str = "", checkpoint: str = "", model: str = "") -> 
     folder = Path(checkpoint) if checkpoint else teacher_path(model)
     spec = read_spec(read_metadata(folder), folder)
     teacher = _shipped_teacher(model) if model else ""
-    compression = _card(folder).get("compression")
+    compression = read_card(folder).get("compression")
     if not teacher and isinstance(compression, dict):  # a checkpoint= of a student with its card
         teacher = str(compression.get("teacher", ""))
     return Subject(model or folder.name, spec, folder, False, "torch", "fp32", teacher, _weights_mb(folder))
@@ -254,21 +253,13 @@ def _weights_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
 
 
-def _card(folder: Path) -> dict[str, Any]:
-    path = folder / "model_card.json"
-    if not path.is_file():
-        return {}
-    card = json.loads(path.read_text(encoding="utf-8"))
-    return card if isinstance(card, dict) else {}
-
-
 def _shipped_teacher(name: Any) -> str:
     """The teacher of a shipped model name: itself for a teacher, its card's teacher for a student."""
     if not name:
         return ""
     if name in list_teachers():
         return str(name)
-    compression = _card(teacher_path(str(name))).get("compression", {})
+    compression = read_card(teacher_path(str(name))).get("compression", {})
     return str(compression.get("teacher", "")) if isinstance(compression, dict) else ""
 
 

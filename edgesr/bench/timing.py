@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
+from edgesr.bench.harness import latency_statistics
 from edgesr.spec import ModelSpec
 
 
@@ -33,15 +32,7 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20) -> d
         fn()
         _synchronise()
         samples.append((time.perf_counter() - started) * 1000.0)
-    values = np.asarray(samples)
-    return {
-        "p50": round(float(np.percentile(values, 50)), 3),
-        "p90": round(float(np.percentile(values, 90)), 3),
-        "p99": round(float(np.percentile(values, 99)), 3),
-        "mean": round(statistics.fmean(samples), 3),
-        "min": round(float(values.min()), 3),
-        "repeats": repeats,
-    }
+    return latency_statistics(samples) | {"repeats": repeats}
 
 
 def _synchronise() -> None:

@@ -20,7 +20,7 @@ from rich.markup import escape
 from edgesr.config import opt
 from edgesr.data.dataset import open_or_prepare
 from edgesr.errors import ConfigError
-from edgesr.teachers import list_shipped, teacher_path
+from edgesr.teachers import list_shipped, read_card, teacher_path
 from edgesr.train.checkpoint import load_for_inference, weights_sha256
 
 
@@ -88,7 +88,7 @@ def run_export(cfg: ExportConfig) -> int:
     target_name = target_path(cfg.target).stem
     model, spec, meta = load_for_inference(folder)
     source |= {"model": meta["model"], "weights_sha256": weights_sha256(folder)}
-    card = _card(folder)
+    card = read_card(folder)
     compression = card.get("compression")
     if isinstance(compression, dict):  # a shipped student: say what it was compressed from
         source |= {"teacher": compression.get("teacher", ""), "recipe": compression.get("recipe", "")}
@@ -100,11 +100,3 @@ def run_export(cfg: ExportConfig) -> int:
     )  # fmt: skip
     console.print(f"[green]exported[/] {escape(str(out))}: {', '.join(summary['artifacts'])}")
     return 0
-
-
-def _card(folder: Path) -> dict[str, Any]:
-    path = folder / "model_card.json"
-    if not path.is_file():
-        return {}
-    card = json.loads(path.read_text(encoding="utf-8"))
-    return card if isinstance(card, dict) else {}
