@@ -68,7 +68,8 @@ def run_bench(cfg: BenchConfig) -> int:
             _number(row.get("psnr")), _number(row.get("psnr_vs_teacher_db"), signed=True),
             _number(row.get("speedup_vs_teacher_torch_fp32"), suffix="x"),
         )  # fmt: skip
-    Console().print(table)
+    terminal = Console()
+    Console(width=max(terminal.width, 110)).print(table)  # a pipe gets 80 columns: too few for the figures
     console.print(f"[green]wrote[/] {escape(str(out / BENCH_FILE))}")
     return 0
 
