@@ -72,6 +72,8 @@ def models_of(kind: str, folder: Path, data: dict[str, Any]) -> dict[str, Any] |
             student, spec = _torch_model(subject_folder)
         teacher_folder = _teacher_folder(str(subject.get("teacher", "")))
         label = str(subject.get("name", "student"))
+        if subject.get("artifact"):  # which file ran: the runtime and precision, not only the model
+            label += f" ({manifest.runtime} {manifest.precision})"
     teacher = _torch_model(teacher_folder)[0] if teacher_folder is not None else None
     return {"spec": spec, "teacher": teacher, "student": student, "label": label}
 
