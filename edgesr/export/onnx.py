@@ -109,6 +109,9 @@ def export_onnx(
 
     with atomic_path(path) as tmp:
         onnx_program.save(tmp, external_data=False)
+        proto = onnx.load(str(tmp))
+        if dft_axis_as_input(proto):
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return Path(path)
 
@@ -156,6 +159,56 @@ def _dynamic_shapes(spec: ModelSpec, args: Sequence[torch.Tensor]) -> dict[str, 
             axes = {0: batch, 2: spec.sr.scale * height, 3: spec.sr.scale * width}
         shapes[name] = {axis: dim for axis, dim in axes.items() if tensor.shape[axis] != 1}
     return shapes
+
+
+# --- DFT nodes in loop bodies --------------------------------------------------------------------------
+
+
+def dft_axis_as_input(model: Any) -> int:
+    """Rewrites, in place, every ``DFT`` that carries opset 17's ``axis`` *attribute* into opset 20's
+    form (the axis as a third, constant input); returns how many. Walks loop bodies and other subgraphs.
+
+    The exporter writes the FFTs of the main graph in opset 20's form but those inside a ``Loop`` body
+    (an unrolled model exported as a loop) in opset 17's, while the file declares opset 20: ONNX Runtime
+    then refuses the file ("Unrecognized attribute: axis for operator DFT"). Both forms index the same
+    axis of the same input, so the rewrite is exact.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rewritten = 0
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        nodes, in_this_graph = [], 0
+        for node in graph.node:
+            axis_attributes = [a for a in node.attribute if node.op_type == "DFT" and a.name == "axis"]
+            if not axis_attributes:
+                nodes.append(node)
+                continue
+            axis_name = f"{node.name or node.output[0]}__axis"
+            nodes.append(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [axis_name],
+                    value=numpy_helper.from_array(np.array(axis_attributes[0].i, dtype=np.int64)),
+                    name=axis_name,
+                )
+            )
+            node.attribute.remove(axis_attributes[0])
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = axis_name
+            nodes.append(node)
+            in_this_graph += 1
+        if in_this_graph:
+            del graph.node[:]
+            graph.node.extend(nodes)  # copies the nodes: their subgraphs are collected only now
+        rewritten += in_this_graph
+        graphs += [a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return rewritten
 
 
 # --- symbolic-shift roll -----------------------------------------------------------------------------

@@ -149,22 +149,37 @@ def dft_axes_to_one(model: Any) -> int:
     """Rewrites, in place, each ``DFT`` of ``model`` (an ``onnx.ModelProto``) over an axis other than 1
     as ``Transpose(swap 1, axis) -> DFT(axis=1) -> Transpose(swap 1, axis)``; returns how many.
 
+    Walks the bodies of ``Loop``/``If``/``Scan`` nodes too: an unrolled recon model exported as a loop
+    (MoDL) has its FFTs there.
+
     Raises:
         ValueError: a DFT whose axis is not a constant, or whose input rank is unknown.
     """
     import onnx
-    from onnx import helper, numpy_helper
 
-    graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     ranks = {
         v.name: len(v.type.tensor_type.shape.dim)
         for v in _typed_values(onnx.shape_inference.infer_shapes(model))
+        if v.type.tensor_type.HasField("shape")
     }
-    nodes, rewritten = [], 0
+    return _dft_axes_to_one_in(model.graph, {}, ranks)
+
+
+def _dft_axes_to_one_in(graph: Any, outer_constants: dict[str, np.ndarray], ranks: dict[str, int]) -> int:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    constants = dict(outer_constants)
+    constants.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    rewritten = 0
+    for node in graph.node:  # subgraphs first: they see this graph's constants
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                rewritten += _dft_axes_to_one_in(attribute.g, constants, ranks)
+    nodes = []
     for node in graph.node:
         axis = _dft_axis(node, constants)
         if axis is None:
@@ -180,10 +195,21 @@ def dft_axes_to_one(model: Any) -> int:
         perm = list(range(rank))
         perm[1], perm[axis] = perm[axis], perm[1]
         moved_in, moved_out, axis_one = (f"{node.name}__axis1_{part}" for part in ("in", "out", "axis"))
-        graph.initializer.append(numpy_helper.from_array(np.array(1, dtype=np.int64), axis_one))
+        # A Constant node rather than an initializer: it is valid in a loop body as in the main graph.
+        nodes.append(
+            helper.make_node(
+                "Constant",
+                [],
+                [axis_one],
+                value=numpy_helper.from_array(np.array(1, dtype=np.int64)),
+                name=axis_one,
+            )
+        )
         nodes.append(helper.make_node("Transpose", [node.input[0]], [moved_in], perm=perm, name=moved_in))
         dft = onnx.NodeProto()
         dft.CopyFrom(node)
+        while len(dft.input) < 3:
+            dft.input.append("")
         dft.input[0], dft.input[2], dft.output[0] = moved_in, axis_one, moved_out
         nodes.append(dft)
         nodes.append(helper.make_node("Transpose", [moved_out], [node.output[0]], perm=perm, name=moved_out))
@@ -196,13 +222,23 @@ def dft_axes_to_one(model: Any) -> int:
 
 def _dft_axis(node: Any, constants: dict[str, np.ndarray]) -> int | None:
     """The axis of an opset-20 DFT node (its third input), or None for any other node."""
-    if node.op_type != "DFT" or len(node.input) < 3 or not node.input[2]:
-        return None  # no axis input: axis 1 (opset 20's default), which OpenVINO gets right
+    if node.op_type != "DFT":
+        return None
+    if len(node.input) < 3 or not node.input[2]:
+        return -2  # opset 20's default: the last signal axis
     if node.input[2] not in constants:
         raise ValueError(f"DFT node {node.name!r}: its axis {node.input[2]!r} is not a constant")
     return int(constants[node.input[2]])
 
 
 def _typed_values(model: Any) -> list[Any]:
-    graph = model.graph
-    return [*graph.input, *graph.value_info, *graph.output]
+    """Every typed value of the model, those of loop bodies and other subgraphs included."""
+    import onnx
+
+    values: list[Any] = []
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        values += [*graph.input, *graph.value_info, *graph.output]
+        graphs += [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return values

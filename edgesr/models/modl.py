@@ -16,6 +16,7 @@ from torch import nn
 
 from edgesr.models._blocks import conv3x3, zero_init
 from edgesr.models._registry import register_model
+from edgesr.physics.loops import fixed_count_loop
 from edgesr.physics.mri import MultiCoilSense, conjugate_gradient
 
 
@@ -75,8 +76,8 @@ class MoDL(nn.Module):
     ) -> torch.Tensor:
         lam = self.lam
         rhs0 = self.physics.A_adjoint(masked_kspace, mask, sens_maps)
-        x = rhs0
-        for _ in range(self.iterations):
+
+        def unroll(x: torch.Tensor) -> tuple[torch.Tensor]:
             z = self.denoiser(x)
             x = conjugate_gradient(
                 lambda v: self.physics.normal(v, mask, sens_maps) + lam * v,
@@ -84,6 +85,10 @@ class MoDL(nn.Module):
                 x0=z,
                 n_iter=self.cg_iterations,
             )
+            return (x,)
+
+        # A Python loop in eager mode; one ONNX Loop (the denoiser and CG traced once) when exported.
+        (x,) = fixed_count_loop(unroll, (rhs0,), self.iterations)
         return x
 
 

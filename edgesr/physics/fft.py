@@ -9,8 +9,12 @@ real, ``2c+1`` imaginary) and torch's complex dtype. Centered means the zero fre
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -49,9 +53,9 @@ def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def complex_conj(a: torch.Tensor) -> torch.Tensor:
     """Complex conjugate of a channel-pair tensor."""
     _check_pairs(a, "a")
-    sign = torch.ones(a.shape[-3], 1, 1, dtype=a.dtype, device=a.device)
-    sign[1::2] = -1
-    return a * sign
+    # Built without in-place writes: a mutation inside a loop body (torch's while_loop, which the
+    # export of unrolled recon models uses) cannot be functionalised.
+    return torch.stack([a[..., 0::2, :, :], -a[..., 1::2, :, :]], dim=-3).flatten(-4, -3)
 
 
 def complex_abs(a: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -94,6 +98,8 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of a channel-pair tensor ``[..., 2C, H, W]`` (same shape out)."""
     x, precision = _full_precision(x)
     with precision:
+        if _DFT_AS_MATMUL.get():
+            return _dft2c_matmul(x, inverse=False)
         return from_complex(fft2c_complex(to_complex(x)))
 
 
@@ -101,4 +107,55 @@ def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of a channel-pair tensor ``[..., 2C, H, W]``."""
     x, precision = _full_precision(x)
     with precision:
+        if _DFT_AS_MATMUL.get():
+            return _dft2c_matmul(x, inverse=True)
         return from_complex(ifft2c_complex(to_complex(x)))
+
+
+# --- DFT-as-matmul ------------------------------------------------------------------------------------
+#
+# Runtimes without an FFT (TensorRT before 11.2, hence JetPack 6 on Jetson) need the transforms as plain
+# matrix products on real tensors. The centered orthonormal DFT of length N is the N x N matrix
+# ``M = fftshift . F . ifftshift``; it is computed once per (N, direction) in float64 by numpy and rounded
+# to float32, so each entry is exact to float32 rounding (a float32 phase ``2 pi k n / N`` would lose
+# digits for large ``k n``). The cost is O(N) per output sample instead of O(log N), which is why it is
+# a per-target choice and not the default; the size is fixed, so it exists only for fixed-shape exports.
+
+_DFT_AS_MATMUL: ContextVar[bool] = ContextVar("edgesr_dft_as_matmul", default=False)
+
+
+@contextlib.contextmanager
+def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`fft2c`/:func:`ifft2c` are real matrix products (see above).
+
+    Example:
+        >>> with dft_as_matmul():
+        ...     program = torch.export.export(model, inputs)   # no DFT op in the graph
+    """
+    token = _DFT_AS_MATMUL.set(enabled)
+    try:
+        yield
+    finally:
+        _DFT_AS_MATMUL.reset(token)
+
+
+@functools.lru_cache(maxsize=32)
+def centered_dft_matrix(size: int, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (float32 ``[size, size]``) of the centered orthonormal (inverse) DFT."""
+    transform = np.fft.ifft if inverse else np.fft.fft
+    eye = np.fft.ifftshift(np.eye(size), axes=0)
+    matrix = np.fft.fftshift(transform(eye, axis=0, norm="ortho"), axes=0)
+    return torch.from_numpy(matrix.real.astype(np.float32)), torch.from_numpy(matrix.imag.astype(np.float32))
+
+
+def _dft2c_matmul(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    _check_pairs(x, "x")
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    rows_re, rows_im = (m.to(x.device, x.dtype) for m in centered_dft_matrix(height, inverse))
+    cols_re, cols_im = (m.to(x.device, x.dtype) for m in centered_dft_matrix(width, inverse))
+    real, imag = x[..., 0::2, :, :], x[..., 1::2, :, :]
+    # Along the width: x M^T (the matrices are symmetric, but the transpose says what is meant).
+    real, imag = real @ cols_re.T - imag @ cols_im.T, real @ cols_im.T + imag @ cols_re.T
+    # Along the height: M x.
+    real, imag = rows_re @ real - rows_im @ imag, rows_im @ real + rows_re @ imag
+    return torch.stack([real, imag], dim=-3).flatten(-4, -3)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgesr.physics.fft import complex_conj, complex_mul, fft2c, ifft2c
+from edgesr.physics.loops import fixed_count_loop
 
 
 def _check_shapes(
@@ -94,7 +95,8 @@ def conjugate_gradient(
     """Solves ``normal_op(x) = rhs`` for a Hermitian positive-definite operator, per batch item.
 
     On channel-pair tensors the real inner product ``sum(a * b)`` equals ``Re<a, b>``, which is what CG
-    needs for a Hermitian operator. The loop is differentiable (MoDL back-propagates through it).
+    needs for a Hermitian operator. The loop is differentiable (MoDL back-propagates through it). With
+    ``tol=0`` it is a :func:`~edgesr.physics.loops.fixed_count_loop`, which exports as one ONNX ``Loop``.
 
     Args:
         normal_op: maps ``[B, 2, H, W]`` to the same shape, e.g. ``x -> A^H A x + lam * x``.
@@ -108,16 +110,23 @@ def conjugate_gradient(
     r = rhs - normal_op(x) if x0 is not None else rhs.clone()
     p = r.clone()
     rr = _batch_dot(r, r)
-    rhs_norm2 = _batch_dot(rhs, rhs)
     tiny = torch.finfo(rhs.dtype).tiny
-    for _ in range(n_iter):
+
+    def step(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, rr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         Ap = normal_op(p)
         alpha = rr / _batch_dot(p, Ap).clamp_min(tiny)
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = _batch_dot(r, r)
-        if tol > 0 and bool(torch.all(rr_new <= (tol**2) * rhs_norm2)):
-            break
         p = r + (rr_new / rr.clamp_min(tiny)) * p
-        rr = rr_new
+        return x, r, p, rr_new
+
+    if tol <= 0:
+        x, *_ = fixed_count_loop(step, (x, r, p, rr), n_iter)
+        return x
+    threshold = (tol**2) * _batch_dot(rhs, rhs)
+    for _ in range(n_iter):
+        x, r, p, rr = step(x, r, p, rr)
+        if bool(torch.all(rr <= threshold)):  # x is the solution: the direction p is not used again
+            break
     return x
