@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgesr.baselines import interpolate_base
@@ -50,12 +51,24 @@ Predictor = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 class TorchPredictor:
-    """A torch module as a predictor: inputs are passed positionally in the spec's order."""
+    """A torch module as a predictor: inputs are passed positionally in the spec's order.
 
-    def __init__(self, module: nn.Module, spec: ModelSpec, device: torch.device | str | None = None) -> None:
+    ``fixed_lr_size`` makes the pipeline feed it SR inputs of that one size, as it feeds a fixed-shape
+    export; the export's verification records its inputs through it.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: ModelSpec,
+        device: torch.device | str | None = None,
+        *,
+        fixed_lr_size: int | None = None,
+    ) -> None:
         self.module = module.eval()
         self.input_names = spec.input_names
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
+        self.fixed_lr_size = fixed_lr_size
 
     @torch.no_grad()
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -196,33 +209,72 @@ class PreparedSR:
     halo: int
     source: str = ""
     original: np.ndarray | None = None  # the input values, kept only where padding must be restored
+    crop: int | None = None  # a fixed-shape network's LR input size: every input crop is exactly this
 
     def items(self) -> Iterator[SRItem]:
         assert self.spec.sr is not None  # noqa: S101 (prepare() checked the task)
         sr = self.spec.sr
         _, h, w = self.network.shape
+        tile = self.tile if self.crop is None else self.crop - 2 * self.halo
         for index, image in enumerate(self.network):
             lr = torch.from_numpy(image)[None, None]
             # The global skip on the whole image: zero-fill on a tile would ring at its edges.
             base = interpolate_base(lr, sr.scale, sr.upsampler, sr.degradation)
-            for top, bottom in _tiles(h, self.tile):
-                for left, right in _tiles(w, self.tile):
-                    t0, b0 = max(0, top - self.halo), min(h, bottom + self.halo)
-                    l0, r0 = max(0, left - self.halo), min(w, right + self.halo)
+            for top, bottom in _tiles(h, tile):
+                for left, right in _tiles(w, tile):
+                    if self.crop is None:
+                        t0, b0 = max(0, top - self.halo), min(h, bottom + self.halo)
+                        l0, r0 = max(0, left - self.halo), min(w, right + self.halo)
+                    else:
+                        (t0, b0), (l0, r0) = (
+                            _fixed_window(top, h, self.crop, self.halo),
+                            _fixed_window(left, w, self.crop, self.halo),
+                        )
                     s = sr.scale
-                    yield SRItem(
-                        {"lr": lr[..., t0:b0, l0:r0], "base": base[..., t0 * s : b0 * s, l0 * s : r0 * s]},
-                        index,
-                        (top, bottom),
-                        (left, right),
-                        (t0, l0),
-                    )
+                    inputs = {
+                        "lr": lr[..., t0:b0, l0:r0],
+                        "base": base[..., t0 * s : b0 * s, l0 * s : r0 * s],
+                    }
+                    if self.crop is not None:
+                        inputs = _pad_to(inputs, self.crop, s)
+                    yield SRItem(inputs, index, (top, bottom), (left, right), (t0, l0))
 
 
 def _tiles(size: int, tile: int) -> list[tuple[int, int]]:
     if tile <= 0 or tile >= size:
         return [(0, size)]
     return [(start, min(start + tile, size)) for start in range(0, size, tile)]
+
+
+def _fixed_window(start: int, size: int, crop: int, halo: int) -> tuple[int, int]:
+    """The ``crop``-long input window for the tile that starts at ``start``, inside ``[0, size)``.
+
+    It begins ``halo`` before the tile and is moved inwards where it would leave the image, so every edge
+    of the window is either an image edge (as in whole-image inference) or at least ``halo`` from the
+    tile: the tile stays exact. An image shorter than ``crop`` is one window, padded by :func:`_pad_to`.
+    """
+    if size <= crop:
+        return 0, size
+    first = min(max(0, start - halo), size - crop)
+    return first, first + crop
+
+
+def _pad_to(inputs: dict[str, torch.Tensor], crop: int, scale: int) -> dict[str, torch.Tensor]:
+    """SR inputs padded at the bottom and right (edge values repeated) to ``crop`` LR pixels.
+
+    Only for images smaller than a fixed-shape network's input. The padded part of the output is
+    dropped, but the network sees the repeated edge instead of the image's end, so the last
+    ``receptive_radius`` pixels before the padding differ slightly from whole-image inference: the
+    export's verification measures this (``fixed_shape``) on real test slices.
+    """
+    lr = inputs["lr"]
+    pad_h, pad_w = crop - lr.shape[-2], crop - lr.shape[-1]
+    if pad_h <= 0 and pad_w <= 0:
+        return inputs
+    return {
+        "lr": F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate"),
+        "base": F.pad(inputs["base"], (0, pad_w * scale, 0, pad_h * scale), mode="replicate"),
+    }
 
 
 def _as_volume(data: ImageVolume | np.ndarray) -> ImageVolume:
@@ -246,23 +298,49 @@ def prepare_sr(
     reference: float | None = None,
     tile: int = DEFAULT_TILE,
     halo: int | None = None,
+    crop: int | None = None,
 ) -> PreparedSR:
-    """An image volume for an SR model (see :func:`prepare`)."""
+    """An image volume for an SR model (see :func:`prepare`).
+
+    ``crop`` is for networks built for one input size (fixed-shape exports): every input is a
+    ``crop x crop`` LR window inside the image, tiles of ``crop - 2 * halo`` are kept, and the result is
+    still exactly whole-image inference; an image smaller than ``crop`` is padded (see
+    :func:`_pad_to`). ``tile`` is then unused.
+
+    Raises:
+        DataError: the image is too small to upsample.
+        ConfigError: ``crop`` is too small for the halo of an image that needs several inputs.
+    """
     if spec.sr is None:
         raise ValueError(f"prepare_sr needs an SR spec; got a {spec.task} spec")
     image = _as_volume(data)
     if min(image.data.shape[1:]) < 2:
         raise DataError(f"{image.source}: image of shape {image.data.shape[1:]} is too small to upsample")
+    halo = spec.sr.receptive_radius if halo is None else halo
+    if crop is not None and crop <= 2 * halo and max(image.data.shape[1:]) > crop:
+        height, width = image.data.shape[1:]
+        raise ConfigError(
+            f"{image.source}: a {height}x{width} image needs several {crop}x{crop} inputs, and inputs "
+            f"this small leave no tile inside the model's halo of {halo} pixels; export with an input_size "
+            f"above {2 * halo * spec.sr.scale} (output pixels)"
+        )
     mapping = intensity_map(spec, image, units=units, reference=reference)
     return PreparedSR(
         spec,
         mapping.forward(image.data),
         mapping,
         tile,
-        spec.sr.receptive_radius if halo is None else halo,
+        halo,
         str(image.source),
         image.data if mapping.padding is not None else None,
+        crop,
     )
+
+
+def fixed_crop(predictor: Predictor) -> int | None:
+    """The LR input size a fixed-shape SR predictor needs (its ``fixed_lr_size``), else None."""
+    size = getattr(predictor, "fixed_lr_size", None)
+    return int(size) if size else None
 
 
 def nearest_upsample(values: np.ndarray, scale: int, degradation: str) -> np.ndarray:
@@ -474,6 +552,11 @@ def finish(spec: ModelSpec, prepared: Prepared, results: Iterable[tuple[Any, tor
 def infer(
     spec: ModelSpec, predictor: Predictor, data: ImageVolume | np.ndarray | KSpaceVolume, **options: Any
 ) -> np.ndarray:
-    """``finish(spec, p, run(predictor, p))`` with ``p = prepare(spec, data, **options)``."""
+    """``finish(spec, p, run(predictor, p))`` with ``p = prepare(spec, data, **options)``.
+
+    A fixed-shape SR predictor gets inputs of its own size (see :func:`fixed_crop`).
+    """
+    if spec.task == "sr" and fixed_crop(predictor) is not None:
+        options = {**options, "crop": fixed_crop(predictor)}
     prepared = prepare(spec, data, **options)
     return finish(spec, prepared, run(predictor, prepared))

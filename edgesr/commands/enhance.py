@@ -22,7 +22,16 @@ from edgesr.device import pick_device
 from edgesr.errors import ConfigError
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.physics.degrade import upsampled_affine
-from edgesr.pipeline import DEFAULT_TILE, Predictor, TorchPredictor, finish, prepare_recon, prepare_sr, run
+from edgesr.pipeline import (
+    DEFAULT_TILE,
+    Predictor,
+    TorchPredictor,
+    finish,
+    fixed_crop,
+    prepare_recon,
+    prepare_sr,
+    run,
+)
 from edgesr.spec import UNITS
 from edgesr.teachers import list_shipped, teacher_path
 from edgesr.train.checkpoint import load_for_inference
@@ -86,7 +95,9 @@ def run_enhance(cfg: EnhanceConfig) -> int:
     if spec.sr is not None:
         volume = load_image(cfg.input)
         check_slices(cfg.output, volume.data.shape[0])
-        prepared = prepare_sr(spec, volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
+        prepared = prepare_sr(
+            spec, volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo, crop=fixed_crop(predictor)
+        )
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = finish(spec, prepared, run(predictor, prepared))
         affine = None

@@ -177,6 +177,9 @@ class _Recorder:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.inputs: list[dict[str, np.ndarray]] = []
+        self.fixed_lr_size = getattr(
+            predictor, "fixed_lr_size", None
+        )  # the inputs a fixed-shape export takes
 
     def __call__(self, inputs: Any) -> torch.Tensor:
         self.inputs.append({k: v.detach().cpu().numpy().astype(np.float32) for k, v in inputs.items()})
@@ -218,9 +221,18 @@ def calibration_inputs(
 
 
 def quantize_onnxruntime(
-    onnx_path: Path, out: Path, calibration: Sequence[dict[str, np.ndarray]], *, keep_fp: Sequence[str]
+    onnx_path: Path,
+    out: Path,
+    calibration: Sequence[dict[str, np.ndarray]],
+    *,
+    keep_fp: Sequence[str],
+    symmetric: bool = False,
 ) -> Path:
-    """A standard QDQ ONNX of ``onnx_path``: INT8 convolutions except ``keep_fp``; written atomically."""
+    """A standard QDQ ONNX of ``onnx_path``: INT8 convolutions except ``keep_fp``; written atomically.
+
+    ``symmetric`` quantizes activations to signed INT8 with zero point 0, as TensorRT's explicit
+    quantization requires; ONNX Runtime's CPU kernels prefer the default (unsigned, asymmetric).
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -244,8 +256,11 @@ def quantize_onnxruntime(
     with _root_filter(advice), atomic_path(out) as tmp:
         quantize_static(
             str(onnx_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-            extra_options={"CalibMovingAverage": True},
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            extra_options={
+                "CalibMovingAverage": True, "ActivationSymmetric": symmetric, "WeightSymmetric": True,
+            },
             nodes_to_exclude=list(keep_fp), calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
     return out

@@ -31,7 +31,19 @@ def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int 
         from edgesr.export.openvino import OpenVinoPredictor, precision_hint
 
         return OpenVinoPredictor(path, threads=threads, precision=precision_hint(precision))
-    raise ConfigError(f"{path} is a {runtime} artifact; this machine runs onnxruntime and openvino artifacts")
+    if runtime == "tensorrt":
+        if path.suffix == ".onnx":
+            raise ConfigError(
+                f"{path.parent} is a TensorRT artifact whose engine was not built (its manifest says why); "
+                "run the same edgesr export on the machine that runs it, where tensorrt imports"
+            )
+        from edgesr.export.tensorrt import TensorRTPredictor, tensorrt_missing
+
+        reason = tensorrt_missing()
+        if reason is not None:
+            raise ConfigError(f"{path} is a TensorRT engine; it cannot run here: {reason}")
+        return TensorRTPredictor(path)
+    raise ConfigError(f"{path} is a {runtime} artifact; edgesr runs onnxruntime, openvino and tensorrt ones")
 
 
 def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:

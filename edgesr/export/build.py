@@ -50,7 +50,8 @@ from edgesr.pipeline import TorchPredictor
 from edgesr.spec import ModelSpec
 
 SUMMARY_FILE = "export.json"
-ENTRIES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
+# The file each runtime opens (TensorRT: model.plan once the engine is built; the ONNX until then).
+ENTRIES = {"onnxruntime": "model.onnx", "openvino": "model.xml", "tensorrt": "model.onnx"}
 CALIBRATION_SLICES = 32  # training slices for INT8 calibration (what the compress recipes use)
 
 
@@ -94,16 +95,30 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted export of this out=
     work = staging / "_work"
     work.mkdir(parents=True)
-    reference = TorchPredictor(model.float().cpu().eval(), spec, device="cpu")
+    reference = TorchPredictor(
+        model.float().cpu().eval(), spec, device="cpu", fixed_lr_size=_fixed_lr_size(target, spec)
+    )
     try:
+        # The verification inputs first: a fixed-shape export is traced at their size (SR: the fixed
+        # crop the pipeline feeds; recon: the test data's k-space size).
+        with console.status(f"recording the network inputs of {target.verify.slices} test slices"):
+            inputs = _network_inputs(spec, reference, dataset, slices=target.verify.slices, split="test")
+        if target.dynamic_shapes:
+            example = latency_inputs(spec, 64)
+        else:
+            example = {name: torch.from_numpy(array) for name, array in inputs[0].items()}
+        fixed_shape: dict[str, Any] | None = None
+        if reference.fixed_lr_size is not None:
+            with console.status("measuring what the fixed input size costs (PyTorch: whole image vs crops)"):
+                fixed_shape = _fixed_shape_cost(target, spec, model, reference, dataset)
         started = time.perf_counter()
         with console.status(f"exporting {source.get('model', 'the model')} to ONNX (dynamo exporter)"):
             from edgesr.export.onnx import export_onnx
 
-            onnx_path = export_onnx(model, spec, latency_inputs(spec, 64), work / "model.onnx", dynamic=True)
+            onnx_path = export_onnx(
+                model, spec, example, work / "model.onnx", dynamic=target.dynamic_shapes, fft=target.fft
+            )
         onnx_seconds = time.perf_counter() - started
-        with console.status(f"recording the network inputs of {target.verify.slices} test slices"):
-            inputs = _network_inputs(spec, reference, dataset, slices=target.verify.slices, split="test")
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         if "int8" in target.precisions:
@@ -125,8 +140,8 @@ def export_model(
                             spec, reference, dataset, slices=slices, split="train"
                         )
                     calibration = calibrations[slices]
-                build_seconds = _build(
-                    target.runtime,
+                built = _build(
+                    target,
                     precision,
                     onnx_path,
                     folder,
@@ -135,15 +150,21 @@ def export_model(
                 )
             with console.status(f"verifying the {label} artifact against PyTorch"):
                 verification = _verify(
-                    target, precision, spec, reference, folder, dataset, inputs, threads=threads, label=label
-                )
+                    target, precision, spec, reference, folder / built.entry, built.verify_runtime,
+                    dataset, inputs, threads=threads, label=label,
+                )  # fmt: skip
+            if built.engine is not None:
+                verification["engine"] = built.engine
+            if fixed_shape is not None:
+                verification["fixed_shape"] = fixed_shape
             if precision == "int8" and plan is not None:
                 verification["int8"] = dataclasses.asdict(plan) | {"keep_fp": list(plan.keep_fp)}
             manifest = write_manifest(
                 folder, target=target_name, runtime=target.runtime, precision=precision,
-                entry=ENTRIES[target.runtime], spec=spec, source=source, verification=verification,
+                entry=built.entry, spec=spec, source=source, verification=verification,
                 versions={"torch": torch.__version__, **runtime_versions()},
             )  # fmt: skip
+            build_seconds = built.seconds
             artifacts[precision] = {
                 "folder": precision,
                 "files": sorted(manifest.files),
@@ -226,11 +247,48 @@ def _check_out(out: Path) -> None:
 def _check_buildable(target: ExportTarget, name: str) -> None:
     if target.runtime not in ENTRIES:
         raise ConfigError(
-            f"target {name}: {target.runtime} artifacts cannot be built on this machine (edgesr builds "
-            f"{' and '.join(ENTRIES)} artifacts here)"
+            f"target {name}: {target.runtime} artifacts cannot be built by edgesr export (it builds "
+            f"{', '.join(ENTRIES)} artifacts)"
         )
-    if not target.dynamic_shapes:
-        raise ConfigError(f"target {name}: fixed-shape exports are built only for TensorRT targets")
+    if target.runtime == "onnxruntime" and set(target.precisions) - {"fp32", "int8"}:
+        raise ConfigError(f"target {name}: ONNX Runtime's CPU provider takes fp32 and int8 artifacts")
+    if target.runtime == "tensorrt" and "bf16" in target.precisions:
+        raise ConfigError(f"target {name}: edgesr builds TensorRT engines at fp32, fp16 and int8")
+
+
+def _fixed_shape_cost(
+    target: ExportTarget, spec: ModelSpec, model: nn.Module, fixed: TorchPredictor, dataset: PreparedDataset
+) -> dict[str, Any]:
+    """PSNR/SSIM of the model fed fixed-size crops against the same model on whole images (PyTorch).
+
+    Crops inside the image are exact; an image smaller than the crop is padded, which changes the last
+    pixels before the padding (:func:`edgesr.pipeline.prepare_sr`). The export fails when that costs
+    more than the verification gate, since no precision could then pass honestly.
+    """
+    whole = TorchPredictor(model.float().cpu().eval(), spec, device="cpu")
+    volumes = max(1, len(dataset.volumes(spec.intensity.modality)))
+    scores = quality(spec, whole, fixed, dataset, slices_per_volume=-(-target.verify.slices // volumes))
+    check_quality(
+        scores, max_psnr_drop_db=target.verify.max_psnr_drop_db, max_ssim_drop=target.verify.max_ssim_drop,
+        label=f"a fixed input of {fixed.fixed_lr_size}x{fixed.fixed_lr_size} LR pixels (PyTorch)",
+    )  # fmt: skip
+    return {
+        "lr_input": fixed.fixed_lr_size,
+        "psnr_drop_db": scores["psnr_drop_db"],
+        "ssim_drop": scores["ssim_drop"],
+        "slices": scores["slices"],
+    }
+
+
+def _fixed_lr_size(target: ExportTarget, spec: ModelSpec) -> int | None:
+    """The LR input size of a fixed-shape SR export: the profile's output ``input_size`` / scale."""
+    if target.dynamic_shapes or spec.sr is None:
+        return None
+    if target.input_size % spec.sr.scale:
+        raise ConfigError(
+            f"input_size={target.input_size} is not a multiple of the model's scale {spec.sr.scale}"
+        )
+    return target.input_size // spec.sr.scale
 
 
 def _network_inputs(
@@ -241,43 +299,81 @@ def _network_inputs(
     return calibration_inputs(spec, reference, dataset, slices=slices, split=split)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """One precision's files: what the runtime opens, what verifies it, and the engine record."""
+
+    entry: str
+    verify_runtime: str
+    seconds: float
+    engine: dict[str, Any] | None = None
+
+
 def _build(
-    runtime: str,
+    target: ExportTarget,
     precision: str,
     onnx_path: Path,
     folder: Path,
     calibration: Sequence[dict[str, np.ndarray]],
     plan: Int8Plan | None,
-) -> float:
-    """Writes the runtime's file(s) for ``precision`` into ``folder``; returns the seconds it took."""
+) -> _Built:
+    """Writes the runtime's file(s) for ``precision`` into ``folder``."""
     started = time.perf_counter()
     folder.mkdir(parents=True)
     keep_fp = list(plan.keep_fp) if plan is not None else []
-    if runtime == "onnxruntime":
-        if precision == "fp32":
-            shutil.copyfile(onnx_path, folder / "model.onnx")
-        elif precision == "int8":
+    runtime = target.runtime
+    if runtime in ("onnxruntime", "tensorrt"):
+        if precision == "int8":
             from edgesr.compress.quantize import quantize_onnxruntime
 
-            quantize_onnxruntime(onnx_path, folder / "model.onnx", calibration, keep_fp=keep_fp)
+            # TensorRT's explicit quantization takes symmetric scales only (zero point 0).
+            quantize_onnxruntime(
+                onnx_path,
+                folder / "model.onnx",
+                calibration,
+                keep_fp=keep_fp,
+                symmetric=runtime == "tensorrt",
+            )
         else:
-            raise ConfigError(f"ONNX Runtime's CPU provider has no {precision} kernels worth exporting for")
+            shutil.copyfile(onnx_path, folder / "model.onnx")
+        if runtime == "onnxruntime":
+            return _Built("model.onnx", "onnxruntime", time.perf_counter() - started)
+        return _tensorrt_engine(target, precision, folder, started)
+    import openvino
+
+    if precision == "int8":
+        from edgesr.compress.quantize import quantize_openvino
+
+        bias_correction = plan.bias_correction if plan is not None else False
+        ir = quantize_openvino(onnx_path, calibration, keep_fp=keep_fp, bias_correction=bias_correction)
     else:
-        import openvino
+        # FP32 weights for every float precision: the precision is the compiled model's
+        # INFERENCE_PRECISION_HINT (see edgesr.export.artifact), and BF16 weights would only lose bits.
+        from edgesr.export.openvino import read_onnx
 
-        if precision == "int8":
-            from edgesr.compress.quantize import quantize_openvino
+        ir = read_onnx(onnx_path)  # with OpenVINO's DFT-axis bug worked around
+    openvino.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
+    return _Built("model.xml", "openvino", time.perf_counter() - started)
 
-            bias_correction = plan.bias_correction if plan is not None else False
-            ir = quantize_openvino(onnx_path, calibration, keep_fp=keep_fp, bias_correction=bias_correction)
-        else:
-            # FP32 weights for every float precision: the precision is the compiled model's
-            # INFERENCE_PRECISION_HINT (see edgesr.export.artifact), and BF16 weights would only lose bits.
-            from edgesr.export.openvino import read_onnx
 
-            ir = read_onnx(onnx_path)  # with OpenVINO's DFT-axis bug worked around
-        openvino.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
-    return time.perf_counter() - started
+def _tensorrt_engine(target: ExportTarget, precision: str, folder: Path, started: float) -> _Built:
+    """The engine beside the ONNX when it can be built here; else the ONNX, verified in ONNX Runtime.
+
+    A ``build_on_device`` target (Jetson) builds only on the device itself; elsewhere the artifact holds
+    the verified ONNX and says where its engine is to be built.
+    """
+    from edgesr.export.tensorrt import PLAN_FILE, build_engine, on_jetson, tensorrt_missing
+
+    reason = tensorrt_missing()
+    if reason is None and target.build_on_device and not on_jetson():
+        reason = "the profile builds its engine on the device itself (engines are not portable)"
+    if reason is not None:
+        engine = {"built": False, "reason": reason, "verified_with": "onnxruntime (proxy for the engine)"}
+        return _Built("model.onnx", "onnxruntime", time.perf_counter() - started, engine)
+    record = build_engine(
+        folder / "model.onnx", folder / PLAN_FILE, precision=precision, workspace_gb=target.workspace_gb
+    )
+    return _Built(PLAN_FILE, "tensorrt", time.perf_counter() - started, {"built": True, **record})
 
 
 def _verify(
@@ -285,25 +381,31 @@ def _verify(
     precision: str,
     spec: ModelSpec,
     reference: TorchPredictor,
-    folder: Path,
+    path: Path,
+    runtime: str,
     dataset: PreparedDataset,
     inputs: Sequence[dict[str, np.ndarray]],
     *,
     threads: int,
     label: str,
 ) -> dict[str, Any]:
-    """Parity (FP32) or quality within the gate (the rest); the figures, or a VerificationError."""
+    """Parity (FP32) or quality within the gate (the rest); the figures, or a VerificationError.
+
+    A TensorRT artifact whose engine is not built here is checked as its ONNX in ONNX Runtime: the FP32
+    graph an FP16 engine is built from by parity, a QDQ graph by quality.
+    """
     # The artifact is opened the way users will open it, from its folder (its manifest comes after).
-    path = folder / ENTRIES[target.runtime]
-    candidate = runtime_predictor(path, runtime=target.runtime, precision=precision, threads=threads)
+    candidate = runtime_predictor(path, runtime=runtime, precision=precision, threads=threads)
     executed = getattr(candidate, "executed_precision", None)
     parity = compare_outputs(reference, candidate, inputs)
     figures: dict[str, Any] = {
-        "inputs": f"{len(inputs)} pipeline tiles of {target.verify.slices} test slices"
+        "inputs": f"{len(inputs)} pipeline tiles of {target.verify.slices} test slices",
+        "runtime": runtime,
     }
     if executed is not None:
         figures["executed_precision"] = executed
-    if precision == "fp32":
+    graph_is_float = precision == "fp32" or (precision == "fp16" and runtime == "onnxruntime")
+    if graph_is_float:
         check_parity(parity, limit=target.verify.max_abs_error, label=label)
         return figures | {"check": "parity", "limit": target.verify.max_abs_error, **parity}
     volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR")))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgesr._io import atomic_path
+from edgesr.physics.fft import dft_as_matmul
 from edgesr.spec import ModelSpec
 
 
@@ -35,6 +36,7 @@ def export_onnx(
     path: str | Path,
     *,
     dynamic: bool = True,
+    fft: str = "dft",
 ) -> Path:
     """Exports ``model`` to an ONNX file whose inputs/outputs carry the spec's names; checks the file.
 
@@ -52,12 +54,15 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         dynamic: make batch, height and width symbolic (channels stay fixed); ``False`` fixes every
             dimension to the example's.
+        fft: recon models' FFTs as the ONNX ``DFT`` op (``"dft"``) or as real matrix products at the
+            example's size (``"matmul"``, for runtimes without a DFT; needs ``dynamic=False``).
 
     Returns:
         ``path`` as a :class:`Path`.
 
     Raises:
-        ValueError: an example input is missing, not in the spec, of the wrong rank or not float32.
+        ValueError: an example input is missing, not in the spec, of the wrong rank or not float32;
+            ``fft`` is unknown, or ``"matmul"`` with dynamic shapes.
 
     Example:
         >>> spec = sr_spec(modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill",
@@ -70,6 +75,10 @@ def export_onnx(
     # The exporter logs a warning for each torchvision operator it cannot register when torchvision
     # is absent; edgesr's models use none of them (detection ops), so the four lines are noise.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if fft not in ("dft", "matmul"):
+        raise ValueError(f"fft must be 'dft' or 'matmul'; got {fft!r}")
+    if fft == "matmul" and dynamic:
+        raise ValueError("fft='matmul' needs dynamic=False: a DFT matrix is built for one size")
     args = _ordered_inputs(spec, example_inputs)
     if dynamic and all(a.shape[0] == 1 for a in args):
         # torch.export specialises a dimension of size 1 to the constant 1 (and then reports the batch
@@ -89,7 +98,8 @@ def export_onnx(
                 "ignore", message=r".*will not be used, since it shares", category=UserWarning
             )
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-            program = torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+            with dft_as_matmul(fft == "matmul"):
+                program = torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
             program = program.run_decompositions(_SYMBOLIC_ROLL)
             onnx_program = torch.onnx.export(
                 program,

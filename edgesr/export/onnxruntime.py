@@ -43,6 +43,12 @@ class OnnxRuntimePredictor:
         )
         self._input_names = tuple(node.name for node in self._session.get_inputs())
         self._output_name = self._session.get_outputs()[0].name
+        # Symbolic axes are strings (batch, height, width) or None; a fixed-shape export has ints only.
+        self.fixed_shapes = {
+            node.name: tuple(d if isinstance(d, int) else None for d in node.shape)
+            for node in self._session.get_inputs()
+        }
+        self.fixed_lr_size = fixed_lr_size(self.fixed_shapes)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -62,23 +68,54 @@ class OnnxRuntimePredictor:
         Raises:
             ValueError: a graph input is missing from ``inputs``.
         """
-        feeds = numpy_feeds(inputs, self._input_names)
+        feeds = numpy_feeds(inputs, self._input_names, self.fixed_shapes)
         (output,) = self._session.run([self._output_name], feeds)
         return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
 
 
-def numpy_feeds(inputs: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+Shapes = Mapping[str, tuple[int | None, ...]]
+
+
+def numpy_feeds(
+    inputs: Mapping[str, torch.Tensor], names: tuple[str, ...], fixed_shapes: Shapes | None = None
+) -> dict[str, np.ndarray]:
     """The named inputs a runtime session takes, as contiguous float32 CPU arrays (extra entries ignored).
 
+    Args:
+        inputs: tensors by name.
+        names: the model's input names, in its order.
+        fixed_shapes: per input, its dimensions (None where the axis is dynamic), to refuse a tensor
+            that a fixed-shape artifact was not built for with a message instead of a runtime's error.
+
     Raises:
-        ValueError: one of ``names`` is missing from ``inputs``.
+        ValueError: one of ``names`` is missing from ``inputs``, or has a shape the model cannot take.
     """
     missing = [name for name in names if name not in inputs]
     if missing:
         raise ValueError(f"inputs lack {', '.join(map(repr, missing))}; the model takes {', '.join(names)}")
+    for name, expected in (fixed_shapes or {}).items():
+        if name not in inputs:
+            continue
+        shape = tuple(inputs[name].shape)
+        if len(shape) != len(expected) or any(
+            e is not None and e != d for e, d in zip(expected, shape, strict=True)
+        ):
+            wanted = "x".join("?" if e is None else str(e) for e in expected)
+            raise ValueError(
+                f"input {name!r} has shape {'x'.join(map(str, shape))}; this artifact was exported for "
+                f"{wanted} (a fixed-shape export: export again with that size, or use a dynamic target)"
+            )
     return {
         name: np.ascontiguousarray(inputs[name].detach().to("cpu", torch.float32).numpy()) for name in names
     }
+
+
+def fixed_lr_size(shapes: Shapes) -> int | None:
+    """The SR input size of a fixed-shape export (its ``lr`` input is square and static), else None."""
+    lr = shapes.get("lr")
+    if lr is None or len(lr) != 4 or lr[2] is None or lr[2] != lr[3]:
+        return None
+    return lr[2]
 
 
 _INTEGER_CONVS = {"QLinearConv", "ConvInteger"}

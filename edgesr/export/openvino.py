@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgesr.export.onnxruntime import fixed_lr_size, numpy_feeds  # the conversions both runtimes share
+
 # The float precisions a caller may ask for; "default" leaves OpenVINO's own choice (BF16 on AMX CPUs).
 PRECISIONS = ("default", "f32", "bf16", "f16")
 
@@ -64,6 +66,13 @@ class OpenVinoPredictor:
         self._request = self._compiled.create_infer_request()
         self._input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
         self.executed_precision = executed_precision(self._compiled)
+        self.fixed_shapes = {
+            port.get_any_name(): tuple(
+                d.get_length() if d.is_static else None for d in port.get_partial_shape()
+            )
+            for port in self._compiled.inputs
+        }
+        self.fixed_lr_size = fixed_lr_size(self.fixed_shapes)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -81,9 +90,7 @@ class OpenVinoPredictor:
         Raises:
             ValueError: a model input is missing from ``inputs``.
         """
-        from edgesr.export.onnxruntime import numpy_feeds  # the one conversion both runtimes share
-
-        result = self._request.infer(numpy_feeds(inputs, self._input_names))
+        result = self._request.infer(numpy_feeds(inputs, self._input_names, self.fixed_shapes))
         output = result[self._compiled.outputs[0]]
         return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
 

@@ -49,6 +49,7 @@ class ExportTarget:
     build_on_device: bool = opt(
         False, "the runtime file (a TensorRT engine) is built on the device that runs it, not here"
     )
+    workspace_gb: float = opt(4.0, "TensorRT: the builder's workspace memory limit, GiB")
     verify: VerifySettings = opt(VerifySettings(), "how every export is checked against PyTorch")
 
     def __post_init__(self) -> None:
@@ -61,6 +62,10 @@ class ExportTarget:
             raise ConfigError(f"precisions lists a precision twice: {self.precisions}")
         check_choice("fft", self.fft, FFT_FORMS)
         check_range("input_size", self.input_size, low=16)
+        check_range("workspace_gb", self.workspace_gb, low=0.0)
+        if self.runtime == "tensorrt" and self.dynamic_shapes:
+            # edgesr builds one engine per size (no optimisation profiles), as Jetson deployments do.
+            raise ConfigError("runtime tensorrt needs dynamic_shapes=false (an engine is built for one size)")
         if self.fft == "matmul" and self.dynamic_shapes:
             # A DFT matrix has the size of the image: the form exists only for a fixed size.
             raise ConfigError("fft=matmul needs dynamic_shapes=false (a DFT matrix is built for one size)")

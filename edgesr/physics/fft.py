@@ -9,12 +9,10 @@ real, ``2c+1`` imaginary) and torch's complex dtype. Centered means the zero fre
 from __future__ import annotations
 
 import contextlib
-import functools
+import math
 from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any
 
-import numpy as np
 import torch
 
 
@@ -98,7 +96,7 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of a channel-pair tensor ``[..., 2C, H, W]`` (same shape out)."""
     x, precision = _full_precision(x)
     with precision:
-        if _DFT_AS_MATMUL.get():
+        if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=False)
         return from_complex(fft2c_complex(to_complex(x)))
 
@@ -107,7 +105,7 @@ def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of a channel-pair tensor ``[..., 2C, H, W]``."""
     x, precision = _full_precision(x)
     with precision:
-        if _DFT_AS_MATMUL.get():
+        if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=True)
         return from_complex(ifft2c_complex(to_complex(x)))
 
@@ -116,43 +114,58 @@ def ifft2c(x: torch.Tensor) -> torch.Tensor:
 #
 # Runtimes without an FFT (TensorRT before 11.2, hence JetPack 6 on Jetson) need the transforms as plain
 # matrix products on real tensors. The centered orthonormal DFT of length N is the N x N matrix
-# ``M = fftshift . F . ifftshift``; it is computed once per (N, direction) in float64 by numpy and rounded
-# to float32, so each entry is exact to float32 rounding (a float32 phase ``2 pi k n / N`` would lose
-# digits for large ``k n``). The cost is O(N) per output sample instead of O(log N), which is why it is
-# a per-target choice and not the default; the size is fixed, so it exists only for fixed-shape exports.
+# ``M[k, n] = exp(-+2 pi i (k - N//2)(n - N//2) / N) / sqrt(N)`` (fftshift . F . ifftshift). Its phases
+# are computed as integers modulo N before the one float multiplication, so they are exact for any N (a
+# float32 ``2 pi k n / N`` would lose digits once ``k n`` is large). The matrices are built from
+# ``arange`` in the graph itself rather than cached as numpy constants: torch.export traces MoDL's loop
+# body with dynamo, which would translate numpy into graph ops anyway; runtimes fold them into
+# constants when the model loads. The cost is O(N) per output sample instead of O(log N), which is why it
+# is a per-target choice and not the default; the size is fixed, so it exists only for fixed-shape exports.
 
-_DFT_AS_MATMUL: ContextVar[bool] = ContextVar("edgesr_dft_as_matmul", default=False)
+
+class _DftForm:
+    # A plain attribute, not a ContextVar: torch.export traces loop bodies (MoDL's) with dynamo, which
+    # reads module attributes but cannot trace ContextVar.get. Exports run one at a time per process.
+    matmul = False
+
+
+_dft_form = _DftForm()
 
 
 @contextlib.contextmanager
 def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
     """Within the block, :func:`fft2c`/:func:`ifft2c` are real matrix products (see above).
 
+    Not thread-safe: meant for the duration of one export (edgesr exports one model at a time).
+
     Example:
         >>> with dft_as_matmul():
         ...     program = torch.export.export(model, inputs)   # no DFT op in the graph
     """
-    token = _DFT_AS_MATMUL.set(enabled)
+    before, _dft_form.matmul = _dft_form.matmul, enabled
     try:
         yield
     finally:
-        _DFT_AS_MATMUL.reset(token)
+        _dft_form.matmul = before
 
 
-@functools.lru_cache(maxsize=32)
-def centered_dft_matrix(size: int, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts (float32 ``[size, size]``) of the centered orthonormal (inverse) DFT."""
-    transform = np.fft.ifft if inverse else np.fft.fft
-    eye = np.fft.ifftshift(np.eye(size), axes=0)
-    matrix = np.fft.fftshift(transform(eye, axis=0, norm="ortho"), axes=0)
-    return torch.from_numpy(matrix.real.astype(np.float32)), torch.from_numpy(matrix.imag.astype(np.float32))
+def centered_dft_matrix(
+    size: int, inverse: bool, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (``[size, size]``) of the centered orthonormal (inverse) DFT matrix."""
+    centred = torch.arange(size, device=device) - size // 2
+    phase = torch.remainder(centred[:, None] * centred[None, :], size)  # exact integers in [0, N)
+    angle = phase.to(dtype) * (2 * math.pi / size)
+    norm = 1 / math.sqrt(size)
+    sign = norm if inverse else -norm
+    return torch.cos(angle) * norm, torch.sin(angle) * sign
 
 
 def _dft2c_matmul(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     _check_pairs(x, "x")
     height, width = int(x.shape[-2]), int(x.shape[-1])
-    rows_re, rows_im = (m.to(x.device, x.dtype) for m in centered_dft_matrix(height, inverse))
-    cols_re, cols_im = (m.to(x.device, x.dtype) for m in centered_dft_matrix(width, inverse))
+    rows_re, rows_im = centered_dft_matrix(height, inverse, device=x.device, dtype=x.dtype)
+    cols_re, cols_im = centered_dft_matrix(width, inverse, device=x.device, dtype=x.dtype)
     real, imag = x[..., 0::2, :, :], x[..., 1::2, :, :]
     # Along the width: x M^T (the matrices are symmetric, but the transpose says what is meant).
     real, imag = real @ cols_re.T - imag @ cols_im.T, real @ cols_im.T + imag @ cols_re.T
