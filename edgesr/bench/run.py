@@ -17,7 +17,9 @@ and ``size_mb``), the device profile and the machine record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from rich.console import Console
 
 from edgesr._io import write_json_atomic
 from edgesr.bench.devices import DeviceProfile, check_present
+from edgesr.bench.tegrastats import TegrastatsSampler
 from edgesr.bench.timing import machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
 from edgesr.data.dataset import PreparedDataset
@@ -98,7 +101,7 @@ def bench(
             f"device={device_name} times {profile.runtime}; {subject.name} is a {subject.runtime} "
             f"{kind}.{hint}"
         )
-    device = "cuda" if profile.kind == "cuda" else "cpu"
+    device = "cuda" if profile.kind in ("cuda", "jetson") else "cpu"  # a Jetson's GPU is CUDA as well
     request: dict[str, Any] = {
         "threads": profile.threads, "size": profile.size, "batch": profile.throughput_batch,
         "timing": dataclasses.asdict(profile.timing), "device": device, "runtime": subject.runtime,
@@ -115,13 +118,15 @@ def bench(
                                "spec": read_spec_dict(teacher_folder)}  # fmt: skip
             timed = measure_isolated(request | teacher_request)
         runs.append(_run_row("teacher", subject.teacher, "torch", "fp32", timed, _weights_mb(teacher_folder)))
-    with console.status(f"timing {subject.name} on {device_name}"):
+    with console.status(f"timing {subject.name} on {device_name}"), _memory_sampler(profile) as sampler:
         if subject.artifact:
             timed = measure_isolated(request | {"artifact": str(subject.folder)})
         else:
             model_request = {"model": str(subject.folder), "precision": profile.precision,
                              "spec": subject.spec.to_dict()}  # fmt: skip
             timed = measure_isolated(request | model_request)
+    if sampler is not None:  # a Jetson: its RAM (shared by CPU and GPU) as tegrastats saw it
+        timed["tegrastats"] = sampler.summary()
     precision = subject.precision if subject.artifact else profile.precision
     role = "teacher" if subject.teacher == subject.name else "student"
     subject_row = _run_row(role, subject.name, subject.runtime, precision, timed, subject.size_mb)
@@ -168,6 +173,16 @@ def bench(
     return result
 
 
+@contextlib.contextmanager
+def _memory_sampler(profile: DeviceProfile) -> Iterator[TegrastatsSampler | None]:
+    """tegrastats running beside the timed worker on a Jetson; nothing elsewhere."""
+    if profile.memory != "tegrastats":
+        yield None
+        return
+    with TegrastatsSampler(interval_ms=100) as sampler:
+        yield sampler
+
+
 def _run_row(
     role: str, name: str, runtime: str, precision: str, timed: dict[str, Any], size_mb: float
 ) -> dict:
@@ -186,7 +201,11 @@ def _run_row(
         "size_mb": round(size_mb, 2),
         "threads": timed.get("threads"),
         "runtime_version": timed.get("runtime_version"),
-        **{k: timed[k] for k in ("gpu", "cuda_peak_allocated_mb", "nvml_used_mb") if k in timed},
+        **{
+            k: timed[k]
+            for k in ("gpu", "cuda_peak_allocated_mb", "nvml_used_mb", "tegrastats", "timed_shapes")
+            if k in timed
+        },
     }
 
 

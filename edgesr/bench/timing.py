@@ -75,24 +75,42 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-def latency_inputs(spec: ModelSpec, size: int) -> dict[str, torch.Tensor]:
-    """Network inputs for an output of ``size`` x ``size`` pixels, shaped as the pipeline feeds them.
+def latency_inputs(
+    spec: ModelSpec, size: int, *, width: int | None = None, coils: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Network inputs for an output of ``size`` x ``width`` (default: square) pixels, as the pipeline
+    feeds them.
 
-    SR: ``lr [1, 1, size/s, size/s]`` and ``base`` at the output size; recon: 8 coils (or the
-    spec's), a 4x equispaced mask with 16 central lines. Values are random (latency does not
+    SR: ``lr [1, 1, size/s, width/s]`` and ``base`` at the output size; recon: ``coils`` coils (default:
+    the spec's, else 8), a 4x equispaced mask with 16 central lines. Values are random (latency does not
     depend on them).
     """
     generator = torch.Generator().manual_seed(0)
+    height, width = size, size if width is None else width
     if spec.sr is not None:
         s = spec.sr.scale
-        lr = torch.rand(1, 1, size // s, size // s, generator=generator)
-        return {"lr": lr, "base": torch.rand(1, 1, (size // s) * s, (size // s) * s, generator=generator)}
-    coils = spec.recon.coils if spec.recon is not None and spec.recon.coils else 8
-    mask = torch.zeros(1, 1, 1, size)
+        lr = torch.rand(1, 1, height // s, width // s, generator=generator)
+        base = torch.rand(1, 1, (height // s) * s, (width // s) * s, generator=generator)
+        return {"lr": lr, "base": base}
+    if coils is None:
+        coils = spec.recon.coils if spec.recon is not None and spec.recon.coils else 8
+    mask = torch.zeros(1, 1, 1, width)
     mask[..., ::4] = 1
-    mask[..., size // 2 - 8 : size // 2 + 8] = 1
+    mask[..., width // 2 - 8 : width // 2 + 8] = 1
     return {
-        "masked_kspace": torch.randn(1, 2 * coils, size, size, generator=generator) * mask,
+        "masked_kspace": torch.randn(1, 2 * coils, height, width, generator=generator) * mask,
         "mask": mask,
-        "sens_maps": torch.randn(1, 2 * coils, size, size, generator=generator) / coils,
+        "sens_maps": torch.randn(1, 2 * coils, height, width, generator=generator) / coils,
     }
+
+
+def artifact_inputs(spec: ModelSpec, predictor: object, size: int) -> dict[str, torch.Tensor]:
+    """:func:`latency_inputs` at ``size``, or at the one size a fixed-shape artifact was built for."""
+    shapes = getattr(predictor, "fixed_shapes", None) or {}
+    if spec.sr is not None and shapes.get("lr") and None not in shapes["lr"][2:]:
+        _, _, height, width = shapes["lr"]
+        return latency_inputs(spec, height * spec.sr.scale, width=width * spec.sr.scale)
+    kspace = shapes.get("masked_kspace")
+    if spec.sr is None and kspace and None not in kspace[1:]:
+        return latency_inputs(spec, kspace[2], width=kspace[3], coils=kspace[1] // 2)
+    return latency_inputs(spec, size)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from edgesr.bench.timing import latency_inputs, runtime_versions, time_call
+from edgesr.bench.timing import artifact_inputs, latency_inputs, runtime_versions, time_call
 from edgesr.errors import EdgesrError
 from edgesr.spec import ModelSpec
 
@@ -140,7 +140,8 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
         predictor, executed = _torch_predictor(request, spec, device, threads)
         answer["runtime_version"] = torch.__version__
     size, batch = int(request.get("size", 256)), int(request.get("batch", 0))
-    single = latency_inputs(spec, size)
+    single = artifact_inputs(spec, predictor, size)  # a fixed-shape artifact is timed at its own size
+    answer["timed_shapes"] = {name: list(tensor.shape) for name, tensor in single.items()}
     timer: Timer = CudaTimer() if device.startswith("cuda") else Timer()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -150,6 +151,10 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
         answer["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         answer["gpu"] = torch.cuda.get_device_name()
         answer["nvml_used_mb"] = _nvml_used_mb()
+    fixed_batch = {shape[0] for shape in (getattr(predictor, "fixed_shapes", None) or {}).values() if shape}
+    if batch > 0 and None not in fixed_batch and fixed_batch:
+        batch = min(fixed_batch)  # a fixed-shape artifact takes its own batch (1): "offline" is then serial
+        answer["throughput_batch"] = batch
     if batch > 0:
         batched = {name: tensor.repeat(batch, *[1] * (tensor.dim() - 1)) for name, tensor in single.items()}
         answer["throughput"] = offline(lambda: predictor(batched), settings, batch=batch, timer=timer)

@@ -214,6 +214,10 @@ def int8_plan(
         ConfigError: the card names convolutions that the exported graph does not have.
     """
     entry = (card_quantization or {}).get(runtime)
+    if runtime == "tensorrt" and entry is None:
+        # The card's ONNX Runtime attempt made the same kind of file (a QDQ ONNX from the same quantizer):
+        # its scope and calibration are the measured starting point; only the symmetry differs.
+        entry = (card_quantization or {}).get("onnxruntime")
     if not isinstance(entry, Mapping) or not isinstance(entry.get("attempt"), Mapping):
         from edgesr.compress.quantize import default_scope
 

@@ -44,3 +44,40 @@ def test_a_device_that_is_not_here_is_refused_never_measured(tiny_checkpoint, ca
         pytest.skip("this machine has a CUDA device")
     assert main(["bench", f"checkpoint={tiny_checkpoint}", "device=gpu-torch"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tensorrt_and_jetson_profiles_load_and_are_refused_where_their_device_is_missing():
+    from edgesr.bench.devices import check_present, list_devices, load_device
+    from edgesr.errors import SourceUnavailableError
+    from edgesr.export.tensorrt import on_jetson
+
+    assert {"gpu-tensorrt", "jetson-orin-nano", "jetson-agx-orin", "cpu-torch", "gpu-torch"} <= set(
+        list_devices()
+    )
+    for name in ("jetson-orin-nano", "jetson-agx-orin"):
+        profile = load_device(name)
+        assert (profile.kind, profile.runtime, profile.memory) == ("jetson", "tensorrt", "tegrastats")
+        if not on_jetson():
+            with pytest.raises(SourceUnavailableError, match="runs on a Jetson"):
+                check_present(profile, name)
+    if not torch.cuda.is_available():
+        with pytest.raises(SourceUnavailableError, match="needs a CUDA GPU"):
+            check_present(load_device("gpu-tensorrt"), "gpu-tensorrt")
+
+
+def test_a_fixed_shape_artifact_is_timed_at_its_own_size(tmp_path):
+    from edgesr.bench.timing import artifact_inputs
+    from edgesr.export.onnx import export_onnx
+    from edgesr.export.onnxruntime import OnnxRuntimePredictor
+    from edgesr.models import create_model
+    from tests.conftest import spec_for
+
+    model = create_model("rdn_tiny", scale=2)
+    spec = spec_for(model, "rdn_tiny")
+    fixed = {"lr": torch.rand(1, 1, 20, 24), "base": torch.rand(1, 1, 40, 48)}
+    predictor = OnnxRuntimePredictor(export_onnx(model, spec, fixed, tmp_path / "m.onnx", dynamic=False))
+    inputs = artifact_inputs(spec, predictor, size=256)  # the profile's size is overruled by the engine's
+    assert {k: tuple(v.shape) for k, v in inputs.items()} == {"lr": (1, 1, 20, 24), "base": (1, 1, 40, 48)}
+    assert predictor(inputs).shape == (1, 1, 40, 48)
+    dynamic = OnnxRuntimePredictor(export_onnx(model, spec, fixed, tmp_path / "d.onnx"))
+    assert tuple(artifact_inputs(spec, dynamic, size=64)["base"].shape) == (1, 1, 64, 64)
