@@ -222,7 +222,7 @@ def _quality(
     if subject.artifact:
         from edgesr.export.artifact import open_artifact
 
-        predictor, _ = open_artifact(subject.folder, threads=profile.threads)
+        predictor, _ = open_artifact(subject.folder, threads=profile.threads, device=device)
     else:
         model, _, _ = load_for_inference(subject.folder)
         predictor = TorchPredictor(model.to(device), subject.spec)

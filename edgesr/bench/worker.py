@@ -126,7 +126,7 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
         from edgesr.export.artifact import open_artifact
         from edgesr.export.onnxruntime import executed_precision
 
-        predictor, manifest = open_artifact(request["artifact"], threads=threads)
+        predictor, manifest = open_artifact(request["artifact"], threads=threads, device=device)
         spec = manifest.spec
         runtime = manifest.runtime
         entry = Path(request["artifact"]) / manifest.entry

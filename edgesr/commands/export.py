@@ -1,11 +1,11 @@
 """``edgesr export model=NAME|checkpoint=DIR|compressed=DIR target=NAME [out=DIR] [key=value ...]``.
 
 Exports a shipped model, a training checkpoint or the final model of an ``edgesr compress`` run for a
-target profile in ``export/`` (``cpu-onnxruntime``, ``cpu-openvino``, ``gpu-tensorrt``, ``jetson-orin``),
-verifies every artifact against PyTorch on real test slices, and writes one folder per precision with
-its ``manifest.json``. Every other ``key=value`` overrides the profile (``precisions=[fp32]``,
-``verify.slices=2``). A compressed model is verified within its recipe's gate. See
-:mod:`edgesr.export.build`.
+target profile in ``export/`` (``cpu-onnxruntime``, ``cpu-openvino``, ``gpu-tensorrt``, ``jetson-orin``,
+``gpu-torch``), verifies every artifact against PyTorch on real test slices, and writes one folder per
+precision with its ``manifest.json``. Every other ``key=value`` overrides the profile
+(``precisions=[fp32]``, ``verify.slices=2``). A compressed model is verified within its recipe's gate.
+See :mod:`edgesr.export.build`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run_export(cfg: ExportConfig) -> int:
     dataset = open_or_prepare(cfg.data_root, console)
     summary = export_model(
         model, spec, target=target, target_name=target_name, out=out, dataset=dataset, source=source,
-        threads=cfg.threads, card_quantization=card.get("quantization"), console=console,
+        threads=cfg.threads, card_quantization=card.get("quantization"), checkpoint=folder, console=console,
     )  # fmt: skip
     console.print(f"[green]exported[/] {escape(str(out))}: {', '.join(summary['artifacts'])}")
     return 0

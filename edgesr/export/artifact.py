@@ -16,12 +16,15 @@ from edgesr.export.manifest import Manifest, read_manifest
 from edgesr.pipeline import Predictor
 
 
-def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int = 0) -> Predictor:
+def runtime_predictor(
+    path: Path, *, runtime: str, precision: str, threads: int = 0, device: str | None = None
+) -> Predictor:
     """The runtime session of one artifact file, compiled at the precision it was built for.
 
     OpenVINO artifacts are compiled at the precision they were built and verified for: an ``fp32``
     artifact with ``INFERENCE_PRECISION_HINT=f32`` (else it would run BF16 on this CPU), ``bf16`` and
-    ``fp16`` with their hints, ``int8`` at the plugin's default for the layers left in float.
+    ``fp16`` with their hints, ``int8`` at the plugin's default for the layers left in float. A
+    ``torch`` artifact runs on ``device`` (default: CUDA when there is a GPU) under autocast.
     """
     if runtime == "onnxruntime":
         from edgesr.export.onnxruntime import OnnxRuntimePredictor
@@ -31,6 +34,10 @@ def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int 
         from edgesr.export.openvino import OpenVinoPredictor, precision_hint
 
         return OpenVinoPredictor(path, threads=threads, precision=precision_hint(precision))
+    if runtime == "torch":
+        from edgesr.export.torch_artifact import TorchArtifactPredictor
+
+        return TorchArtifactPredictor(path.parent, precision=precision, device=device, threads=threads)
     if runtime == "tensorrt":
         if path.suffix == ".onnx":
             raise ConfigError(
@@ -43,10 +50,12 @@ def runtime_predictor(path: Path, *, runtime: str, precision: str, threads: int 
         if reason is not None:
             raise ConfigError(f"{path} is a TensorRT engine; it cannot run here: {reason}")
         return TensorRTPredictor(path)
-    raise ConfigError(f"{path} is a {runtime} artifact; edgesr runs onnxruntime, openvino and tensorrt ones")
+    raise ConfigError(f"{path} is a {runtime} artifact, which edgesr does not know how to run")
 
 
-def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) -> Predictor:
+def artifact_predictor(
+    folder: Path, manifest: Manifest, *, threads: int = 0, device: str | None = None
+) -> Predictor:
     """The runtime session of an artifact whose files were checked (see :func:`open_artifact`).
 
     Raises:
@@ -56,7 +65,7 @@ def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) ->
     path = folder / manifest.entry
     try:
         return runtime_predictor(
-            path, runtime=manifest.runtime, precision=manifest.precision, threads=threads
+            path, runtime=manifest.runtime, precision=manifest.precision, threads=threads, device=device
         )
     except ConfigError:
         raise
@@ -65,7 +74,9 @@ def artifact_predictor(folder: Path, manifest: Manifest, *, threads: int = 0) ->
         raise DataError(f"{path}: {manifest.runtime} cannot load it ({first_line[:300]})") from None
 
 
-def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[Predictor, Manifest]:
+def open_artifact(
+    folder: str | os.PathLike[str], *, threads: int = 0, device: str | None = None
+) -> tuple[Predictor, Manifest]:
     """The artifact's predictor and manifest, after checking every file against the manifest.
 
     Raises:
@@ -74,7 +85,7 @@ def open_artifact(folder: str | os.PathLike[str], *, threads: int = 0) -> tuple[
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    return artifact_predictor(folder, manifest, threads=threads), manifest
+    return artifact_predictor(folder, manifest, threads=threads, device=device), manifest
 
 
 __all__ = ["artifact_predictor", "open_artifact", "runtime_predictor"]

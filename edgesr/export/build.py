@@ -51,7 +51,12 @@ from edgesr.spec import ModelSpec
 
 SUMMARY_FILE = "export.json"
 # The file each runtime opens (TensorRT: model.plan once the engine is built; the ONNX until then).
-ENTRIES = {"onnxruntime": "model.onnx", "openvino": "model.xml", "tensorrt": "model.onnx"}
+ENTRIES = {
+    "onnxruntime": "model.onnx",
+    "openvino": "model.xml",
+    "tensorrt": "model.onnx",
+    "torch": "model.safetensors",  # with checkpoint.json: the weights PyTorch runs under autocast
+}
 CALIBRATION_SLICES = 32  # training slices for INT8 calibration (what the compress recipes use)
 
 
@@ -66,6 +71,7 @@ def export_model(
     source: Mapping[str, Any],
     threads: int = 0,
     card_quantization: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Exports ``model`` for ``target``; returns the summary also written as ``out/export.json``.
@@ -81,6 +87,7 @@ def export_model(
         threads: runtime threads for verification (0: the runtime's default).
         card_quantization: a student card's ``quantization`` section: its INT8 files keep the card's
             float scope, calibration and bias correction (see :func:`int8_plan`).
+        checkpoint: the model's checkpoint folder: a ``torch`` target's artifact is its weights.
 
     Raises:
         ConfigError: ``out`` holds files that are not an earlier export; the target needs what this
@@ -112,16 +119,16 @@ def export_model(
             with console.status("measuring what the fixed input size costs (PyTorch: whole image vs crops)"):
                 fixed_shape = _fixed_shape_cost(target, spec, model, reference, dataset)
         started = time.perf_counter()
-        with console.status(f"exporting {source.get('model', 'the model')} to ONNX (dynamo exporter)"):
-            from edgesr.export.onnx import export_onnx
+        onnx_path = work / "model.onnx"
+        if target.runtime != "torch":  # a torch artifact is the checkpoint's weights: no graph to export
+            with console.status(f"exporting {source.get('model', 'the model')} to ONNX (dynamo exporter)"):
+                from edgesr.export.onnx import export_onnx
 
-            onnx_path = export_onnx(
-                model, spec, example, work / "model.onnx", dynamic=target.dynamic_shapes, fft=target.fft
-            )
+                export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=target.fft)
         onnx_seconds = time.perf_counter() - started
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
-        if "int8" in target.precisions:
+        if "int8" in target.precisions and target.runtime != "torch":
             import onnx
 
             graph = onnx.load(str(onnx_path), load_external_data=False)
@@ -140,14 +147,17 @@ def export_model(
                             spec, reference, dataset, slices=slices, split="train"
                         )
                     calibration = calibrations[slices]
-                built = _build(
-                    target,
-                    precision,
-                    onnx_path,
-                    folder,
-                    calibration,
-                    plan if precision == "int8" else None,
-                )
+                if target.runtime == "torch":
+                    built = _torch_artifact(checkpoint, folder)
+                else:
+                    built = _build(
+                        target,
+                        precision,
+                        onnx_path,
+                        folder,
+                        calibration,
+                        plan if precision == "int8" else None,
+                    )
             with console.status(f"verifying the {label} artifact against PyTorch"):
                 verification = _verify(
                     target, precision, spec, reference, folder / built.entry, built.verify_runtime,
@@ -258,6 +268,8 @@ def _check_buildable(target: ExportTarget, name: str) -> None:
         raise ConfigError(f"target {name}: ONNX Runtime's CPU provider takes fp32 and int8 artifacts")
     if target.runtime == "tensorrt" and "bf16" in target.precisions:
         raise ConfigError(f"target {name}: edgesr builds TensorRT engines at fp32, fp16 and int8")
+    if target.runtime == "torch" and "int8" in target.precisions:
+        raise ConfigError(f"target {name}: PyTorch artifacts run at fp32, bf16 or fp16 (autocast)")
 
 
 def _fixed_shape_cost(
@@ -360,6 +372,17 @@ def _build(
     return _Built("model.xml", "openvino", time.perf_counter() - started)
 
 
+def _torch_artifact(checkpoint: str | Path | None, folder: Path) -> _Built:
+    """The checkpoint's weights and JSON: what a ``torch`` target's predictor loads."""
+    from edgesr.export.torch_artifact import copy_checkpoint
+
+    if checkpoint is None:
+        raise ConfigError("a torch artifact is made from a checkpoint folder; none was given")
+    started = time.perf_counter()
+    copy_checkpoint(checkpoint, folder)
+    return _Built(ENTRIES["torch"], "torch", time.perf_counter() - started)
+
+
 def _tensorrt_engine(target: ExportTarget, precision: str, folder: Path, started: float) -> _Built:
     """The engine beside the ONNX when it can be built here; else the ONNX, verified in ONNX Runtime.
 
@@ -408,6 +431,8 @@ def _verify(
     }
     if executed is not None:
         figures["executed_precision"] = executed
+    if runtime == "torch":
+        figures["device"] = str(getattr(candidate, "device", "cpu"))  # CUDA where there is a GPU
     graph_is_float = precision == "fp32" or (precision == "fp16" and runtime == "onnxruntime")
     if graph_is_float:
         check_parity(parity, limit=target.verify.max_abs_error, label=label)

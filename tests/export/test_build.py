@@ -201,3 +201,29 @@ def test_a_compress_runs_final_model_exports_within_its_recipes_gate(tiny_datase
     summary = json.loads((out / "export.json").read_text())
     assert summary["profile"]["verify"]["max_psnr_drop_db"] == 0.07
     assert summary["source"]["stage"] == "2-quantize" and summary["source"]["teacher"] == "rdn-mr-x2"
+
+
+def test_a_gpu_torch_export_is_the_checkpoints_weights_verified_at_half_precision(
+    tiny_dataset, tiny_checkpoint, tmp_path
+):
+    out = tmp_path / "torch"
+    argv = ["target=gpu-torch", "verify.slices=1"]
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, *argv) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert set(summary["artifacts"]) == {"bf16", "fp16"} and summary["onnx_export_seconds"] < 1
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    for precision, artifact in summary["artifacts"].items():
+        assert artifact["files"] == ["checkpoint.json", "model.safetensors"]
+        verification = artifact["verification"]
+        assert verification["check"] == "quality" and verification["runtime"] == "torch"
+        assert verification["device"].startswith(expected_device)
+        assert verification["executed_precision"] == f"{precision}+fp32"
+    predictor, manifest = open_artifact(out / "bf16", device="cpu")
+    assert manifest.runtime == "torch" and manifest.entry == "model.safetensors"
+    lr = torch.rand(1, 1, 15, 13)
+    output = predictor({"lr": lr, "base": torch.nn.functional.interpolate(lr, scale_factor=2)})
+    assert output.dtype == torch.float32 and output.shape == (1, 1, 30, 26)
+    with pytest.raises(ConfigError, match="PyTorch artifacts run at fp32, bf16 or fp16"):
+        from edgesr.export.build import _check_buildable
+
+        _check_buildable(load_target("gpu-torch", ["precisions=[int8]"]), "gpu-torch")

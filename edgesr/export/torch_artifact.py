@@ -1,0 +1,68 @@
+"""``gpu-torch`` artifacts: the checkpoint's safetensors weights and JSON, run by PyTorch at BF16 or FP16.
+
+For machines with an NVIDIA GPU but no TensorRT (a console PC with a CUDA build of PyTorch, this project's
+H100/H200 check machine) the fastest verified path is PyTorch itself under autocast. The artifact is the
+checkpoint's two files (``model.safetensors``, ``checkpoint.json``: no pickle) copied with a manifest,
+so it is opened, hash-checked and run like every other artifact. Autocast keeps reductions, the FFTs and
+data consistency in FP32 (:func:`edgesr.physics.fft._full_precision`); convolutions run in the
+artifact's precision.
+
+The export verifies the artifact on CUDA where there is a GPU, else on the CPU (autocast supports BF16
+and FP16 there too, slowly); the manifest records which (``verification.device``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from edgesr.pipeline import TorchPredictor
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_for_inference, resolve_checkpoint
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def copy_checkpoint(source: str | Path, folder: Path) -> None:
+    """The checkpoint's weights and JSON (nothing else: no optimizer state) into ``folder``."""
+    resolved = resolve_checkpoint(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, META_FILE):
+        shutil.copyfile(resolved / name, folder / name)
+
+
+class TorchArtifactPredictor:
+    """A ``torch`` artifact on a device, at its precision, behind the predictor contract.
+
+    Args:
+        folder: the artifact's folder (its manifest was checked by the caller).
+        precision: ``fp32``, ``bf16`` or ``fp16``: the autocast dtype of its convolutions.
+        device: ``cuda``, ``cpu``...; default CUDA when there is a GPU.
+        threads: CPU threads (0: torch's default), for CPU runs.
+    """
+
+    def __init__(
+        self, folder: str | Path, *, precision: str, device: str | None = None, threads: int = 0
+    ) -> None:
+        if precision not in AUTOCAST:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}; got {precision!r}")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, spec, _ = load_for_inference(folder)
+        self._inner = TorchPredictor(model.to(self.device), spec, device=self.device)
+        self.input_names = spec.input_names
+        self._dtype = AUTOCAST[precision]
+        # Autocast runs convolutions and matrix products in the dtype and keeps the rest in FP32.
+        self.executed_precision = "fp32" if self._dtype is None else f"{precision}+fp32"
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self._dtype is None:
+            return self._inner(inputs)
+        with torch.autocast(self.device.type, dtype=self._dtype):
+            return self._inner(inputs)
+
+
+__all__ = ["AUTOCAST", "TorchArtifactPredictor", "copy_checkpoint"]
