@@ -42,11 +42,12 @@ from edgesr._io import replace_folder, write_json_atomic
 from edgesr.bench.timing import latency_inputs, runtime_versions
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
+from edgesr.evaluate import score_predictor
 from edgesr.export.artifact import runtime_predictor
 from edgesr.export.manifest import write_manifest
 from edgesr.export.targets import ExportTarget
 from edgesr.export.verify import check_parity, check_quality, compare_outputs, quality
-from edgesr.pipeline import TorchPredictor
+from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.spec import ModelSpec
 
 SUMMARY_FILE = "export.json"
@@ -109,7 +110,9 @@ def export_model(
         # The verification inputs first: a fixed-shape export is traced at their size (SR: the fixed
         # crop the pipeline feeds; recon: the test data's k-space size).
         with console.status(f"recording the network inputs of {target.verify.slices} test slices"):
-            inputs = _network_inputs(spec, reference, dataset, slices=target.verify.slices, split="test")
+            remembered = _RememberOutputs(reference)  # PyTorch's outputs, for every parity check
+            inputs = _network_inputs(spec, remembered, dataset, slices=target.verify.slices, split="test")
+        checks = _Checks(expected=remembered.outputs)
         if target.dynamic_shapes:
             example = latency_inputs(spec, 64)
         else:
@@ -161,7 +164,7 @@ def export_model(
             with console.status(f"verifying the {label} artifact against PyTorch"):
                 verification = _verify(
                     target, precision, spec, reference, folder / built.entry, built.verify_runtime,
-                    dataset, inputs, threads=threads, label=label,
+                    dataset, inputs, checks, threads=threads, label=label,
                 )  # fmt: skip
             if built.engine is not None:
                 verification["engine"] = built.engine
@@ -307,8 +310,30 @@ def _fixed_lr_size(target: ExportTarget, spec: ModelSpec) -> int | None:
     return target.input_size // spec.sr.scale
 
 
+class _RememberOutputs:
+    """A predictor that keeps its outputs in call order (one per recorded input)."""
+
+    def __init__(self, predictor: TorchPredictor) -> None:
+        self.predictor = predictor
+        self.fixed_lr_size = predictor.fixed_lr_size
+        self.outputs: list[torch.Tensor] = []
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        output = self.predictor(inputs)
+        self.outputs.append(output)
+        return output
+
+
+@dataclasses.dataclass
+class _Checks:
+    """What the checks of one export share: PyTorch's outputs and scores, computed once."""
+
+    expected: list[torch.Tensor]
+    reference_scores: dict[str, Any] | None = None
+
+
 def _network_inputs(
-    spec: ModelSpec, reference: TorchPredictor, dataset: PreparedDataset, *, slices: int, split: str
+    spec: ModelSpec, reference: Predictor, dataset: PreparedDataset, *, slices: int, split: str
 ) -> list[dict[str, np.ndarray]]:
     from edgesr.compress.quantize import calibration_inputs
 
@@ -412,6 +437,7 @@ def _verify(
     runtime: str,
     dataset: PreparedDataset,
     inputs: Sequence[dict[str, np.ndarray]],
+    checks: _Checks,
     *,
     threads: int,
     label: str,
@@ -424,7 +450,7 @@ def _verify(
     # The artifact is opened the way users will open it, from its folder (its manifest comes after).
     candidate = runtime_predictor(path, runtime=runtime, precision=precision, threads=threads)
     executed = getattr(candidate, "executed_precision", None)
-    parity = compare_outputs(reference, candidate, inputs)
+    parity = compare_outputs(reference, candidate, inputs, expected=checks.expected)
     figures: dict[str, Any] = {
         "inputs": f"{len(inputs)} pipeline tiles of {target.verify.slices} test slices",
         "runtime": runtime,
@@ -438,8 +464,18 @@ def _verify(
         check_parity(parity, limit=target.verify.max_abs_error, label=label)
         return figures | {"check": "parity", "limit": target.verify.max_abs_error, **parity}
     volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR")))
+    per_volume = -(-target.verify.slices // volumes)
+    if checks.reference_scores is None:
+        checks.reference_scores = score_predictor(
+            spec, reference, dataset, split="test", max_slices=per_volume
+        )
     scores = quality(
-        spec, reference, candidate, dataset, slices_per_volume=-(-target.verify.slices // volumes)
+        spec,
+        reference,
+        candidate,
+        dataset,
+        slices_per_volume=per_volume,
+        reference_scores=checks.reference_scores,
     )
     check_quality(
         scores, max_psnr_drop_db=target.verify.max_psnr_drop_db, max_ssim_drop=target.verify.max_ssim_drop,

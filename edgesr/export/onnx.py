@@ -16,6 +16,7 @@ symbolic bounds, before the graph is translated.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -100,7 +101,8 @@ def export_onnx(
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
             with dft_as_matmul(fft == "matmul"):
                 program = torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
-            program = program.run_decompositions(_SYMBOLIC_ROLL)
+            if _has_rolls(program):  # edgesr's own FFTs shift by slicing while exporting (physics.fft)
+                program = program.run_decompositions(_SYMBOLIC_ROLL)
             onnx_program = torch.onnx.export(
                 program,
                 args,
@@ -110,6 +112,8 @@ def export_onnx(
                 # Passed again only so that the exporter names the symbolic axes batch/height/width
                 # (instead of s0, s1...); the exported program already fixes which axes are dynamic.
                 dynamic_shapes=shapes,
+                # ONNX Runtime's basic graph optimiser does the clean-up instead (see _optimise).
+                optimize=False,
                 verbose=False,
             )
     finally:
@@ -117,13 +121,58 @@ def export_onnx(
     if onnx_program is None:  # only the legacy exporter returns None; dynamo=True always gives a program
         raise RuntimeError("torch.onnx.export returned no program")
 
-    with atomic_path(path) as tmp:
-        onnx_program.save(tmp, external_data=False)
-        proto = onnx.load(str(tmp))
-        if dft_axis_as_input(proto):
-            onnx.save(proto, str(tmp))
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as folder:
+        raw = Path(folder) / "raw.onnx"
+        onnx_program.save(raw, external_data=False)
+        proto = onnx.load(str(raw))
+        if dft_axis_as_input(proto):  # before any runtime reads it: ONNX Runtime refuses the file
+            onnx.save(proto, str(raw))
+        proto = _optimise(raw, Path(folder) / "optimised.onnx")
+        onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return Path(path)
+
+
+def _has_rolls(program: Any) -> bool:
+    return any(node.target in _SYMBOLIC_ROLL for node in program.graph.nodes)
+
+
+def _optimise(raw: Path, optimised: Path) -> Any:
+    """The exporter's graph cleaned up by ONNX Runtime's *basic* optimiser; returns the ``ModelProto``.
+
+    The dynamo exporter's own optimiser (onnxscript) took 35 of the 123 s of a deepcomplex-r4 export on
+    2 cores (dynamic shapes make its constant folding slow); ONNX Runtime's basic level does the same
+    clean-up (constant folding, redundant Slice/Unsqueeze/Identity removal, Conv+Add/Mul/BN folding)
+    in under a second, from 8830 nodes to 1892 against onnxscript's 1504. The basic level writes only
+    standard ONNX ops, so the file stays portable (OpenVINO, TensorRT); node names are kept, so the
+    INT8 scopes that model cards record still name the same convolutions. Opset imports the file
+    does not use (ONNX Runtime lists all of its own) are dropped.
+    """
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimised)
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(str(raw), sess_options=options, providers=["CPUExecutionProvider"])
+    proto = onnx.load(str(optimised))
+    used = _used_domains(proto.graph)
+    kept = [entry for entry in proto.opset_import if entry.domain in used or entry.domain in ("", "ai.onnx")]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto
+
+
+def _used_domains(graph: Any) -> set[str]:
+    import onnx
+
+    domains = {node.domain for node in graph.node}
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                domains |= _used_domains(attribute.g)
+    return domains
 
 
 def _ordered_inputs(spec: ModelSpec, example_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -34,9 +34,16 @@ class VerificationError(EdgesrError):
 
 
 def compare_outputs(
-    reference: Predictor, candidate: Predictor, inputs: Sequence[dict[str, np.ndarray]]
+    reference: Predictor,
+    candidate: Predictor,
+    inputs: Sequence[dict[str, np.ndarray]],
+    *,
+    expected: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, float | int]:
     """The candidate's outputs against the reference's on each of ``inputs``.
+
+    ``expected`` are the reference's outputs on ``inputs`` when already computed (an export records
+    them while it records the inputs); the reference is then not run again.
 
     Returns:
         ``max_abs_error``; ``data_range`` (max - min of all reference outputs); ``relative_error``
@@ -52,20 +59,21 @@ def compare_outputs(
     low, high = math.inf, -math.inf
     for index, item in enumerate(inputs):
         feeds = {name: torch.from_numpy(array) for name, array in item.items()}
-        expected, actual = reference(feeds), candidate(feeds)
-        if tuple(actual.shape) != tuple(expected.shape):
+        wanted = reference(feeds) if expected is None else expected[index]
+        actual = candidate(feeds)
+        if tuple(actual.shape) != tuple(wanted.shape):
             raise VerificationError(
-                f"output shape {tuple(actual.shape)} differs from PyTorch's {tuple(expected.shape)} "
+                f"output shape {tuple(actual.shape)} differs from PyTorch's {tuple(wanted.shape)} "
                 f"on input {index} ({_shapes(item)})"
             )
         if not torch.isfinite(actual).all():
             raise VerificationError(f"the output holds NaN or Inf on input {index} ({_shapes(item)})")
-        difference = (actual - expected).abs()
+        difference = (actual - wanted).abs()
         if float(difference.max()) > worst:
             worst, worst_item = float(difference.max()), index
         squared += float((difference.double() ** 2).sum())
         count += difference.numel()
-        low, high = min(low, float(expected.min())), max(high, float(expected.max()))
+        low, high = min(low, float(wanted.min())), max(high, float(wanted.max()))
     data_range = max(high - low, 1e-12)
     mse = squared / count
     return {
@@ -97,9 +105,16 @@ def quality(
     *,
     slices_per_volume: int,
     split: str = "test",
+    reference_scores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """PSNR/SSIM of torch FP32 and of the artifact through the pipeline, on the same reference images."""
-    torch_scores = score_predictor(spec, reference, dataset, split=split, max_slices=slices_per_volume)
+    """PSNR/SSIM of torch FP32 and of the artifact through the pipeline, on the same reference images.
+
+    ``reference_scores`` is the reference's ``score_predictor`` result on the same slices when known
+    (an export with several precisions scores PyTorch once).
+    """
+    torch_scores = reference_scores or score_predictor(
+        spec, reference, dataset, split=split, max_slices=slices_per_volume
+    )
     scores = score_predictor(spec, candidate, dataset, split=split, max_slices=slices_per_volume)
     return {
         "split": split,

@@ -79,6 +79,36 @@ def ifft2c_complex(z: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(z, dim=(-2, -1))
 
 
+def _shift_pairs(z: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    """``fftshift`` (or ``ifftshift``) over the last two axes of a *real* tensor, as gathers.
+
+    Used while torch.export traces (see :func:`_exported_fft2c`). ``torch.roll`` by ``H // 2`` has a
+    symbolic shift once H is dynamic, which the ONNX exporter cannot translate without a decomposition
+    pass over the whole exported program (about 20 s of a deepcomplex-r4 export on 2 cores); slices of
+    symbolic length make torch.export specialise the size; a gather with computed indices does neither.
+    """
+    for dim in (z.dim() - 2, z.dim() - 1):
+        size = z.shape[dim]
+        shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
+        # Output i takes input (i + shift) mod N.
+        size = z.shape[dim]
+        shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
+        # Output i takes input (i + shift) mod N: a gather with computed indices sets no guards on N
+        # (slices of symbolic length would make torch.export specialise the size).
+        index = torch.arange(size, device=z.device) + shift
+        index = torch.where(index >= size, index - size, index)  # mod N, as shift < N (no symbolic %)
+        z = torch.index_select(z, dim, index)
+    return z
+
+
+def _exported_fft2c(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    """:func:`fft2c`/:func:`ifft2c` as torch.export traces them: the shifts on the real channel pairs
+    (a permutation commutes with the real/complex pairing; torchlib gathers no complex tensors)."""
+    transform = torch.fft.ifft2 if inverse else torch.fft.fft2
+    z = to_complex(_shift_pairs(x, inverse=True))
+    return _shift_pairs(from_complex(transform(z, norm="ortho")), inverse=False)
+
+
 def _full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager[Any]]:
     """``x`` as float32 with autocast off, when a mixed-precision region hands it over in half precision.
 
@@ -98,6 +128,8 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     with precision:
         if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=False)
+        if torch.compiler.is_exporting():
+            return _exported_fft2c(x, inverse=False)
         return from_complex(fft2c_complex(to_complex(x)))
 
 
@@ -107,6 +139,8 @@ def ifft2c(x: torch.Tensor) -> torch.Tensor:
     with precision:
         if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=True)
+        if torch.compiler.is_exporting():
+            return _exported_fft2c(x, inverse=True)
         return from_complex(ifft2c_complex(to_complex(x)))
 
 
