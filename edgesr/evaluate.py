@@ -28,6 +28,7 @@ from edgesr import baselines
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset, SliceSample
 from edgesr.data.kspace import KSpaceVolume
+from edgesr.errors import DataError
 from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
 from edgesr.physics.coils import estimate_coil_maps
 from edgesr.physics.degrade import crop_to_multiple, degrade
@@ -372,11 +373,16 @@ def score_predictor(
     split: str,
     max_slices: int = 0,
     acceleration: float = 4.0,
+    kspace_shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """One model's mean PSNR/SSIM on a split, through the pipeline, without the baselines.
 
     For checks that score many variants of one model (quantization attempts): the same images and
     protocol as :func:`evaluate_model` (recon: its first setting, ``acceleration`` with simulated maps).
+    ``kspace_shape`` keeps only recon slices of that matrix size (a fixed-shape export takes no other).
+
+    Raises:
+        DataError: no slice of the split has ``kspace_shape``.
     """
     if spec.sr is not None:
         modality, scale, kind = spec.intensity.modality, spec.sr.scale, spec.sr.degradation
@@ -394,6 +400,12 @@ def score_predictor(
             n_coils=spec.recon.coils or protocol.coils, center_fraction=protocol.center_fraction,
             noise_std=protocol.noise_std, split=split, max_slices=max_slices,
         )  # fmt: skip
+        if kspace_shape is not None:
+            matching = [s for s in samples if tuple(s[0].kspace.shape[-2:]) == tuple(kspace_shape)]
+            if not matching:
+                size = f"{kspace_shape[0]}x{kspace_shape[1]}"
+                raise DataError(f"the {split} split has no slice of {size} k-space")
+            samples = iter(matching)
         (scores,) = score_recon({"model": model_recon_method(spec, predictor)}, samples)
     summary = scores.summary()
     return {

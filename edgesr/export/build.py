@@ -113,6 +113,10 @@ def export_model(
             remembered = _RememberOutputs(reference)  # PyTorch's outputs, for every parity check
             inputs = _network_inputs(spec, remembered, dataset, slices=target.verify.slices, split="test")
         checks = _Checks(expected=remembered.outputs)
+        if not target.dynamic_shapes and spec.sr is None:
+            # A fixed-shape recon model takes one k-space size: the first test slice's. Only slices of
+            # that size can check it (the test volumes differ in size), and the manifest says so.
+            inputs, checks = _same_kspace_size(inputs, checks)
         if target.dynamic_shapes:
             example = latency_inputs(spec, 64)
         else:
@@ -330,6 +334,16 @@ class _Checks:
 
     expected: list[torch.Tensor]
     reference_scores: dict[str, Any] | None = None
+    kspace_shape: tuple[int, int] | None = None  # a fixed-shape recon export's only k-space size
+
+
+def _same_kspace_size(
+    inputs: list[dict[str, np.ndarray]], checks: _Checks
+) -> tuple[list[dict[str, np.ndarray]], _Checks]:
+    shape = tuple(inputs[0]["masked_kspace"].shape[-2:])
+    keep = [i for i, item in enumerate(inputs) if tuple(item["masked_kspace"].shape[-2:]) == shape]
+    kspace_shape = (int(shape[0]), int(shape[1]))
+    return [inputs[i] for i in keep], _Checks([checks.expected[i] for i in keep], None, kspace_shape)
 
 
 def _network_inputs(
@@ -455,6 +469,9 @@ def _verify(
         "inputs": f"{len(inputs)} pipeline tiles of {target.verify.slices} test slices",
         "runtime": runtime,
     }
+    if checks.kspace_shape is not None:
+        figures["inputs"] += f" (those of {checks.kspace_shape[0]}x{checks.kspace_shape[1]} k-space only)"
+        figures["kspace_shape"] = list(checks.kspace_shape)
     if executed is not None:
         figures["executed_precision"] = executed
     if runtime == "torch":
@@ -467,16 +484,12 @@ def _verify(
     per_volume = -(-target.verify.slices // volumes)
     if checks.reference_scores is None:
         checks.reference_scores = score_predictor(
-            spec, reference, dataset, split="test", max_slices=per_volume
+            spec, reference, dataset, split="test", max_slices=per_volume, kspace_shape=checks.kspace_shape
         )
     scores = quality(
-        spec,
-        reference,
-        candidate,
-        dataset,
-        slices_per_volume=per_volume,
-        reference_scores=checks.reference_scores,
-    )
+        spec, reference, candidate, dataset, slices_per_volume=per_volume,
+        reference_scores=checks.reference_scores, kspace_shape=checks.kspace_shape,
+    )  # fmt: skip
     check_quality(
         scores, max_psnr_drop_db=target.verify.max_psnr_drop_db, max_ssim_drop=target.verify.max_ssim_drop,
         label=label,

@@ -106,16 +106,20 @@ def quality(
     slices_per_volume: int,
     split: str = "test",
     reference_scores: dict[str, Any] | None = None,
+    kspace_shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """PSNR/SSIM of torch FP32 and of the artifact through the pipeline, on the same reference images.
 
     ``reference_scores`` is the reference's ``score_predictor`` result on the same slices when known
-    (an export with several precisions scores PyTorch once).
+    (an export with several precisions scores PyTorch once). ``kspace_shape``: recon slices of that
+    size only (a fixed-shape artifact).
     """
     torch_scores = reference_scores or score_predictor(
-        spec, reference, dataset, split=split, max_slices=slices_per_volume
+        spec, reference, dataset, split=split, max_slices=slices_per_volume, kspace_shape=kspace_shape
     )
-    scores = score_predictor(spec, candidate, dataset, split=split, max_slices=slices_per_volume)
+    scores = score_predictor(
+        spec, candidate, dataset, split=split, max_slices=slices_per_volume, kspace_shape=kspace_shape
+    )
     return {
         "split": split,
         "slices": scores["slices"],

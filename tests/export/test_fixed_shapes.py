@@ -170,3 +170,20 @@ def test_a_tensorrt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover -
     assert record["flags"] == []
     engine = TensorRTPredictor(tmp_path / "model.plan")
     torch.testing.assert_close(engine(inputs), OnnxRuntimePredictor(path)(inputs), atol=1e-4, rtol=0)
+
+
+def test_a_fixed_shape_recon_model_is_scored_on_slices_of_its_size_only(tiny_dataset):
+    from edgesr.errors import DataError
+    from edgesr.evaluate import recon_samples, score_predictor
+    from tests.export.test_onnx_smoke import _tiny_model
+
+    model, spec = _tiny_model("deepcomplex_tiny")
+    sample, _ = next(
+        iter(recon_samples(tiny_dataset, acceleration=4.0, n_coils=4, split="test", max_slices=1))
+    )
+    size = tuple(sample.kspace.shape[-2:])
+    predictor = TorchPredictor(model, spec)
+    scores = score_predictor(spec, predictor, tiny_dataset, split="test", max_slices=1, kspace_shape=size)
+    assert scores["slices"] >= 1
+    with pytest.raises(DataError, match="has no slice of 5x7 k-space"):
+        score_predictor(spec, predictor, tiny_dataset, split="test", max_slices=1, kspace_shape=(5, 7))
