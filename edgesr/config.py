@@ -45,6 +45,23 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
 
 
+def check_exactly_one(given: Mapping[str, Any], *, hints: Mapping[str, str] | None = None) -> None:
+    """Raises a :class:`ConfigError` unless exactly one of the keys of ``given`` has a value.
+
+    For commands that take their model from one of several keys (``model=``, ``checkpoint=``,
+    ``artifact=``...). The message lists the keys in ``given``'s order, with a hint after a key (the
+    shipped models after ``model=``) and what was given, e.g. ``give exactly one of model= (shipped:
+    rdn-mr-x2, ...), checkpoint= or artifact=; got model= and artifact=``.
+    """
+    chosen = [key for key, value in given.items() if value]
+    if len(chosen) == 1:
+        return
+    names = [f"{key}=" + (f" ({hints[key]})" if hints and key in hints else "") for key in given]
+    options = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+    got = " and ".join(f"{key}=" for key in chosen) if chosen else "none of them"
+    raise ConfigError(f"give exactly one of {options}; got {got}")
+
+
 def check_range(key: str, value: float, *, low: float | None = None, high: float | None = None) -> None:
     """Raises a :class:`ConfigError` naming ``key`` when ``value`` lies outside ``[low, high]``."""
     if (low is not None and value < low) or (high is not None and value > high):

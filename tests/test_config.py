@@ -63,3 +63,17 @@ def test_describe_lists_nested_keys_with_defaults_and_help():
     assert set(rows) == {"name", "scales", "trainer.steps", "trainer.lr"}
     assert rows["trainer.steps"].default == 100
     assert rows["trainer.lr"].help == "learning rate"
+
+
+def test_exactly_one_source_names_the_keys_and_what_was_given():
+    from edgesr.config import check_exactly_one
+
+    check_exactly_one({"model": "rdn-mr-x2", "checkpoint": "", "artifact": ""})
+    hints = {"model": "shipped: a, b"}
+    with pytest.raises(ConfigError) as both:
+        check_exactly_one({"model": "a", "checkpoint": "", "artifact": "out/fp32"}, hints=hints)
+    assert str(both.value) == (
+        "give exactly one of model= (shipped: a, b), checkpoint= or artifact=; got model= and artifact="
+    )
+    with pytest.raises(ConfigError, match="give exactly one of checkpoint= or model=; got none of them"):
+        check_exactly_one({"checkpoint": "", "model": ""})

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgesr.config import opt
+from edgesr.config import check_exactly_one, opt
 from edgesr.data.dataset import open_or_prepare
 from edgesr.errors import ConfigError
 from edgesr.teachers import list_shipped
@@ -34,9 +34,10 @@ class BenchConfig:
     )
 
     def __post_init__(self) -> None:
-        if sum(map(bool, (self.artifact, self.model, self.checkpoint))) != 1:
-            shipped = ", ".join(list_shipped()) or "none"
-            raise ConfigError(f"give exactly one of artifact=, model= (shipped: {shipped}) or checkpoint=")
+        check_exactly_one(
+            {"artifact": self.artifact, "model": self.model, "checkpoint": self.checkpoint},
+            hints={"model": f"shipped: {', '.join(list_shipped()) or 'none'}"},
+        )
 
 
 def run_bench(cfg: BenchConfig) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from edgesr.config import check_choice, check_range, opt
+from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.images import load_image
 from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import WRITABLE, check_output, check_slices, write_image
@@ -65,9 +65,10 @@ class EnhanceConfig:
     def __post_init__(self) -> None:
         if not self.input or not self.output:
             raise ConfigError("input= and output= are required")
-        if sum(map(bool, (self.model, self.checkpoint, self.artifact))) != 1:
-            shipped = ", ".join(list_shipped()) or "none"
-            raise ConfigError(f"give exactly one of model= (shipped: {shipped}), checkpoint= or artifact=")
+        check_exactly_one(
+            {"model": self.model, "checkpoint": self.checkpoint, "artifact": self.artifact},
+            hints={"model": f"shipped: {', '.join(list_shipped()) or 'none'}"},
+        )
         check_choice("units", self.units, UNITS)
         check_range("tile", self.tile, low=0)
         if self.halo is not None:

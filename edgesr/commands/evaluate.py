@@ -15,9 +15,8 @@ from rich.markup import escape
 
 from edgesr._io import write_json_atomic
 from edgesr.cards import evaluate_command, write_card
-from edgesr.config import check_choice, check_range, opt
+from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError
 from edgesr.evaluate import ReconProtocol, evaluate_model
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.pipeline import TorchPredictor
@@ -52,8 +51,7 @@ class EvaluateConfig:
     name: str = opt("", "the teacher's name in its model card (default: the card folder's name)")
 
     def __post_init__(self) -> None:
-        if bool(self.checkpoint) == bool(self.model):
-            raise ConfigError("give exactly one of checkpoint= or model=")
+        check_exactly_one({"checkpoint": self.checkpoint, "model": self.model})
         check_choice("split", self.split, ("train", "val", "test"))
         check_choice("format", self.format, ("table", "json"))
         for maps in self.maps:

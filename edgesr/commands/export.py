@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgesr.config import opt
+from edgesr.config import check_exactly_one, opt
 from edgesr.data.dataset import open_or_prepare
 from edgesr.errors import ConfigError
 from edgesr.teachers import list_shipped, read_card, teacher_path
@@ -39,11 +39,10 @@ class ExportConfig:
     )
 
     def __post_init__(self) -> None:
-        if sum(map(bool, (self.model, self.checkpoint, self.compressed))) != 1:
-            raise ConfigError(
-                "give exactly one of model= (shipped: "
-                f"{', '.join(list_shipped()) or 'none'}), checkpoint= or compressed="
-            )
+        check_exactly_one(
+            {"model": self.model, "checkpoint": self.checkpoint, "compressed": self.compressed},
+            hints={"model": f"shipped: {', '.join(list_shipped()) or 'none'}"},
+        )
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0; got {self.threads}")
 
