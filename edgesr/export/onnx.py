@@ -157,11 +157,29 @@ def _optimise(raw: Path, optimised: Path) -> Any:
     options.log_severity_level = 3
     onnxruntime.InferenceSession(str(raw), sess_options=options, providers=["CPUExecutionProvider"])
     proto = onnx.load(str(optimised))
+    # ONNX Runtime drops the nodes' metadata, where the exporter records the torch modules each node was
+    # traced in (compress maps INT8 scopes and QAT layers to modules through it): copied back by name.
+    metadata = {node.name: list(node.metadata_props) for node in _all_nodes(onnx.load(str(raw)).graph)}
+    for node in _all_nodes(proto.graph):
+        if node.name in metadata and not node.metadata_props:
+            node.metadata_props.extend(metadata[node.name])
     used = _used_domains(proto.graph)
     kept = [entry for entry in proto.opset_import if entry.domain in used or entry.domain in ("", "ai.onnx")]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     return proto
+
+
+def _all_nodes(graph: Any) -> list[Any]:
+    """The nodes of a graph and of its loop bodies and other subgraphs."""
+    import onnx
+
+    nodes = list(graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes += _all_nodes(attribute.g)
+    return nodes
 
 
 def _used_domains(graph: Any) -> set[str]:
