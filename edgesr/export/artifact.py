@@ -49,7 +49,7 @@ def runtime_predictor(
         reason = tensorrt_missing()
         if reason is not None:
             raise ConfigError(f"{path} is a TensorRT engine; it cannot run here: {reason}")
-        return TensorRTPredictor(path)
+        return TensorRTPredictor(path, precision=precision)
     raise ConfigError(f"{path} is a {runtime} artifact, which edgesr does not know how to run")
 
 

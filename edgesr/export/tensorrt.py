@@ -99,12 +99,13 @@ class TensorRTPredictor:
 
     Args:
         path: a ``model.plan`` written by :func:`build_engine` on this GPU and TensorRT version.
+        precision: the precision it was built for (recorded as what the engine was allowed to run).
 
     Raises:
         RuntimeError: TensorRT or CUDA is missing, or the plan was built by another TensorRT or GPU.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, precision: str = "fp32") -> None:
         reason = tensorrt_missing()
         if reason is not None:
             raise RuntimeError(f"cannot run a TensorRT engine: {reason}")
@@ -132,7 +133,8 @@ class TensorRTPredictor:
         from edgesr.export.onnxruntime import fixed_lr_size
 
         self.fixed_lr_size = fixed_lr_size(self.fixed_shapes)
-        self.executed_precision = "see the build's flags"  # TensorRT picks per layer within the flags
+        # TensorRT picks each layer's precision within the build's flags; the engine does not say which.
+        self.executed_precision = f"{precision} (allowed; TensorRT picks per layer)"
 
     @property
     def input_names(self) -> tuple[str, ...]:
