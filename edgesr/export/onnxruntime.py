@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgesr.errors import DataError
+
 
 class OnnxRuntimePredictor:
     """An ONNX Runtime CPU session behind the predictor contract.
@@ -88,7 +90,8 @@ def numpy_feeds(
             that a fixed-shape artifact was not built for with a message instead of a runtime's error.
 
     Raises:
-        ValueError: one of ``names`` is missing from ``inputs``, or has a shape the model cannot take.
+        ValueError: one of ``names`` is missing from ``inputs``.
+        DataError: an input has a shape a fixed-shape artifact was not built for.
     """
     missing = [name for name in names if name not in inputs]
     if missing:
@@ -101,7 +104,7 @@ def numpy_feeds(
             e is not None and e != d for e, d in zip(expected, shape, strict=True)
         ):
             wanted = "x".join("?" if e is None else str(e) for e in expected)
-            raise ValueError(
+            raise DataError(  # a ValueError too; the CLI reports it without a traceback
                 f"input {name!r} has shape {'x'.join(map(str, shape))}; this artifact was exported for "
                 f"{wanted} (a fixed-shape export: export again with that size, or use a dynamic target)"
             )
