@@ -183,14 +183,7 @@ def _all_nodes(graph: Any) -> list[Any]:
 
 
 def _used_domains(graph: Any) -> set[str]:
-    import onnx
-
-    domains = {node.domain for node in graph.node}
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                domains |= _used_domains(attribute.g)
-    return domains
+    return {node.domain for node in _all_nodes(graph)}
 
 
 def _ordered_inputs(spec: ModelSpec, example_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -85,12 +85,9 @@ def test_the_matmul_dft_is_the_centered_fft_at_odd_sizes():
 
 def _ops(graph: onnx.GraphProto) -> set[str]:
     """Every op type in a graph and its loop bodies."""
-    found = {node.op_type for node in graph.node}
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                found |= _ops(attribute.g)
-    return found
+    from edgesr.export.onnx import _all_nodes
+
+    return {node.op_type for node in _all_nodes(graph)}
 
 
 @pytest.mark.slow
