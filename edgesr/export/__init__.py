@@ -1,8 +1,11 @@
-"""Export: trained models as runtime graphs (ONNX), and the runtime predictors that run them.
+"""Export: trained models as verified runtime artifacts, and the predictors that run them.
 
-``edgesr.export.onnx.export_onnx`` writes a verified-loadable ONNX file whose inputs and outputs carry
-the names of the model's :class:`edgesr.spec.ModelSpec`; ``edgesr.export.onnxruntime.OnnxRuntimePredictor``
-runs such a file as a *predictor* (named input tensors in, the output tensor out), interchangeable with
-the torch module. The runtimes (onnx, onnxscript, onnxruntime: the ``export`` extra) are imported only
-by the functions that use them, so importing this package costs nothing.
+``onnx.export_onnx`` writes an ONNX file whose inputs and outputs carry the names of the model's
+:class:`edgesr.spec.ModelSpec` (dynamic or fixed shapes; FFTs as the DFT op or as matrix products;
+unrolled loops as ONNX ``Loop``); ``build.export_model`` turns it into one artifact folder per precision
+of a target profile (``targets``), verified against PyTorch (``verify``) and described by a
+``manifest`` that is checked whenever the folder is opened (``artifact.open_artifact``). The runtimes:
+``onnxruntime``, ``openvino``, ``tensorrt`` (engines built where the ``tensorrt`` package imports) and
+``torch_artifact`` (safetensors under autocast). They are imported only by the functions that use them,
+so importing this package costs nothing.
 """
