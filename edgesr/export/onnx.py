@@ -37,7 +37,7 @@ def export_onnx(
     path: str | Path,
     *,
     dynamic: bool = True,
-    fft: str = "dft",
+    fft: str = "matmul",
 ) -> Path:
     """Exports ``model`` to an ONNX file whose inputs/outputs carry the spec's names; checks the file.
 
@@ -55,15 +55,17 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         dynamic: make batch, height and width symbolic (channels stay fixed); ``False`` fixes every
             dimension to the example's.
-        fft: recon models' FFTs as the ONNX ``DFT`` op (``"dft"``) or as real matrix products at the
-            example's size (``"matmul"``, for runtimes without a DFT; needs ``dynamic=False``).
+        fft: recon models' FFTs as real matrix products (``"matmul"``, the default: the matrices are
+            built in the graph for the input's size, dynamic or fixed; TensorRT before 11.2 has no DFT,
+            and ONNX Runtime and OpenVINO ran the DFT op 2.6-9x slower here, DESIGN.md 5) or as the ONNX
+            ``DFT`` op (``"dft"``).
 
     Returns:
         ``path`` as a :class:`Path`.
 
     Raises:
         ValueError: an example input is missing, not in the spec, of the wrong rank or not float32;
-            ``fft`` is unknown, or ``"matmul"`` with dynamic shapes.
+            ``fft`` is unknown.
 
     Example:
         >>> spec = sr_spec(modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill",
@@ -78,8 +80,6 @@ def export_onnx(
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     if fft not in ("dft", "matmul"):
         raise ValueError(f"fft must be 'dft' or 'matmul'; got {fft!r}")
-    if fft == "matmul" and dynamic:
-        raise ValueError("fft='matmul' needs dynamic=False: a DFT matrix is built for one size")
     args = _ordered_inputs(spec, example_inputs)
     if dynamic and all(a.shape[0] == 1 for a in args):
         # torch.export specialises a dimension of size 1 to the constant 1 (and then reports the batch

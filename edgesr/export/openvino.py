@@ -7,6 +7,9 @@ section 5) while ONNX Runtime matched. :func:`read_onnx` works around it in the 
 DFT over another axis is wrapped in two transposes that swap that axis with axis 1. Every ONNX file
 edgesr hands to OpenVINO goes through it.
 
+Recon models: :func:`keep_dft_angles_float` keeps the DFT matrices' angle arithmetic in FP32 whatever the
+inference precision (in BF16 it cost `deepcomplex-r4` 3.3 dB, measured).
+
 OpenVINO picks the execution precision itself: on a CPU with AMX it runs a float32 model in BF16
 unless told otherwise (``INFERENCE_PRECISION_HINT``), and an INT8 model runs its quantized layers in
 INT8 and the rest in that same default. A benchmark that says "OpenVINO FP32" without checking has
@@ -133,10 +136,9 @@ def _short_precision(name: str) -> str:
 
 
 def read_onnx(path: str | Path) -> Any:
-    """An ONNX file as an ``openvino.Model``, its DFT nodes rewritten to transform axis 1 only.
-
-    Files without a DFT over another axis are read as they are.
-    """
+    """An ONNX file as an ``openvino.Model``: DFT nodes rewritten to transform axis 1 only (files without
+    a DFT over another axis are read as they are), and the DFT matrices' angles kept in FP32
+    (:func:`keep_dft_angles_float`)."""
     import tempfile
 
     import onnx
@@ -144,12 +146,100 @@ def read_onnx(path: str | Path) -> Any:
 
     model = onnx.load(str(path))
     if not dft_axes_to_one(model):
-        return openvino.Core().read_model(str(path))
+        return keep_dft_angles_float(openvino.Core().read_model(str(path)))
     with tempfile.TemporaryDirectory() as folder:
         rewritten = Path(folder) / "model.onnx"
         onnx.save(model, str(rewritten))
         # read_model parses the whole file (weights included) into memory: the file may go after.
-        return openvino.Core().read_model(str(rewritten))
+        return keep_dft_angles_float(openvino.Core().read_model(str(rewritten)))
+
+
+# OpenVINO's rt_info attribute that keeps a node out of BF16/FP16 (ov::disable_fp16_compression), as the
+# IR file spells it.
+_KEEP_FLOAT_ATTRIBUTE = '<rt_info><attribute name="precise" version="0" /></rt_info>'
+
+
+def keep_dft_angles_float(model: Any) -> Any:
+    """``model`` with the float arithmetic that depends only on input *sizes* marked to run in FP32.
+
+    A recon export builds its DFT matrices in the graph from the image size
+    (:func:`edgesr.physics.fft.centered_dft_matrix`: integer phases, then ``2 pi p / N``, then cos/sin).
+    Under a BF16 inference precision OpenVINO ran that multiplication in BF16, whose 8-bit mantissa
+    puts the angles off by up to ~0.01 rad: `deepcomplex-r4` lost 3.3 dB against PyTorch; with the
+    angles marked, -0.010 dB (the matrix products and the data consistency still run in BF16). Models
+    without such nodes (SR networks) are returned as they are. The mark is OpenVINO's ``precise``
+    rt_info (``ov::disable_fp16_compression``), which the CPU plugin honours for BF16 as well; Python
+    can read it but not create it, so it is written into the IR text and read back.
+
+    Limit (measured, OpenVINO 2026.4): marks inside a ``Loop`` body are not honoured, and MoDL, whose
+    unrolls and CG steps are loops, runs its CG in BF16 under a BF16 hint: `modl-r4`'s BF16 artifact
+    lost 4.2 dB and fails verification (marking every node, convolutions included, changed nothing).
+    """
+    import re
+    import tempfile
+
+    import openvino
+
+    names = _size_only_float_nodes(model)
+    if not names:
+        return model
+    with tempfile.TemporaryDirectory() as folder:
+        xml_path = Path(folder) / "model.xml"
+        openvino.save_model(model, str(xml_path), compress_to_fp16=False)
+        text = xml_path.read_text()
+        marked = 0
+
+        def mark(match: re.Match[str]) -> str:
+            nonlocal marked
+            if match.group(2) not in names:
+                return match.group(0)
+            marked += 1
+            return match.group(1) + _KEEP_FLOAT_ATTRIBUTE
+
+        # A layer's opening tag and its <data .../> (when it has one): rt_info goes right after them.
+        layer_start = r'(<layer id="\d+" name="([^"]+)" type="[^"]+" version="[^"]+">\s*(?:<data [^>]*/>)?)'
+        text = re.sub(layer_start, mark, text)
+        if marked == 0:  # the IR's text layout changed: fail loudly rather than run the angles in BF16
+            raise RuntimeError(f"could not mark {len(names)} DFT-matrix nodes in OpenVINO's IR text")
+        xml_path.write_text(text)
+        return openvino.Core().read_model(str(xml_path), str(xml_path.with_suffix(".bin")))
+
+
+# Ops that move values without computing: the ONNX reader reshapes constants (conv biases) to targets
+# computed from an input's rank, which would otherwise count as size arithmetic.
+_DATA_MOVEMENT = frozenset(
+    {"Reshape", "Concat", "Squeeze", "Unsqueeze", "Broadcast", "Transpose", "Gather", "Slice", "StridedSlice"}
+)
+
+
+def _size_only_float_nodes(model: Any) -> set[str]:
+    """Names of the float-valued nodes of ``model`` (and of its loop bodies) computed from input shapes
+    (through ``ShapeOf``) and constants only, never from an input's values. Constant-only arithmetic
+    (a bias reshaped) is left out: OpenVINO folds it when the model loads."""
+    constant: set[int] = set()  # by instance id: the Python wrappers are new objects at every call
+    from_sizes: set[int] = set()
+    names: set[str] = set()
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        sources = [op.input_value(i).get_node().get_instance_id() for i in range(op.get_input_size())]
+        if kind == "Constant":
+            constant.add(op.get_instance_id())
+        elif kind == "ShapeOf":  # an input's size, unless it is the shape of a constant
+            (constant if sources[0] in constant else from_sizes).add(op.get_instance_id())
+        elif kind != "Parameter" and sources and all(s in constant or s in from_sizes for s in sources):
+            if any(s in from_sizes for s in sources):
+                from_sizes.add(op.get_instance_id())
+                if (
+                    kind not in _DATA_MOVEMENT
+                    and op.get_output_size() == 1
+                    and op.get_output_element_type(0).is_real()
+                ):
+                    names.add(op.get_friendly_name())
+            else:
+                constant.add(op.get_instance_id())
+        if hasattr(op, "get_function"):  # Loop / TensorIterator bodies
+            names |= _size_only_float_nodes(op.get_function())
+    return names
 
 
 def dft_axes_to_one(model: Any) -> int:

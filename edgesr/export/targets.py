@@ -45,7 +45,7 @@ class ExportTarget:
     precisions: list[str] = opt(["fp32"], f"one artifact per precision: {', '.join(PRECISIONS)}")
     dynamic_shapes: bool = opt(True, "any input size the model accepts; false: fixed to input_size")
     input_size: int = opt(256, "fixed shapes: the output size in pixels (SR: the LR input is size / scale)")
-    fft: str = opt("dft", "recon models' FFTs: the ONNX DFT op (dft), or DFT-as-matmul at a fixed size")
+    fft: str = opt("matmul", "recon models' FFTs: real matrix products (matmul), or the ONNX DFT op (dft)")
     build_on_device: bool = opt(
         False, "the runtime file (a TensorRT engine) is built on the device that runs it, not here"
     )
@@ -66,9 +66,6 @@ class ExportTarget:
         if self.runtime == "tensorrt" and self.dynamic_shapes:
             # edgesr builds one engine per size (no optimisation profiles), as Jetson deployments do.
             raise ConfigError("runtime tensorrt needs dynamic_shapes=false (an engine is built for one size)")
-        if self.fft == "matmul" and self.dynamic_shapes:
-            # A DFT matrix has the size of the image: the form exists only for a fixed size.
-            raise ConfigError("fft=matmul needs dynamic_shapes=false (a DFT matrix is built for one size)")
 
 
 def target_path(name_or_path: str) -> Path:

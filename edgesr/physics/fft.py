@@ -90,9 +90,6 @@ def _shift_pairs(z: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     for dim in (z.dim() - 2, z.dim() - 1):
         size = z.shape[dim]
         shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
-        # Output i takes input (i + shift) mod N.
-        size = z.shape[dim]
-        shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
         # Output i takes input (i + shift) mod N: a gather with computed indices sets no guards on N
         # (slices of symbolic length would make torch.export specialise the size).
         index = torch.arange(size, device=z.device) + shift
@@ -153,8 +150,10 @@ def ifft2c(x: torch.Tensor) -> torch.Tensor:
 # float32 ``2 pi k n / N`` would lose digits once ``k n`` is large). The matrices are built from
 # ``arange`` in the graph itself rather than cached as numpy constants: torch.export traces MoDL's loop
 # body with dynamo, which would translate numpy into graph ops anyway; runtimes fold them into
-# constants when the model loads. The cost is O(N) per output sample instead of O(log N), which is why it
-# is a per-target choice and not the default; the size is fixed, so it exists only for fixed-shape exports.
+# constants when the model loads (for a dynamic size, N is symbolic and the runtime builds the matrices
+# for each input size). The cost is O(N) per output sample instead of O(log N), yet measured here the
+# CPU runtimes' DFT op was far slower than these products at MR sizes (ONNX Runtime 2.6-7.3x, OpenVINO
+# 6-9x for a deepcomplex_small at 218x182 to 640x320, 2 threads), so exports use them by default.
 
 
 class _DftForm:
@@ -184,20 +183,32 @@ def dft_as_matmul(enabled: bool = True) -> Iterator[None]:
 
 
 def centered_dft_matrix(
-    size: int, inverse: bool, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    size: int,
+    inverse: bool,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts (``[size, size]``) of the centered orthonormal (inverse) DFT matrix."""
-    centred = torch.arange(size, device=device) - size // 2
-    phase = torch.remainder(centred[:, None] * centred[None, :], size)  # exact integers in [0, N)
-    angle = phase.to(dtype) * (2 * math.pi / size)
-    norm = 1 / math.sqrt(size)
+    """Real and imaginary parts (``[size, size]``) of the centered orthonormal (inverse) DFT matrix.
+
+    ``size`` may be symbolic (a dynamic dimension while torch.export traces): everything after
+    ``arange`` is tensor arithmetic, so the exported graph builds the matrix for the size it is given.
+    """
+    # N as a 0-d tensor: the ONNX exporter translates tensor arithmetic on a symbolic N, not Python
+    # arithmetic (a remainder by a symbolic scalar fails to convert).
+    count = torch.full((), size, device=device, dtype=torch.int64)
+    centred = torch.arange(size, device=device) - torch.div(count, 2, rounding_mode="floor")
+    phase = torch.remainder(centred[:, None] * centred[None, :], count)  # exact integers in [0, N)
+    length = count.to(dtype)
+    angle = phase.to(dtype) * (2 * math.pi / length)
+    norm = torch.rsqrt(length)
     sign = norm if inverse else -norm
     return torch.cos(angle) * norm, torch.sin(angle) * sign
 
 
 def _dft2c_matmul(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     _check_pairs(x, "x")
-    height, width = int(x.shape[-2]), int(x.shape[-1])
+    height, width = x.shape[-2], x.shape[-1]
     rows_re, rows_im = centered_dft_matrix(height, inverse, device=x.device, dtype=x.dtype)
     cols_re, cols_im = centered_dft_matrix(width, inverse, device=x.device, dtype=x.dtype)
     real, imag = x[..., 0::2, :, :], x[..., 1::2, :, :]

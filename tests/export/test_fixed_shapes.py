@@ -93,24 +93,26 @@ def _ops(graph: onnx.GraphProto) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["deepcomplex_tiny", "modl_tiny"])
 def test_dft_and_matmul_exports_agree(name, tmp_path):
-    """A recon model exported twice at one size: the DFT op, and matrix products with no DFT left
-    (MoDL's inside its loops)."""
+    """A recon model exported twice with dynamic sizes: the DFT op, and matrix products with no DFT left
+    (MoDL's inside its loops), the matrices built in the graph for each input's size."""
     from tests.export.test_onnx_smoke import _inputs, _randomise, _tiny_model
 
     model, spec = _tiny_model(name)
     model = _randomise(model, seed=4)
-    inputs = _inputs(name, spec, batch=1, height=24, width=19, seed=5)
-    with torch.no_grad():
-        expected = model(*[inputs[n] for n in spec.input_names])
-    outputs = {}
+    example = _inputs(name, spec, batch=1, height=24, width=19, seed=5)
+    paths = {}
     for form in ("dft", "matmul"):
-        path = export_onnx(model, spec, inputs, tmp_path / f"{form}.onnx", dynamic=False, fft=form)
-        assert ("DFT" in _ops(onnx.load(str(path)).graph)) == (form == "dft")
-        outputs[form] = OnnxRuntimePredictor(path, threads=1)(inputs)
-    scale = float(expected.abs().max())
-    for form, output in outputs.items():
-        assert float((output - expected).abs().max()) <= 1e-4 * scale, form
-    assert float((outputs["dft"] - outputs["matmul"]).abs().max()) <= 1e-4 * scale
+        paths[form] = export_onnx(model, spec, example, tmp_path / f"{form}.onnx", dynamic=True, fft=form)
+        assert ("DFT" in _ops(onnx.load(str(paths[form])).graph)) == (form == "dft")
+    for height, width in ((24, 19), (17, 22)):  # the traced size and another, odd and even
+        inputs = _inputs(name, spec, batch=1, height=height, width=width, seed=6)
+        with torch.no_grad():
+            expected = model(*[inputs[n] for n in spec.input_names])
+        outputs = {form: OnnxRuntimePredictor(path, threads=1)(inputs) for form, path in paths.items()}
+        scale = float(expected.abs().max())
+        for form, output in outputs.items():
+            assert float((output - expected).abs().max()) <= 1e-4 * scale, (form, height, width)
+        assert float((outputs["dft"] - outputs["matmul"]).abs().max()) <= 1e-4 * scale
 
 
 def test_tensorrt_profiles_need_fixed_shapes():
