@@ -133,6 +133,7 @@ def export_model(
 
                 export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=target.fft)
         onnx_seconds = time.perf_counter() - started
+        graph_record = _graph_record(target, spec, onnx_path)
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         if "int8" in target.precisions and target.runtime != "torch":
@@ -179,7 +180,7 @@ def export_model(
             manifest = write_manifest(
                 folder, target=target_name, runtime=target.runtime, precision=precision,
                 entry=built.entry, spec=spec, source=source, verification=verification,
-                versions={"torch": torch.__version__, **runtime_versions()},
+                versions={"torch": torch.__version__, **runtime_versions()}, graph=graph_record,
             )  # fmt: skip
             build_seconds = built.seconds
             artifacts[precision] = {
@@ -206,6 +207,24 @@ def export_model(
         raise
     replace_folder(staging, out)
     return summary
+
+
+def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path) -> dict[str, Any]:
+    """How the ONNX graph was made, for the manifest (empty for a torch artifact: no graph)."""
+    if not onnx_path.is_file():
+        return {}
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    record: dict[str, Any] = {
+        "opset": next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")),
+        "dynamic_shapes": target.dynamic_shapes,
+    }
+    if not target.dynamic_shapes:
+        record["input_size"] = target.input_size
+    if spec.recon is not None:
+        record["fft"] = target.fft
+    return record
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,8 @@ class Manifest:
         source: where the model came from (model name, checkpoint sha256, teacher, recipe).
         verification: the figures of the check against PyTorch that admitted it.
         versions: torch, onnx and runtime versions that made it.
+        graph: how the graph was exported: ONNX ``opset``, ``dynamic_shapes``, the fixed ``input_size``,
+            recon models' ``fft`` form (``matmul`` or ``dft``); empty for a torch artifact.
         edgesr_version: the edgesr that wrote it.
         created: UTC time of writing, ISO 8601.
     """
@@ -63,6 +65,7 @@ class Manifest:
     source: Mapping[str, Any] = field(default_factory=dict)
     verification: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
+    graph: Mapping[str, Any] = field(default_factory=dict)
     edgesr_version: str = __version__
     created: str = ""
 
@@ -78,6 +81,7 @@ class Manifest:
             "source": dict(self.source),
             "verification": dict(self.verification),
             "versions": dict(self.versions),
+            "graph": dict(self.graph),
             "edgesr_version": self.edgesr_version,
             "created": self.created,
         }
@@ -94,6 +98,7 @@ def write_manifest(
     source: Mapping[str, Any] | None = None,
     verification: Mapping[str, Any] | None = None,
     versions: Mapping[str, str] | None = None,
+    graph: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Hashes every file under ``folder`` and writes ``manifest.json`` there (atomically), last.
 
@@ -130,6 +135,7 @@ def write_manifest(
         source=dict(source or {}),
         verification=dict(verification or {}),
         versions=dict(versions or {}),
+        graph=dict(graph or {}),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     write_json_atomic(folder / MANIFEST_FILE, manifest.to_dict())
@@ -178,7 +184,7 @@ def _parse(raw: Any, path: Path) -> Manifest:
         raise DataError(f"{path}: unknown runtime {raw['runtime']!r} or precision {raw['precision']!r}")
     if raw["entry"] not in files:
         raise DataError(f"{path}: entry {raw['entry']!r} is not among the listed files")
-    for key in ("source", "verification", "versions"):
+    for key in ("source", "verification", "versions", "graph"):
         if not isinstance(raw.get(key, {}), dict):
             raise DataError(f"{path}: corrupt manifest, {key!r} must be a JSON object")
     return Manifest(
@@ -191,6 +197,7 @@ def _parse(raw: Any, path: Path) -> Manifest:
         source=raw.get("source", {}),
         verification=raw.get("verification", {}),
         versions=raw.get("versions", {}),
+        graph=raw.get("graph", {}),
         edgesr_version=str(raw.get("edgesr_version", "")),
         created=str(raw.get("created", "")),
     )

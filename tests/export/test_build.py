@@ -44,6 +44,8 @@ def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset
     # The artifact, opened from its folder, gives the torch module's output on a new odd-sized input.
     predictor, manifest = open_artifact(out / "fp32")
     assert manifest.precision == "fp32" and manifest.spec.sr is not None and manifest.spec.sr.scale == 2
+    assert manifest.graph["opset"] >= 17 and manifest.graph["dynamic_shapes"] is True
+    assert "fft" not in manifest.graph  # an SR model has none
     from edgesr.train.checkpoint import load_for_inference
 
     model, _, _ = load_for_inference(tiny_checkpoint)

@@ -2,11 +2,13 @@
 (f32), compare to torch.
 
 One tiny preset per family (derived from ``list_models()``), odd sizes, non-trivial random weights, and
-other batch sizes and odd sizes from the same file to prove the dynamic axes. Errors measured on 2 CPU
-cores with onnxruntime 1.32 (max-abs error / max |torch output|, at 37x31 and 29x43): rdn_tiny and
-srgan_tiny 2-5e-7; deepcomplex_tiny and modl_tiny 0.8-1.4e-5, from ONNX Runtime's DFT, which is far less
-exact at non-power-of-two sizes (~1e-6 at 32x32; ~1e-4 of the scale for one FFT at 320x320, where
-torch's float32 FFT stays ~2e-7). The tolerance, 1e-4 of the output's scale, leaves a 7x margin here.
+other batch sizes and odd sizes from the same file to prove the dynamic axes. The recon models' FFTs are
+exported in the default form, matrix products built for each input size (the DFT op form is checked
+against it in test_fixed_shapes). Errors measured on 2 CPU cores with onnxruntime 1.32 and the DFT op
+(max-abs error / max |torch output|, at 37x31 and 29x43): rdn_tiny and srgan_tiny 2-5e-7;
+deepcomplex_tiny and modl_tiny 0.8-1.4e-5, from ONNX Runtime's DFT, which is far less exact at
+non-power-of-two sizes (~1e-4 of the scale for one FFT at 320x320, where torch's float32 FFT stays
+~2e-7). The tolerance, 1e-4 of the output's scale, leaves a 7x margin even there.
 """
 
 from __future__ import annotations
