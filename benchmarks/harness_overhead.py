@@ -10,6 +10,8 @@ For one exported artifact (``edgesr export``), alternating in fresh processes ``
   artifact's precision hint) or an ``onnxruntime.InferenceSession``, then a plain loop of
   ``perf_counter`` around ``infer`` on the same input, with the same warm-up and run counts.
 
+Both are pinned to the same first ``--threads`` CPU cores, as a device profile pins its worker.
+
 Printed: each p50, the harness/bare ratio (target: within 5%), and the spread of the harness's own
 p50s across repeats (repeatability target: within 5%). Run it on an idle machine; the load average is
 printed beside the figures.
@@ -28,9 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 BARE = r"""
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 request = json.loads(sys.argv[1])
+if request["cores"]:
+    os.sched_setaffinity(0, request["cores"])  # pinned as the harness pins its worker
 from edgesr.bench.timing import latency_inputs
 from edgesr.export.manifest import read_manifest
 from pathlib import Path
@@ -84,10 +88,12 @@ def main() -> int:
     args = parser.parse_args()
     timing = {"warmup_runs": 1, "warmup_seconds": 0.2, "min_runs": args.runs, "min_seconds": 0.0,
               "max_runs": args.runs}  # fmt: skip
+    cores = sorted(os.sched_getaffinity(0))[: args.threads]  # as a device profile pins (pin: true)
     harness_request = {"artifact": str(args.artifact), "threads": args.threads, "size": args.size,
-                       "timing": timing, "device": "cpu"}  # fmt: skip
+                       "timing": timing, "device": "cpu", "cores": cores}  # fmt: skip
     bare_request = {
-        "artifact": str(args.artifact), "threads": args.threads, "size": args.size, "runs": args.runs
+        "artifact": str(args.artifact), "threads": args.threads, "size": args.size, "runs": args.runs,
+        "cores": cores,
     }  # fmt: skip
     harness, bare = [], []
     for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both alike

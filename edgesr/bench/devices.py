@@ -9,6 +9,7 @@ that is not present is never measured: :func:`check_present` refuses the run wit
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class DeviceProfile:
     kind: str = opt("cpu", f"where the model runs: {', '.join(KINDS)}")
     runtime: str = opt("torch", f"what runs it: {', '.join(RUNTIMES)}")
     threads: int = opt(2, "CPU threads the runtime may use (0: its default); recorded with the figures")
+    pin: bool = opt(
+        True,
+        "pin the timed process to `threads` CPU cores (the first it may use, or `cores`); recorded",
+    )
+    cores: list[int] = opt([], "pin: the CPU cores to use (default: the first `threads` allowed ones)")
     precision: str = opt(
         "fp32", "torch runs: fp32, bf16 or fp16 (autocast, CUDA); an artifact runs at its own precision"
     )
@@ -43,6 +49,8 @@ class DeviceProfile:
         check_choice("memory", self.memory, MEMORY_PROBES)
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_range("threads", self.threads, low=0)
+        if self.cores and len(self.cores) != self.threads:
+            raise ConfigError(f"cores lists {len(self.cores)} cores for threads={self.threads}")
         check_range("size", self.size, low=16)
         check_range("throughput_batch", self.throughput_batch, low=1)
         check_range("quality_slices", self.quality_slices, low=0)
@@ -53,6 +61,32 @@ class DeviceProfile:
             )
         if self.kind == "cpu" and self.runtime == "tensorrt":
             raise ConfigError("runtime=tensorrt needs kind=cuda or kind=jetson")
+
+
+def pinned_cores(profile: DeviceProfile) -> list[int]:
+    """The CPU cores a timed process is pinned to: the profile's ``cores``, else the first ``threads``
+    cores this process may use; ``[]`` when the profile does not pin (``pin: false`` or ``threads: 0``).
+
+    Pinning keeps the runtime's threads from migrating between cores during the timed runs (and off
+    the cores other work was given), as the field's benchmarks do (MLPerf, OpenVINO's benchmark_app).
+
+    Raises:
+        ConfigError: ``cores`` names a core this process may not use, or there are fewer usable cores
+            than ``threads``.
+    """
+    if not profile.pin or profile.threads == 0:
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
+    if profile.cores:
+        outside = sorted(set(profile.cores) - set(allowed))
+        if outside:
+            raise ConfigError(f"cores {outside} are not usable here (allowed: {allowed})")
+        return sorted(profile.cores)
+    if len(allowed) < profile.threads:
+        raise ConfigError(
+            f"threads={profile.threads} but only {len(allowed)} cores are usable here: {allowed}"
+        )
+    return allowed[: profile.threads]
 
 
 def list_devices() -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from edgesr._io import write_json_atomic
-from edgesr.bench.devices import DeviceProfile, check_present
+from edgesr.bench.devices import DeviceProfile, check_present, pinned_cores
 from edgesr.bench.tegrastats import TegrastatsSampler
 from edgesr.bench.timing import machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
@@ -105,6 +105,7 @@ def bench(
     request: dict[str, Any] = {
         "threads": profile.threads, "size": profile.size, "batch": profile.throughput_batch,
         "timing": dataclasses.asdict(profile.timing), "device": device, "runtime": subject.runtime,
+        "cores": pinned_cores(profile),
     }  # fmt: skip
 
     # The teacher in torch FP32, timed by the same rules, is the reference of every ratio: for a
@@ -200,6 +201,7 @@ def _run_row(
         "process_peak_mb": timed.get("process_peak_mb"),
         "size_mb": round(size_mb, 2),
         "threads": timed.get("threads"),
+        "cpu_affinity": timed.get("cpu_affinity"),
         "runtime_version": timed.get("runtime_version"),
         **{
             k: timed[k]

@@ -21,13 +21,15 @@ The device harness (``edgesr bench``) sends a request of the same form with more
 (an export folder, checked against its manifest, instead of ``model``), ``timing`` (the
 :class:`~edgesr.bench.harness.TimingSettings` of a device profile, instead of warmup/repeats),
 ``batch`` (also time an offline run of that many images per call), ``device`` ("cpu" or "cuda") and
-``memory`` ("rss" or "cuda"). Its answer adds ``throughput`` and, on CUDA, the GPU's name and its
-allocator and NVML peaks.
+``memory`` ("rss" or "cuda"), and ``cores`` (CPU cores to pin this process to, before any runtime
+starts its threads). Its answer adds ``throughput``, ``cpu_affinity`` (the cores it ran on) and, on
+CUDA, the GPU's name and its allocator and NVML peaks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +122,12 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
     threads = int(request.get("threads", 0))
     device = request.get("device", "cpu")
     settings = TimingSettings(**request.get("timing", {}))
-    before = _status_mb("VmRSS")
     answer: dict[str, Any] = {}
+    if request.get("cores"):
+        # Before any runtime starts its thread pool: the pools size and place themselves by this mask.
+        os.sched_setaffinity(0, [int(core) for core in request["cores"]])
+    answer["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+    before = _status_mb("VmRSS")
     if "artifact" in request:
         from edgesr.export.artifact import open_artifact
         from edgesr.export.onnxruntime import executed_precision

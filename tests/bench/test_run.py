@@ -4,6 +4,7 @@ throughput, peak memory) and scored in the same run; devices that are not here a
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -27,6 +28,8 @@ def test_bench_times_an_artifact_beside_its_source_and_scores_it_in_the_same_run
     assert run["runtime"] == "onnxruntime" and run["executed_precision"] == "fp32" and run["size_mb"] > 0
     assert run["latency_ms"]["runs"] >= 3 and run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
     assert run["throughput_ips"] > 0 and run["throughput_batch"] == 4 and run["peak_memory_mb"] >= 0
+    first_core = sorted(os.sched_getaffinity(0))[0]
+    assert run["threads"] == 1 and run["cpu_affinity"] == [first_core]  # pinned to threads=1 core
     assert {b["name"] for b in result["baselines"]} == {"bicubic", "zero-fill"} and run["psnr"] > 0
     assert set(result["dataset"]["input_sha256"]) == {"fake-mr"} and result["machine"]["cpu"]
 
@@ -81,3 +84,20 @@ def test_a_fixed_shape_artifact_is_timed_at_its_own_size(tmp_path):
     assert predictor(inputs).shape == (1, 1, 40, 48)
     dynamic = OnnxRuntimePredictor(export_onnx(model, spec, fixed, tmp_path / "d.onnx"))
     assert tuple(artifact_inputs(spec, dynamic, size=64)["base"].shape) == (1, 1, 64, 64)
+
+
+def test_pinning_takes_the_first_usable_cores_or_the_listed_ones():
+    from edgesr.bench.devices import load_device, pinned_cores
+    from edgesr.errors import ConfigError
+
+    allowed = sorted(os.sched_getaffinity(0))
+    assert pinned_cores(load_device("cpu-openvino", ["threads=1"])) == allowed[:1]
+    assert pinned_cores(load_device("cpu-openvino", ["threads=1", "pin=false"])) == []
+    assert pinned_cores(load_device("cpu-openvino", ["threads=0"])) == []  # the runtime's own default
+    assert pinned_cores(load_device("cpu-openvino", ["threads=1", f"cores=[{allowed[-1]}]"])) == allowed[-1:]
+    with pytest.raises(ConfigError, match="cores lists 2 cores for threads=1"):
+        load_device("cpu-openvino", ["threads=1", "cores=[0,1]"])
+    with pytest.raises(ConfigError, match="not usable here"):
+        pinned_cores(load_device("cpu-openvino", ["threads=1", "cores=[4096]"]))
+    with pytest.raises(ConfigError, match="cores are usable here"):
+        pinned_cores(load_device("cpu-openvino", [f"threads={len(allowed) + 1}"]))
