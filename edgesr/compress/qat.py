@@ -66,8 +66,10 @@ def kept_modules(model: nn.Module, onnx_graph: Any, kept_nodes: Sequence[str]) -
     innermost one that is a ``Conv2d`` of ``model`` is the node's layer.
     """
     from edgesr.compress.quantize import module_path
+    from edgesr.models.deepcomplex import ComplexConv2d
 
-    convs = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    # A complex conv is one ONNX Conv traced in the ComplexConv2d itself (its weight is computed).
+    convs = {name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, ComplexConv2d))}
     wanted = set(kept_nodes)
     found: set[str] = set()
     for node in onnx_graph.graph.node:
@@ -110,6 +112,13 @@ def quantize_torch(
     import nncf
     from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
 
+    from edgesr.models.deepcomplex import ComplexConv2d
+
+    if any(isinstance(module, ComplexConv2d) for module in model.modules()):
+        raise QatUnavailable(
+            "DeepcomplexMRI's complex convolutions run as one convolution whose weight is computed from "
+            "the real and imaginary kernels; NNCF fake-quantizes only convolutions with a weight tensor"
+        )
     nncf.set_log_level(logging.WARNING)
     model = copy.deepcopy(model).cpu().eval()
     example = calibration[0]

@@ -46,7 +46,7 @@ from edgesr.evaluate import score_predictor
 from edgesr.export.artifact import runtime_predictor
 from edgesr.export.manifest import write_manifest
 from edgesr.export.targets import ExportTarget
-from edgesr.export.verify import check_parity, check_quality, compare_outputs, quality
+from edgesr.export.verify import VerificationError, check_parity, check_quality, compare_outputs, quality
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.spec import ModelSpec
 
@@ -131,9 +131,10 @@ def export_model(
             with console.status(f"exporting {source.get('model', 'the model')} to ONNX (dynamo exporter)"):
                 from edgesr.export.onnx import export_onnx
 
-                export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=target.fft)
+                fft = fft_form(target, model)
+                export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=fft)
         onnx_seconds = time.perf_counter() - started
-        graph_record = _graph_record(target, spec, onnx_path)
+        graph_record = _graph_record(target, spec, onnx_path, fft_form(target, model))
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         if "int8" in target.precisions and target.runtime != "torch":
@@ -167,10 +168,15 @@ def export_model(
                         plan if precision == "int8" else None,
                     )
             with console.status(f"verifying the {label} artifact against PyTorch"):
-                verification = _verify(
-                    target, precision, spec, reference, folder / built.entry, built.verify_runtime,
-                    dataset, inputs, checks, threads=threads, label=label,
-                )  # fmt: skip
+                try:
+                    verification = _verify(
+                        target, precision, spec, reference, folder / built.entry, built.verify_runtime,
+                        dataset, inputs, checks, threads=threads, label=label,
+                    )  # fmt: skip
+                except VerificationError as exc:
+                    others = [p for p in target.precisions if p != precision]
+                    hint = f" (to export the others: precisions=[{','.join(others)}])" if others else ""
+                    raise VerificationError(f"{exc}{hint}") from None
             if built.engine is not None:
                 verification["engine"] = built.engine
             if fixed_shape is not None:
@@ -209,8 +215,23 @@ def export_model(
     return summary
 
 
-def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path) -> dict[str, Any]:
-    """How the ONNX graph was made, for the manifest (empty for a torch artifact: no graph)."""
+def fft_form(target: ExportTarget, model: nn.Module) -> str:
+    """The FFT form the export writes: the target's, except for a model with solver loops (MoDL) in
+    OpenVINO at a precision below FP32, which gets the DFT op.
+
+    OpenVINO runs a ``Loop`` body at the compiled precision and ignores the FP32 marks inside it, so
+    MoDL's CG steps would run the DFT matrix products in BF16: `modl-r4` lost 4.2 dB that way, and 0.001 dB
+    with the DFT op, which OpenVINO computes in FP32 (measured). FP32 alone keeps the faster products.
+    """
+    loops = any(getattr(module, "exports_solver_loops", False) for module in model.modules())
+    if target.runtime == "openvino" and loops and set(target.precisions) - {"fp32"}:
+        return "dft"
+    return target.fft
+
+
+def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path, fft: str) -> dict[str, Any]:
+    """How the ONNX graph was exported, for the manifest (empty for a torch artifact: no graph); the
+    opset is the exported float graph's, which the INT8 files keep."""
     if not onnx_path.is_file():
         return {}
     import onnx
@@ -220,10 +241,13 @@ def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path) -> dic
         "opset": next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")),
         "dynamic_shapes": target.dynamic_shapes,
     }
-    if not target.dynamic_shapes:
-        record["input_size"] = target.input_size
+    if not target.dynamic_shapes:  # the traced sizes (recon: the test data's k-space size, not input_size)
+        record["input_shapes"] = {
+            value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+            for value in proto.graph.input
+        }
     if spec.recon is not None:
-        record["fft"] = target.fft
+        record["fft"] = fft
     return record
 
 

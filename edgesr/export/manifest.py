@@ -50,8 +50,8 @@ class Manifest:
         source: where the model came from (model name, checkpoint sha256, teacher, recipe).
         verification: the figures of the check against PyTorch that admitted it.
         versions: torch, onnx and runtime versions that made it.
-        graph: how the graph was exported: ONNX ``opset``, ``dynamic_shapes``, the fixed ``input_size``,
-            recon models' ``fft`` form (``matmul`` or ``dft``); empty for a torch artifact.
+        graph: how the graph was exported: ONNX ``opset``, ``dynamic_shapes``, a fixed-shape file's
+            ``input_shapes``, recon models' ``fft`` form (``matmul`` or ``dft``); empty for torch.
         edgesr_version: the edgesr that wrote it.
         created: UTC time of writing, ISO 8601.
     """

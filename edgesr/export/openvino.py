@@ -154,11 +154,6 @@ def read_onnx(path: str | Path) -> Any:
         return keep_dft_angles_float(openvino.Core().read_model(str(rewritten)))
 
 
-# OpenVINO's rt_info attribute that keeps a node out of BF16/FP16 (ov::disable_fp16_compression), as the
-# IR file spells it.
-_KEEP_FLOAT_ATTRIBUTE = '<rt_info><attribute name="precise" version="0" /></rt_info>'
-
-
 def keep_dft_angles_float(model: Any) -> Any:
     """``model`` with the float arithmetic that depends only on input *sizes* marked to run in FP32.
 
@@ -171,12 +166,13 @@ def keep_dft_angles_float(model: Any) -> Any:
     rt_info (``ov::disable_fp16_compression``), which the CPU plugin honours for BF16 as well; Python
     can read it but not create it, so it is written into the IR text and read back.
 
-    Limit (measured, OpenVINO 2026.4): marks inside a ``Loop`` body are not honoured, and MoDL, whose
-    unrolls and CG steps are loops, runs its CG in BF16 under a BF16 hint: `modl-r4`'s BF16 artifact
-    lost 4.2 dB and fails verification (marking every node, convolutions included, changed nothing).
+    Limit (measured, OpenVINO 2026.4): marks inside a ``Loop`` body are not honoured. MoDL, whose
+    unrolls and CG steps are loops, then ran its DFT products in BF16 and lost 4.2 dB (marking every
+    node, convolutions included, changed nothing), so its OpenVINO exports below FP32 use the DFT op
+    (:func:`edgesr.export.build.fft_form`; -0.001 dB).
     """
-    import re
     import tempfile
+    import xml.etree.ElementTree as ElementTree
 
     import openvino
 
@@ -186,22 +182,23 @@ def keep_dft_angles_float(model: Any) -> Any:
     with tempfile.TemporaryDirectory() as folder:
         xml_path = Path(folder) / "model.xml"
         openvino.save_model(model, str(xml_path), compress_to_fp16=False)
-        text = xml_path.read_text()
-        marked = 0
-
-        def mark(match: re.Match[str]) -> str:
-            nonlocal marked
-            if match.group(2) not in names:
-                return match.group(0)
-            marked += 1
-            return match.group(1) + _KEEP_FLOAT_ATTRIBUTE
-
-        # A layer's opening tag and its <data .../> (when it has one): rt_info goes right after them.
-        layer_start = r'(<layer id="\d+" name="([^"]+)" type="[^"]+" version="[^"]+">\s*(?:<data [^>]*/>)?)'
-        text = re.sub(layer_start, mark, text)
-        if marked == 0:  # the IR's text layout changed: fail loudly rather than run the angles in BF16
-            raise RuntimeError(f"could not mark {len(names)} DFT-matrix nodes in OpenVINO's IR text")
-        xml_path.write_text(text)
+        tree = ElementTree.parse(xml_path)
+        found: set[str] = set()
+        for layer in tree.iter("layer"):  # loop bodies' layers too (nested <body><layers>)
+            name = layer.get("name", "")
+            if name not in names:
+                continue
+            found.add(name)
+            info = layer.find("rt_info")
+            if info is None:  # OpenVINO reads a layer's first <rt_info> only: add to it, or make one
+                info = ElementTree.Element("rt_info")
+                after_data = 1 if layer.find("data") is not None else 0
+                layer.insert(after_data, info)
+            ElementTree.SubElement(info, "attribute", name="precise", version="0")
+        if found != names:  # the IR's layout changed: fail loudly rather than run the angles in BF16
+            missing = sorted(names - found)
+            raise RuntimeError(f"could not mark {len(missing)} DFT-matrix nodes in the IR: {missing[:5]}")
+        tree.write(xml_path, encoding="utf-8", xml_declaration=True)
         return openvino.Core().read_model(str(xml_path), str(xml_path.with_suffix(".bin")))
 
 

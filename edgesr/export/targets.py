@@ -2,8 +2,9 @@
 
 A profile says what a deployment target needs from an export: which runtime loads it, at which
 precisions, whether the input size may vary (ONNX Runtime, OpenVINO) or must be fixed (TensorRT engines
-built for one shape), how FFTs are written for recon models (the ONNX ``DFT`` op, or a DFT-as-matmul
-form for runtimes without it) and how strictly the export is verified against PyTorch. Unknown keys
+built for one shape), how FFTs are written for recon models (real matrix products, the default: faster
+on the CPU runtimes and the only form TensorRT before 11.2 reads; or the ONNX ``DFT`` op) and how
+strictly the export is verified against PyTorch. Unknown keys
 and bad values are errors that name the key, as for recipes.
 """
 

@@ -49,6 +49,9 @@ class MoDL(nn.Module):
     """
 
     task = "recon"
+    # Its unrolls and CG steps export as ONNX Loops (edgesr.physics.loops), whose bodies OpenVINO runs
+    # at the compiled precision whatever the nodes' marks: see edgesr.export.build.fft_form.
+    exports_solver_loops = True
 
     def __init__(
         self,

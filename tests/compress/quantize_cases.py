@@ -235,7 +235,7 @@ def test_a_recon_model_quantizes_its_convolutions_and_says_why_qat_has_no_onnx_f
     path = tmp_path / "recon.onnx"
     export_onnx(model, spec, {"masked_kspace": torch.rand(1, 8, 24, 20), "mask": torch.ones(1, 1, 1, 20),
                               "sens_maps": torch.rand(1, 8, 24, 20)}, path)  # fmt: skip
-    # The tiny network is all ends (each complex conv is four real ones): quantize every convolution.
+    # The tiny network is all ends: quantize every convolution (one ONNX Conv per complex conv).
     # A gate nothing meets (a random network can score higher in INT8), so that the remedy is tried.
     settings = QuantizeSettings(
         runtimes=("onnxruntime",), calibration_slices=2, max_psnr_drop_db=-1.0, max_ssim_drop=-1.0,
@@ -364,3 +364,12 @@ def test_a_quantized_teacher_stays_within_its_gate_on_real_slices(real_data_root
     int8 = score_predictor(spec, OpenVinoPredictor(artifact, threads=2), dataset, split="test", max_slices=2)
     reference = score_predictor(spec, TorchPredictor(model, spec), dataset, split="test", max_slices=2)
     assert reference["psnr"] - int8["psnr"] <= 0.5 and reference["ssim"] - int8["ssim"] <= 0.005
+
+
+def test_qat_says_it_cannot_quantize_complex_convolutions():
+    from edgesr.compress.qat import QatUnavailable
+
+    model = create_model("deepcomplex_tiny", coils=4).eval()
+    example = (torch.rand(1, 8, 12, 10), torch.ones(1, 1, 1, 10), torch.rand(1, 8, 12, 10))
+    with pytest.raises(QatUnavailable, match="complex convolutions"):
+        quantize_torch(model, [example], keep_fp=set())

@@ -16,6 +16,7 @@ from edgesr.errors import ConfigError
 from edgesr.export.artifact import open_artifact
 from edgesr.export.onnx import export_onnx
 from edgesr.export.onnxruntime import OnnxRuntimePredictor
+from edgesr.export.openvino import OpenVinoPredictor
 from edgesr.export.targets import load_target
 from edgesr.export.tensorrt import tensorrt_missing
 from edgesr.models import create_model
@@ -109,6 +110,9 @@ def test_dft_and_matmul_exports_agree(name, tmp_path):
         with torch.no_grad():
             expected = model(*[inputs[n] for n in spec.input_names])
         outputs = {form: OnnxRuntimePredictor(path, threads=1)(inputs) for form, path in paths.items()}
+        # OpenVINO too: the DFT op goes through edgesr's axis rewrite (MoDL's in its loop bodies).
+        for form, path in paths.items():
+            outputs[f"{form} in OpenVINO"] = OpenVinoPredictor(path, threads=1, precision="f32")(inputs)
         scale = float(expected.abs().max())
         for form, output in outputs.items():
             assert float((output - expected).abs().max()) <= 1e-4 * scale, (form, height, width)
@@ -143,6 +147,9 @@ def test_a_tensorrt_export_without_tensorrt_keeps_the_verified_onnx_and_says_why
         graph = onnx.load(str(out / precision / "model.onnx")).graph
         lr = next(i for i in graph.input if i.name == "lr")
         assert [d.dim_value for d in lr.type.tensor_type.shape.dim] == [1, 1, 20, 20]
+        manifest = json.loads((out / precision / "manifest.json").read_text())
+        assert manifest["graph"]["dynamic_shapes"] is False
+        assert manifest["graph"]["input_shapes"]["lr"] == [1, 1, 20, 20]
     # The FP16 engine is built from the FP32 graph: checked by parity. INT8 is a symmetric QDQ graph.
     assert summary["artifacts"]["fp16"]["verification"]["check"] == "parity"
     int8 = onnx.load(str(out / "int8" / "model.onnx")).graph

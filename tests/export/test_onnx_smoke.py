@@ -129,7 +129,8 @@ def test_onnx_export_matches_torch_at_two_sizes(name: str, tmp_path: Path) -> No
 
     predictor = OnnxRuntimePredictor(path, threads=1)
     assert predictor.input_names == spec.input_names
-    # OpenVINO at f32 from the same file: its reading of the DFT op needs edgesr's rewrite (recon).
+    # OpenVINO at f32 from the same file (recon: FFTs as matrix products; the DFT op's rewrite for
+    # OpenVINO is checked in test_fixed_shapes).
     openvino = OpenVinoPredictor(path, threads=1, precision="f32")
     for batch, height, width in [(2, 37, 31), (3, 29, 43)]:
         inputs = _inputs(name, spec, batch=batch, height=height, width=width, seed=3 + height)
