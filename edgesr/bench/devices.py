@@ -82,11 +82,19 @@ def pinned_cores(profile: DeviceProfile) -> list[int]:
         if outside:
             raise ConfigError(f"cores {outside} are not usable here (allowed: {allowed})")
         return sorted(profile.cores)
-    if len(allowed) < profile.threads:
-        raise ConfigError(
-            f"threads={profile.threads} but only {len(allowed)} cores are usable here: {allowed}"
-        )
-    return allowed[: profile.threads]
+    return first_cores(profile.threads)
+
+
+def first_cores(threads: int) -> list[int]:
+    """The first ``threads`` CPU cores this process may use (``[]`` for 0: no pinning).
+
+    Raises:
+        ConfigError: fewer usable cores than ``threads``.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < threads:
+        raise ConfigError(f"threads={threads} but only {len(allowed)} cores are usable here: {allowed}")
+    return allowed[:threads]
 
 
 def list_devices() -> list[str]:

@@ -11,11 +11,12 @@ The request (a JSON object)::
      "model": "<checkpoint folder (torch) or .onnx / .xml file>",
      "spec": {...ModelSpec.to_dict()...},       # the inputs' shapes come from it
      "precision": "fp32" | "default" | "bf16" | "fp16",   # what is asked of the runtime
-     "threads": 2, "size": 256, "warmup": 3, "repeats": 20}
+     "threads": 2, "size": 256, "warmup": 3, "repeats": 20,
+     "cores": [0, 1]}                            # optional: pin the process to these CPU cores
 
 The answer: ``latency_ms`` (p50/p90/p99/mean/min), ``executed_precision`` (what actually ran),
 ``peak_memory_mb`` (the process's peak resident memory above what it held before loading the model),
-``process_peak_mb``, ``threads`` and ``runtime_version``.
+``process_peak_mb``, ``threads``, ``cpu_affinity`` (the cores it ran on) and ``runtime_version``.
 
 The device harness (``edgesr bench``) sends a request of the same form with more keys: ``artifact``
 (an export folder, checked against its manifest, instead of ``model``), ``timing`` (the
@@ -60,10 +61,21 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
+def _pin(request: dict[str, Any]) -> list[int]:
+    """Pins this process to the request's ``cores`` (if any); returns the cores it may run on.
+
+    Done before any runtime starts its thread pool: the pools size and place themselves by this mask.
+    """
+    if request.get("cores"):
+        os.sched_setaffinity(0, [int(core) for core in request["cores"]])
+    return sorted(os.sched_getaffinity(0))
+
+
 def measure(request: dict[str, Any]) -> dict[str, Any]:
     """Loads the request's model in this process and times it (see the module docstring)."""
     if "artifact" in request or "timing" in request:
         return measure_on_device(request)
+    affinity = _pin(request)
     runtime, precision = request["runtime"], request.get("precision", "fp32")
     threads = int(request.get("threads", 0))
     spec = ModelSpec.from_dict(request["spec"])
@@ -82,6 +94,7 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_mb": round(peak - before, 1),
         "process_peak_mb": round(peak, 1),
         "threads": threads if threads > 0 else torch.get_num_threads(),
+        "cpu_affinity": affinity,
         "runtime_version": version,
     }
 
@@ -122,11 +135,7 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
     threads = int(request.get("threads", 0))
     device = request.get("device", "cpu")
     settings = TimingSettings(**request.get("timing", {}))
-    answer: dict[str, Any] = {}
-    if request.get("cores"):
-        # Before any runtime starts its thread pool: the pools size and place themselves by this mask.
-        os.sched_setaffinity(0, [int(core) for core in request["cores"]])
-    answer["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+    answer: dict[str, Any] = {"cpu_affinity": _pin(request)}
     before = _status_mb("VmRSS")
     if "artifact" in request:
         from edgesr.export.artifact import open_artifact

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from edgesr.bench.devices import first_cores
 from edgesr.bench.timing import latency_inputs, machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
 from edgesr.compress.prune import count_macs_params
@@ -134,7 +135,7 @@ def build_report(
             request = {
                 "runtime": runtime, "model": model_ref, "spec": candidate.spec.to_dict(),
                 "precision": precision, "threads": recipe.threads, "size": recipe.latency_size,
-                "repeats": recipe.latency_repeats,
+                "repeats": recipe.latency_repeats, "cores": first_cores(recipe.threads),
             }  # fmt: skip
             with console.status(f"timing {label} in its own process"):
                 timing = measure_isolated(request)

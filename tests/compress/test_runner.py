@@ -53,6 +53,7 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     for run in report["runs"]:
         assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys()
         assert run["runtime"] == "torch" and run["executed_precision"] == "fp32"
+        assert len(run["cpu_affinity"]) == run["threads"]  # timed pinned to `threads` cores
         assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
     assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
     # Figures per source volume too (a template would be listed apart and never be the headline).
