@@ -37,17 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BARE = r"""
-import json, os, sys, time
-import numpy as np
-request = json.loads(sys.argv[1])
-if request["cores"]:
-    os.sched_setaffinity(0, request["cores"])  # pinned as the harness pins its worker
-from edgesr.bench.timing import latency_inputs
-from edgesr.export.manifest import read_manifest
-from pathlib import Path
-manifest = read_manifest(Path(request["artifact"]), verify=False)
-feeds = {k: v.numpy() for k, v in latency_inputs(manifest.spec, request["size"]).items()}
+# The bare runtime on the artifact's file, as its documentation shows it: defines ``bare()`` from the
+# ``request``, ``manifest`` and ``feeds`` the script before it set up. Shared by both scripts below.
+_BARE_RUNTIME = r"""
 path = str(Path(request["artifact"]) / manifest.entry)
 if manifest.runtime == "openvino":
     import openvino
@@ -56,56 +48,60 @@ if manifest.runtime == "openvino":
     hint = precision_hint(manifest.precision)
     if hint != "default":
         config["INFERENCE_PRECISION_HINT"] = hint
-    compiled = openvino.Core().compile_model(path, "CPU", config)
-    infer_request = compiled.create_infer_request()
-    run = lambda: infer_request.infer(feeds)
-else:
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = request["threads"]
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    run = lambda: session.run(None, feeds)
-warm = time.perf_counter()
-while True:
-    run()
-    if time.perf_counter() - warm >= 0.2:
-        break
-samples = []
-for _ in range(request["runs"]):
-    started = time.perf_counter()
-    run()
-    samples.append((time.perf_counter() - started) * 1000.0)
-print(json.dumps({"p50": float(np.percentile(samples, 50))}))
-"""
-
-INTERLEAVED = r"""
-import json, os, sys, time
-import numpy as np
-request = json.loads(sys.argv[1])
-if request["cores"]:
-    os.sched_setaffinity(0, request["cores"])
-from pathlib import Path
-from edgesr.bench.timing import artifact_inputs
-from edgesr.export.artifact import open_artifact
-predictor, manifest = open_artifact(request["artifact"], threads=request["threads"])
-inputs = artifact_inputs(manifest.spec, predictor, request["size"])
-feeds = {k: v.numpy() for k, v in inputs.items()}
-path = str(Path(request["artifact"]) / manifest.entry)
-if manifest.runtime == "openvino":
-    import openvino
-    from edgesr.export.openvino import precision_hint
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": request["threads"]}
-    hint = precision_hint(manifest.precision)
-    if hint != "default":
-        config["INFERENCE_PRECISION_HINT"] = hint
-    bare_request = openvino.Core().compile_model(path, "CPU", config).create_infer_request()
-    bare = lambda: bare_request.infer(feeds)
+    infer_request = openvino.Core().compile_model(path, "CPU", config).create_infer_request()
+    bare = lambda: infer_request.infer(feeds)
 else:
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = request["threads"]
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     bare = lambda: session.run(None, feeds)
+"""
+
+_PINNED = r"""
+import json, os, sys, time
+from pathlib import Path
+import numpy as np
+request = json.loads(sys.argv[1])
+if request["cores"]:
+    os.sched_setaffinity(0, request["cores"])  # pinned as the harness pins its worker
+"""
+
+BARE = (
+    _PINNED
+    + r"""
+from edgesr.bench.timing import latency_inputs
+from edgesr.export.manifest import read_manifest
+manifest = read_manifest(Path(request["artifact"]), verify=False)
+feeds = {k: v.numpy() for k, v in latency_inputs(manifest.spec, request["size"]).items()}
+"""
+    + _BARE_RUNTIME
+    + r"""
+warm = time.perf_counter()
+while True:
+    bare()
+    if time.perf_counter() - warm >= 0.2:
+        break
+samples = []
+for _ in range(request["runs"]):
+    started = time.perf_counter()
+    bare()
+    samples.append((time.perf_counter() - started) * 1000.0)
+print(json.dumps({"p50": float(np.percentile(samples, 50))}))
+"""
+)
+
+INTERLEAVED = (
+    _PINNED
+    + r"""
+from edgesr.bench.timing import artifact_inputs
+from edgesr.export.artifact import open_artifact
+predictor, manifest = open_artifact(request["artifact"], threads=request["threads"])
+inputs = artifact_inputs(manifest.spec, predictor, request["size"])
+feeds = {k: v.numpy() for k, v in inputs.items()}
+"""
+    + _BARE_RUNTIME
+    + r"""
 for _ in range(5):
     predictor(inputs), bare()
 harness_ms, bare_ms = [], []
@@ -118,6 +114,7 @@ for _ in range(request["runs"]):
     harness_ms.append((middle - started) * 1000.0)
 print(json.dumps({"harness_p50": float(np.median(harness_ms)), "bare_p50": float(np.median(bare_ms))}))
 """
+)
 
 
 def _json_line(command: list[str]) -> dict:
