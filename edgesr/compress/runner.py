@@ -292,6 +292,7 @@ def _quantize_stage(
     earlier ones), its ONNX export, the INT8 files and ``quantization.json`` (every attempt).
     """
     from edgesr.compress.quantize import QatPlan, QuantizeSettings, Scope, quantize
+    from edgesr.export.build import has_solver_loops
     from edgesr.export.onnx import export_onnx
 
     started = time.perf_counter()
@@ -301,8 +302,10 @@ def _quantize_stage(
         spec=previous.spec, step=0, config={"recipe": _plain(recipe), "stage": index},
     )  # fmt: skip
     onnx_path = folder / "model.onnx"
+    # As edgesr.export.build.fft_form: OpenVINO runs a solver loop's DFT products in BF16 otherwise.
+    fft = "dft" if has_solver_loops(previous.model) and "openvino" in stage.runtimes else "matmul"
     with console.status("exporting the float model to ONNX"):
-        export_onnx(previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path)
+        export_onnx(previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path, fft=fft)
     settings = QuantizeSettings(
         runtimes=tuple(stage.runtimes),
         calibration_slices=stage.calibration_slices,

@@ -223,10 +223,14 @@ def fft_form(target: ExportTarget, model: nn.Module) -> str:
     MoDL's CG steps would run the DFT matrix products in BF16: `modl-r4` lost 4.2 dB that way, and 0.001 dB
     with the DFT op, which OpenVINO computes in FP32 (measured). FP32 alone keeps the faster products.
     """
-    loops = any(getattr(module, "exports_solver_loops", False) for module in model.modules())
-    if target.runtime == "openvino" and loops and set(target.precisions) - {"fp32"}:
+    if target.runtime == "openvino" and has_solver_loops(model) and set(target.precisions) - {"fp32"}:
         return "dft"
     return target.fft
+
+
+def has_solver_loops(model: nn.Module) -> bool:
+    """Whether ``model`` exports ONNX Loops around its FFTs (MoDL's unrolls and CG steps)."""
+    return any(getattr(module, "exports_solver_loops", False) for module in model.modules())
 
 
 def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path, fft: str) -> dict[str, Any]:

@@ -235,10 +235,12 @@ def test_a_gpu_torch_export_is_the_checkpoints_weights_verified_at_half_precisio
 def test_solver_loops_take_the_dft_op_in_openvino_below_fp32():
     """OpenVINO runs Loop bodies at the compiled precision: MoDL's CG must not do its DFT products in
     BF16 (measured: -4.2 dB), so its OpenVINO BF16/INT8 exports write the DFT op, computed in FP32."""
-    from edgesr.export.build import fft_form
+    from edgesr.export.build import fft_form, has_solver_loops
     from edgesr.models import create_model
 
     modl, deepcomplex = create_model("modl_tiny"), create_model("deepcomplex_tiny")
+    assert has_solver_loops(modl) and not has_solver_loops(deepcomplex)
+    assert not has_solver_loops(create_model("rdn_tiny"))
     assert fft_form(load_target("cpu-openvino"), modl) == "dft"
     assert fft_form(load_target("cpu-openvino", ["precisions=[fp32]"]), modl) == "matmul"
     assert fft_form(load_target("cpu-onnxruntime"), modl) == "matmul"
