@@ -56,7 +56,7 @@ def build_report(
     recipe: Recipe, chain: list[Candidate], dataset: PreparedDataset, *, out: Path, console: Console
 ) -> dict[str, Any]:
     """Scores and times every model of ``chain`` (teacher first); see the module docstring."""
-    from edgesr.export.build import has_solver_loops
+    from edgesr.export.build import fft_for
     from edgesr.export.onnx import export_onnx
 
     teacher, final = chain[0], chain[-1]
@@ -97,10 +97,9 @@ def build_report(
             # Named by the weights it was exported from: a stage re-run since gets a new file.
             path = out / "runs" / f"{candidate.name}-{weights_sha256(candidate.folder)[:12]}.onnx"
             if not path.is_file():
-                # OpenVINO's default here is BF16, which a solver loop's DFT products cannot take
-                # (edgesr.export.build.fft_form): such models get the DFT op when OpenVINO is timed.
-                loops = has_solver_loops(candidate.model) and "openvino" in recipe.report_runtimes
-                fft = "dft" if loops else "matmul"
+                # OpenVINO is timed at its default (BF16 here) too: see edgesr.export.build.fft_form.
+                fft = fft_for(candidate.model, runtimes=recipe.report_runtimes, precisions=["default"],
+                              default="matmul")  # fmt: skip
                 with console.status(f"exporting {candidate.name} to ONNX"):
                     export_onnx(
                         candidate.model, candidate.spec, latency_inputs(candidate.spec, 64), path, fft=fft

@@ -292,7 +292,7 @@ def _quantize_stage(
     earlier ones), its ONNX export, the INT8 files and ``quantization.json`` (every attempt).
     """
     from edgesr.compress.quantize import QatPlan, QuantizeSettings, Scope, quantize
-    from edgesr.export.build import has_solver_loops
+    from edgesr.export.build import fft_for
     from edgesr.export.onnx import export_onnx
 
     started = time.perf_counter()
@@ -302,8 +302,8 @@ def _quantize_stage(
         spec=previous.spec, step=0, config={"recipe": _plain(recipe), "stage": index},
     )  # fmt: skip
     onnx_path = folder / "model.onnx"
-    # As edgesr.export.build.fft_form: OpenVINO runs a solver loop's DFT products in BF16 otherwise.
-    fft = "dft" if has_solver_loops(previous.model) and "openvino" in stage.runtimes else "matmul"
+    # INT8 runs its float layers at OpenVINO's default (BF16 here): see edgesr.export.build.fft_form.
+    fft = fft_for(previous.model, runtimes=stage.runtimes, precisions=["int8"], default="matmul")
     with console.status("exporting the float model to ONNX"):
         export_onnx(previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path, fft=fft)
     settings = QuantizeSettings(

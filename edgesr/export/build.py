@@ -127,14 +127,14 @@ def export_model(
                 fixed_shape = _fixed_shape_cost(target, spec, model, reference, dataset)
         started = time.perf_counter()
         onnx_path = work / "model.onnx"
+        fft = fft_form(target, model)
         if target.runtime != "torch":  # a torch artifact is the checkpoint's weights: no graph to export
             with console.status(f"exporting {source.get('model', 'the model')} to ONNX (dynamo exporter)"):
                 from edgesr.export.onnx import export_onnx
 
-                fft = fft_form(target, model)
                 export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=fft)
         onnx_seconds = time.perf_counter() - started
-        graph_record = _graph_record(target, spec, onnx_path, fft_form(target, model))
+        graph_record = _graph_record(target, spec, onnx_path, fft)
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         if "int8" in target.precisions and target.runtime != "torch":
@@ -223,9 +223,16 @@ def fft_form(target: ExportTarget, model: nn.Module) -> str:
     MoDL's CG steps would run the DFT matrix products in BF16: `modl-r4` lost 4.2 dB that way, and 0.001 dB
     with the DFT op, which OpenVINO computes in FP32 (measured). FP32 alone keeps the faster products.
     """
-    if target.runtime == "openvino" and has_solver_loops(model) and set(target.precisions) - {"fp32"}:
+    return fft_for(model, runtimes=[target.runtime], precisions=target.precisions, default=target.fft)
+
+
+def fft_for(model: nn.Module, *, runtimes: Sequence[str], precisions: Sequence[str], default: str) -> str:
+    """:func:`fft_form` for a file that several runtimes and precisions share (compress reports and
+    quantize stages, where OpenVINO runs at its BF16 default): ``"dft"`` for a model with solver loops
+    when OpenVINO may run it below FP32, else ``default``."""
+    if "openvino" in runtimes and has_solver_loops(model) and set(precisions) - {"fp32"}:
         return "dft"
-    return target.fft
+    return default
 
 
 def has_solver_loops(model: nn.Module) -> bool:
