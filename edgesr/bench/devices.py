@@ -24,6 +24,26 @@ MEMORY_PROBES = ("rss", "cuda", "tegrastats")
 
 
 @dataclass(frozen=True)
+class PeakFigures:
+    """A device's published peak rates, for roofline estimates (``edgesr bench ... estimate=true``)."""
+
+    fp32_gmacs: float = opt(0.0, "peak FP32 multiply-accumulates per second, in billions (vector units)")
+    fp16_gmacs: float = opt(0.0, "peak FP16 MACs per second, in billions (dense tensor cores)")
+    bf16_gmacs: float = opt(0.0, "peak BF16 MACs per second, in billions")
+    int8_gmacs: float = opt(0.0, "peak INT8 MACs per second, in billions (dense)")
+    memory_gb_s: float = opt(0.0, "peak memory bandwidth, GB/s")
+    source: str = opt(
+        "",
+        "where the figures come from (a datasheet); 'this-cpu': derived from this machine's CPU (its "
+        "instruction set, clock and the profile's threads) and a memory copy measured here",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("fp32_gmacs", "fp16_gmacs", "bf16_gmacs", "int8_gmacs", "memory_gb_s"):
+            check_range(f"peak.{name}", getattr(self, name), low=0.0)
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     description: str = opt("", "what the device is")
     kind: str = opt("cpu", f"where the model runs: {', '.join(KINDS)}")
@@ -42,6 +62,7 @@ class DeviceProfile:
     memory: str = opt("rss", f"peak memory probe: {', '.join(MEMORY_PROBES)}")
     quality_slices: int = opt(4, "test slices per volume scored for PSNR/SSIM in the same run (0: none)")
     timing: TimingSettings = opt(TimingSettings(), "warm-up and timed runs")
+    peak: PeakFigures = opt(PeakFigures(), "published peak figures, for estimate=true (never a measurement)")
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, KINDS)
@@ -137,4 +158,4 @@ def check_present(profile: DeviceProfile, name: str) -> None:
         ) from None
 
 
-__all__ = ["DEVICES_DIR", "DeviceProfile", "check_present", "list_devices", "load_device"]
+__all__ = ["DEVICES_DIR", "DeviceProfile", "PeakFigures", "check_present", "list_devices", "load_device"]

@@ -4,12 +4,18 @@ Times a model or an exported artifact on a device profile in ``devices/`` (laten
 throughput, peak memory), next to its teacher in torch FP32 when that is known, and scores it on the
 test split in the same run; writes ``bench.json`` (the compress report's ``runs`` schema). Every other
 ``key=value`` overrides the profile (``threads=1``, ``timing.min_runs=50``). See :mod:`edgesr.bench.run`.
+
+``estimate=true`` measures nothing: it gives a roofline lower bound of an artifact's latency on the
+profile's device from its published peaks (for a device that is not here), labelled ``estimated``
+everywhere, with the estimator's error as measured on the devices that are here; it writes
+``estimate.json``. See :mod:`edgesr.bench.roofline`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +26,8 @@ from edgesr.data.dataset import open_or_prepare
 from edgesr.errors import ConfigError
 from edgesr.teachers import list_shipped
 
+ESTIMATE_FILE = "estimate.json"
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -29,6 +37,9 @@ class BenchConfig:
     device: str = opt("cpu-torch", "a device profile in devices/ (by name) or a YAML file")
     out: str = opt("", "output folder for bench.json (default: runs/bench/<name>-<device>)")
     data_root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
+    estimate: bool = opt(
+        False, "measure nothing: a roofline bound from the device's published peaks (artifact= only)"
+    )
     overrides: tuple[str, ...] = field(
         default=(), metadata={"help": "every other key=value overrides the device profile (threads=1, ...)"}
     )
@@ -47,6 +58,8 @@ def run_bench(cfg: BenchConfig) -> int:
     console = Console(stderr=True)
     profile = load_device(cfg.device, cfg.overrides)
     device_name = Path(cfg.device).stem
+    if cfg.estimate:
+        return _run_estimate(cfg, profile, device_name, console)
     subject = subject_of(artifact=cfg.artifact, checkpoint=cfg.checkpoint, model=cfg.model)
     label = subject.name if not subject.artifact else f"{subject.name}-{subject.runtime}-{subject.precision}"
     out = Path(cfg.out or f"runs/bench/{label}-{device_name}")
@@ -72,6 +85,52 @@ def run_bench(cfg: BenchConfig) -> int:
     terminal = Console()
     Console(width=max(terminal.width, 110)).print(table)  # a pipe gets 80 columns: too few for the figures
     console.print(f"[green]wrote[/] {escape(str(out / BENCH_FILE))}")
+    return 0
+
+
+def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Console) -> int:
+    from edgesr._io import write_json_atomic
+    from edgesr.bench.roofline import estimate_artifact
+
+    if not cfg.artifact:
+        raise ConfigError(
+            "estimate=true counts the operations of an exported graph: export the model first "
+            "(edgesr export ... target=...), then bench artifact=DIR device=... estimate=true"
+        )
+    folder = Path(cfg.artifact)
+    result = estimate_artifact(folder, profile, device_name=device_name)
+    out = Path(cfg.out or f"runs/bench/{folder.parent.name}-{folder.name}-{device_name}-estimate")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; choose a folder for {ESTIMATE_FILE}")
+    write_json_atomic(out / ESTIMATE_FILE, result)
+
+    table = Table(title=f"ESTIMATED, not measured: {escape(str(folder))} on {escape(device_name)}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("roofline lower bound", f"{result['estimated_bound_ms']:.2f} ms")
+    table.add_row("  of which compute-bound ops", f"{result['compute_bound_ms']:.2f} ms")
+    table.add_row("  of which memory-bound ops", f"{result['memory_bound_ms']:.2f} ms")
+    likely = result["estimated_p50_ms"]
+    if likely is not None:
+        table.add_row(
+            "p50 scaled by the measured error",
+            f"{likely['median']:.2f} ms ({likely['low']:.2f}-{likely['high']:.2f})",
+        )
+    table.add_row("MACs", f"{result['macs'] / 1e9:.2f} G")
+    table.add_row("bytes moved", f"{result['bytes'] / 2**20:.1f} MiB")
+    table.add_row("float ops run in", result["float_precision"])
+    Console(width=110).print(table)
+    console.print(f"peaks: {escape(result['peaks']['source'])}")
+    errors = result["estimator_error"]["by_runtime"]
+    measured = ", ".join(
+        f"{key} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}, n={v['count']})"
+        for key, v in errors.items()
+    )
+    where = result["estimator_error"]["measured_on"].get("cpu", "?")
+    console.print(f"the estimator's error (measured p50 / bound) on {escape(where)}: {escape(measured)}")
+    if "note" in result:
+        console.print(f"[yellow]{escape(result['note'])}[/]")
+    console.print(f"[green]wrote[/] {escape(str(out / ESTIMATE_FILE))}")
     return 0
 
 

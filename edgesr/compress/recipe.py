@@ -51,7 +51,11 @@ class Stage:
     )
     importance: str = opt("l1", f"prune: channel importance, {', '.join(IMPORTANCES)}")
     round_to: int = opt(8, "prune: keep channel counts multiples of this (the CPU's matrix units want 8-32)")
-    steps: int = opt(1000, "distill: optimisation steps; prune: distillation fine-tuning steps (0: none)")
+    steps: int = opt(
+        1000,
+        "distill: optimisation steps (0 only with student_init: teacher); prune: distillation "
+        "fine-tuning steps (0: none)",
+    )
     lr: float = opt(5e-4, "distill: peak learning rate")
     warmup: int = opt(50, "distill: warm-up steps")
     batch_size: int = opt(16, "distill: samples per step")
@@ -109,7 +113,10 @@ class Stage:
 
     def __post_init__(self) -> None:
         check_choice("stages.kind", self.kind, STAGE_KINDS)
-        check_range("stages.steps", self.steps, low=1 if self.kind == "distill" else 0)
+        # A distill stage trains, unless it only rebuilds the teacher's weights with other options
+        # (student_init: teacher, e.g. MoDL with fewer CG steps per solve): then steps 0 is allowed.
+        trains = self.kind == "distill" and self.student_init != "teacher"
+        check_range("stages.steps", self.steps, low=1 if trains else 0)
         check_choice("stages.student_init", self.student_init, STUDENT_INITS)
         check_choice("stages.importance", self.importance, IMPORTANCES)
         check_choice("stages.select_by", self.select_by, ("target", "teacher"))

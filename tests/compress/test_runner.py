@@ -233,6 +233,25 @@ def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, t
     assert "stages.student_init" in capsys.readouterr().err
 
 
+def test_a_distill_stage_of_no_steps_rebuilds_the_teachers_weights_with_the_stages_options(
+    tiny_teacher, tmp_path, tiny_dataset, capsys
+):
+    """As modl_r4_edge's first stage: the teacher's own weights at fewer CG steps, no training."""
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2)
+    out = tmp_path / "same"
+    argv = ["compress", f"recipe={recipe}", f"out={out}", "stages.0.steps=0", "stages.0.student_init=teacher"]
+    assert main(argv) == 0
+    stage = next(p for p in out.iterdir() if (p / "model").is_dir())
+    student, _, _ = load_for_inference(stage / "model")
+    teacher, _, _ = load_for_inference(tiny_teacher)
+    for (name, a), (_, b) in zip(student.state_dict().items(), teacher.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not (stage / "run").exists()  # nothing trained
+    # Without the teacher's weights, a distill stage of no steps would ship an untrained student.
+    with pytest.raises(ConfigError, match=re.escape("stages.steps=0")):
+        load_recipe(recipe, ["stages.0.steps=0"])
+
+
 def test_a_qat_attempt_is_rebuilt_by_training_again_with_the_stages_options_and_seed():
     from edgesr.compress.card import _rebuild_command
     from edgesr.compress.recipe import Stage
