@@ -29,6 +29,9 @@ class PeakFigures:
 
     fp32_gmacs: float = opt(0.0, "peak FP32 multiply-accumulates per second, in billions (vector units)")
     fp16_gmacs: float = opt(0.0, "peak FP16 MACs per second, in billions (dense tensor cores)")
+    tf32_gmacs: float = opt(
+        0.0, "GPUs: peak TF32 tensor-core MACs per second, in billions (what FP32 convolutions run in)"
+    )
     bf16_gmacs: float = opt(0.0, "peak BF16 MACs per second, in billions")
     int8_gmacs: float = opt(0.0, "peak INT8 MACs per second, in billions (dense)")
     memory_gb_s: float = opt(0.0, "peak memory bandwidth, GB/s")
@@ -39,7 +42,7 @@ class PeakFigures:
     )
 
     def __post_init__(self) -> None:
-        for name in ("fp32_gmacs", "fp16_gmacs", "bf16_gmacs", "int8_gmacs", "memory_gb_s"):
+        for name in ("fp32_gmacs", "fp16_gmacs", "tf32_gmacs", "bf16_gmacs", "int8_gmacs", "memory_gb_s"):
             check_range(f"peak.{name}", getattr(self, name), low=0.0)
 
 

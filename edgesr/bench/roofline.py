@@ -5,7 +5,9 @@ be said about it without running there is a roofline bound: every operation of t
 takes at least its multiply-accumulates divided by the device's peak MAC rate at the precision it runs
 in, and at least the bytes it moves divided by the device's peak memory bandwidth. The sum over the
 operations is a lower bound on the latency, not a prediction: real runtimes reach a fraction of the
-peak (narrow layers leave matrix units idle, kernels launch, caches miss). How large that fraction is
+peak (narrow layers leave matrix units idle, kernels launch, caches miss); it is a bound only as far as
+the peak figures are true peaks and the bytes really travel to memory (activations that stay in cache,
+concatenations a runtime writes in place, make it optimistic). How large the gap is
 was measured on the devices that are present (``benchmarks/roofline_error.py`` writes
 ``devices/roofline_error.json``), and every estimate carries that record, so a reader sees "at least X
 ms; on the CPUs measured here the real p50 was 3-9 times the bound". No estimate is made before the
@@ -33,6 +35,7 @@ app measures, it does not estimate).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -45,11 +48,15 @@ from typing import Any
 
 import numpy as np
 
+from edgesr.bench.devices import DEVICES_DIR, DeviceProfile, PeakFigures
 from edgesr.errors import ConfigError, EdgesrError
 
-ERROR_RECORD = Path(__file__).resolve().parents[2] / "devices" / "roofline_error.json"
+ERROR_RECORD = DEVICES_DIR / "roofline_error.json"
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
-COMPUTE_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+COMPUTE_OPS = (
+    "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
+)  # fmt: skip
+SUBGRAPH_OPS = ("If",)  # bodies that run or not by data: not countable
 FFT_OPS = ("DFT", "IDFT", "RDFT", "IRDFT")
 MOVEMENT_OPS = (
     "Concat", "DepthToSpace", "SpaceToDepth", "Transpose", "Pad", "Interpolate", "Gather", "Convert",
@@ -77,8 +84,11 @@ class Peaks:
 
     def rate(self, precision: str) -> float:
         rate = float(self.gmacs.get(precision, 0.0))
+        if precision == "fp32_vector" and rate <= 0:  # no separate vector figure: the FP32 one
+            rate = float(self.gmacs.get("fp32", 0.0))
         if rate <= 0:
-            raise ConfigError(f"the device profile gives no peak for {precision} ({self.source})")
+            key = "fp32" if precision == "fp32_vector" else precision
+            raise ConfigError(f"the device profile gives no peak.{key}_gmacs ({self.source})")
         return rate * 1e9
 
 
@@ -98,7 +108,12 @@ class OpCost:
 
 @dataclass
 class Estimate:
+    """The costed operations of a graph, the input shapes they were counted at, and the operations
+    that could not be counted (named, never silently zero)."""
+
     ops: list[OpCost] = field(default_factory=list)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    uncounted: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -115,6 +130,9 @@ class Estimate:
     def bound_seconds(self, bound: str) -> float:
         return sum(op.seconds * op.times for op in self.ops if op.bound == bound)
 
+    def kind_seconds(self, kinds: tuple[str, ...]) -> float:
+        return sum(op.seconds * op.times for op in self.ops if op.kind in kinds)
+
 
 # --- peaks of the CPU this runs on ---------------------------------------------------------------
 
@@ -125,9 +143,11 @@ def cpu_peaks(threads: int) -> Peaks:
 
     MACs per cycle and core, by the vendors' documentation of the units: AVX-512 with two FMA ports 32
     FP32 (AVX2: 16); AMX 512 BF16 and 1024 INT8 (one tile multiply per cycle), else AVX-512 BF16 64 and
-    AVX-512 VNNI 128 INT8 (AVX-VNNI: 64).
+    AVX-512 VNNI 128 INT8 (AVX-VNNI: 64). The clock is the higher of the reported one and the one an
+    FP32 matrix product reaches here (a virtual machine reports its base clock; the cores turbo above
+    it): a peak that a measured run exceeds would not bound anything.
     """
-    flags, mhz = _cpu_flags_and_mhz()
+    flags, reported_mhz = _cpu_flags_and_mhz()
     if "avx512f" in flags:
         fp32 = 32.0
     elif "fma" in flags or "avx2" in flags:
@@ -144,15 +164,19 @@ def cpu_peaks(threads: int) -> Peaks:
     else:
         int8 = fp32 * 2
     cores = max(threads, 1)
+    achieved = measure_fp32_gmacs(cores)
+    mhz = max(reported_mhz, achieved / (fp32 * cores) * 1000.0)
     giga = cores * mhz / 1000.0
     wide = ("avx512f", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni")
     units = "+".join(f for f in wide if f in flags)
-    bandwidth = measure_copy_bandwidth()
+    bandwidth = measure_copy_bandwidth(cores)
+    gmacs = {"fp32": fp32 * giga, "bf16": bf16 * giga, "fp16": fp32 * giga, "int8": int8 * giga}
     return Peaks(
-        gmacs={"fp32": fp32 * giga, "bf16": bf16 * giga, "fp16": fp32 * giga, "int8": int8 * giga},
+        gmacs=gmacs | {"fp32_vector": gmacs["fp32"]},
         memory_gb_s=bandwidth,
-        source=f"this CPU: {units or 'no wide vector units'} at {mhz:.0f} MHz x {cores} cores; "
-        f"memory: a copy measured here, {bandwidth:.1f} GB/s",
+        source=f"this CPU: {units or 'no wide vector units'} x {cores} cores at {mhz:.0f} MHz (reported "
+        f"{reported_mhz:.0f}; an FP32 matrix product reached {achieved:.0f} GMAC/s here); memory: a copy "
+        f"measured here with {cores} threads, {bandwidth:.1f} GB/s",
     )
 
 
@@ -175,17 +199,47 @@ def _cpu_flags_and_mhz() -> tuple[set[str], float]:
     return flags, mhz
 
 
-def measure_copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """GB/s of a large array copy (read + write), best of ``repeats``: the memory bandwidth one thread
-    gets here (numpy's copy is one thread)."""
-    source = np.ones(megabytes * 2**20 // 8)
-    target = np.empty_like(source)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - started)
-    return 2 * source.nbytes / best / 1e9
+def measure_copy_bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large array copy (read + write) on ``threads`` threads, best of ``repeats``."""
+    import torch
+
+    with _torch_threads(threads):
+        source = torch.ones(megabytes * 2**20 // 4)
+        target = torch.empty_like(source)
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            target.copy_(source)
+            best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def measure_fp32_gmacs(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """GMAC/s of an FP32 matrix product on ``threads`` threads, best of ``repeats`` (oneDNN / MKL reach
+    most of the FMA units' peak on it): what the clock must at least be."""
+    import torch
+
+    with _torch_threads(threads):
+        a, b = torch.rand(size, size), torch.rand(size, size)
+        torch.mm(a, b)
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
+    return size**3 / best / 1e9
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- the graph ----------------------------------------------------------------------------------
@@ -224,7 +278,10 @@ def estimate_graph(
 
     if float_precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"float_precision must be fp32, bf16 or fp16; got {float_precision!r}")
-    model = ov.Core().read_model(str(path))
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:  # a corrupt or unsupported file: OpenVINO's own message, with the path
+        raise ConfigError(f"{path}: OpenVINO cannot read the graph: {exc}") from None
     shapes: dict[str, Any] = {}
     for port in model.inputs:
         name = port.get_any_name()
@@ -238,35 +295,62 @@ def estimate_graph(
             model.reshape(shapes)
         except Exception as exc:  # OpenVINO's shape inference refuses the size
             raise ConfigError(f"{path}: cannot set the input shapes {shapes}: {exc}") from None
-    estimate = Estimate()
-    for cost in _walk(model, peaks, float_precision, times=1, where=str(path), fused=set()):
+    estimate = Estimate(input_shapes={
+        port.get_any_name(): [int(d) for d in port.get_partial_shape().to_shape()] for port in model.inputs
+    })  # fmt: skip
+    for cost in _walk(
+        model, peaks, float_precision, times=1, where=str(path), fused=set(), skipped=estimate.uncounted
+    ):
         estimate.ops.append(cost)
+    if estimate.seconds <= 0:
+        raise ConfigError(
+            f"{path}: no operation could be counted (uncounted: {estimate.uncounted or 'none'})"
+        )
     return estimate
 
 
 def _walk(
-    model: Any, peaks: Peaks, float_precision: str, *, times: int, where: str, fused: set[str]
+    model: Any,
+    peaks: Peaks,
+    float_precision: str,
+    *,
+    times: int,
+    where: str,
+    fused: set[str],
+    skipped: list[str],
 ) -> Iterator[OpCost]:
     """The costs of ``model``'s operations; ``fused`` collects the element-wise ops taken as fused
-    into a compute op (so that a chain conv -> bias -> ReLU is one op)."""
+    into a compute op (so that a chain conv -> bias -> ReLU is one op); ``skipped`` the ops whose cost
+    cannot be known (a dynamic shape, a data-dependent branch)."""
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind in ("Loop", "TensorIterator"):
             count = _loop_count(op, where)
             body = op.get_function()
-            yield from _walk(body, peaks, float_precision, times=times * count, where=where, fused=fused)
+            yield from _walk(
+                body, peaks, float_precision, times=times * count, where=where, fused=fused, skipped=skipped
+            )
             continue
-        cost = _op_cost(op, kind, peaks, float_precision, fused)
+        if kind in SUBGRAPH_OPS:
+            skipped.append(f"{kind} {op.get_friendly_name()}")
+            continue
+        cost = _op_cost(op, kind, peaks, float_precision, fused, skipped)
         if cost is not None:
             cost.times = times
             yield cost
 
 
-def _op_cost(op: Any, kind: str, peaks: Peaks, float_precision: str, fused: set[str]) -> OpCost | None:
+def _op_cost(
+    op: Any, kind: str, peaks: Peaks, float_precision: str, fused: set[str], skipped: list[str]
+) -> OpCost | None:
     if kind in FREE_OPS:
         return None
     out_elements = _elements(op.get_output_partial_shape(0)) if op.get_output_size() else 0
-    if out_elements is None or out_elements < SMALL and kind not in COMPUTE_OPS:
+    if out_elements is None:
+        if kind in COMPUTE_OPS or kind in FFT_OPS:
+            skipped.append(f"{kind} {op.get_friendly_name()} (dynamic shape)")
+        return None
+    if out_elements < SMALL and kind not in COMPUTE_OPS:
         return None
     inputs = [op.input_value(k) for k in range(op.get_input_size())]
     name = op.get_friendly_name()
@@ -285,12 +369,13 @@ def _op_cost(op: Any, kind: str, peaks: Peaks, float_precision: str, fused: set[
         shape = _static(inputs[0].get_partial_shape())
         axes = _constant(inputs[1].get_node())
         if shape is None or axes is None:
+            skipped.append(f"{kind} {name} (axes not constant)")
             return None
         complex_elements = math.prod(shape[:-1])  # the last axis holds real and imaginary parts
         logs = sum(math.log2(max(shape[int(a) % (len(shape) - 1)], 2)) for a in np.ravel(axes))
         macs = 2.5 * complex_elements * logs
         moved = 2 * complex_elements * 2 * BYTES["fp32"]
-        return _timed(OpCost(name, kind, "fp32", macs, moved), peaks)
+        return _timed(OpCost(name, kind, "fp32_vector", macs, moved), peaks)
     width = BYTES[float_precision]
     if kind in MOVEMENT_OPS:
         read = sum(_elements(i.get_partial_shape()) or 0 for i in inputs if not _is_constant(i.get_node()))
@@ -323,6 +408,9 @@ def _macs(op: Any, kind: str, inputs: list[Any]) -> float:
     if kind == "ConvolutionBackpropData":  # weights [C_in, C_out, *kernel]: per input pixel
         data = _static(inputs[0].get_partial_shape()) or ()
         return math.prod(data) * math.prod(weights[1:])
+    if kind == "GroupConvolutionBackpropData":  # weights [groups, C_in/g, C_out/g, *kernel]
+        data = _static(inputs[0].get_partial_shape()) or ()
+        return math.prod(data) * math.prod(weights[2:])
     # MatMul: output elements x the contracted length
     a = _static(inputs[0].get_partial_shape()) or (1,)
     transpose_a = bool(op.get_attributes().get("transpose_a", False))
@@ -345,11 +433,17 @@ def _quantized(node: Any, depth: int = 0) -> bool:
 
 def _loop_count(op: Any, where: str) -> int:
     """How many times a ``Loop`` runs: its trip count when constant, else the counter pattern that
-    ``fixed_count_loop`` exports (``step + 1 < N``, from a constant start)."""
+    ``fixed_count_loop`` exports (``step + 1 < N``, from a constant start). (The loop-back edge is not
+    followed: the pattern is the one edgesr's exporter writes.)"""
+    if op.get_type_name() == "TensorIterator":
+        return int(op.get_num_iterations())
+    execute = op.input_value(1).get_node()
+    if _is_constant(execute) and not bool(np.ravel(execute.get_data())[0]):
+        return 0  # the first condition is false: the body never runs
     trip = op.input_value(0).get_node()
     if _is_constant(trip):
         value = int(np.ravel(trip.get_data())[0])
-        if value >= 0:
+        if 0 <= value < 2**31:  # exporters write -1 or INT64_MAX for "no limit"
             return value
     body = op.get_function()
     ports = op.get_special_body_ports()
@@ -400,8 +494,11 @@ def _elements(shape: Any) -> int | None:
 # --- an artifact on a device profile ------------------------------------------------------------
 
 
-def profile_peaks(peak: Any, threads: int, device_name: str) -> Peaks:
+def profile_peaks(peak: PeakFigures, threads: int, device_name: str, kind: str = "cpu") -> Peaks:
     """The :class:`Peaks` of a device profile's ``peak`` figures (``source: this-cpu``: derived here).
+
+    On CUDA GPUs and Jetsons, FP32 convolutions and products run on the tensor cores in TF32 (TensorRT
+    and cuDNN do so by default): their peak is ``tf32_gmacs`` where given; FFTs stay on the FP32 cores.
 
     Raises:
         ConfigError: the profile gives no figures.
@@ -410,7 +507,10 @@ def profile_peaks(peak: Any, threads: int, device_name: str) -> Peaks:
         return cpu_peaks(threads_default(threads))
     gmacs = {
         "fp32": peak.fp32_gmacs, "fp16": peak.fp16_gmacs, "bf16": peak.bf16_gmacs, "int8": peak.int8_gmacs,
+        "fp32_vector": peak.fp32_gmacs,
     }  # fmt: skip
+    if kind in ("cuda", "jetson") and peak.tf32_gmacs > 0:
+        gmacs["fp32"] = peak.tf32_gmacs
     if peak.memory_gb_s <= 0 or not any(gmacs.values()):
         raise ConfigError(
             f"device={device_name} gives no peak figures (peak.*_gmacs, peak.memory_gb_s): nothing to "
@@ -421,7 +521,7 @@ def profile_peaks(peak: Any, threads: int, device_name: str) -> Peaks:
 
 def estimate_artifact(
     folder: Path,
-    profile: Any,
+    profile: DeviceProfile,
     *,
     device_name: str,
     record: Mapping[str, Any] | None = None,
@@ -431,8 +531,9 @@ def estimate_artifact(
     the measured error of the estimator beside it.
 
     Args:
-        folder: an artifact folder of ``edgesr export`` (its files are checked against the manifest).
-        profile: the :class:`~edgesr.bench.devices.DeviceProfile` (its ``peak``, ``size``, ``kind``).
+        folder: an artifact folder of ``edgesr export`` for the profile's runtime (its files are checked
+            against the manifest).
+        profile: the device profile (its ``peak``, ``size``, ``kind``, ``runtime``).
         device_name: the profile's name, for the record.
         record: the estimator's measured error (default: :func:`error_record`, which refuses when the
             error has not been measured).
@@ -440,7 +541,8 @@ def estimate_artifact(
 
     Raises:
         EstimatorNotCalibrated: the estimator's error has not been measured.
-        ConfigError: no peak figures, or a graph that cannot be counted.
+        ConfigError: the artifact is for another runtime, no peak figures, or a graph that cannot be
+            counted.
         DataError: the artifact's files do not match its manifest.
     """
     from edgesr.bench.timing import latency_inputs
@@ -448,30 +550,36 @@ def estimate_artifact(
 
     record = dict(record) if record is not None else error_record()
     manifest = read_manifest(folder)  # checks every file against its hash
-    peaks = profile_peaks(profile.peak, profile.threads, device_name)
+    if manifest.runtime != profile.runtime:
+        raise ConfigError(
+            f"device={device_name} runs {profile.runtime}; {folder} is a {manifest.runtime} artifact "
+            f"(target {manifest.target}): export it for a {profile.runtime} target to estimate it there"
+        )
+    peaks = profile_peaks(profile.peak, profile.threads, device_name, profile.kind)
     float_precision = float_precision_of(manifest.runtime, manifest.precision, profile.kind)
     shapes = {name: tuple(t.shape) for name, t in latency_inputs(manifest.spec, profile.size).items()}
     path = graph_file(folder, manifest.entry, manifest.files)
     estimate = estimate_graph(path, shapes, peaks, float_precision=float_precision)
     bound_ms = estimate.seconds * 1000.0
-    same_kind = [
-        e for e in record["entries"] if e.get("kind") == profile.kind and e.get("runtime") == manifest.runtime
-    ]
-    measured = error_summary(same_kind)["all"] if same_kind else None
+    entries = record["entries"]
+    alike = [e for e in entries if e["kind"] == profile.kind and e["runtime"] == profile.runtime]
+    same_precision = [e for e in alike if e["precision"] == manifest.precision]
+    scale_by = same_precision or alike
     costliest = sorted(estimate.ops, key=lambda op: op.seconds * op.times, reverse=True)[:top]
     result: dict[str, Any] = {
         "estimated": True,
-        "method": "roofline lower bound: the sum over operations of max(MACs / peak MAC rate, bytes / "
-        "peak bandwidth)",
+        "method": "roofline: the sum over operations of max(MACs / peak MAC rate, bytes / peak "
+        "bandwidth); a bound as far as the peaks are true peaks and the bytes reach memory",
         "device": device_name,
         "subject": {
             "folder": str(folder),
             "runtime": manifest.runtime,
             "precision": manifest.precision,
+            "target": manifest.target,
             "graph": path.name,
             "source": dict(manifest.source),
         },  # fmt: skip
-        "input_shapes": {name: list(shape) for name, shape in shapes.items()},
+        "input_shapes": estimate.input_shapes,
         "peaks": {
             "gmacs": dict(peaks.gmacs),
             "memory_gb_s": round(peaks.memory_gb_s, 1),
@@ -483,6 +591,8 @@ def estimate_artifact(
         "estimated_bound_ms": round(bound_ms, 3),
         "compute_bound_ms": round(estimate.bound_seconds("compute") * 1000.0, 3),
         "memory_bound_ms": round(estimate.bound_seconds("memory") * 1000.0, 3),
+        "data_movement_ms": round(estimate.kind_seconds(MOVEMENT_OPS) * 1000.0, 3),
+        "uncounted_ops": estimate.uncounted,
         "costliest_ops": [
             {
                 "name": op.name,
@@ -499,20 +609,22 @@ def estimate_artifact(
         "estimator_error": {
             "measured_on": record.get("machine", {}),
             "date": record.get("date", ""),
-            "by_runtime": error_summary(record["entries"]),
+            "by_runtime": error_summary(entries),
             "ratio": "measured p50 / estimated bound",
         },  # fmt: skip
     }
-    if measured is not None:  # this kind of device and runtime was measured: scale the bound by it
+    if scale_by:  # this kind of device and runtime was measured: scale the bound by what it measured
+        measured = error_summary(scale_by)["all"]
         result["estimated_p50_ms"] = {
             "median": round(bound_ms * measured["median"], 3), "low": round(bound_ms * measured["min"], 3),
             "high": round(bound_ms * measured["max"], 3), "from_measurements": measured["count"],
+            "of": f"{profile.kind} {profile.runtime}" + (f" {manifest.precision}" if same_precision else ""),
         }  # fmt: skip
     else:
         result["estimated_p50_ms"] = None
         result["note"] = (
-            f"the estimator's error was never measured on a {profile.kind} device with {manifest.runtime}: "
-            "only the lower bound is given; the real latency can be several times higher"
+            f"the estimator's error was never measured on a {profile.kind} device with {profile.runtime}: "
+            "only the roofline figure is given; the real latency can be several times higher"
         )
     return result
 
@@ -537,13 +649,19 @@ def error_record(path: Path | None = None) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise EstimatorNotCalibrated(f"{path} cannot be read: {exc}") from None
-    if not record.get("entries"):
+    entries = record.get("entries") if isinstance(record, dict) else None
+    if not entries:
         raise EstimatorNotCalibrated(f"{path} holds no measurements")
+    for index, entry in enumerate(entries):
+        missing = [k for k in ("runtime", "precision", "kind", "ratio") if k not in entry]
+        if missing:
+            raise EstimatorNotCalibrated(f"{path}: entries.{index} has no {', '.join(missing)}")
     return dict(record)
 
 
 def error_summary(entries: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per runtime and over all: median, min and max of measured p50 / estimated bound, and the count."""
+    """Median, min and max of measured p50 / estimated bound, and the count: per ``runtime/precision``,
+    per runtime and over all."""
     if not entries:
         return {}
     groups: dict[str, list[float]] = {"all": []}
@@ -551,6 +669,7 @@ def error_summary(entries: list[Mapping[str, Any]]) -> dict[str, dict[str, float
         ratio = float(entry["ratio"])
         groups["all"].append(ratio)
         groups.setdefault(str(entry["runtime"]), []).append(ratio)
+        groups.setdefault(f"{entry['runtime']}/{entry.get('precision', '?')}", []).append(ratio)
     return {
         key: {
             "median": round(float(np.median(values)), 2),

@@ -232,8 +232,8 @@ def measure_isolated(request: dict[str, Any], *, timeout: float = 900.0) -> dict
     if completed.returncode != 0 or not lines:
         tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
         raise EdgesrError(
-            f"timing {request['runtime']} {request.get('precision')} of {request['model']} failed: "
-            + " | ".join(tail)
+            f"timing {request['runtime']} {request.get('precision')} of "
+            f"{request.get('artifact') or request.get('model')} failed: " + " | ".join(tail)
         )
     return dict(json.loads(lines[-1]))
 

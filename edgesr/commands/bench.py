@@ -99,7 +99,7 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
         )
     folder = Path(cfg.artifact)
     result = estimate_artifact(folder, profile, device_name=device_name)
-    out = Path(cfg.out or f"runs/bench/{folder.parent.name}-{folder.name}-{device_name}-estimate")
+    out = Path(cfg.out or f"runs/bench/{_artifact_label(folder)}-{device_name}-estimate")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is a file; choose a folder for {ESTIMATE_FILE}")
     write_json_atomic(out / ESTIMATE_FILE, result)
@@ -107,9 +107,10 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
     table = Table(title=f"ESTIMATED, not measured: {escape(str(folder))} on {escape(device_name)}")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("roofline lower bound", f"{result['estimated_bound_ms']:.2f} ms")
+    table.add_row("roofline (peak rates)", f"{result['estimated_bound_ms']:.2f} ms")
     table.add_row("  of which compute-bound ops", f"{result['compute_bound_ms']:.2f} ms")
     table.add_row("  of which memory-bound ops", f"{result['memory_bound_ms']:.2f} ms")
+    table.add_row("  of which data movement", f"{result['data_movement_ms']:.2f} ms")
     likely = result["estimated_p50_ms"]
     if likely is not None:
         table.add_row(
@@ -128,10 +129,21 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
     )
     where = result["estimator_error"]["measured_on"].get("cpu", "?")
     console.print(f"the estimator's error (measured p50 / bound) on {escape(where)}: {escape(measured)}")
+    if result["uncounted_ops"]:
+        console.print(f"[yellow]not counted: {escape(', '.join(result['uncounted_ops']))}[/]")
     if "note" in result:
         console.print(f"[yellow]{escape(result['note'])}[/]")
     console.print(f"[green]wrote[/] {escape(str(out / ESTIMATE_FILE))}")
     return 0
+
+
+def _artifact_label(folder: Path) -> str:
+    """``<model>-<runtime>-<precision>`` from an artifact's manifest, as bench names its own folders."""
+    from edgesr.export.manifest import read_manifest
+
+    manifest = read_manifest(folder, verify=False)
+    name = manifest.source.get("shipped") or manifest.source.get("model") or folder.parent.name
+    return f"{name}-{manifest.runtime}-{manifest.precision}"
 
 
 def _number(value: float | None, digits: int = 2, *, signed: bool = False, suffix: str = "") -> str:

@@ -115,8 +115,12 @@ class Stage:
         check_choice("stages.kind", self.kind, STAGE_KINDS)
         # A distill stage trains, unless it only rebuilds the teacher's weights with other options
         # (student_init: teacher, e.g. MoDL with fewer CG steps per solve): then steps 0 is allowed.
-        trains = self.kind == "distill" and self.student_init != "teacher"
-        check_range("stages.steps", self.steps, low=1 if trains else 0)
+        if self.kind == "distill" and self.student_init != "teacher" and self.steps == 0:
+            raise ConfigError(
+                "stages.steps=0: a distill stage trains its student; 0 steps only with "
+                "student_init: teacher (the teacher's weights with the stage's student_options)"
+            )
+        check_range("stages.steps", self.steps, low=0)
         check_choice("stages.student_init", self.student_init, STUDENT_INITS)
         check_choice("stages.importance", self.importance, IMPORTANCES)
         check_choice("stages.select_by", self.select_by, ("target", "teacher"))

@@ -148,6 +148,9 @@ def _fingerprint(
         "previous_weights_sha256": weights_sha256(previous.folder),
         "seed": recipe.seed + index,
         "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
+        # steps are left out (above), but a stage of no steps made an untrained model: raising its
+        # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
+        **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
         "data": dataset.manifest.get("fingerprint"),
     }
     return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
@@ -219,7 +222,7 @@ def _run_stage(
     else:
         student, name, options = _student(stage, previous, console)
     spec = _student_spec(teacher.spec, student)
-    if stage.steps == 0:  # a prune stage without fine-tuning: the pruned model is the stage's model
+    if stage.steps == 0:  # no training (a prune without fine-tuning, the teacher's weights re-optioned)
         save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
                         config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
         _mark_done(folder, stage, name, started, fingerprint)
