@@ -1,0 +1,89 @@
+"""MoDL's speed / quality curve over its solver budget (issue 11's `modl_r4_edge` target: 3x at <= 0.3 dB).
+
+    .venv/bin/python benchmarks/modl_cg_curve.py [--checkpoint LABEL=DIR ...] [--rounds 3]
+
+The shipped `modl-r4` teacher's own weights run at other unroll counts (K) and CG steps per
+data-consistency solve (no training: the denoiser is shared across unrolls, so any K and CG step count
+runs), plus any trained students given with ``--checkpoint``. For each: PSNR/SSIM on the test split
+(R=4, simulated maps, 4 slices per volume, per source), and the torch FP32 p50 at 256x256 with 8 coils
+on 2 threads, timed interleaved in one process (each round times every model once, ``--rounds``
+rounds, the median kept), so the ratios to the teacher are of one run on one machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = [(10, 10), (10, 5), (10, 4), (10, 3), (10, 2), (5, 10), (4, 5)]  # (unrolls, CG steps)
+
+
+def main() -> int:
+    from edgesr.bench.timing import latency_inputs, machine_info
+    from edgesr.data.dataset import open_or_prepare
+    from edgesr.evaluate import score_predictor
+    from edgesr.pipeline import TorchPredictor
+    from edgesr.teachers import teacher_path
+    from edgesr.train.checkpoint import load_for_inference
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", action="append", default=[], help="LABEL=DIR of a trained student")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    teacher, spec, _ = load_for_inference(teacher_path("modl-r4"))
+    models: dict[str, torch.nn.Module] = {}
+    for unrolls, cg in CONFIGS:
+        model = copy.deepcopy(teacher)
+        model.iterations, model.cg_iterations = unrolls, cg
+        models[f"K={unrolls}, CG={cg}" + (" (teacher)" if (unrolls, cg) == (10, 10) else "")] = model
+    for item in args.checkpoint:
+        label, _, folder = item.rpartition("=")
+        models[label], _, _ = load_for_inference(Path(folder))
+
+    dataset = open_or_prepare("")
+    scores = {}
+    for label, model in models.items():
+        scored = score_predictor(spec, TorchPredictor(model, spec), dataset, split="test", max_slices=4)
+        scores[label] = scored
+        print(f"scored {label}: {scored['psnr']:.2f} dB", flush=True)
+
+    inputs = latency_inputs(spec, 256)
+    times: dict[str, list[float]] = {label: [] for label in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(**inputs)  # warm-up
+        for _ in range(args.rounds):
+            for label, model in models.items():
+                started = time.perf_counter()
+                model(**inputs)
+                times[label].append((time.perf_counter() - started) * 1000.0)
+
+    teacher_label = next(label for label in models if "teacher" in label)
+    reference = statistics.median(times[teacher_label])
+    base = scores[teacher_label]
+    print(f"\n{machine_info()}")
+    print("| model | torch p50 ms | speed-up | PSNR dB | vs teacher | real scans vs teacher | SSIM |")
+    print("|---|---|---|---|---|---|---|")
+    for label in models:
+        p50 = statistics.median(times[label])
+        real = [s for s in scores[label]["by_source"] if not s.startswith("mni152")]
+        real_delta = statistics.mean(
+            scores[label]["by_source"][s]["psnr_db"] - base["by_source"][s]["psnr_db"] for s in real
+        )
+        print(
+            f"| {label} | {p50:.0f} | {reference / p50:.2f}x | {scores[label]['psnr']:.2f} | "
+            f"{scores[label]['psnr'] - base['psnr']:+.2f} | {real_delta:+.2f} | {scores[label]['ssim']:.4f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
