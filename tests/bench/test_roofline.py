@@ -219,3 +219,62 @@ def test_estimate_needs_an_artifact(tiny_checkpoint, capsys):
 
     assert main(["bench", f"checkpoint={tiny_checkpoint}", "device=jetson-orin-nano", "estimate=true"]) != 0
     assert "export the model first" in capsys.readouterr().err
+
+
+def _save(path: Path, nodes: list, inputs: list, outputs: list, initializers: list) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_batched_matrix_product_counts_outputs_times_the_contracted_length(tmp_path):
+    """As the FFTs as matrix products: [B, C, H, W] @ W^T."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((40, 40), np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 30, 40])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 30, 40])
+    path = _save(tmp_path / "mm.onnx", nodes, [x], [y], [weight])
+    estimate = estimate_graph(path, {}, PEAKS, float_precision="fp32")
+    (matmul,) = [op for op in estimate.ops if op.kind == "MatMul"]
+    assert matmul.macs == 2 * 8 * 30 * 40 * 40 and matmul.precision == "fp32"
+
+
+def test_a_loop_of_constant_trip_count_counts_its_body_that_many_times(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state_in", "w"], ["state_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [64, 64]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [64, 64]),
+        ],
+    )
+    initializers = [
+        numpy_helper.from_array(np.array(7, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "go"),
+        numpy_helper.from_array(np.eye(64, dtype=np.float32), "w"),
+    ]
+    nodes = [helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])
+    path = _save(tmp_path / "loop.onnx", nodes, [x], [y], initializers)
+    estimate = estimate_graph(path, {}, PEAKS, float_precision="fp32")
+    (matmul,) = [op for op in estimate.ops if op.kind == "MatMul"]
+    assert matmul.times == 7 and matmul.macs == 64 * 64 * 64
