@@ -552,7 +552,7 @@ def estimate_artifact(
     manifest = read_manifest(folder)  # checks every file against its hash
     if manifest.runtime != profile.runtime:
         raise ConfigError(
-            f"device={device_name} runs {profile.runtime}; {folder} is a {manifest.runtime} artifact "
+            f"device={device_name} runs {profile.runtime}; {folder} is an artifact for {manifest.runtime} "
             f"(target {manifest.target}): export it for a {profile.runtime} target to estimate it there"
         )
     peaks = profile_peaks(profile.peak, profile.threads, device_name, profile.kind)

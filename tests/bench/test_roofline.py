@@ -196,7 +196,7 @@ def test_an_artifact_of_another_runtime_is_refused(exported, tmp_path, monkeypat
 
     monkeypatch.setattr(roofline, "ERROR_RECORD", _record(tmp_path / "error.json", [2.0]))
     assert main(["bench", f"artifact={exported}", "device=jetson-orin-nano", "estimate=true"]) != 0
-    assert "is a onnxruntime artifact" in capsys.readouterr().err
+    assert "is an artifact for onnxruntime" in capsys.readouterr().err
 
 
 def test_a_measured_kind_of_device_scales_the_bound_by_the_measured_ratios(exported, tmp_path):
