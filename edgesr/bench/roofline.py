@@ -41,7 +41,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,7 @@ class Estimate:
 
     @property
     def seconds(self) -> float:
-        return sum(op.seconds * op.times for op in self.ops)
+        return self.seconds_of(lambda op: True)
 
     @property
     def macs(self) -> float:
@@ -127,11 +127,9 @@ class Estimate:
     def bytes(self) -> float:
         return sum(op.bytes * op.times for op in self.ops)
 
-    def bound_seconds(self, bound: str) -> float:
-        return sum(op.seconds * op.times for op in self.ops if op.bound == bound)
-
-    def kind_seconds(self, kinds: tuple[str, ...]) -> float:
-        return sum(op.seconds * op.times for op in self.ops if op.kind in kinds)
+    def seconds_of(self, keep: Callable[[OpCost], bool]) -> float:
+        """The time of the operations ``keep`` selects (each as often as it runs)."""
+        return sum(op.seconds * op.times for op in self.ops if keep(op))
 
 
 # --- peaks of the CPU this runs on ---------------------------------------------------------------
@@ -298,10 +296,11 @@ def estimate_graph(
     estimate = Estimate(input_shapes={
         port.get_any_name(): [int(d) for d in port.get_partial_shape().to_shape()] for port in model.inputs
     })  # fmt: skip
-    for cost in _walk(
-        model, peaks, float_precision, times=1, where=str(path), fused=set(), skipped=estimate.uncounted
-    ):
-        estimate.ops.append(cost)
+    estimate.ops.extend(
+        _walk(
+            model, peaks, float_precision, times=1, where=str(path), fused=set(), skipped=estimate.uncounted
+        )
+    )
     if estimate.seconds <= 0:
         raise ConfigError(
             f"{path}: no operation could be counted (uncounted: {estimate.uncounted or 'none'})"
@@ -589,9 +588,9 @@ def estimate_artifact(
         "macs": estimate.macs,
         "bytes": estimate.bytes,
         "estimated_bound_ms": round(bound_ms, 3),
-        "compute_bound_ms": round(estimate.bound_seconds("compute") * 1000.0, 3),
-        "memory_bound_ms": round(estimate.bound_seconds("memory") * 1000.0, 3),
-        "data_movement_ms": round(estimate.kind_seconds(MOVEMENT_OPS) * 1000.0, 3),
+        "compute_bound_ms": round(estimate.seconds_of(lambda op: op.bound == "compute") * 1000.0, 3),
+        "memory_bound_ms": round(estimate.seconds_of(lambda op: op.bound == "memory") * 1000.0, 3),
+        "data_movement_ms": round(estimate.seconds_of(lambda op: op.kind in MOVEMENT_OPS) * 1000.0, 3),
         "uncounted_ops": estimate.uncounted,
         "costliest_ops": [
             {

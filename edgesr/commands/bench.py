@@ -99,7 +99,7 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
         )
     folder = Path(cfg.artifact)
     result = estimate_artifact(folder, profile, device_name=device_name)
-    out = Path(cfg.out or f"runs/bench/{_artifact_label(folder)}-{device_name}-estimate")
+    out = Path(cfg.out or f"runs/bench/{_estimate_label(result)}-{device_name}-estimate")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is a file; choose a folder for {ESTIMATE_FILE}")
     write_json_atomic(out / ESTIMATE_FILE, result)
@@ -137,13 +137,12 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
     return 0
 
 
-def _artifact_label(folder: Path) -> str:
-    """``<model>-<runtime>-<precision>`` from an artifact's manifest, as bench names its own folders."""
-    from edgesr.export.manifest import read_manifest
-
-    manifest = read_manifest(folder, verify=False)
-    name = manifest.source.get("shipped") or manifest.source.get("model") or folder.parent.name
-    return f"{name}-{manifest.runtime}-{manifest.precision}"
+def _estimate_label(result: dict[str, Any]) -> str:
+    """``<model>-<runtime>-<precision>`` of the estimated artifact, as bench names its own folders."""
+    subject = result["subject"]
+    source = subject["source"]
+    name = source.get("shipped") or source.get("model") or Path(subject["folder"]).parent.name
+    return f"{name}-{subject['runtime']}-{subject['precision']}"
 
 
 def _number(value: float | None, digits: int = 2, *, signed: bool = False, suffix: str = "") -> str:
