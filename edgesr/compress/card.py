@@ -27,7 +27,7 @@ from edgesr import __version__
 from edgesr._io import replace_folder
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError
-from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata
+from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata, resolve_checkpoint, weights_sha256
 
 
 def _rebuild_command(
@@ -65,6 +65,74 @@ def _rebuild_command(
     )
 
 
+QAT_FOLDER = "qat"  # in a student's folder: the QAT model's weights and quantizer scales
+
+
+def _ship_qat_weights(checkpoint: Path, card_folder: Path, *, command: str) -> dict[str, Any]:
+    """Copies a QAT checkpoint's weights (no optimizer state) into ``card_folder/qat``; returns its record.
+
+    Quantization-aware training changes the weights and learns the quantizers' scales, so an INT8 file
+    made by post-training quantization of the float student is not the file the card measured. With
+    these, ``edgesr export`` rebuilds the measured INT8 file without training (the fake-quantized model
+    is rebuilt from the float student and the recorded scope, then these tensors are loaded).
+    """
+    source = resolve_checkpoint(checkpoint)
+    meta = read_metadata(source)
+    for key in ("optimizer", "scheduler"):
+        meta.pop(key, None)
+    weights = (source / MODEL_FILE).read_bytes()
+    target = card_folder / QAT_FOLDER
+    target.mkdir(exist_ok=True)
+    (target / MODEL_FILE).write_bytes(weights)
+    (target / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return {
+        "folder": QAT_FOLDER,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "step": meta.get("step"),  # the QAT run's best validation step
+        "command": command,
+    }
+
+
+def attach_qat_weights(card_folder: str | Path, stage_folder: str | Path, *, command: str) -> Path:
+    """Adds the QAT weights of a quantize-only run (the card's ``rebuild_command``) to a shipped student.
+
+    The run must have quantized this very student (its float model's sha256 is the card's) and chosen
+    QAT; the card's attempts for those runtimes become the run's, with the weights beside them. The
+    folder is rewritten whole (staging + swap), like :func:`write_student_card`.
+    """
+    card_folder, stage_folder = Path(card_folder), Path(stage_folder)
+    card = json.loads((card_folder / "model_card.json").read_text(encoding="utf-8"))
+    summary = json.loads((stage_folder / "quantization.json").read_text(encoding="utf-8"))
+    float_sha = weights_sha256(stage_folder / "model")
+    if float_sha != card["weights"]["sha256"]:
+        raise ConfigError(
+            f"{stage_folder} quantized weights {float_sha[:12]}, not the student in {card_folder} "
+            f"({card['weights']['sha256'][:12]}); run the card's rebuild_command"
+        )
+    chosen = {
+        runtime: entry for runtime, entry in summary["runtimes"].items()
+        if entry["attempts"][entry["chosen"]]["remedy"] == "qat"
+    }  # fmt: skip
+    if not chosen:
+        raise ConfigError(f"{stage_folder}: no runtime chose QAT; there are no QAT weights to attach")
+    staging = card_folder.with_name(card_folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(card_folder, staging)
+    shutil.rmtree(staging / QAT_FOLDER, ignore_errors=True)
+    for runtime, entry in chosen.items():
+        record = _ship_qat_weights(
+            stage_folder / entry.get("qat_checkpoint", "qat/run/best"), staging, command=command
+        )
+        previous = card.setdefault("quantization", {}).get(runtime, {})
+        card["quantization"][runtime] = previous | {
+            "met_stage_gate": entry["met_gate"],
+            "attempt": entry["attempts"][entry["chosen"]],
+            "qat_weights": record,
+        }
+    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return replace_folder(staging, card_folder)
+
+
 def _exact(node: str) -> str:
     return "'^" + node.replace(".", r"\.") + "$'"
 
@@ -95,6 +163,7 @@ def write_student_card(
     stages = report["recipe"]["stages"]
     # The quantize stage is the last; its seed is the recipe's plus its index (as the runner sets it).
     seed = int(report["recipe"].get("seed", 0)) + len(stages) - 1
+    stage_folder = source.parent  # the quantize stage's folder (its float model is model/)
     for runtime, entry in (summary.get("runtimes") or {}).items():
         attempt = entry["attempts"][entry["chosen"]]
         gate = summary["gate"]
@@ -104,6 +173,10 @@ def write_student_card(
             "attempt": attempt,
             "rebuild_command": command_line,
         }
+        if entry.get("qat_checkpoint"):
+            quantization[runtime]["qat_weights"] = _ship_qat_weights(
+                stage_folder / entry["qat_checkpoint"], staging, command=command
+            )
     card = {
         "name": name,
         "model": meta["model"],

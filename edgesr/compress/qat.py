@@ -196,9 +196,17 @@ def to_openvino(fake_quantized: nn.Module, example: tuple[torch.Tensor, ...]) ->
 
 
 def to_qdq_onnx(
-    fake_quantized: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor, ...], path: Path
+    fake_quantized: nn.Module,
+    spec: ModelSpec,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    dynamic: bool = True,
 ) -> Path:
-    """A standard QDQ ONNX of the fake-quantized model (QuantizeLinear/DequantizeLinear only)."""
+    """A standard QDQ ONNX of the fake-quantized model (QuantizeLinear/DequantizeLinear only).
+
+    ``dynamic``: batch, height and width free; else fixed at ``example``'s shapes (TensorRT profiles).
+    """
     import nncf
     import onnx
     from nncf.parameters import StripFormat
@@ -210,13 +218,13 @@ def to_qdq_onnx(
     native = nncf.strip(
         copy.deepcopy(fake_quantized), do_copy=False, strip_format=StripFormat.NATIVE, example_input=example
     )
-    dynamic = {}
+    axes: dict[str, dict[int, str]] = {}
     for tensor, name in zip(example, spec.input_names, strict=True):
         # Batch, height and width are free (a mask's singleton height stays 1); names per input, since
         # SR's lr and base differ in size by the scale.
         spatial = [(axis, f"{name}_{label}") for axis, label in ((2, "height"), (3, "width"))]
-        dynamic[name] = {0: "batch"} | {axis: label for axis, label in spatial if tensor.shape[axis] > 1}
-    dynamic |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in spec.output_names}
+        axes[name] = {0: "batch"} | {axis: label for axis, label in spatial if tensor.shape[axis] > 1}
+    axes |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in spec.output_names}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -224,10 +232,49 @@ def to_qdq_onnx(
         warnings.filterwarnings("ignore", category=UserWarning)
         torch.onnx.export(
             native.eval(), example, str(tmp), dynamo=False, opset_version=17,
-            input_names=list(spec.input_names), output_names=list(spec.output_names), dynamic_axes=dynamic,
+            input_names=list(spec.input_names), output_names=list(spec.output_names),
+            dynamic_axes=axes if dynamic else None,
         )  # fmt: skip
         onnx.checker.check_model(str(tmp), full_check=True)
     return path
+
+
+def require_signed_qdq(path: Path) -> None:
+    """Refuses a QDQ file that TensorRT's explicit quantization cannot take (unsigned or zero point != 0).
+
+    NNCF quantizes an activation that is never negative (after a ReLU) as unsigned 8-bit, which ONNX
+    Runtime runs but TensorRT does not: it takes signed INT8 with zero point 0 only.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = next(a.t for a in node.attribute if a.name == "value")
+    # The TorchScript exporter passes shared zero points through Identity nodes.
+    aliases = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "Identity"}
+    unsigned = []
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        name = node.input[2] if len(node.input) > 2 else ""
+        while name in aliases:
+            name = aliases[name]
+        if name not in constants:  # no zero point: UINT8 by the ONNX standard's default
+            unsigned.append(node.name or node.output[0])
+            continue
+        zero_point = constants[name]
+        values = numpy_helper.to_array(zero_point)
+        if zero_point.data_type != onnx.TensorProto.INT8 or values.any():
+            unsigned.append(node.name or node.output[0])
+    if unsigned:
+        raise EdgesrError(
+            f"{path}: {len(unsigned)} quantizers are unsigned or have a zero point (first: {unsigned[0]}); "
+            "TensorRT takes signed INT8 with zero point 0 only. The card's QAT model quantizes them so; "
+            "export precisions=[fp16] for TensorRT, or re-run QAT with symmetric signed activations"
+        )
 
 
 def largest_difference(
@@ -246,6 +293,7 @@ __all__ = [
     "kept_modules",
     "largest_difference",
     "quantize_torch",
+    "require_signed_qdq",
     "to_openvino",
     "to_qdq_onnx",
     "torch_inputs",

@@ -58,6 +58,7 @@ from edgesr.pipeline import Predictor
 from edgesr.spec import ModelSpec
 
 ARTIFACTS = {"openvino": "openvino/model.xml", "onnxruntime": "onnxruntime/model.int8.onnx"}
+QAT_CHECKPOINT = "qat/run/best"  # in the stage folder: the QAT model's best validation weights
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,15 @@ def default_scope(spec: ModelSpec) -> Scope:
 
 
 class _Recorder:
-    """A predictor that records its inputs (as numpy arrays) and answers with the float model's output."""
+    """A predictor that records its inputs (as numpy arrays) and answers with zeros of the output's shape.
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
+    Calibration needs only what the pipeline feeds the network; running the float model on every tile
+    as well took as long as the calibration itself (53 s of a 2-minute INT8 export of rdn-mr-x2-edge).
+    Each tile's answer only fills the pipeline's output image, which calibration throws away.
+    """
+
+    def __init__(self, spec: ModelSpec, predictor: Predictor) -> None:
+        self.spec = spec
         self.inputs: list[dict[str, np.ndarray]] = []
         self.fixed_lr_size = getattr(
             predictor, "fixed_lr_size", None
@@ -183,13 +189,19 @@ class _Recorder:
 
     def __call__(self, inputs: Any) -> torch.Tensor:
         self.inputs.append({k: v.detach().cpu().numpy().astype(np.float32) for k, v in inputs.items()})
-        return self.predictor(inputs)
+        first = inputs[self.spec.input_names[0]]
+        batch, height, width = first.shape[0], first.shape[-2], first.shape[-1]
+        scale = self.spec.sr.scale if self.spec.sr is not None else 1
+        channels = self.spec.outputs[0].channels
+        return torch.zeros(batch, channels, height * scale, width * scale)
 
 
 def calibration_inputs(
     spec: ModelSpec, predictor: Predictor, dataset: PreparedDataset, *, slices: int, split: str = "train"
 ) -> list[dict[str, np.ndarray]]:
     """The network inputs the pipeline feeds on ``slices`` slices of ``split`` (spread over volumes).
+
+    ``predictor`` gives the tiling (a fixed-shape artifact's input size); it is not run.
 
     Returns one ``{input name: float32 array}`` per pipeline item (SR: one per tile; recon: per slice).
     """
@@ -198,7 +210,7 @@ def calibration_inputs(
     modality = spec.intensity.modality if spec.sr is not None else "MR"
     volumes = max(1, len(dataset.volumes(modality)))
     per_volume = -(-slices // volumes)
-    recorder = _Recorder(predictor)
+    recorder = _Recorder(spec, predictor)
     if spec.sr is not None:
         method = model_sr_method(spec, recorder)
         kind = spec.sr.degradation
@@ -232,6 +244,12 @@ def quantize_onnxruntime(
 
     ``symmetric`` quantizes activations to signed INT8 with zero point 0, as TensorRT's explicit
     quantization requires; ONNX Runtime's CPU kernels prefer the default (unsigned, asymmetric).
+
+    ONNX Runtime's files get 7-bit weights (``reduce_range``): on x86 CPUs without VNNI (AVX2 only, as
+    many console PCs are) its UINT8 x INT8 kernels add pairs of products in 16 bits, which saturate
+    with full 8-bit weights. The file cannot know the CPU it will run on. Measured on an AVX2-only EPYC:
+    a tiny RDN's INT8 export lost 0.65 dB with 8-bit weights and met its 0.3 dB gate with 7-bit ones;
+    rdn-mr-x2-edge's PTQ -0.58 -> -0.53 dB (validation slices). TensorRT's files (GPU kernels) keep 8.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -256,6 +274,7 @@ def quantize_onnxruntime(
     with _root_filter(advice), atomic_path(out) as tmp:
         quantize_static(
             str(onnx_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            reduce_range=not symmetric,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv"],
             extra_options={
@@ -452,7 +471,7 @@ def quantize(
                 model = qat_steps.quantize_torch(qat.model, items, keep_fp=keep_modules)
             trained[key] = qat_steps.finetune(
                 model, qat.model, spec=spec, model_name=qat.model_name, model_options=qat.model_options,
-                dataset=dataset, settings=qat.settings, out=out / "qat" / "run", resume=resume,
+                dataset=dataset, settings=qat.settings, out=out / Path(QAT_CHECKPOINT).parent, resume=resume,
                 console=console,
             )  # fmt: skip
         return trained[key]
@@ -539,6 +558,10 @@ def quantize(
             "attempts": [a.as_dict() for a in attempts],
             "unavailable": unavailable,
         }
+        if attempts[chosen].remedy == "qat":
+            # The trained weights and quantizer scales: a model card ships them, so the INT8 file can
+            # be rebuilt without training again (edgesr.export.build.int8_plan).
+            results[runtime]["qat_checkpoint"] = QAT_CHECKPOINT
     shutil.rmtree(out / "attempts", ignore_errors=True)
     del artifacts, predictor
     gc.collect()  # the attempts' compiled models and sessions, now rather than at an arbitrary later moment

@@ -59,6 +59,7 @@ ENTRIES = {
     "torch": "model.safetensors",  # with checkpoint.json: the weights PyTorch runs under autocast
 }
 CALIBRATION_SLICES = 32  # training slices for INT8 calibration (what the compress recipes use)
+QAT_STRUCTURE_ITEMS = 4  # calibration items that rebuild a card's QAT network before its tensors load
 
 
 def export_model(
@@ -110,9 +111,10 @@ def export_model(
         # The verification inputs first: a fixed-shape export is traced at their size (SR: the fixed
         # crop the pipeline feeds; recon: the test data's k-space size).
         with console.status(f"recording the network inputs of {target.verify.slices} test slices"):
-            remembered = _RememberOutputs(reference)  # PyTorch's outputs, for every parity check
-            inputs = _network_inputs(spec, remembered, dataset, slices=target.verify.slices, split="test")
-        checks = _Checks(expected=remembered.outputs)
+            inputs = _network_inputs(spec, reference, dataset, slices=target.verify.slices, split="test")
+            # PyTorch's outputs, computed once for every parity check
+            expected = [reference({k: torch.from_numpy(v) for k, v in item.items()}) for item in inputs]
+        checks = _Checks(expected=expected)
         if not target.dynamic_shapes and spec.sr is None:
             # A fixed-shape recon model takes one k-space size: the first test slice's. Only slices of
             # that size can check it (the test volumes differ in size), and the manifest says so.
@@ -141,7 +143,9 @@ def export_model(
             import onnx
 
             graph = onnx.load(str(onnx_path), load_external_data=False)
-            plan = int8_plan(target.runtime, graph, spec, card_quantization)
+            plan = int8_plan(
+                target.runtime, graph, spec, card_quantization, Path(checkpoint) if checkpoint else None
+            )
         artifacts: dict[str, Any] = {}
         for precision in target.precisions:
             started = time.perf_counter()
@@ -166,6 +170,8 @@ def export_model(
                         folder,
                         calibration,
                         plan if precision == "int8" else None,
+                        model=model,
+                        spec=spec,
                     )
             with console.status(f"verifying the {label} artifact against PyTorch"):
                 try:
@@ -182,7 +188,10 @@ def export_model(
             if fixed_shape is not None:
                 verification["fixed_shape"] = fixed_shape
             if precision == "int8" and plan is not None:
-                verification["int8"] = dataclasses.asdict(plan) | {"keep_fp": list(plan.keep_fp)}
+                verification["int8"] = dataclasses.asdict(plan) | {
+                    "keep_fp": list(plan.keep_fp),
+                    "qat_weights": plan.qat_weights.name if plan.qat_weights is not None else None,
+                }
             manifest = write_manifest(
                 folder, target=target_name, runtime=target.runtime, precision=precision,
                 entry=built.entry, spec=spec, source=source, verification=verification,
@@ -264,25 +273,38 @@ def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path, fft: s
 
 @dataclasses.dataclass(frozen=True)
 class Int8Plan:
-    """How an INT8 file is made: the convolutions kept in float, calibration slices, bias correction."""
+    """How an INT8 file is made: the convolutions kept in float, calibration slices, bias correction.
+
+    ``qat_weights``: a student card's QAT checkpoint (weights and quantizer scales); the file is then
+    converted from the fake-quantized model with those tensors, not quantized after training.
+    """
 
     keep_fp: tuple[str, ...]
     calibration_slices: int
     bias_correction: bool
-    origin: str  # "card" (the student's chosen attempt) or "default scope"
+    origin: str  # "card", "card (QAT weights)" or "default scope"
     note: str = ""
+    qat_weights: Path | None = None
+    qat_weights_sha256: str = ""
 
 
 def int8_plan(
-    runtime: str, graph: Any, spec: ModelSpec, card_quantization: Mapping[str, Any] | None
+    runtime: str,
+    graph: Any,
+    spec: ModelSpec,
+    card_quantization: Mapping[str, Any] | None,
+    card_folder: Path | None = None,
 ) -> Int8Plan:
     """The student card's INT8 settings for ``runtime`` when it has them, else the family's default.
 
-    A card whose chosen attempt was QAT gives its scope and calibration, applied here as post-training
-    quantization: QAT weights are trained, and only the card's ``rebuild_command`` retrains them.
+    A card whose chosen attempt was QAT and that ships the QAT weights (``qat_weights``, in
+    ``card_folder``) gives those: the file is the one the card measured. Without them (cards written
+    before the weights shipped) its scope and calibration are applied as post-training quantization,
+    and only the card's ``rebuild_command`` retrains QAT.
 
     Raises:
         ConfigError: the card names convolutions that the exported graph does not have.
+        DataError: the card's QAT weights are missing or not the file it names (sha256).
     """
     entry = (card_quantization or {}).get(runtime)
     if runtime == "tensorrt" and entry is None:
@@ -302,13 +324,49 @@ def int8_plan(
             f"the model card keeps {', '.join(unknown)} in float for {runtime}, but the exported graph has "
             "no such convolution (exported by another torch version?); re-run the card's rebuild_command"
         )
-    note = ""
-    if attempt.get("remedy") == "qat":
-        note = "the card chose QAT; this file is PTQ with the card's scope (its rebuild_command retrains QAT)"
-    return Int8Plan(
+    plan = Int8Plan(
         tuple(attempt["keep_fp"]), int(attempt["calibration_slices"]), bool(attempt.get("bias_correction")),
-        "card", note,
+        "card",
     )  # fmt: skip
+    if attempt.get("remedy") != "qat":
+        return plan
+    shipped = entry.get("qat_weights")
+    if isinstance(shipped, Mapping) and card_folder is not None:
+        folder = _qat_folder(card_folder, shipped)
+        note = (
+            f"QAT weights shipped with the card ({shipped['folder']}/, "
+            f"best validation at step {shipped.get('step')})"
+        )
+        return dataclasses.replace(
+            plan,
+            origin="card (QAT weights)",
+            note=note,
+            qat_weights=folder,
+            qat_weights_sha256=str(shipped["sha256"]),
+        )
+    note = "the card chose QAT; this file is PTQ with the card's scope (its rebuild_command retrains QAT)"
+    return dataclasses.replace(plan, note=note)
+
+
+def _qat_folder(card_folder: Path, shipped: Mapping[str, Any]) -> Path:
+    """The card's QAT checkpoint folder, checked against the sha256 the card records."""
+    import hashlib
+
+    from edgesr.errors import DataError
+    from edgesr.train.checkpoint import MODEL_FILE
+
+    folder = (card_folder / str(shipped["folder"])).resolve()
+    if not folder.is_relative_to(card_folder.resolve()):
+        raise DataError(
+            f"{card_folder}/model_card.json: qat_weights folder {shipped['folder']!r} leaves the card folder"
+        )
+    weights = folder / MODEL_FILE
+    if not weights.is_file():
+        raise DataError(f"{weights}: the model card's QAT weights are missing")
+    found = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if found != shipped["sha256"]:
+        raise DataError(f"{weights}: sha256 {found[:12]} is not the card's {str(shipped['sha256'])[:12]}")
+    return folder
 
 
 def _check_out(out: Path) -> None:
@@ -368,20 +426,6 @@ def _fixed_lr_size(target: ExportTarget, spec: ModelSpec) -> int | None:
     return target.input_size // spec.sr.scale
 
 
-class _RememberOutputs:
-    """A predictor that keeps its outputs in call order (one per recorded input)."""
-
-    def __init__(self, predictor: TorchPredictor) -> None:
-        self.predictor = predictor
-        self.fixed_lr_size = predictor.fixed_lr_size
-        self.outputs: list[torch.Tensor] = []
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        output = self.predictor(inputs)
-        self.outputs.append(output)
-        return output
-
-
 @dataclasses.dataclass
 class _Checks:
     """What the checks of one export share: PyTorch's outputs and scores, computed once."""
@@ -425,12 +469,21 @@ def _build(
     folder: Path,
     calibration: Sequence[dict[str, np.ndarray]],
     plan: Int8Plan | None,
+    *,
+    model: nn.Module,
+    spec: ModelSpec,
 ) -> _Built:
     """Writes the runtime's file(s) for ``precision`` into ``folder``."""
     started = time.perf_counter()
     folder.mkdir(parents=True)
     keep_fp = list(plan.keep_fp) if plan is not None else []
     runtime = target.runtime
+    if precision == "int8" and plan is not None and plan.qat_weights is not None:
+        _qat_file(target, onnx_path, folder, calibration, plan, model=model, spec=spec)
+        if runtime == "tensorrt":
+            return _tensorrt_engine(target, precision, folder, started)
+        entry = "model.xml" if runtime == "openvino" else "model.onnx"
+        return _Built(entry, runtime, time.perf_counter() - started)
     if runtime in ("onnxruntime", "tensorrt"):
         if precision == "int8":
             from edgesr.compress.quantize import quantize_onnxruntime
@@ -463,6 +516,50 @@ def _build(
         ir = read_onnx(onnx_path)  # with OpenVINO's DFT-axis bug worked around
     openvino.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
     return _Built("model.xml", "openvino", time.perf_counter() - started)
+
+
+def _qat_file(
+    target: ExportTarget,
+    onnx_path: Path,
+    folder: Path,
+    calibration: Sequence[dict[str, np.ndarray]],
+    plan: Int8Plan,
+    *,
+    model: nn.Module,
+    spec: ModelSpec,
+) -> None:
+    """The INT8 file of a card's QAT model: fake quantizers inserted as in training, its tensors loaded.
+
+    NNCF rebuilds the fake-quantized network from the float student, the card's scope and calibration
+    (the same inputs as when it was trained); the shipped checkpoint then sets every weight and
+    quantizer scale, so the file is the one the card measured, without training.
+    """
+    import onnx
+
+    from edgesr.compress import qat
+    from edgesr.train.checkpoint import load_weights
+
+    if plan.qat_weights is None:
+        raise ValueError("_qat_file needs a plan with qat_weights")
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    # The checkpoint sets every weight, bias and quantizer scale (a strict load), so the calibration only
+    # has to build the network's structure: a few items do (rdn-mr-x2-edge: 1 and 16 items give the same
+    # outputs, to the bit), where NNCF's statistics over a fixed-shape export's hundreds of tiles took
+    # more than 10 minutes.
+    items = [qat.torch_inputs(spec, item) for item in calibration[:QAT_STRUCTURE_ITEMS]]
+    kept = qat.kept_modules(model, graph, plan.keep_fp)
+    fake_quantized = qat.quantize_torch(model, items, keep_fp=kept)
+    load_weights(plan.qat_weights, fake_quantized)
+    example = items[0]
+    if target.runtime == "openvino":
+        import openvino
+
+        ir = qat.to_openvino(fake_quantized, example)
+        openvino.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
+        return
+    qat.to_qdq_onnx(fake_quantized, spec, example, folder / "model.onnx", dynamic=target.dynamic_shapes)
+    if target.runtime == "tensorrt":
+        qat.require_signed_qdq(folder / "model.onnx")
 
 
 def _torch_artifact(checkpoint: str | Path | None, folder: Path) -> _Built:

@@ -224,6 +224,47 @@ def test_qat_trains_once_and_each_runtime_file_is_checked_against_it(exported, t
     assert again["runtimes"]["openvino"]["attempts"][1]["psnr"] == pytest.approx(
         summary["runtimes"]["openvino"]["attempts"][1]["psnr"], abs=1e-3
     )
+    _rebuilt_from_the_qat_checkpoint(model, spec, path, tiny_dataset, tmp_path, summary)
+
+
+def _rebuilt_from_the_qat_checkpoint(model, spec, path, tiny_dataset, tmp_path, summary):
+    """What export does with a card's shipped QAT weights: the fake-quantized model rebuilt from the float
+    one and the scope, the checkpoint's tensors loaded, then each runtime's file (no training)."""
+    from edgesr.compress import qat
+    from edgesr.export.build import Int8Plan, _qat_file
+    from edgesr.export.targets import load_target
+    from edgesr.train.checkpoint import load_weights
+
+    for entry in summary["runtimes"].values():
+        chosen_qat = entry["attempts"][entry["chosen"]]["remedy"] == "qat"
+        assert (entry.get("qat_checkpoint") == "qat/run/best") == chosen_qat
+    keep_fp = summary["runtimes"]["onnxruntime"]["attempts"][1]["keep_fp"]
+    calibration = calibration_inputs(spec, TorchPredictor(model, spec), tiny_dataset, slices=2)
+    best = tmp_path / "qat" / "run" / "best"
+    plan = Int8Plan(tuple(keep_fp), 2, False, "card (QAT weights)", qat_weights=best)
+    items = [qat.torch_inputs(spec, item) for item in calibration]
+    untrained = quantize_torch(model, items, keep_fp=kept_modules(model, onnx.load(str(path)), keep_fp))
+    trained = quantize_torch(model, items, keep_fp=kept_modules(model, onnx.load(str(path)), keep_fp))
+    load_weights(plan.qat_weights, trained)
+    feeds = {k: torch.from_numpy(v) for k, v in _smooth_inputs(5).items()}
+    with torch.no_grad():
+        expected, before = trained(*feeds.values()), untrained(*feeds.values())
+    assert (expected - before).abs().max() > 1e-4  # the checkpoint's tensors changed the network
+    for target, predictor in (("cpu-onnxruntime", OnnxRuntimePredictor), ("cpu-openvino", OpenVinoPredictor)):
+        folder = tmp_path / "rebuilt" / target
+        folder.mkdir(parents=True)
+        _qat_file(load_target(target), path, folder, calibration, plan, model=model, spec=spec)
+        entry = folder / ("model.onnx" if target == "cpu-onnxruntime" else "model.xml")
+        got = predictor(entry)(feeds)
+        assert (got - expected).abs().max() < 0.05, target
+    # TensorRT takes signed INT8 with zero point 0 only: NNCF's symmetric quantizers give that (behind the
+    # TorchScript exporter's Identity nodes); ONNX Runtime's asymmetric PTQ file is refused by name.
+    from edgesr.errors import EdgesrError
+
+    qat.require_signed_qdq(tmp_path / "rebuilt" / "cpu-onnxruntime" / "model.onnx")
+    asymmetric = quantize_onnxruntime(path, tmp_path / "asym.onnx", calibration, keep_fp=keep_fp)
+    with pytest.raises(EdgesrError, match="TensorRT takes signed INT8"):
+        qat.require_signed_qdq(asymmetric)
 
 
 def test_a_recon_model_quantizes_its_convolutions_and_says_why_qat_has_no_onnx_file(tiny_dataset, tmp_path):

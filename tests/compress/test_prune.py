@@ -232,7 +232,9 @@ def test_pixel_shuffle_groups_stay_whole(name: str, options: dict, trunk: list[s
         with torch.no_grad():
             masked.upsample.get_submodule(conv_name).weight[dropped] = 0
             masked.upsample.get_submodule(conv_name).bias[dropped] = 0
-    torch.testing.assert_close(_output(pruned, inputs), _output(masked, inputs))
+    # The same sums over fewer channels: equal up to float32 summation order, which differs between CPU
+    # kernels (AVX2 vs AVX-512: 1.1e-5 on outputs near 0.8 was seen on an AVX2-only machine).
+    torch.testing.assert_close(_output(pruned, inputs), _output(masked, inputs), atol=1e-4, rtol=1e-4)
 
 
 def _row_origin(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
@@ -291,7 +293,7 @@ def test_complex_channel_pairs_pruned_together() -> None:
             target.imag.weight[dropped] = 0
             target.bias.view(-1, 2)[dropped] = 0
     assert pruned_any
-    torch.testing.assert_close(_output(pruned, inputs), _output(masked, inputs))
+    torch.testing.assert_close(_output(pruned, inputs), _output(masked, inputs), atol=1e-4, rtol=1e-4)
 
 
 def test_rdn_dense_concatenations_stay_consistent() -> None:

@@ -180,6 +180,43 @@ def test_int8_keeps_a_student_cards_scope_and_refuses_names_the_graph_lacks(tiny
         )
 
 
+def test_a_cards_shipped_qat_weights_are_used_only_when_they_are_the_cards_file(tiny_checkpoint, tmp_path):
+    import hashlib
+    import shutil
+
+    import onnx
+
+    from edgesr.bench.timing import latency_inputs
+    from edgesr.errors import DataError
+    from edgesr.export.build import int8_plan
+    from edgesr.export.onnx import export_onnx
+    from edgesr.train.checkpoint import load_for_inference
+
+    model, spec, _ = load_for_inference(tiny_checkpoint)
+    graph = onnx.load(str(export_onnx(model, spec, latency_inputs(spec, 32), tmp_path / "m.onnx")))
+    card = tmp_path / "student"
+    shutil.copytree(tiny_checkpoint, card / "qat")  # any checkpoint stands in for the QAT one here
+    sha = hashlib.sha256((card / "qat" / "model.safetensors").read_bytes()).hexdigest()
+    attempt = {"remedy": "qat", "keep_fp": [], "calibration_slices": 4, "bias_correction": False}
+    entry = {"attempt": attempt, "qat_weights": {"folder": "qat", "sha256": sha, "step": 300}}
+    plan = int8_plan("onnxruntime", graph, spec, {"onnxruntime": entry}, card)
+    assert plan.origin == "card (QAT weights)" and plan.qat_weights == (card / "qat").resolve()
+    assert plan.qat_weights_sha256 == sha and "step 300" in plan.note
+    # TensorRT takes the ONNX Runtime attempt (the same kind of QDQ file).
+    assert int8_plan("tensorrt", graph, spec, {"onnxruntime": entry}, card).qat_weights == plan.qat_weights
+    # Without the card's folder (an older caller) the scope is applied as PTQ, and the note says so.
+    assert int8_plan("onnxruntime", graph, spec, {"onnxruntime": entry}).qat_weights is None
+    with pytest.raises(DataError, match="sha256"):
+        int8_plan("onnxruntime", graph, spec, {"onnxruntime": entry | {"qat_weights": {"folder": "qat",
+                  "sha256": "0" * 64}}}, card)  # fmt: skip
+    with pytest.raises(DataError, match="leaves the card"):
+        int8_plan("onnxruntime", graph, spec, {"onnxruntime": entry | {"qat_weights": {"folder": "../..",
+                  "sha256": sha}}}, card)  # fmt: skip
+    (card / "qat" / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="missing"):
+        int8_plan("onnxruntime", graph, spec, {"onnxruntime": entry}, card)
+
+
 def test_a_compress_runs_final_model_exports_within_its_recipes_gate(tiny_dataset, tiny_checkpoint, tmp_path):
     """``compressed=DIR``: the final model is found beside report.json wherever compress ran from, and
     the recipe's gate becomes the verification's."""
