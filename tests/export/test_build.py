@@ -56,6 +56,26 @@ def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset
     assert torch.allclose(predictor({"lr": lr, "base": base}), expected, atol=1e-5)
 
 
+def test_int8_with_the_default_scope_tries_one_more_float_layer_on_validation_slices(
+    tiny_dataset, tiny_checkpoint, tmp_path, capsys
+):
+    """The compress stage's first remedy, at export: scored on validation slices, the test slices verify."""
+    common = ("target=cpu-onnxruntime", "precisions=[int8]", "verify.slices=2")
+    loose = (*common, "verify.max_psnr_drop_db=20", "verify.max_ssim_drop=1")
+    assert export_cli(tiny_dataset, tiny_checkpoint, tmp_path / "loose", *loose) == 0
+    manifest = json.loads((tmp_path / "loose" / "int8" / "manifest.json").read_text())
+    int8 = manifest["verification"]["int8"]
+    assert int8["origin"] == "default scope" and len(int8["attempts"]) == 1
+    assert int8["attempts"][0]["met_gate"] and int8["attempts"][0]["split"] == "val"
+    # An unreachable gate: both plans are tried and named in the refusal, and nothing is left behind.
+    strict = (*common, "verify.max_psnr_drop_db=0", "verify.max_ssim_drop=0")
+    assert export_cli(tiny_dataset, tiny_checkpoint, tmp_path / "strict", *strict) == 2
+    message = capsys.readouterr().err
+    assert "tried on validation slices: default scope (" in message
+    assert "one more float layer per end" in message
+    assert not (tmp_path / "strict").exists()
+
+
 def test_openvino_artifacts_run_at_the_precision_they_were_verified_at(
     tiny_dataset, tiny_checkpoint, tmp_path
 ):
