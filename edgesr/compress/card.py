@@ -119,10 +119,12 @@ def attach_qat_weights(card_folder: str | Path, stage_folder: str | Path, *, com
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(card_folder, staging)
     shutil.rmtree(staging / QAT_FOLDER, ignore_errors=True)
+    from edgesr.compress.quantize import QAT_CHECKPOINT
+
     for runtime, entry in chosen.items():
-        record = _ship_qat_weights(
-            stage_folder / entry.get("qat_checkpoint", "qat/run/best"), staging, command=command
-        )
+        # Runs before the checkpoint's place was recorded left it at the same place.
+        checkpoint = stage_folder / entry.get("qat_checkpoint", QAT_CHECKPOINT)
+        record = _ship_qat_weights(checkpoint, staging, command=command)
         previous = card.setdefault("quantization", {}).get(runtime, {})
         card["quantization"][runtime] = previous | {
             "met_stage_gate": entry["met_gate"],

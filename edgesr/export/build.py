@@ -152,20 +152,19 @@ def export_model(
                 target.runtime, graph, spec, card_quantization, Path(checkpoint) if checkpoint else None
             )
         artifacts: dict[str, Any] = {}
+
+        def calibration(slices: int) -> list[dict[str, np.ndarray]]:
+            """Training-split network inputs, recorded once per slice count."""
+            if slices not in calibrations:
+                calibrations[slices] = _network_inputs(spec, reference, dataset, slices=slices, split="train")
+            return calibrations[slices]
+
         for precision in target.precisions:
             started = time.perf_counter()
             folder = staging / precision
             label = f"{target_name} {precision}"
             int8_attempts: list[dict[str, Any]] = []
             with console.status(f"building the {label} artifact"):
-
-                def calibration(slices: int) -> list[dict[str, np.ndarray]]:
-                    if slices not in calibrations:
-                        calibrations[slices] = _network_inputs(
-                            spec, reference, dataset, slices=slices, split="train"
-                        )
-                    return calibrations[slices]
-
                 if target.runtime == "torch":
                     built = _torch_artifact(checkpoint, folder)
                 elif precision == "int8" and plan is not None:
