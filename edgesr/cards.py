@@ -1,8 +1,10 @@
 """Model cards: what a shipped teacher (or, later, a compressed student) carries beside its weights.
 
 A card records how the weights were made (every training stage's command, steps, wall-clock time and
-machine, following ``init=`` back to the first run), the data sources with their checksums, the
-evaluation next to the baselines of the same run, the model spec, and the weights' sha256.
+machine, following ``init=`` back to the first run), the data sources with their checksums and the data
+set's fingerprint, the evaluation next to the baselines of the same run on the test split and on the
+external split (sources never trained on), a headline from real scans only, the model spec, and the
+weights' sha256.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from edgesr import __version__
 from edgesr._io import atomic_path, write_json_atomic
 from edgesr.data.dataset import PreparedDataset
+from edgesr.data.prepare import fingerprint_differences
 from edgesr.errors import DataError
 from edgesr.spec import ModelSpec
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_model, read_metadata, resolve_checkpoint
@@ -98,9 +101,11 @@ def write_card(
     name: str,
     dataset: PreparedDataset,
     evaluate_command: str,
+    external: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a shippable teacher into ``target``: weights, metadata without optimizer state, and
-    ``model_card.json`` (training stages and machines, data sources, this evaluation, the spec, sha256).
+    ``model_card.json`` (training stages and machines, data sources and fingerprint, this evaluation
+    and the ``external`` one, the headline, the spec, sha256).
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -130,12 +135,82 @@ def write_card(
         },
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
+            | {"role": v.get("role", "train"), "template": bool(v.get("template", False))}
             for v in dataset.manifest["volumes"]
         ],
+        "data_fingerprint": dataset.fingerprint,
+        "headline": headline(report, external),
         "evaluation": report,
+        "external": external,
         "evaluate_command": evaluate_command,
         "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         "edgesr_version": __version__,
     }
     write_json_atomic(target / "model_card.json", card)
     return target
+
+
+def headline(report: dict[str, Any], external: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The figures to quote, per setting: the gain over the best baseline on the real scans of the test
+    split (a template average is never blended in) and on the external split."""
+    external_by_setting = {_setting_key(c): c for c in (external or {}).get("comparison", [])}
+    lines = []
+    for comparison in report["comparison"]:
+        key = _setting_key(comparison)
+        outside = external_by_setting.get(key)
+        lines.append(
+            dict(key)
+            | {
+                "test_real_scans": comparison.get("real_scans"),
+                "external": None
+                if outside is None
+                else {
+                    k: outside[k]
+                    for k in (
+                        "best_baseline",
+                        "gain_db_over_best_baseline",
+                        "slices_below_per_slice_best_baseline",
+                        "min_gain_db_per_slice",
+                    )
+                }
+                | {"by_source": outside.get("by_source", {})},
+            }
+        )
+    return lines
+
+
+_SETTING_KEYS = ("task", "modality", "scale", "degradation", "acceleration", "mask", "coils", "maps")
+
+
+def _setting_key(comparison: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, comparison[k]) for k in _SETTING_KEYS if k in comparison)
+
+
+def card_data_differences(card: dict[str, Any], dataset: PreparedDataset) -> list[str]:
+    """How ``dataset`` differs from the data set a model card was measured on, for the card's modality
+    (empty: the same data, or a folder without a card).
+
+    Cards from before fingerprints list their sources' names and checksums only; for them the
+    training sources are compared (external sources did not exist then and change no test figure).
+    """
+    if not card or "spec" not in card:
+        return []
+    spec = card["spec"] or {}
+    modality = (spec.get("intensity") or {}).get("modality", "MR")
+    current = [s for s in dataset.fingerprint["sources"] if _modality(dataset, s["name"]) == modality]
+    recorded = card.get("data_fingerprint")
+    if recorded is None:
+        before = [
+            {"name": d["name"], "package": d.get("package", "?"), "input_sha256": d.get("input_sha256")}
+            for d in card.get("data", [])
+            if d.get("modality") == modality
+        ]
+        current = [s for s in current if s["role"] == "train"]
+    else:
+        names = {d["name"] for d in card.get("data", []) if d.get("modality") == modality}
+        before = [s for s in recorded.get("sources", []) if s["name"] in names]
+    return fingerprint_differences({"sources": before}, {"sources": current})
+
+
+def _modality(dataset: PreparedDataset, name: str) -> str:
+    return next((v["modality"] for v in dataset.manifest["volumes"] if v["name"] == name), "")

@@ -28,6 +28,7 @@ from edgesr import baselines
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset, SliceSample
 from edgesr.data.kspace import KSpaceVolume
+from edgesr.data.sources import is_template
 from edgesr.errors import DataError
 from edgesr.metrics import crop_border, gradient_energy_ratio, hfen, nmse, psnr, ssim
 from edgesr.physics.coils import estimate_coil_maps
@@ -263,27 +264,59 @@ def model_recon_method(spec: ModelSpec, predictor: Predictor) -> ReconMethod:
     return method
 
 
+def _source_of(slice_id: str) -> str:
+    return slice_id.rsplit(":", 1)[0]
+
+
+def _gain(model: MethodScores, others: list[MethodScores], rows: list[int]) -> dict[str, Any]:
+    """The model against the baselines on the slices ``rows``: the gain over the baseline with the best
+    mean there, and how often (and by how much at worst) the per-slice best baseline beats it."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values[i] for i in rows) / len(rows)
+
+    best = max(others, key=lambda s: mean(s.psnr))
+    per_slice_best = {i: max(b.psnr[i] for b in others) for i in rows}
+    return {
+        "slices": len(rows),
+        "psnr_db": round(mean(model.psnr), 3),
+        "best_baseline": best.method,
+        "best_baseline_psnr_db": round(mean(best.psnr), 3),
+        "gain_db_over_best_baseline": round(mean(model.psnr) - mean(best.psnr), 3),
+        "slices_below_per_slice_best_baseline": sum(model.psnr[i] < per_slice_best[i] for i in rows),
+        "min_gain_db_per_slice": round(min(model.psnr[i] - per_slice_best[i] for i in rows), 3),
+    }
+
+
 def compare(scores: list[MethodScores], model_name: str) -> dict[str, Any]:
-    """The model against the baselines: mean gain over the best baseline, and per-slice losses."""
+    """The model against the baselines: mean gain over the best baseline, and per-slice losses; the same
+    per source, and over the real scans alone (``real_scans``: every source but the templates, the
+    figure to quote; None when only templates were scored)."""
     model = next(s for s in scores if s.method == model_name)
     others = [s for s in scores if s.method != model_name]
-    best = max(others, key=lambda s: sum(s.psnr) / len(s.psnr))
+    every = list(range(len(model.psnr)))
+    overall = _gain(model, others, every)
     per_slice_best = [max(values) for values in zip(*(b.psnr for b in others), strict=True)]
     below = [sid for sid, m, b in zip(model.slices, model.psnr, per_slice_best, strict=True) if m < b]
+    by_source: dict[str, list[int]] = {}
+    for index, slice_id in enumerate(model.slices):
+        by_source.setdefault(_source_of(slice_id), []).append(index)
+    real = [i for i in every if not is_template(_source_of(model.slices[i]))]
     return {
-        "best_baseline": best.method,
-        "gain_db_over_best_baseline": round(
-            sum(model.psnr) / len(model.psnr) - sum(best.psnr) / len(best.psnr), 3
-        ),
+        "best_baseline": overall["best_baseline"],
+        "gain_db_over_best_baseline": overall["gain_db_over_best_baseline"],
         "slices_below_per_slice_best_baseline": len(below),
         "slices_below": below,
-        "min_gain_db_per_slice": round(
-            min(m - b for m, b in zip(model.psnr, per_slice_best, strict=True)), 3
-        ),
+        "min_gain_db_per_slice": overall["min_gain_db_per_slice"],
         # What the model can be held to: the baselines it beats on every slice of this setting.
         "baselines_beaten_on_every_slice": [
             b.method for b in others if all(m > v for m, v in zip(model.psnr, b.psnr, strict=True))
         ],
+        "real_scans": _gain(model, others, real) if real else None,
+        "by_source": {
+            source: _gain(model, others, rows) | {"template": is_template(source)}
+            for source, rows in by_source.items()
+        },
     }
 
 
@@ -325,6 +358,12 @@ def evaluate_model(
         return status(message) if status is not None else contextlib.nullcontext()
 
     recon = recon or ReconProtocol()
+    modality = spec.intensity.modality if spec.sr is not None else "MR"
+    if not has_slices(dataset, split, modality):
+        raise DataError(
+            f"the {split} split of the data set at {dataset.path} has no {modality} slices"
+            + (" (no external source is installed: run `bash .ci/setup`)" if split == "external" else "")
+        )
     results: list[dict[str, Any]] = []
     comparisons: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -358,11 +397,17 @@ def evaluate_model(
     return {
         "split": split,
         "protocol": PROTOCOL,
-        "sources": [v["name"] for v in dataset.volumes()],
+        "sources": [v["name"] for v in dataset.volumes(modality, split)],
+        "data_fingerprint": dataset.fingerprint["id"],
         "results": results,
         "comparison": comparisons,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def has_slices(dataset: PreparedDataset, split: str, modality: str) -> bool:
+    """Whether ``split`` holds any slice of ``modality``."""
+    return bool(dataset.volumes(modality, split))
 
 
 def score_predictor(

@@ -97,6 +97,15 @@ needs_real_data = pytest.mark.skipif(
 )
 
 
+def card_sources(card: dict) -> list[str]:
+    """The training sources a shipped model's card was measured on, of its modality: what its promises
+    hold for (a source added to the data set later is scored by a re-trained model's new card)."""
+    modality = card["spec"]["intensity"]["modality"]
+    return [
+        d["name"] for d in card["data"] if d["modality"] == modality and d.get("role", "train") == "train"
+    ]
+
+
 @pytest.fixture(scope="session")
 def real_data_root(tmp_path_factory) -> Path:
     """The real default data set, prepared once per test session into a temporary folder."""

@@ -231,8 +231,8 @@ def test_a_bad_model_option_is_a_clear_error(tmp_path, good_npy, capsys):
 
 
 def test_an_empty_manifest_is_a_clear_error(tmp_path, capsys):
-    (tmp_path / "v1").mkdir()
-    (tmp_path / "v1" / "manifest.json").write_text("{}")
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "manifest.json").write_text("{}")
     _fails(capsys, ["data", "info", f"root={tmp_path}"], "manifest.json", "corrupt manifest")
 
 

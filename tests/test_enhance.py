@@ -208,3 +208,51 @@ def test_model_card_records_the_runs_it_was_initialised_from(tmp_path, tiny_data
     assert stage["command"] == "edgesr train model=rdn_tiny out=pre" and stage["steps"] == 7
     # Each stage names the machine it trained on (a card's wall-clock times mean little without it).
     assert stage["machine"] == gpu and training["machine"] == "not recorded by the training run"
+
+
+def test_a_card_states_the_external_split_and_evaluate_says_when_the_data_differs(
+    tmp_path, monkeypatch, sr_checkpoint, capsys
+):
+    import dataclasses
+
+    import edgesr.data.prepare as prepare_module
+    from edgesr.data.dataset import PreparedDataset
+    from edgesr.data.prepare import PrepareConfig, prepare_dataset
+    from edgesr.data.sources import Source, SourceVolume
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 36), np.linspace(-1, 1, 30), indexing="ij")
+    blobs = np.stack([np.exp(-((yy - 0.01 * k) ** 2 + xx**2) * 3) * 100 for k in range(70)]).astype(
+        np.float32
+    )
+    (tmp_path / "f").write_bytes(b"f")
+    own = Source("own-mr", "MR", "d", "test", "CC0", locate=lambda: tmp_path / "f",
+                 load=lambda p: SourceVolume(blobs, (1, 1, 1)))  # fmt: skip
+    other = np.ascontiguousarray(blobs[:30, ::-1] * 3)
+    elsewhere = dataclasses.replace(
+        own, name="elsewhere-mr", role="external", load=lambda p: SourceVolume(other, (1, 1, 1))
+    )
+    monkeypatch.setattr(prepare_module, "SOURCES", (own, elsewhere))
+    root = tmp_path / "data"
+    prepare_dataset(PrepareConfig(root=str(root)))
+    card = tmp_path / "card"
+    assert (
+        main(["evaluate", f"checkpoint={sr_checkpoint}", f"root={root}", f"card={card}", "max_slices=2"]) == 0
+    )
+    written = json.loads((card / "model_card.json").read_text())
+    assert written["data_fingerprint"]["id"] == PreparedDataset(root).fingerprint["id"]
+    assert written["evaluation"]["split"] == "test" and written["evaluation"]["sources"] == ["own-mr"]
+    assert written["external"]["split"] == "external" and written["external"]["sources"] == ["elsewhere-mr"]
+    [line] = written["headline"]
+    assert line["test_real_scans"]["slices"] == 2
+    assert set(line["external"]["by_source"]) == {"elsewhere-mr"}
+    assert {d["name"]: d["role"] for d in written["data"]} == {"own-mr": "train", "elsewhere-mr": "external"}
+    capsys.readouterr()
+    # The same card on the same data: no warning. On a data set whose external source is gone: a warning.
+    assert main(["evaluate", f"checkpoint={card}", f"root={root}", "max_slices=1"]) == 0
+    assert "not the one this model's card was measured on" not in capsys.readouterr().out
+    monkeypatch.setattr(prepare_module, "SOURCES", (own,))
+    prepare_dataset(PrepareConfig(root=str(root)))
+    assert main(["evaluate", f"checkpoint={card}", f"root={root}", "max_slices=1", "format=json"]) == 0
+    said = capsys.readouterr()
+    assert "not the one this model's card was measured on" in " ".join(said.err.split())
+    assert json.loads(said.out)["data_differs_from_card"] == ["elsewhere-mr missing (test not installed?)"]

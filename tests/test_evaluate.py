@@ -103,3 +103,28 @@ def test_result_tables_keep_every_number_at_80_columns():
     for value in ("28.21", "0.8038", "0.01571", "0.5274", "0.483", "25.93", "0.312", "zero-filled"):
         assert value in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_comparisons_per_source_and_on_real_scans_leave_the_template_out():
+    slices = ["colin27-t1:1", "colin27-t1:2", "mni152-t1:1", "other:4"]
+    scores = [
+        MethodScores("bicubic", psnr=[30.0, 30.0, 30.0, 33.0], slices=slices),
+        MethodScores("zero-fill", psnr=[31.0, 32.0, 30.0, 32.0], slices=slices),
+        MethodScores("net", psnr=[32.0, 32.0, 40.0, 32.5], slices=slices),
+    ]
+    comparison = compare(scores, "net")
+    # Overall, the template's +10 dB lifts the mean; the real scans alone gain far less.
+    assert comparison["gain_db_over_best_baseline"] == round((136.5 - 125) / 4, 3)
+    real = comparison["real_scans"]
+    assert real["slices"] == 3 and real["best_baseline"] == "zero-fill"
+    assert real["gain_db_over_best_baseline"] == round((96.5 - 95) / 3, 3)
+    assert real["slices_below_per_slice_best_baseline"] == 1 and real["min_gain_db_per_slice"] == -0.5
+    by_source = comparison["by_source"]
+    assert by_source["mni152-t1"]["template"] and not by_source["colin27-t1"]["template"]
+    assert by_source["colin27-t1"]["gain_db_over_best_baseline"] == 0.5
+    assert by_source["other"]["best_baseline"] == "bicubic"
+    assert by_source["other"]["gain_db_over_best_baseline"] == -0.5
+    only_template = compare(
+        [MethodScores(m.method, psnr=m.psnr[2:3], slices=slices[2:3]) for m in scores], "net"
+    )
+    assert only_template["real_scans"] is None

@@ -13,6 +13,7 @@ from edgesr.cli import main
 from edgesr.data.images import load_image
 from edgesr.teachers import list_students, list_teachers, teacher_path
 from edgesr.train.checkpoint import load_for_inference
+from tests.conftest import card_sources
 
 
 def _card(name: str) -> dict:
@@ -63,6 +64,7 @@ def test_student_keeps_its_cards_figures_on_real_test_slices(real_data_root, cap
     above the best baseline its card reports (what a student must at least keep)."""
     card = _card(name)
     argv = ["evaluate", f"model={name}", f"root={real_data_root}", "max_slices=2", "format=json"]
+    argv.append(f"sources=[{','.join(card_sources(_card(name)))}]")
     if card["spec"]["task"] == "recon":
         argv.append("accelerations=[4]")
     assert main(argv) == 0

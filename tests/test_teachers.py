@@ -20,6 +20,7 @@ from edgesr.physics.simulate import simulate_multicoil
 from edgesr.results import setting_title
 from edgesr.teachers import list_teachers, teacher_path
 from edgesr.train.checkpoint import load_for_inference, load_model
+from tests.conftest import card_sources
 
 
 def _card(name: str) -> dict:
@@ -103,6 +104,7 @@ def test_teacher_still_beats_the_baselines_on_real_test_slices(real_data_root, c
     (SRGAN) teacher trades PSNR for sharpness, so it must instead have a lower HFEN than bicubic.
     """
     argv = ["evaluate", f"model={name}", f"root={real_data_root}", "max_slices=2", "format=json"]
+    argv.append(f"sources=[{','.join(card_sources(_card(name)))}]")
     if name in RECON_TEACHERS:
         argv.append("accelerations=[4]")
     assert main(argv) == 0

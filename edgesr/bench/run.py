@@ -148,7 +148,7 @@ def bench(
         for row in runs:
             row["speedup_vs_teacher_torch_fp32"] = round(reference_ms / row["latency_ms"]["p50"], 2)
     modality = subject.spec.intensity.modality if subject.spec.sr is not None else "MR"
-    volumes = dataset.volumes(modality)
+    volumes = dataset.volumes(modality, "test")
     result = {
         "device": device_name,
         "profile": dataclasses.asdict(profile),
@@ -164,6 +164,7 @@ def bench(
             "split": "test",
             "max_slices_per_volume": profile.quality_slices,
             "sources": [v["name"] for v in volumes],
+            "fingerprint": dataset.fingerprint["id"],
             "input_sha256": {v["name"]: v["input_sha256"] for v in volumes},
             "templates": [v["name"] for v in volumes if is_template(v["name"])],
         },

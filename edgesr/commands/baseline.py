@@ -13,6 +13,7 @@ from edgesr import baselines
 from edgesr._io import write_json_atomic
 from edgesr.config import check_choice, check_range, opt
 from edgesr.data.dataset import PreparedDataset
+from edgesr.data.splits import ALL_SPLITS
 from edgesr.evaluate import (
     DEFAULT_DEGRADATION,
     PROTOCOL,
@@ -47,7 +48,7 @@ class BaselineConfig:
         baselines.L1_WAVELET_LAMBDA, "L1-wavelet regularisation weight (chosen on the val split)"
     )
     cs_iterations: int = opt(baselines.L1_WAVELET_ITERATIONS, "L1-wavelet iterations")
-    split: str = opt("test", "which split to score: test, val or train")
+    split: str = opt("test", "which split to score: test, val, train or external")
     max_slices: int = opt(0, "at most this many slices per volume, spread evenly (0: all)")
     seed: int = opt(0, "seed of the simulated noise, phase, coils and masks")
     root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
@@ -57,7 +58,7 @@ class BaselineConfig:
     def __post_init__(self) -> None:
         check_choice("task", self.task, ("sr", "recon", "all"))
         check_choice("modality", self.modality, ("MR", "CT", "all"))
-        check_choice("split", self.split, ("train", "val", "test"))
+        check_choice("split", self.split, ALL_SPLITS)
         check_choice("format", self.format, ("table", "json"))
         for scale in self.scales:
             check_choice("scales", scale, SCALES)
@@ -80,8 +81,10 @@ def run_baseline(cfg: BaselineConfig) -> int:
         modalities = ("MR", "CT") if cfg.modality == "all" else (cfg.modality,)
         sr_methods = sr_baseline_methods()
         for modality in modalities:
-            if not dataset.volumes(modality):
-                console.print(f"[yellow]no {modality} volumes in the data set; skipping SR on {modality}[/]")
+            if not dataset.volumes(modality, cfg.split):
+                console.print(
+                    f"[yellow]no {modality} slices in the {cfg.split} split; skipping SR on {modality}[/]"
+                )
                 continue
             kind = cfg.degradation or DEFAULT_DEGRADATION[modality]
             for scale in cfg.scales:
@@ -121,7 +124,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
     report = {
         "split": cfg.split,
         "protocol": PROTOCOL,
-        "sources": [v["name"] for v in dataset.volumes()],
+        "sources": [v["name"] for v in dataset.volumes(split=cfg.split)],
         "results": results,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -37,6 +37,7 @@ def run_info(cfg: InfoConfig) -> int:
             "version": manifest["version"],
             "created_by": manifest["created_by"],
             "split_policy": manifest["split_policy"],
+            "fingerprint": dataset.fingerprint,
             "volumes": [
                 {
                     k: v[k]
@@ -52,6 +53,7 @@ def run_info(cfg: InfoConfig) -> int:
                         "spacing_mm",
                     )
                 }
+                | {"role": v.get("role", "train"), "package_version": v.get("package_version", "unknown")}
                 | {"split_slices": sizes[v["name"]]}
                 for v in manifest["volumes"]
             ],
@@ -60,24 +62,38 @@ def run_info(cfg: InfoConfig) -> int:
         print(json.dumps(info, indent=2))
         return 0
     console = Console()
-    table = Table(title=f"edgesr data set v{manifest['version']} at {dataset.path}")
-    for column in ("volume", "modality", "shape (S,H,W)", "spacing mm", "train", "val", "test"):
+    title = (
+        f"edgesr data set v{manifest['version']} at {dataset.path}, fingerprint {dataset.fingerprint['id']}"
+    )
+    table = Table(title=title)
+    for column in (
+        "volume",
+        "role",
+        "modality",
+        "shape (S,H,W)",
+        "spacing mm",
+        "train",
+        "val",
+        "test",
+        "external",
+    ):
         table.add_column(column)
     for v in manifest["volumes"]:
         s = sizes[v["name"]]
         table.add_row(
             v["name"],
+            v.get("role", "train") + (" (template)" if v.get("template") else ""),
             v["modality"],
             "x".join(map(str, v["shape"])),
-            "x".join(f"{x:g}" for x in v["spacing_mm"]),
-            str(s["train"]),
-            str(s["val"]),
-            str(s["test"]),
+            "x".join(f"{x:.3g}" for x in v["spacing_mm"]),
+            *(str(s[split]) for split in ("train", "val", "test", "external")),
         )
     console.print(table)
     for v in manifest["volumes"]:
         console.print(
-            f"{v['name']}: {v['description']}; from {v['package']}; license: {v['license']}", highlight=False
+            f"{v['name']}: {v['description']}; from {v['package']} {v.get('package_version', '')}; "
+            f"license: {v['license']}",
+            highlight=False,
         )
     for missing in manifest["unavailable"]:
         console.print(f"[yellow]not used[/]: {missing['name']} ({missing['package']}: {missing['reason']})")

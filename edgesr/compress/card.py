@@ -205,8 +205,10 @@ def write_student_card(
         "quantization": quantization,
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
+            | {"role": v.get("role", "train"), "template": bool(v.get("template", False))}
             for v in dataset.manifest["volumes"]
         ],
+        "data_fingerprint": dataset.fingerprint,
         "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         "edgesr_version": __version__,
     }

@@ -208,7 +208,7 @@ def calibration_inputs(
     if slices < 1:
         raise ConfigError(f"calibration needs at least one slice; got {slices}")
     modality = spec.intensity.modality if spec.sr is not None else "MR"
-    volumes = max(1, len(dataset.volumes(modality)))
+    volumes = max(1, len(dataset.volumes(modality, split)))
     per_volume = -(-slices // volumes)
     recorder = _Recorder(spec, predictor)
     if spec.sr is not None:

@@ -203,13 +203,14 @@ def build_report(
     psnr_drop = round(teacher_row["psnr"] - last["psnr"], 3)
     ssim_drop = round(teacher_row["ssim"] - last["ssim"], 4)
     modality = teacher.spec.intensity.modality
-    scored = dataset.volumes(modality)
+    scored = dataset.volumes(modality, split)
     return {
         "recipe": json.loads(json.dumps(_asdict(recipe))),
         "task": teacher.spec.task,
         "dataset": {"sources": [v["name"] for v in scored], "split": split, "max_slices_per_volume": slices,
                     "images": int(evaluation["results"][0]["slices"]),
-                    # The fingerprint: which files the figures come from.
+                    # The fingerprint: which files and splits the figures come from.
+                    "fingerprint": dataset.fingerprint["id"],
                     "input_sha256": {v["name"]: v["input_sha256"] for v in scored},
                     # Population averages, shown apart from the real scans (never the headline).
                     "templates": [v["name"] for v in scored if is_template(v["name"])]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator
@@ -11,8 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from rich.console import Console
 
-from edgesr.data.prepare import PrepareConfig, dataset_dir, prepare_dataset
-from edgesr.data.splits import SPLITS
+from edgesr.data.prepare import PrepareConfig, dataset_dir, dataset_fingerprint, prepare_dataset
+from edgesr.data.splits import ALL_SPLITS, EXTERNAL
 from edgesr.errors import DataError, SourceUnavailableError
 
 
@@ -49,8 +50,39 @@ class PreparedDataset:
             ) from None
         self._cache: dict[str, np.ndarray] = {}
 
-    def volumes(self, modality: str | None = None) -> list[dict[str, Any]]:
-        return [v for v in self.manifest["volumes"] if modality is None or v["modality"] == modality]
+    def restricted(self, names: list[str] | tuple[str, ...]) -> PreparedDataset:
+        """The same data set with only the volumes ``names`` (its fingerprint is of what is left).
+
+        Raises:
+            DataError: a name is not a volume of this data set.
+        """
+        known = [v["name"] for v in self.manifest["volumes"]]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DataError(
+                f"no volume {', '.join(map(repr, unknown))} in the data set at {self.path}; "
+                f"it has {', '.join(known)}"
+            )
+        view = copy.copy(self)
+        view.manifest = {
+            **self.manifest,
+            "volumes": [v for v in self.manifest["volumes"] if v["name"] in names],
+        }
+        return view
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The data set's identity and sources (:func:`edgesr.data.prepare.dataset_fingerprint`)."""
+        return dataset_fingerprint(self.manifest)
+
+    def volumes(self, modality: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+        """The manifest entries of ``modality`` (all when None), only those with slices in ``split``
+        when given (e.g. no external source has a test slice)."""
+        return [
+            v
+            for v in self.manifest["volumes"]
+            if (modality is None or v["modality"] == modality) and (split is None or v["splits"].get(split))
+        ]
 
     def load_volume(self, name: str) -> np.ndarray:
         """The whole volume ``[S, H, W]`` (memory-mapped, read-only)."""
@@ -71,12 +103,13 @@ class PreparedDataset:
         return self._cache[name]
 
     def slices(self, split: str, modality: str | None = None) -> Iterator[SliceSample]:
-        """Every slice of ``split`` (``train``/``val``/``test``), volume by volume, in slice order."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        """Every slice of ``split`` (``train``/``val``/``test``, or ``external``: the sources held out
+        whole), volume by volume, in slice order."""
+        if split not in ALL_SPLITS:
+            raise ValueError(f"split must be one of {ALL_SPLITS}; got {split!r}")
         for entry in self.volumes(modality):
             volume = self.load_volume(entry["name"])
-            for index in entry["splits"][split]:
+            for index in entry["splits"].get(split, []):
                 if index >= volume.shape[0]:
                     raise DataError(
                         f"{self.path / 'manifest.json'}: {entry['name']} has {volume.shape[0]} slices; "
@@ -111,6 +144,8 @@ def _check_manifest(manifest: Any) -> None:
                 raise ValueError(f"{where}.{key} is missing or not text")
         if entry["modality"] not in ("MR", "CT"):
             raise ValueError(f"{where}.modality must be MR or CT")
+        if entry.get("role", "train") not in ("train", "external"):
+            raise ValueError(f"{where}.role must be train or external")
         for key in ("shape", "spacing_mm"):
             values = entry.get(key)
             if not isinstance(values, list) or len(values) != 3 or not all(_is_number(v) for v in values):
@@ -119,8 +154,9 @@ def _check_manifest(manifest: Any) -> None:
             raise ValueError(f"{where}.max_intensity must be a positive number")
         if not isinstance(entry.get("splits"), dict):
             raise ValueError(f"{where}.splits is missing")
-        for split in SPLITS:
-            indices = entry["splits"].get(split)
+        for split in ALL_SPLITS:
+            # "external" came with data set version 2; a volume without it has no external slices.
+            indices = entry["splits"].get(split, [] if split == EXTERNAL else None)
             valid = isinstance(indices, list) and all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
             )

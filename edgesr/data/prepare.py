@@ -2,19 +2,25 @@
 
 Layout of a prepared data set (``<root>/v<VERSION>/``)::
 
-    manifest.json          # sources (package, license, sha256 of the input file), shapes, splits
+    manifest.json          # sources (package, version, license, sha256 of the input file), shapes, splits
     volumes/<name>.npy     # float32 [S, H, W] axial slices in the source's intensity unit
 
 The manifest is written last and atomically, so an interrupted run leaves no manifest and the next run
-starts over; a run whose fingerprint (version, split policy, input checksums) matches the manifest
-does nothing.
+starts over; a run whose inputs (version, split policy, input checksums) match the manifest does
+nothing. Which sources a data set holds depends on the packages installed, so every data set has a
+fingerprint (:func:`dataset_fingerprint`) that cards and reports record, and a prepare that changes
+the set says what changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +35,11 @@ from edgesr import __version__
 from edgesr._io import save_npy_atomic, sha256_file, write_json_atomic
 from edgesr.config import opt
 from edgesr.data.sources import SOURCES, Source
-from edgesr.data.splits import SPLITS, SplitPolicy, split_slices
+from edgesr.data.splits import ALL_SPLITS, SplitPolicy, external_slices, split_slices
 from edgesr.errors import SourceUnavailableError
 
-DATASET_VERSION = 1
+# 2: sources have roles; held-out sources form the external split.
+DATASET_VERSION = 2
 # A slice is usable when at least this fraction of its pixels is above 5% of the volume maximum: it
 # drops the empty slices above and below the head.
 MIN_FOREGROUND_FRACTION = 0.15
@@ -63,6 +70,82 @@ def usable_slices(volume: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(fraction >= MIN_FOREGROUND_FRACTION)]
 
 
+def package_version(package: str) -> str:
+    """The installed version of a source's carrier (``pypi:NAME ...`` or ``debian:NAME``), or ``unknown``."""
+    kind, _, rest = package.partition(":")
+    name = rest.split()[0] if rest else ""
+    try:
+        if kind == "pypi":
+            return importlib.metadata.version(name)
+        if kind == "debian" and shutil.which("dpkg-query"):
+            found = subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True, text=True, timeout=10
+            )
+            return found.stdout.strip() or "unknown"
+    except (importlib.metadata.PackageNotFoundError, OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a prepared data set: an ``id`` hashed from the version, the split policy and each
+    volume's input checksum, role and slices; and per source what a reader needs to see what differs.
+
+    Two data sets with the same ``id`` give the same figures; cards and reports record it.
+    """
+    volumes = sorted(manifest["volumes"], key=lambda v: v["name"])
+    identity = {
+        "version": manifest["version"],
+        "split_policy": manifest["split_policy"],
+        "volumes": [{k: v.get(k) for k in ("name", "role", "input_sha256", "splits")} for v in volumes],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "id": digest,
+        "version": manifest["version"],
+        "sources": [
+            {
+                "name": v["name"],
+                "role": v.get("role", "train"),
+                "package": v["package"],
+                "package_version": v.get("package_version", "unknown"),
+                "input_sha256": v["input_sha256"],
+                "slices": {split: len(v["splits"].get(split, [])) for split in ALL_SPLITS},
+            }
+            for v in volumes
+        ],
+    }
+
+
+def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, source by source (empty when the ids match)."""
+    if recorded.get("id") is not None and recorded.get("id") == current.get("id"):
+        return []
+    old = {s["name"]: s for s in recorded.get("sources", [])}
+    new = {s["name"]: s for s in current.get("sources", [])}
+    changes = [
+        f"{name} missing ({old[name]['package']} not installed?)" for name in sorted(old.keys() - new.keys())
+    ]
+    changes += [f"{name} added" for name in sorted(new.keys() - old.keys())]
+    for name in sorted(old.keys() & new.keys()):
+        before, after = old[name], new[name]
+        if before.get("input_sha256") != after.get("input_sha256"):
+            changes.append(
+                f"{name}: another input file (sha256 {str(before.get('input_sha256'))[:12]} -> "
+                f"{str(after.get('input_sha256'))[:12]})"
+            )
+        elif "slices" in before and (before.get("role"), before["slices"]) != (
+            after.get("role"),
+            after.get("slices"),
+        ):
+            changes.append(f"{name}: other splits")
+    if not changes and recorded.get("id") is not None:
+        changes.append(
+            f"version or split policy (data set {recorded.get('version')} -> {current.get('version')})"
+        )
+    return changes
+
+
 def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[str, Any]:
     """Builds (or confirms) the data set and returns its manifest."""
     console = console or Console(stderr=True)
@@ -89,11 +172,18 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         )
     )
     manifest_path = out / "manifest.json"
-    if manifest_path.is_file() and not cfg.force:
-        existing = json.loads(manifest_path.read_text())
+    existing: dict[str, Any] | None = None
+    if manifest_path.is_file():
+        try:
+            existing = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            existing = None  # rebuilt below
+    if existing is not None and not cfg.force:
         volumes_present = all((out / v["file"]).is_file() for v in existing.get("volumes", []))
         if existing.get("fingerprint") == fingerprint and volumes_present:
-            console.print(f"[green]data set up to date[/] at {escape(str(out))}")
+            console.print(
+                f"[green]data set up to date[/] at {escape(str(out))} (fingerprint {existing.get('id', '?')})"
+            )
             return existing
 
     started = time.perf_counter()
@@ -105,13 +195,17 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
             loaded = source.load(path)
             file_name = f"volumes/{source.name}.npy"
             save_npy_atomic(out / file_name, loaded.data.astype(np.float32))
-            splits = split_slices(usable_slices(loaded.data), policy)
+            usable = usable_slices(loaded.data)
+            splits = external_slices(usable) if source.role == "external" else split_slices(usable, policy)
             volumes.append(
                 {
                     "name": source.name,
                     "modality": source.modality,
+                    "role": source.role,
+                    "template": source.template,
                     "description": source.description,
                     "package": source.package,
+                    "package_version": package_version(source.package),
                     "license": source.license,
                     "input_path": str(path),
                     "input_sha256": checksums[source.name],
@@ -133,10 +227,27 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         "unavailable": unavailable,
         "prepare_seconds": round(time.perf_counter() - started, 2),
     }
+    manifest["id"] = dataset_fingerprint(manifest)["id"]
     write_json_atomic(manifest_path, manifest)
     console.print(
-        f"[green]prepared[/] {len(volumes)} volumes at {escape(str(out))} in {manifest['prepare_seconds']} s"
+        f"[green]prepared[/] {len(volumes)} volumes at {escape(str(out))} in {manifest['prepare_seconds']} s "
+        f"(fingerprint {manifest['id']})"
     )
+    if (
+        existing is not None
+        and isinstance(existing.get("volumes"), list)
+        and existing.get("id") != manifest["id"]
+    ):
+        try:
+            changes = fingerprint_differences(dataset_fingerprint(existing), dataset_fingerprint(manifest))
+        except (KeyError, TypeError, AttributeError):
+            changes = ["the previous manifest was unreadable"]
+        console.print(
+            f"[yellow]the data set changed[/] "
+            f"(fingerprint {existing.get('id', 'none')} -> {manifest['id']}): "
+            + escape("; ".join(changes))
+            + ". Figures measured on the previous set (model cards, reports) are not comparable."
+        )
     for missing in unavailable:
         console.print(f"[yellow]not used[/]: {missing['name']} ({missing['package']} not installed)")
     return manifest
@@ -144,4 +255,4 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
 
 def split_sizes(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Slices per split for each volume of a manifest."""
-    return {v["name"]: {s: len(v["splits"][s]) for s in SPLITS} for v in manifest["volumes"]}
+    return {v["name"]: {s: len(v["splits"].get(s, [])) for s in ALL_SPLITS} for v in manifest["volumes"]}

@@ -400,7 +400,7 @@ def _build_int8(
     there was a single candidate: the verification on test slices is then the only check).
     """
     attempts: list[dict[str, Any]] = []
-    volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR")))
+    volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR", "val")))
     per_volume = -(-target.verify.slices // volumes)
     val_reference: dict[str, Any] | None = None
     for index, plan in enumerate(candidates):
@@ -494,7 +494,7 @@ def _fixed_shape_cost(
     more than the verification gate, since no precision could then pass honestly.
     """
     whole = TorchPredictor(model.float().cpu().eval(), spec, device="cpu")
-    volumes = max(1, len(dataset.volumes(spec.intensity.modality)))
+    volumes = max(1, len(dataset.volumes(spec.intensity.modality, "test")))
     scores = quality(spec, whole, fixed, dataset, slices_per_volume=-(-target.verify.slices // volumes))
     check_quality(
         scores, max_psnr_drop_db=target.verify.max_psnr_drop_db, max_ssim_drop=target.verify.max_ssim_drop,
@@ -724,7 +724,7 @@ def _verify(
     if graph_is_float:
         check_parity(parity, limit=target.verify.max_abs_error, label=label)
         return figures | {"check": "parity", "limit": target.verify.max_abs_error, **parity}
-    volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR")))
+    volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR", "test")))
     per_volume = -(-target.verify.slices // volumes)
     if checks.reference_scores is None:
         checks.reference_scores = score_predictor(

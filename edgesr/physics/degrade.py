@@ -75,18 +75,62 @@ def kspace_truncate(
 ) -> torch.Tensor:
     """MR low resolution by k-space truncation: ``[B, C, H, W]`` -> magnitude ``[B, C, H/s, W/s]``."""
     _check_image(hr, "hr")
+    return _truncate_complex(hr.to(torch.complex64), scale, noise_std, generator).abs().to(hr.dtype)
+
+
+def _truncate_complex(
+    image: torch.Tensor, scale: int, noise_std: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The complex LR image of the central ``1/s`` of ``image``'s k-space, plus complex noise."""
     _check_scale(scale)
-    check_divisible(hr, scale, "hr")
-    height, width = hr.shape[-2:]
+    check_divisible(image, scale, "hr")
+    height, width = image.shape[-2:]
     h, w = height // scale, width // scale
     top, left = _center_start(height, h), _center_start(width, w)
-    kspace = fft2c_complex(hr.to(torch.complex64))[..., top : top + h, left : left + w]
+    kspace = fft2c_complex(image)[..., top : top + h, left : left + w]
     # Orthonormal FFTs on s^2 fewer samples raise intensities by s: divide to keep the image's units.
     lr = ifft2c_complex(kspace) / scale
-    if noise_std > 0:
-        noise = torch.randn((2, *lr.shape), generator=generator, dtype=torch.float32, device=hr.device)
-        lr = lr + torch.complex(noise[0], noise[1]) * (noise_std / math.sqrt(2))
-    return lr.abs().to(hr.dtype)
+    return lr + _complex_noise(lr.shape, noise_std, generator, image.device)
+
+
+def _complex_noise(
+    shape: torch.Size, std: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor | float:
+    """Circular complex Gaussian noise with ``E|n|^2 = std^2`` (0 when ``std`` is 0)."""
+    if std <= 0:
+        return 0.0
+    noise = torch.randn((2, *shape), generator=generator, dtype=torch.float32, device=device)
+    return torch.complex(noise[0], noise[1]) * (std / math.sqrt(2))
+
+
+def noisy_scan_pair(
+    hr: torch.Tensor,
+    scale: int,
+    kind: str,
+    *,
+    scan_noise: float,
+    noise_std: float = 0.0,
+    blur_sigma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scan with its own noise and its low-resolution version: ``(hr, lr)``.
+
+    Real scans are noisy at full resolution: MR gets complex Gaussian noise of std ``scan_noise`` and
+    becomes a Rician magnitude (with its noise floor in the background), CT gets Gaussian noise. The
+    LR image is then made from that noisy magnitude by the named degradation (``blur_sigma`` for
+    ``ct-blur``), with its own ``noise_std`` on top, exactly as the evaluation protocol makes LR
+    images from real (noisy) scans. A model trained on clean references only learns to add detail
+    that a noisy scan does not have; one trained on the noisy pair learns what is predictable.
+    """
+    _check_image(hr, "hr")
+    if kind == "mr-kspace":
+        hr = (hr.to(torch.complex64) + _complex_noise(hr.shape, scan_noise, generator, hr.device)).abs()
+        hr = hr.to(torch.float32)
+    elif scan_noise > 0:
+        hr = hr + scan_noise * torch.randn(hr.shape, generator=generator, dtype=hr.dtype, device=hr.device)
+    if kind == "ct-blur":
+        return hr, ct_degrade(hr, scale, blur_sigma=blur_sigma, noise_std=noise_std, generator=generator)
+    return hr, degrade(hr, scale, kind, noise_std=noise_std, generator=generator)
 
 
 def zero_fill_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:

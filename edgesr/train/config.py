@@ -25,6 +25,7 @@ from edgesr.models._probe import receptive_radius
 from edgesr.physics.degrade import DEGRADATIONS, SCALES
 from edgesr.physics.masks import MASK_KINDS
 from edgesr.spec import ModelSpec, recon_spec, sr_spec
+from edgesr.train.data import ScannerVariety
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class DataSection:
     center_fraction: float = opt(0.08, "recon: fully sampled centre fraction")
     noise_std: float = opt(0.005, "recon: complex noise per coil")
     augment: bool = opt(True, "rotations, flips, gamma and contrast changes")
+    # Scanner variety (SR; edgesr.train.data.ScannerVariety): all off by default, so that the commands
+    # in older model cards still reproduce their teachers.
+    scan_noise: float = opt(0.0, "SR: the scan's own noise at full resolution, std drawn from [0, this]")
+    zoom: tuple[float, float] = opt((1.0, 1.0), "SR: other pixel sizes: resample by a factor in this range")
+    blur_jitter: float = opt(0.0, "SR, CT: detector blur width times a factor in [1 - this, 1 + this]")
+    quantize_8bit: float = opt(0.0, "SR: probability that the LR input is stored as 8 bits")
+    contrast_min: float = opt(0.75, "the intensity scale is drawn from [contrast_min, 1]")
     batch_size: int = opt(16, "global batch size (split over ranks under torchrun)")
     val_slices: int = opt(6, "validation slices per volume")
     workers: int = opt(
@@ -63,6 +71,20 @@ class DataSection:
         check_range("data.patch", self.patch, low=4)
         check_range("data.batch_size", self.batch_size, low=1)
         check_range("data.workers", self.workers, low=0)
+        try:
+            _ = self.variety  # validates the scanner-variety options together
+        except ConfigError as exc:
+            raise ConfigError(f"data.{exc}") from None
+
+    @property
+    def variety(self) -> ScannerVariety:
+        return ScannerVariety(
+            scan_noise=self.scan_noise,
+            zoom=(float(self.zoom[0]), float(self.zoom[1])),
+            blur_jitter=self.blur_jitter,
+            quantize_8bit=self.quantize_8bit,
+            contrast_min=self.contrast_min,
+        )
 
     @property
     def resolved_degradation(self) -> str:

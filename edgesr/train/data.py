@@ -7,7 +7,9 @@ matches a single process with the same global batch; and no data-loader state ne
 
 SR: a training slice is augmented (90-degree rotations, flips, a random gamma and contrast), degraded
 as a whole (with a random noise level), interpolated as a whole (the model's ``base``), and only then
-cropped into aligned LR/base/HR patches, preferring patches with tissue in them.
+cropped into aligned LR/base/HR patches, preferring patches with tissue in them. :class:`ScannerVariety`
+adds what other scanners do to an image (their own noise, other pixel sizes and blur widths, 8-bit
+storage, dimmer intensities), so that a teacher holds up on scans unlike its training data.
 Recon: a random crop of an augmented training slice becomes a simulated multi-coil acquisition with a
 per-sample seed, acceleration and mask kind.
 
@@ -20,15 +22,18 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset
 from edgesr.errors import ConfigError, DataError
-from edgesr.physics.degrade import crop_to_multiple, degrade
+from edgesr.physics.degrade import crop_to_multiple, degrade, noisy_scan_pair
+from edgesr.physics.fft import fft2c_complex, ifft2c_complex
 from edgesr.physics.simulate import simulate_multicoil
 
 
@@ -64,15 +69,82 @@ def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
 
 
-def _augment(image: torch.Tensor, g: torch.Generator, intensity: bool) -> torch.Tensor:
-    """Random rot90/flip; random gamma in [0.7, 1.4] and contrast scale in [0.75, 1] (image in [0, 1])."""
+def _augment(
+    image: torch.Tensor, g: torch.Generator, intensity: bool, contrast_min: float = 0.75
+) -> torch.Tensor:
+    """Random rot90/flip; random gamma in [0.7, 1.4] and contrast scale in [contrast_min, 1] (image in
+    [0, 1])."""
     image = torch.rot90(image, int(torch.randint(0, 4, (), generator=g)), dims=(-2, -1))
     if bool(torch.randint(0, 2, (), generator=g)):
         image = torch.flip(image, dims=(-1,))
     if intensity:
         gamma = math.exp(_uniform(g, math.log(0.7), math.log(1.4)))
-        image = image.clamp_min(0).pow(gamma) * _uniform(g, 0.75, 1.0)
+        image = image.clamp_min(0).pow(gamma) * _uniform(g, contrast_min, 1.0)
     return image
+
+
+@dataclass(frozen=True)
+class ScannerVariety:
+    """What other scanners do to an image, drawn per training sample (all off by default).
+
+    Attributes:
+        scan_noise: the scan's own noise at full resolution, std drawn from [0, scan_noise] (in units
+            of the volume maximum): MR complex (Rician magnitude), CT Gaussian; the LR image is cut
+            from the same noisy scan (:func:`edgesr.physics.degrade.noisy_scan_pair`).
+        zoom: other pixel sizes: the slice is resampled by a factor drawn log-uniformly from this
+            range (MR in k-space, CT by area/bicubic interpolation) before it is degraded.
+        blur_jitter: CT: the detector blur's width times a factor drawn from [1 - j, 1 + j] (other
+            reconstruction kernels and slice profiles).
+        quantize_8bit: the probability that the LR input is stored as 8 bits (256 levels of its max).
+        contrast_min: the intensity scale is drawn from [contrast_min, 1] (dim volumes, e.g. one
+            saturated voxel setting the maximum).
+    """
+
+    scan_noise: float = 0.0
+    zoom: tuple[float, float] = (1.0, 1.0)
+    blur_jitter: float = 0.0
+    quantize_8bit: float = 0.0
+    contrast_min: float = 0.75
+
+    def __post_init__(self) -> None:
+        low, high = self.zoom
+        if not 0.25 <= low <= high <= 4.0:
+            raise ConfigError(f"zoom must be a range within [0.25, 4]; got {self.zoom}")
+        if not 0.0 <= self.blur_jitter < 1.0:
+            raise ConfigError(f"blur_jitter must be in [0, 1); got {self.blur_jitter}")
+        if not 0.0 <= self.quantize_8bit <= 1.0:
+            raise ConfigError(f"quantize_8bit is a probability; got {self.quantize_8bit}")
+        if not 0.0 < self.contrast_min <= 1.0:
+            raise ConfigError(f"contrast_min must be in (0, 1]; got {self.contrast_min}")
+        if self.scan_noise < 0:
+            raise ConfigError(f"scan_noise must be >= 0; got {self.scan_noise}")
+
+
+def resample(image: torch.Tensor, factor: float, degradation: str) -> torch.Tensor:
+    """``image [H, W]`` on a grid ``factor`` times finer (>1) or coarser (<1), as that modality would be
+    reconstructed: MR by cropping or zero-padding the centred k-space (a scan of another matrix
+    size), anything else by area averaging (coarser) or bicubic interpolation (finer)."""
+    height, width = image.shape[-2:]
+    new_h, new_w = max(2, round(height * factor)), max(2, round(width * factor))
+    if (new_h, new_w) == (height, width):
+        return image
+    if degradation == "mr-kspace":
+        kspace = fft2c_complex(image.to(torch.complex64))
+        out = torch.zeros((new_h, new_w), dtype=kspace.dtype)
+        h, w = min(height, new_h), min(width, new_w)
+        src_t, src_l = height // 2 - h // 2, width // 2 - w // 2
+        dst_t, dst_l = new_h // 2 - h // 2, new_w // 2 - w // 2
+        out[dst_t : dst_t + h, dst_l : dst_l + w] = kspace[src_t : src_t + h, src_l : src_l + w]
+        # Orthonormal FFTs: keep intensities in their units when the number of samples changes.
+        return (ifft2c_complex(out).abs() * math.sqrt(new_h * new_w / (height * width))).to(image.dtype)
+    mode = "area" if factor < 1 else "bicubic"
+    resized = F.interpolate(image[None, None], size=(new_h, new_w), mode=mode)
+    return resized[0, 0].clamp_min(0)
+
+
+def _quantize_8bit(image: torch.Tensor) -> torch.Tensor:
+    top = float(image.max())
+    return image if top <= 0 else torch.round(image / top * 255) * (top / 255)
 
 
 def _foreground_crop(
@@ -153,6 +225,7 @@ class SRBatches:
         batch_size: int,
         noise_max: float = 0.0,
         augment: bool = True,
+        variety: ScannerVariety = ScannerVariety(),
         seed: int = 0,
         split: str = "train",
     ) -> None:
@@ -165,6 +238,22 @@ class SRBatches:
         self.scale, self.degradation, self.upsampler = scale, degradation, upsampler
         self.patch, self.batch_size, self.noise_max = patch, batch_size, noise_max
         self.augment, self.seed = augment, seed
+        self.variety = variety
+        # The smallest zoom must leave every slice larger than a patch (checked once, not per step).
+        smallest = min(min(image.shape[-2:]) for image in self.images)
+        self.min_zoom = max(variety.zoom[0], (patch * scale + scale) / smallest)
+
+    def _vary(self, image: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, float, float, bool]:
+        """The scanner variety of one sample: the resampled slice, scan noise, blur width, 8-bit."""
+        v = self.variety
+        if v == ScannerVariety():
+            return image, 0.0, 0.25 * self.scale, False  # draw nothing: old runs' batches stay as they were
+        low, high = min(self.min_zoom, v.zoom[1]), v.zoom[1]
+        factor = math.exp(_uniform(g, math.log(low), math.log(high)))
+        scan_noise = _uniform(g, 0.0, v.scan_noise)
+        blur = 0.25 * self.scale * _uniform(g, 1.0 - v.blur_jitter, 1.0 + v.blur_jitter)
+        quantize = _uniform(g, 0.0, 1.0) < v.quantize_8bit
+        return resample(image, factor, self.degradation), scan_noise, blur, quantize
 
     def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> SRBatch:
         g = _generator(self.seed, step)
@@ -173,20 +262,25 @@ class SRBatches:
         for item in range(self.batch_size):
             # Every rank draws every item's randomness, so the global batch is the same on all ranks.
             image = self.images[int(torch.randint(0, len(self.images), (), generator=g))]
-            image = _augment(image, g, self.augment) if self.augment else image
+            if self.augment:
+                image = _augment(image, g, True, self.variety.contrast_min)
+            image, scan_noise, blur, quantize = self._vary(image, g)
             noise = _uniform(g, 0.0, self.noise_max)
             noise_seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
             hr = crop_to_multiple(image[None, None].float(), self.scale)
             top, left = _foreground_crop(hr[0, 0, :: self.scale, :: self.scale], self.patch, self.patch, g)
             if item not in mine:
                 continue
-            lr = degrade(
-                hr,
-                self.scale,
-                self.degradation,
-                noise_std=noise,
-                generator=torch.Generator().manual_seed(noise_seed),
-            )
+            noise_g = torch.Generator().manual_seed(noise_seed)
+            if scan_noise > 0 or blur != 0.25 * self.scale:
+                hr, lr = noisy_scan_pair(
+                    hr, self.scale, self.degradation, scan_noise=scan_noise, noise_std=noise,
+                    blur_sigma=blur, generator=noise_g,
+                )  # fmt: skip
+            else:
+                lr = degrade(hr, self.scale, self.degradation, noise_std=noise, generator=noise_g)
+            if quantize:
+                lr = _quantize_8bit(lr)
             base = interpolate_base(lr, self.scale, self.upsampler, self.degradation)
             s, p = self.scale, self.patch
             lrs.append(lr[..., top : top + p, left : left + p])

@@ -257,6 +257,7 @@ def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | Rec
             batch_size=data.batch_size,
             noise_max=data.noise_max,
             augment=data.augment,
+            variety=data.variety,
             seed=cfg.seed,
         )
     return ReconBatches(

@@ -386,10 +386,12 @@ def test_a_quantize_stage_must_come_last(tmp_path):
 def test_a_quantized_teacher_stays_within_its_gate_on_real_slices(real_data_root, tmp_path):
     """The shipped MR x2 teacher in OpenVINO INT8: what the stage reports is what the file delivers."""
     from edgesr.data.dataset import PreparedDataset
-    from edgesr.teachers import teacher_path
+    from edgesr.teachers import read_card, teacher_path
+    from tests.conftest import card_sources
 
     model, spec, _ = load_for_inference(teacher_path("rdn-mr-x2"))
-    dataset = PreparedDataset(real_data_root)
+    # The sources the teacher's card was measured on: a source added since changes the calibration.
+    dataset = PreparedDataset(real_data_root).restricted(card_sources(read_card(teacher_path("rdn-mr-x2"))))
     path = tmp_path / "teacher.onnx"
     export_onnx(model, spec, {"lr": torch.rand(1, 1, 32, 32), "base": torch.rand(1, 1, 64, 64)}, path)
     settings = QuantizeSettings(

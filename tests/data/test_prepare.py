@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from rich.console import Console
 
 import edgesr.data.prepare as prepare_module
 from edgesr.data.dataset import PreparedDataset
-from edgesr.data.prepare import PrepareConfig, prepare_dataset, usable_slices
+from edgesr.data.prepare import (
+    PrepareConfig,
+    dataset_fingerprint,
+    fingerprint_differences,
+    prepare_dataset,
+    usable_slices,
+)
 from edgesr.data.sources import SOURCES, Source, SourceVolume, get_source
-from edgesr.data.splits import SplitPolicy, split_slices
+from edgesr.data.splits import EXTERNAL_SLICES_PER_VOLUME, SplitPolicy, split_slices
 from edgesr.errors import DataError, SourceUnavailableError
 from tests.conftest import needs_real_data
 
@@ -59,7 +68,7 @@ def test_prepare_is_idempotent_and_rebuilds_on_force(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake-mr", "MR", volume)]))
     root = tmp_path / "cache"
     first = prepare_dataset(PrepareConfig(root=str(root)))
-    manifest_path = root / "v1" / "manifest.json"
+    manifest_path = root / "v2" / "manifest.json"
     stamp = manifest_path.stat().st_mtime_ns
     second = prepare_dataset(PrepareConfig(root=str(root)))
     assert second == first and manifest_path.stat().st_mtime_ns == stamp
@@ -78,10 +87,10 @@ def test_prepare_redoes_an_interrupted_run(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     prepare_dataset(PrepareConfig(root=str(root)))
     (
-        root / "v1" / "volumes" / "fake.npy"
+        root / "v2" / "volumes" / "fake.npy"
     ).unlink()  # as if the run had died after the manifest... or a user deleted it
     prepare_dataset(PrepareConfig(root=str(root)))
-    assert (root / "v1" / "volumes" / "fake.npy").is_file()
+    assert (root / "v2" / "volumes" / "fake.npy").is_file()
 
 
 def test_prepare_without_any_source_says_how_to_install(tmp_path, monkeypatch):
@@ -91,8 +100,8 @@ def test_prepare_without_any_source_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_corrupt_manifest_is_a_clear_error(tmp_path):
-    (tmp_path / "v1").mkdir()
-    (tmp_path / "v1" / "manifest.json").write_text("{ not json")
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "manifest.json").write_text("{ not json")
     with pytest.raises(DataError, match="corrupt manifest"):
         PreparedDataset(tmp_path)
 
@@ -110,7 +119,57 @@ def test_real_sources_load_as_non_negative_axial_volumes(name):
     loaded = source.load(source.locate())
     assert loaded.data.ndim == 3 and loaded.data.dtype == np.float32
     assert float(loaded.data.min()) >= 0 and float(loaded.data.max()) > 0
-    assert len(usable_slices(loaded.data)) > 60
+    # Training volumes are whole heads; an external source may be one slice (a DICOM image).
+    assert len(usable_slices(loaded.data)) > (40 if source.role == "train" else 0)
     if source.modality == "CT":
         # HU + 1024: air near 0, soft tissue near 1024 + 40.
         assert np.median(loaded.data[loaded.data > 500]) == pytest.approx(1064, abs=150)
+
+
+def test_external_sources_are_held_out_whole_and_the_fingerprint_follows_the_sources(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    trained = rng.random((70, 21, 19)).astype(np.float32) + 0.5
+    held_out = rng.random((50, 17, 15)).astype(np.float32) + 0.5
+    sources = _fake_sources(tmp_path, [("fake-mr", "MR", trained), ("other-mr", "MR", held_out)])
+    sources = (sources[0], dataclasses.replace(sources[1], role="external"))
+    monkeypatch.setattr(prepare_module, "SOURCES", sources)
+    root = tmp_path / "cache"
+    manifest = prepare_dataset(PrepareConfig(root=str(root)))
+    dataset = PreparedDataset(root)
+    external = [s.volume for s in dataset.slices("external")]
+    assert set(external) == {"other-mr"} and len(external) == EXTERNAL_SLICES_PER_VOLUME
+    for split in ("train", "val", "test"):
+        assert {s.volume for s in dataset.slices(split)} == {"fake-mr"}
+    # The same inputs give the same fingerprint; the id is in the manifest.
+    assert dataset.fingerprint["id"] == manifest["id"] == dataset_fingerprint(manifest)["id"]
+    assert [s["role"] for s in dataset.fingerprint["sources"]] == ["train", "external"]
+
+    # One source fewer (its package uninstalled): a new fingerprint, and prepare says what changed.
+    monkeypatch.setattr(prepare_module, "SOURCES", sources[:1])
+    console = Console(record=True, width=300)
+    changed = prepare_dataset(PrepareConfig(root=str(root)), console=console)
+    assert changed["id"] != manifest["id"]
+    said = console.export_text()
+    assert "the data set changed" in said and "other-mr missing" in said
+    assert fingerprint_differences(dataset.fingerprint, PreparedDataset(root).fingerprint) == [
+        "other-mr missing (test not installed?)"
+    ]
+
+
+def test_a_restricted_data_set_keeps_only_the_named_volumes(tmp_path, monkeypatch):
+    volume = np.random.default_rng(2).random((60, 12, 12)).astype(np.float32) + 0.5
+    monkeypatch.setattr(
+        prepare_module, "SOURCES", _fake_sources(tmp_path, [("a-mr", "MR", volume), ("b-ct", "CT", volume)])
+    )
+    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
+    dataset = PreparedDataset(tmp_path / "cache")
+    only = dataset.restricted(["b-ct"])
+    assert [v["name"] for v in only.volumes()] == ["b-ct"] and len(dataset.volumes()) == 2
+    assert only.fingerprint["id"] != dataset.fingerprint["id"]
+    with pytest.raises(DataError, match="no volume 'c' in the data set"):
+        dataset.restricted(["c"])
+
+
+def test_a_source_role_is_checked():
+    with pytest.raises(ValueError, match="role must be one of"):
+        Source("x", "MR", "d", "p", "l", locate=lambda: None, load=lambda p: None, role="test")  # type: ignore[arg-type,return-value]

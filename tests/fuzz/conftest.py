@@ -1089,7 +1089,7 @@ def weights_mutation(draw: st.DrawFn, blob: bytes) -> tuple[str, bytes | None]:
 
 def write_dataset(root: Path, rng: np.random.Generator) -> dict[str, Any]:
     """A minimal valid prepared data set at ``root`` (one 4-slice MR volume); returns its manifest."""
-    folder = root / "v1"
+    folder = root / "v2"
     (folder / "volumes").mkdir(parents=True)
     volume = rng.random((4, 6, 5)).astype(np.float32) + 0.1
     np.save(folder / "volumes" / "vol.npy", volume)

@@ -352,7 +352,7 @@ def test_data_info(data: st.DataObject, fmt: str) -> None:
         root = Path(tmp) / "data"
         manifest = write_dataset(root, np.random.default_rng(0))
         what, blob = data.draw(manifest_mutation(manifest))
-        (root / "v1" / "manifest.json").write_bytes(blob)
+        (root / "v2" / "manifest.json").write_bytes(blob)
         case = Case("manifest", what, root, names=["manifest.json"])
         argv = ["data", "info", f"root={root}", f"format={fmt}"]
         check_cli("cli-data-info", case, argv, Path(tmp), None, lambda out: [])

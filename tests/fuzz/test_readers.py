@@ -188,7 +188,7 @@ def _read_dataset(root: Path) -> list[Any]:
 
 def _dataset_problems(samples: list[Any], case: Case) -> list[str]:
     problems = []
-    volume = np.load(case.path / "v1" / "volumes" / "vol.npy")
+    volume = np.load(case.path / "v2" / "volumes" / "vol.npy")
     for sample in samples:
         image = np.asarray(sample.image)
         if image.dtype != np.float32 or image.ndim != 2 or not np.isfinite(image).all():
@@ -213,7 +213,7 @@ def test_dataset_manifest(data: st.DataObject) -> None:
         root = Path(tmp) / "data"
         manifest = write_dataset(root, np.random.default_rng(0))
         what, blob = data.draw(manifest_mutation(manifest))
-        (root / "v1" / "manifest.json").write_bytes(blob)
+        (root / "v2" / "manifest.json").write_bytes(blob)
         case = Case("manifest", what, root, names=["manifest.json"])
         check_call("manifest", case, _read_dataset, _dataset_problems, where="edgesr/data/dataset.py")
 

@@ -1,0 +1,95 @@
+"""Training batches with scanner variety (edgesr.train.data.ScannerVariety) and the noisy scan pair."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgesr.config import parse_overrides
+from edgesr.errors import ConfigError
+from edgesr.physics.degrade import ct_degrade, kspace_truncate, noisy_scan_pair
+from edgesr.train.config import TrainConfig
+from edgesr.train.data import ScannerVariety, SRBatches, resample
+
+
+def _batches(dataset, variety: ScannerVariety, degradation: str = "mr-kspace") -> SRBatches:
+    return SRBatches(
+        dataset, modality="MR", scale=2, degradation=degradation, upsampler="zero-fill", patch=8,
+        batch_size=6, noise_max=0.01, variety=variety, seed=5,
+    )  # fmt: skip
+
+
+def test_variety_batches_are_reproducible_aligned_and_8bit_when_asked(tiny_dataset):
+    variety = ScannerVariety(scan_noise=0.05, zoom=(0.7, 1.4), quantize_8bit=1.0, contrast_min=0.3)
+    batches = _batches(tiny_dataset, variety)
+    first, again = batches.batch(7), batches.batch(7)
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert first.lr.shape == (6, 1, 8, 8) and first.hr.shape == first.base.shape == (6, 1, 16, 16)
+    assert all(torch.isfinite(t).all() for t in first)
+    # Every LR image was stored as 8 bits before cropping: at most 256 levels per sample.
+    whole = batches.batch(7)
+    for lr in whole.lr:
+        assert torch.unique(lr).numel() <= 256
+    # The variety changes what is drawn: other batches than without it.
+    plain = _batches(tiny_dataset, ScannerVariety()).batch(7)
+    assert not torch.equal(plain.hr, first.hr)
+
+
+def test_the_default_variety_draws_nothing_so_older_runs_keep_their_batches(tiny_dataset):
+    """A card's training command without the variety options must still build the same batches."""
+    default = _batches(tiny_dataset, ScannerVariety()).batch(3)
+    unnamed = SRBatches(
+        tiny_dataset, modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill", patch=8,
+        batch_size=6, noise_max=0.01, seed=5,
+    ).batch(3)  # fmt: skip
+    for a, b in zip(default, unnamed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resample_keeps_intensities_and_changes_the_grid():
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 34), indexing="ij")
+    image = torch.exp(-(yy**2 + xx**2) * 4)
+    finer = resample(image, 1.5, "mr-kspace")
+    coarser = resample(image, 0.5, "ct-blur")
+    assert finer.shape == (60, 51) and coarser.shape == (20, 17)
+    # A smooth image keeps its peak and mean intensity on another grid (units are not changed).
+    for resized in (finer, coarser, resample(image, 0.6, "mr-kspace")):
+        assert float(resized.max()) == pytest.approx(float(image.max()), rel=0.05)
+        assert float(resized.mean()) == pytest.approx(float(image.mean()), rel=0.05)
+    assert resample(image, 1.0, "mr-kspace") is image
+
+
+def test_a_noiseless_scan_pair_is_the_plain_degradation_and_noise_is_shared():
+    hr = torch.rand(1, 1, 24, 20) + 0.5
+    for kind, plain in (("mr-kspace", kspace_truncate(hr, 2)), ("ct-blur", ct_degrade(hr, 2))):
+        same_hr, lr = noisy_scan_pair(hr, 2, kind, scan_noise=0.0)
+        torch.testing.assert_close(same_hr, hr)
+        torch.testing.assert_close(lr, plain)
+    # MR: a Rician magnitude (E|1 + n|^2 = 1 + sigma^2), and the LR image is the protocol's degradation
+    # of that noisy magnitude, noise floor included: the same mean as the HR scan.
+    flat = torch.ones(1, 1, 64, 64)
+    noisy_hr, noisy_lr = noisy_scan_pair(
+        flat, 2, "mr-kspace", scan_noise=0.2, generator=torch.Generator().manual_seed(0)
+    )
+    assert float(noisy_hr.pow(2).mean()) == pytest.approx(1 + 0.2**2, rel=0.02)
+    torch.testing.assert_close(noisy_lr, kspace_truncate(noisy_hr, 2))
+    background = noisy_scan_pair(torch.zeros(1, 1, 64, 64), 2, "mr-kspace", scan_noise=0.2)[0]
+    assert float(background.mean()) == pytest.approx(0.2 * math.sqrt(math.pi) / 2, rel=0.05)  # Rayleigh
+
+
+def test_variety_options_are_checked_as_data_keys():
+    cfg = parse_overrides(
+        TrainConfig, ["data.scan_noise=0.02", "data.zoom=[0.6,1.4]", "data.quantize_8bit=0.2"]
+    )
+    assert cfg.data.variety == ScannerVariety(scan_noise=0.02, zoom=(0.6, 1.4), quantize_8bit=0.2)
+    for bad, message in (
+        ("data.zoom=[1.5,1.0]", "data.zoom must be a range"),
+        ("data.quantize_8bit=2", "data.quantize_8bit is a probability"),
+        ("data.blur_jitter=1", "data.blur_jitter must be in"),
+        ("data.contrast_min=0", "data.contrast_min must be in"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_overrides(TrainConfig, [bad])
