@@ -82,7 +82,14 @@ def test_prepare_info_and_baseline_end_to_end(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     modalities = {v["modality"] for v in info["volumes"]}
     assert modalities == {"MR", "CT"}
-    assert all(v["split_slices"]["test"] > 0 for v in info["volumes"])
+    # Training sources have test slices; external ones are held out whole.
+    assert all(v["split_slices"]["test"] > 0 for v in info["volumes"] if v["role"] == "train")
+    assert all(
+        v["split_slices"]["external"] > 0 and v["split_slices"]["train"] == 0
+        for v in info["volumes"]
+        if v["role"] == "external"
+    )
+    assert len(info["fingerprint"]["id"]) == 16
     assert main(["baseline", f"root={root}", "task=sr", "scales=[2]", "max_slices=2", "format=json"]) == 0
     report = json.loads(capsys.readouterr().out)
     methods = {(r["modality"], r["method"]) for r in report["results"]}
