@@ -253,7 +253,8 @@ def _source_lines(source: Source) -> list[str]:
     return [
         f"{source.label} ({source.kind}): {what or ''}",
         f"data: {dataset.get('split', '?')} split of {', '.join(dataset.get('sources', []))} "
-        f"(sha256 {fingerprint or 'not recorded'}); "
+        f"(data set fingerprint {dataset.get('fingerprint', 'not recorded')}; "
+        f"sha256 {fingerprint or 'not recorded'}); "
         f"templates: {', '.join(dataset.get('templates', [])) or 'none'}",
         f"machine: {machine.get('cpu', '?')}, load {machine.get('load_average_1min', '?')}, "
         f"torch {machine.get('torch', '?')}",

@@ -348,7 +348,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# Compression report: {report['recipe']['teacher']}",
         "",
         f"Task {report['task']}; scored on {report['dataset']['images']} slices of the "
-        f"{report['dataset']['split']} split of {', '.join(report['dataset']['sources'])}; timed on "
+        f"{report['dataset']['split']} split of {', '.join(report['dataset']['sources'])} (data set "
+        f"fingerprint {report['dataset'].get('fingerprint', 'not recorded')}); timed on "
         f"{machine['cpu']} ({report['recipe']['threads'] or machine['torch_threads']} threads, load "
         f"{machine.get('load_average_1min')}), {report['recipe']['latency_size']} px output, batch 1, "
         "each run in its own process.",
