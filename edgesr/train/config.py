@@ -48,7 +48,9 @@ class DataSection:
     augment: bool = opt(True, "rotations, flips, gamma and contrast changes")
     # Scanner variety (SR; edgesr.train.data.ScannerVariety): all off by default, so that the commands
     # in older model cards still reproduce their teachers.
-    scan_noise: float = opt(0.0, "SR: the scan's own noise at full resolution, std drawn from [0, this]")
+    scan_noise: float = opt(
+        0.0, "SR: the scan's own noise at full resolution, std log-uniform in [this / 30, this]"
+    )
     zoom: tuple[float, float] = opt((1.0, 1.0), "SR: other pixel sizes: resample by a factor in this range")
     blur_jitter: float = opt(0.0, "SR, CT: detector blur width times a factor in [1 - this, 1 + this]")
     quantize_8bit: float = opt(0.0, "SR: probability that the LR input is stored as 8 bits")

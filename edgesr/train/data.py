@@ -88,9 +88,11 @@ class ScannerVariety:
     """What other scanners do to an image, drawn per training sample (all off by default).
 
     Attributes:
-        scan_noise: the scan's own noise at full resolution, std drawn from [0, scan_noise] (in units
-            of the volume maximum): MR complex (Rician magnitude), CT Gaussian; the LR image is cut
-            from the same noisy scan (:func:`edgesr.physics.degrade.noisy_scan_pair`).
+        scan_noise: the scan's own noise at full resolution (in units of the volume maximum), std
+            drawn log-uniformly from [scan_noise / 30, scan_noise]: scanners differ by orders of
+            magnitude, and most samples stay nearly as clean as the training scans. MR complex
+            (Rician magnitude), CT Gaussian; the LR image is made from the noisy scan
+            (:func:`edgesr.physics.degrade.noisy_scan_pair`).
         zoom: other pixel sizes: the slice is resampled by a factor drawn log-uniformly from this
             range (MR in k-space, CT by area/bicubic interpolation) before it is degraded.
         blur_jitter: CT: the detector blur's width times a factor drawn from [1 - j, 1 + j] (other
@@ -250,7 +252,11 @@ class SRBatches:
             return image, 0.0, 0.25 * self.scale, False  # draw nothing: old runs' batches stay as they were
         low, high = min(self.min_zoom, v.zoom[1]), v.zoom[1]
         factor = math.exp(_uniform(g, math.log(low), math.log(high)))
-        scan_noise = _uniform(g, 0.0, v.scan_noise)
+        scan_noise = (
+            math.exp(_uniform(g, math.log(v.scan_noise / 30), math.log(v.scan_noise)))
+            if v.scan_noise
+            else 0.0
+        )
         blur = 0.25 * self.scale * _uniform(g, 1.0 - v.blur_jitter, 1.0 + v.blur_jitter)
         quantize = _uniform(g, 0.0, 1.0) < v.quantize_8bit
         return resample(image, factor, self.degradation), scan_noise, blur, quantize
