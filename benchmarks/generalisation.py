@@ -83,7 +83,7 @@ def main() -> int:
             results["models"][name]["splits"][split] = report
             lines += _rows(name, split, report)
             print(f"{name} {split}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    write_json_atomic(args.out, results)
+            write_json_atomic(args.out, results)  # after every model: a long run keeps what it measured
     print(f"data set fingerprint {dataset.fingerprint['id']}")
     print("\n".join(lines))
     print(f"wrote {args.out}", file=sys.stderr)
