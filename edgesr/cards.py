@@ -56,9 +56,15 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
         except DataError as exc:
             chain.append({"checkpoint": init, "note": f"not readable when the card was written: {exc}"})
             break
+        weights = resolve_checkpoint(folder) / MODEL_FILE
         chain.append(
             {
                 "checkpoint": init,
+                # The folder may be overwritten later (a shipped teacher re-trained from itself): the
+                # hash says which weights the run started from.
+                "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()
+                if weights.is_file()
+                else None,
                 "command": parent.get("config", {}).get("command", ""),
                 "steps": parent.get("step"),
                 "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
@@ -110,6 +116,8 @@ def write_card(
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(folder)
+    # Before anything is written: the run may have started from the very folder being re-carded.
+    initialised_from = _initialised_from(meta)
     for key in ("optimizer", "scheduler"):
         meta.pop(key, None)
     weights = (resolve_checkpoint(folder) / MODEL_FILE).read_bytes()
@@ -131,7 +139,7 @@ def write_card(
             "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
             "wall_clock_seconds": _training_seconds(folder.parent),
             "machine": _training_machine(meta),
-            "initialised_from": _initialised_from(meta),
+            "initialised_from": initialised_from,
         },
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}

@@ -256,3 +256,33 @@ def test_a_card_states_the_external_split_and_evaluate_says_when_the_data_differ
     said = capsys.readouterr()
     assert "not the one this model's card was measured on" in " ".join(said.err.split())
     assert json.loads(said.out)["data_differs_from_card"] == ["elsewhere-mr missing (test not installed?)"]
+
+
+def test_a_teacher_re_trained_from_itself_keeps_the_chain_it_came_from(tmp_path, tiny_dataset):
+    """A shipped teacher fine-tuned with init=<its own folder> and re-carded into that folder: the card
+    still names the run it started from, with the hash of the weights that were there."""
+    model = create_model("rdn_tiny", scale=2)
+    shipped = save_model(
+        tmp_path / "shipped", model, "rdn_tiny", {"scale": 2}, step=7,
+        config={"init": "", "command": "edgesr train model=rdn_tiny out=first"},
+    )  # fmt: skip
+    before = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    again = save_model(
+        tmp_path / "again" / "best", model, "rdn_tiny", {"scale": 2}, step=3,
+        config={"init": str(shipped), "command": f"edgesr train init={shipped} out=again"},
+    )  # fmt: skip
+    args = [
+        "evaluate",
+        f"checkpoint={again}",
+        f"root={tiny_dataset.path.parent}",
+        f"card={shipped}",
+        "max_slices=1",
+    ]
+    assert main(args) == 0
+    card = json.loads((shipped / "model_card.json").read_text())
+    [stage] = card["training"]["initialised_from"]
+    assert stage["steps"] == 7 and stage["command"] == "edgesr train model=rdn_tiny out=first"
+    assert stage["weights_sha256"] == before != card["weights"]["sha256"]
