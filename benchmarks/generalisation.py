@@ -27,12 +27,13 @@ DEFAULT_MODELS = ("rdn-mr-x2", "rdn-mr-x4", "rdn-ct-x2", "srgan-mr-x4", "modl-r4
 def _rows(name: str, split: str, report: dict[str, Any]) -> list[str]:
     rows = []
     for comparison in report["comparison"]:
-        overall = comparison.get("real_scans") or comparison
-        rows.append(
-            f"| {name} | {split} | real scans | {overall['slices'] if 'slices' in overall else '-'} | "
-            f"{overall['gain_db_over_best_baseline']:+.2f} vs {overall['best_baseline']} | "
-            f"{overall['slices_below_per_slice_best_baseline']} |"
-        )
+        real = comparison.get("real_scans")
+        if real is not None:
+            rows.append(
+                f"| {name} | {split} | **real scans** | {real['slices']} | {real['psnr_db']:.2f} dB, "
+                f"**{real['gain_db_over_best_baseline']:+.2f}** vs {real['best_baseline']} | "
+                f"{real['slices_below_per_slice_best_baseline']} |"
+            )
         for source, gain in comparison["by_source"].items():
             label = f"{source} (template)" if gain["template"] else source
             rows.append(
