@@ -2,7 +2,7 @@
 split, per source, next to the classical baselines (issue 13's before/after table).
 
     .venv/bin/python benchmarks/generalisation.py [--models rdn-mr-x2,rdn-ct-x2] [--max-slices 0]
-        [--root DIR] [--out runs/generalisation.json]
+        [--splits test,external] [--root DIR] [--out runs/generalisation.json]
 
 Every model is scored by `edgesr.evaluate.evaluate_model`, the code `edgesr evaluate` runs, on the
 test split and on the external split of the prepared data set (`edgesr data info` lists both), with
@@ -50,6 +50,7 @@ def main() -> int:
     )
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--max-slices", type=int, default=0, help="slices per volume (0: all)")
+    parser.add_argument("--splits", default="test,external", help="which splits to score")
     parser.add_argument("--root", default="", help="data cache folder (default: $EDGESR_DATA or ~/.cache)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "generalisation.json"))
     args = parser.parse_args()
@@ -72,7 +73,7 @@ def main() -> int:
         modality = spec.intensity.modality if spec.sr is not None else "MR"
         sha256 = read_card(teacher_path(name)).get("weights", {}).get("sha256", "")
         results["models"][name] = {"weights_sha256": sha256, "step": meta.get("step"), "splits": {}}
-        for split in ("test", "external"):
+        for split in args.splits.split(","):
             if not has_slices(dataset, split, modality):
                 print(f"{name}: no {modality} slices in the {split} split; skipped", file=sys.stderr)
                 continue
