@@ -39,14 +39,19 @@ def test_variety_batches_are_reproducible_aligned_and_8bit_when_asked(tiny_datas
 
 
 def test_the_default_variety_draws_nothing_so_older_runs_keep_their_batches(tiny_dataset):
-    """A card's training command without the variety options must still build the same batches."""
-    default = _batches(tiny_dataset, ScannerVariety()).batch(3)
-    unnamed = SRBatches(
-        tiny_dataset, modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill", patch=8,
-        batch_size=6, noise_max=0.01, seed=5,
-    ).batch(3)  # fmt: skip
-    for a, b in zip(default, unnamed, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    """A card's training command without the variety options must still build the same batches: the
+    default variety leaves the image alone and takes no draw from the batch's generator."""
+    batches = _batches(tiny_dataset, ScannerVariety())
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    image = torch.rand(20, 20)
+    out, scan_noise, blur, quantize = batches._vary(image, g)
+    assert out is image and scan_noise == 0 and blur == 0.25 * 2 and not quantize
+    assert torch.equal(g.get_state(), state)
+    # Any variety draws (so it must be off by default).
+    batches = _batches(tiny_dataset, ScannerVariety(quantize_8bit=0.5))
+    batches._vary(image, g)
+    assert not torch.equal(g.get_state(), state)
 
 
 def test_resample_keeps_intensities_and_changes_the_grid():
