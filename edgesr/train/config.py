@@ -55,6 +55,9 @@ class DataSection:
     blur_jitter: float = opt(0.0, "SR, CT: detector blur width times a factor in [1 - this, 1 + this]")
     quantize_8bit: float = opt(0.0, "SR: probability that the LR input is stored as 8 bits")
     contrast_min: float = opt(0.75, "the intensity scale is drawn from [contrast_min, 1]")
+    background_zero: float = opt(
+        0.0, "SR: probability that the scan's background is stored as zero (suppressed, skull-stripped)"
+    )
     batch_size: int = opt(16, "global batch size (split over ranks under torchrun)")
     val_slices: int = opt(6, "validation slices per volume")
     workers: int = opt(
@@ -86,6 +89,7 @@ class DataSection:
             blur_jitter=self.blur_jitter,
             quantize_8bit=self.quantize_8bit,
             contrast_min=self.contrast_min,
+            background_zero=self.background_zero,
         )
 
     @property

@@ -100,6 +100,9 @@ class ScannerVariety:
         quantize_8bit: the probability that the LR input is stored as 8 bits (256 levels of its max).
         contrast_min: the intensity scale is drawn from [contrast_min, 1] (dim volumes, e.g. one
             saturated voxel setting the maximum).
+        background_zero: the probability that the scan's background is stored as exactly zero
+            (console background suppression, skull-stripped images), outside an outline drawn at
+            2-15 % of the slice's maximum (:func:`edgesr.physics.degrade.suppress_background`).
     """
 
     scan_noise: float = 0.0
@@ -107,6 +110,7 @@ class ScannerVariety:
     blur_jitter: float = 0.0
     quantize_8bit: float = 0.0
     contrast_min: float = 0.75
+    background_zero: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.zoom
@@ -116,10 +120,23 @@ class ScannerVariety:
             raise ConfigError(f"blur_jitter must be in [0, 1); got {self.blur_jitter}")
         if not 0.0 <= self.quantize_8bit <= 1.0:
             raise ConfigError(f"quantize_8bit is a probability; got {self.quantize_8bit}")
+        if not 0.0 <= self.background_zero <= 1.0:
+            raise ConfigError(f"background_zero is a probability; got {self.background_zero}")
         if not 0.0 < self.contrast_min <= 1.0:
             raise ConfigError(f"contrast_min must be in (0, 1]; got {self.contrast_min}")
         if self.scan_noise < 0:
             raise ConfigError(f"scan_noise must be >= 0; got {self.scan_noise}")
+
+
+class Draw(NamedTuple):
+    """One training sample's scanner: its (resampled) slice, scan noise std, CT blur width, whether
+    the LR input is stored as 8 bits, and the background outline level (0: background kept)."""
+
+    image: torch.Tensor
+    scan_noise: float
+    blur: float
+    quantize: bool
+    background_below: float
 
 
 def resample(image: torch.Tensor, factor: float, degradation: str) -> torch.Tensor:
@@ -245,11 +262,12 @@ class SRBatches:
         smallest = min(min(image.shape[-2:]) for image in self.images)
         self.min_zoom = max(variety.zoom[0], (patch * scale + scale) / smallest)
 
-    def _vary(self, image: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, float, float, bool]:
-        """The scanner variety of one sample: the resampled slice, scan noise, blur width, 8-bit."""
+    def _vary(self, image: torch.Tensor, g: torch.Generator) -> Draw:
+        """The scanner variety of one sample: the resampled slice and what its scanner does to it."""
         v = self.variety
+        plain = Draw(image, scan_noise=0.0, blur=0.25 * self.scale, quantize=False, background_below=0.0)
         if v == ScannerVariety():
-            return image, 0.0, 0.25 * self.scale, False  # draw nothing: old runs' batches stay as they were
+            return plain  # draw nothing: old runs' batches stay as they were
         low, high = min(self.min_zoom, v.zoom[1]), v.zoom[1]
         factor = math.exp(_uniform(g, math.log(low), math.log(high)))
         scan_noise = (
@@ -259,7 +277,12 @@ class SRBatches:
         )
         blur = 0.25 * self.scale * _uniform(g, 1.0 - v.blur_jitter, 1.0 + v.blur_jitter)
         quantize = _uniform(g, 0.0, 1.0) < v.quantize_8bit
-        return resample(image, factor, self.degradation), scan_noise, blur, quantize
+        background_below = 0.0
+        if v.background_zero > 0:  # drawn only when asked: earlier variety runs keep their batches
+            masked = _uniform(g, 0.0, 1.0) < v.background_zero
+            below = _uniform(g, 0.02, 0.15)
+            background_below = below if masked else 0.0
+        return Draw(resample(image, factor, self.degradation), scan_noise, blur, quantize, background_below)
 
     def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> SRBatch:
         g = _generator(self.seed, step)
@@ -270,7 +293,8 @@ class SRBatches:
             image = self.images[int(torch.randint(0, len(self.images), (), generator=g))]
             if self.augment:
                 image = _augment(image, g, True, self.variety.contrast_min)
-            image, scan_noise, blur, quantize = self._vary(image, g)
+            draw = self._vary(image, g)
+            image = draw.image
             noise = _uniform(g, 0.0, self.noise_max)
             noise_seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
             hr = crop_to_multiple(image[None, None].float(), self.scale)
@@ -278,14 +302,14 @@ class SRBatches:
             if item not in mine:
                 continue
             noise_g = torch.Generator().manual_seed(noise_seed)
-            if scan_noise > 0 or blur != 0.25 * self.scale:
+            if draw.scan_noise > 0 or draw.blur != 0.25 * self.scale or draw.background_below > 0:
                 hr, lr = noisy_scan_pair(
-                    hr, self.scale, self.degradation, scan_noise=scan_noise, noise_std=noise,
-                    blur_sigma=blur, generator=noise_g,
+                    hr, self.scale, self.degradation, scan_noise=draw.scan_noise, noise_std=noise,
+                    blur_sigma=draw.blur, background_below=draw.background_below, generator=noise_g,
                 )  # fmt: skip
             else:
                 lr = degrade(hr, self.scale, self.degradation, noise_std=noise, generator=noise_g)
-            if quantize:
+            if draw.quantize:
                 lr = _quantize_8bit(lr)
             base = interpolate_base(lr, self.scale, self.upsampler, self.degradation)
             s, p = self.scale, self.patch

@@ -9,7 +9,7 @@ import torch
 
 from edgesr.config import parse_overrides
 from edgesr.errors import ConfigError
-from edgesr.physics.degrade import ct_degrade, kspace_truncate, noisy_scan_pair
+from edgesr.physics.degrade import ct_degrade, kspace_truncate, noisy_scan_pair, suppress_background
 from edgesr.train.config import TrainConfig
 from edgesr.train.data import ScannerVariety, SRBatches, resample
 
@@ -45,8 +45,9 @@ def test_the_default_variety_draws_nothing_so_older_runs_keep_their_batches(tiny
     g = torch.Generator().manual_seed(1)
     state = g.get_state()
     image = torch.rand(20, 20)
-    out, scan_noise, blur, quantize = batches._vary(image, g)
-    assert out is image and scan_noise == 0 and blur == 0.25 * 2 and not quantize
+    draw = batches._vary(image, g)
+    assert draw.image is image and draw.scan_noise == 0 and draw.blur == 0.25 * 2 and not draw.quantize
+    assert draw.background_below == 0
     assert torch.equal(g.get_state(), state)
     # Any variety draws (so it must be off by default).
     batches = _batches(tiny_dataset, ScannerVariety(quantize_8bit=0.5))
@@ -87,14 +88,56 @@ def test_a_noiseless_scan_pair_is_the_plain_degradation_and_noise_is_shared():
 
 def test_variety_options_are_checked_as_data_keys():
     cfg = parse_overrides(
-        TrainConfig, ["data.scan_noise=0.02", "data.zoom=[0.6,1.4]", "data.quantize_8bit=0.2"]
+        TrainConfig,
+        ["data.scan_noise=0.02", "data.zoom=[0.6,1.4]", "data.quantize_8bit=0.2", "data.background_zero=0.5"],
     )
-    assert cfg.data.variety == ScannerVariety(scan_noise=0.02, zoom=(0.6, 1.4), quantize_8bit=0.2)
+    assert cfg.data.variety == ScannerVariety(
+        scan_noise=0.02, zoom=(0.6, 1.4), quantize_8bit=0.2, background_zero=0.5
+    )
     for bad, message in (
         ("data.zoom=[1.5,1.0]", "data.zoom must be a range"),
         ("data.quantize_8bit=2", "data.quantize_8bit is a probability"),
         ("data.blur_jitter=1", "data.blur_jitter must be in"),
         ("data.contrast_min=0", "data.contrast_min must be in"),
+        ("data.background_zero=-0.1", "data.background_zero is a probability"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_overrides(TrainConfig, [bad])
+
+
+def _disc_with_a_dark_hole() -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")
+    radius = ((yy - 24) ** 2 + (xx - 20) ** 2).sqrt()
+    image = torch.where(radius < 14, 0.8, 0.01)  # an object on a faint background
+    image[radius < 4] = 0.0  # a dark hole inside it (a ventricle, air in the bowel)
+    return image[None, None]
+
+
+def test_suppressed_background_is_zero_outside_the_outline_and_keeps_holes():
+    image = _disc_with_a_dark_hole()
+    out = suppress_background(image, 0.1)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")
+    radius = ((yy - 24) ** 2 + (xx - 20) ** 2).sqrt()
+    assert torch.all(out[0, 0][radius > 16] == 0)  # the faint background is gone
+    assert torch.equal(out[0, 0][radius < 12], image[0, 0][radius < 12])  # the object and its hole stay
+    with pytest.raises(ValueError, match="background_below must be in"):
+        suppress_background(image, 1.5)
+
+
+def test_a_masked_scan_pair_degrades_the_masked_noisy_scan():
+    image = _disc_with_a_dark_hole()
+    hr, lr = noisy_scan_pair(
+        image, 2, "mr-kspace", scan_noise=0.02, background_below=0.1,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    assert float((hr == 0).float().mean()) > 0.5  # noise floor and background zeroed together
+    torch.testing.assert_close(lr, kspace_truncate(hr, 2))
+
+
+def test_background_variety_masks_some_samples_and_only_draws_when_asked(tiny_dataset):
+    g = torch.Generator().manual_seed(4)
+    batches = _batches(tiny_dataset, ScannerVariety(background_zero=1.0))
+    levels = [batches._vary(torch.rand(20, 20), g).background_below for _ in range(20)]
+    assert all(0.02 <= level <= 0.15 for level in levels)
+    never = _batches(tiny_dataset, ScannerVariety(background_zero=0.0, quantize_8bit=0.5))
+    assert never._vary(torch.rand(20, 20), g).background_below == 0
