@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from edgesr import __version__
@@ -194,9 +195,12 @@ def _setting_key(comparison: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((k, comparison[k]) for k in _SETTING_KEYS if k in comparison)
 
 
-def card_data_differences(card: dict[str, Any], dataset: PreparedDataset) -> list[str]:
+def card_data_differences(
+    card: dict[str, Any], dataset: PreparedDataset, *, only: Collection[str] = ()
+) -> list[str]:
     """How ``dataset`` differs from the data set a model card was measured on, for the card's modality
-    (empty: the same data, or a folder without a card).
+    (empty: the same data, or a folder without a card); ``only`` compares just those sources (a
+    user's ``sources=`` choice leaves the others out on purpose).
 
     Cards from before fingerprints list their sources' names and checksums only; for them the
     training sources are compared (external sources did not exist then and change no test figure).
@@ -217,6 +221,8 @@ def card_data_differences(card: dict[str, Any], dataset: PreparedDataset) -> lis
     else:
         names = {d["name"] for d in card.get("data", []) if d.get("modality") == modality}
         before = [s for s in recorded.get("sources", []) if s["name"] in names]
+    if only:
+        before = [s for s in before if s["name"] in only]
     return fingerprint_differences({"sources": before}, {"sources": current})
 
 

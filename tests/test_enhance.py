@@ -250,6 +250,14 @@ def test_a_card_states_the_external_split_and_evaluate_says_when_the_data_differ
     # The same card on the same data: no warning. On a data set whose external source is gone: a warning.
     assert main(["evaluate", f"checkpoint={card}", f"root={root}", "max_slices=1"]) == 0
     assert "not the one this model's card was measured on" not in capsys.readouterr().out
+    # Sources left out by the user's own choice are not "missing"; a choice with nothing to score in
+    # the split says which sources the split has.
+    assert main(["evaluate", f"checkpoint={card}", f"root={root}", "max_slices=1", "sources=[own-mr]"]) == 0
+    assert "not the one this model's card was measured on" not in capsys.readouterr().out
+    assert main(["evaluate", f"checkpoint={card}", f"root={root}", "split=external", "sources=[own-mr]"]) == 2
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "none of the chosen sources (own-mr) has MR slices in the external split" in said
+    assert "its MR sources there: elsewhere-mr" in said
     monkeypatch.setattr(prepare_module, "SOURCES", (own,))
     prepare_dataset(PrepareConfig(root=str(root)))
     assert main(["evaluate", f"checkpoint={card}", f"root={root}", "max_slices=1", "format=json"]) == 0

@@ -21,6 +21,7 @@ from edgesr.cards import card_data_differences, evaluate_command, write_card
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.dataset import PreparedDataset
 from edgesr.data.splits import ALL_SPLITS, EXTERNAL
+from edgesr.errors import DataError
 from edgesr.evaluate import ReconProtocol, evaluate_model, has_slices
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.pipeline import TorchPredictor
@@ -66,14 +67,29 @@ class EvaluateConfig:
         check_range("coils", self.coils, low=1)
 
 
+def _chosen_sources(
+    dataset: PreparedDataset, names: tuple[str, ...], *, split: str, modality: str
+) -> PreparedDataset:
+    """``dataset`` with only the volumes ``names``, which must hold ``modality`` slices of ``split``."""
+    chosen = dataset.restricted(names)
+    if not has_slices(chosen, split, modality):
+        offered = [v["name"] for v in dataset.volumes(modality, split)]
+        raise DataError(
+            f"none of the chosen sources ({', '.join(names)}) has {modality} slices in the {split} split "
+            f"of the data set at {dataset.path}; its {modality} sources there: {', '.join(offered) or 'none'}"
+        )
+    return chosen
+
+
 def run_evaluate(cfg: EvaluateConfig) -> int:
     console = Console(stderr=cfg.format == "json")
     folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
     model, spec, meta = load_for_inference(folder)
     dataset = PreparedDataset(cfg.root or None)
+    modality = spec.intensity.modality if spec.sr is not None else "MR"
     if cfg.sources:
-        dataset = dataset.restricted(cfg.sources)
-    differences = card_data_differences(read_card(folder), dataset)
+        dataset = _chosen_sources(dataset, cfg.sources, split=cfg.split, modality=modality)
+    differences = card_data_differences(read_card(folder), dataset, only=cfg.sources)
     if differences:
         console.print(
             f"[yellow]warning[/]: the data set at {escape(str(dataset.path))} (fingerprint "
@@ -103,7 +119,6 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     if differences:
         report["data_differs_from_card"] = differences
     external: dict[str, Any] | None = None
-    modality = spec.intensity.modality if spec.sr is not None else "MR"
     if cfg.card and cfg.split != EXTERNAL and has_slices(dataset, EXTERNAL, modality):
         # A card states both: how the model does on its own sources and on sources it never saw.
         external = evaluate_model(
