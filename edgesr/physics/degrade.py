@@ -138,14 +138,15 @@ def noisy_scan_pair(
     return hr, degrade(hr, scale, kind, noise_std=noise_std, generator=generator)
 
 
-def suppress_background(image: torch.Tensor, below: float, *, smooth_sigma: float = 1.0) -> torch.Tensor:
+def suppress_background(image: torch.Tensor, below: float, *, smooth_sigma: float = 3.0) -> torch.Tensor:
     """``image [B, C, H, W]`` with its background set to exactly zero, as many stored scans have it.
 
     MR consoles suppress the noise outside the body, and skull-stripped research images are zero
-    outside a brain mask: a hard edge with no noise floor that unmasked training scans never show.
-    The background is what lies outside the object's outline: pixels of the lightly smoothed image
-    below ``below`` times its maximum, without the holes inside the object (dark ventricles, bone and
-    air in the body stay as they are, as an outline-based mask leaves them).
+    outside a brain mask: a hard edge, often through tissue, with no noise floor beyond it, which
+    unmasked training scans never show. The mask is an outline: the image smoothed over
+    ``smooth_sigma`` pixels (so the outline is smooth and cuts through fine structure, as a brain
+    mask does) above ``below`` times its 99th percentile (not the maximum, which one bright
+    structure sets), with the holes inside the object kept (dark ventricles, bone, air in the body).
     """
     _check_image(image, "image")
     if not 0.0 < below < 1.0:
@@ -154,8 +155,8 @@ def suppress_background(image: torch.Tensor, below: float, *, smooth_sigma: floa
     from scipy.ndimage import binary_fill_holes
 
     smooth = gaussian_blur(image.float(), smooth_sigma)
-    top = smooth.amax(dim=(-2, -1), keepdim=True)
-    inside = (smooth > below * top).cpu().numpy()
+    level = torch.quantile(smooth.flatten(-2), 0.99, dim=-1)[..., None, None]
+    inside = (smooth > below * level).cpu().numpy()
     masks = np.stack([binary_fill_holes(plane) for plane in inside.reshape(-1, *inside.shape[-2:])])
     keep = torch.from_numpy(masks.reshape(inside.shape)).to(image.device)
     return image * keep.to(image.dtype)

@@ -101,8 +101,8 @@ class ScannerVariety:
         contrast_min: the intensity scale is drawn from [contrast_min, 1] (dim volumes, e.g. one
             saturated voxel setting the maximum).
         background_zero: the probability that the scan's background is stored as exactly zero
-            (console background suppression, skull-stripped images), outside an outline drawn at
-            2-15 % of the slice's maximum (:func:`edgesr.physics.degrade.suppress_background`).
+            (console background suppression, skull-stripped images), outside a smooth outline drawn
+            at 5-35 % of the slice's 99th percentile (:func:`edgesr.physics.degrade.suppress_background`).
     """
 
     scan_noise: float = 0.0
@@ -280,7 +280,7 @@ class SRBatches:
         background_below = 0.0
         if v.background_zero > 0:  # drawn only when asked: earlier variety runs keep their batches
             masked = _uniform(g, 0.0, 1.0) < v.background_zero
-            below = _uniform(g, 0.02, 0.15)
+            below = _uniform(g, 0.05, 0.35)
             background_below = below if masked else 0.0
         return Draw(resample(image, factor, self.degradation), scan_noise, blur, quantize, background_below)
 

@@ -118,7 +118,7 @@ def test_suppressed_background_is_zero_outside_the_outline_and_keeps_holes():
     out = suppress_background(image, 0.1)
     yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")
     radius = ((yy - 24) ** 2 + (xx - 20) ** 2).sqrt()
-    assert torch.all(out[0, 0][radius > 16] == 0)  # the faint background is gone
+    assert torch.all(out[0, 0][radius > 20] == 0)  # the faint background is gone (a smooth outline)
     assert torch.equal(out[0, 0][radius < 12], image[0, 0][radius < 12])  # the object and its hole stay
     with pytest.raises(ValueError, match="background_below must be in"):
         suppress_background(image, 1.5)
@@ -130,7 +130,7 @@ def test_a_masked_scan_pair_degrades_the_masked_noisy_scan():
         image, 2, "mr-kspace", scan_noise=0.02, background_below=0.1,
         generator=torch.Generator().manual_seed(3),
     )  # fmt: skip
-    assert float((hr == 0).float().mean()) > 0.5  # noise floor and background zeroed together
+    assert float((hr == 0).float().mean()) > 0.4  # noise floor and background zeroed together
     torch.testing.assert_close(lr, kspace_truncate(hr, 2))
 
 
@@ -138,6 +138,6 @@ def test_background_variety_masks_some_samples_and_only_draws_when_asked(tiny_da
     g = torch.Generator().manual_seed(4)
     batches = _batches(tiny_dataset, ScannerVariety(background_zero=1.0))
     levels = [batches._vary(torch.rand(20, 20), g).background_below for _ in range(20)]
-    assert all(0.02 <= level <= 0.15 for level in levels)
+    assert all(0.05 <= level <= 0.35 for level in levels)
     never = _batches(tiny_dataset, ScannerVariety(background_zero=0.0, quantize_8bit=0.5))
     assert never._vary(torch.rand(20, 20), g).background_below == 0
