@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +118,7 @@ def real_data_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
-    """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""
+def _prepare_tiny(tmp_path, monkeypatch, *, external: bool) -> PreparedDataset:
     yy, xx = np.meshgrid(np.linspace(-1, 1, 37), np.linspace(-1, 1, 33), indexing="ij")
     slices = [np.exp(-((yy - 0.2 * np.sin(k / 5)) ** 2 + xx**2) * 3) * (1 + 0.1 * k / 80) for k in range(80)]
     volume = (np.stack(slices) * 100).astype(np.float32)
@@ -133,9 +133,30 @@ def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
         locate=lambda: path,
         load=lambda p: SourceVolume(volume, (1, 1, 1)),
     )
-    monkeypatch.setattr(prepare_module, "SOURCES", (source,))
+    sources: tuple[Source, ...] = (source,)
+    if external:
+        # Another "scanner": the blobs mirrored, brighter, on a 29x35 grid; scored, never trained on.
+        other = np.ascontiguousarray(volume[:20, 4:33, ::-1][..., :35] * 3)
+        sources += (
+            dataclasses.replace(
+                source, name="elsewhere-mr", role="external", load=lambda p: SourceVolume(other, (1, 1, 1))
+            ),
+        )
+    monkeypatch.setattr(prepare_module, "SOURCES", sources)
     prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
     return PreparedDataset(tmp_path / "cache")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
+    """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""
+    return _prepare_tiny(tmp_path, monkeypatch, external=False)
+
+
+@pytest.fixture
+def tiny_dataset_with_external(tmp_path, monkeypatch) -> PreparedDataset:
+    """``tiny_dataset`` and a second synthetic MR volume in the external split."""
+    return _prepare_tiny(tmp_path, monkeypatch, external=True)
 
 
 def spec_for(model, name: str, *, modality: str = "MR", degradation: str | None = None):

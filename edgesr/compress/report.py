@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,9 @@ from edgesr.compress.prune import count_macs_params
 from edgesr.compress.recipe import Recipe
 from edgesr.data.dataset import PreparedDataset
 from edgesr.data.sources import is_template
+from edgesr.data.splits import EXTERNAL
 from edgesr.errors import EdgesrError
-from edgesr.evaluate import evaluate_model, score_predictor
+from edgesr.evaluate import evaluate_model, has_slices, score_predictor
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.train.checkpoint import weights_sha256
 
@@ -225,10 +227,83 @@ def build_report(
         "runs": runs,
         "fastest_at_equal_quality": deployment,
         "trade_off": _trade_off(measured, teacher_row, stage_rows),
+        "external": _external_figures(recipe, chain, dataset, console=console),
         "quantization": final.quantization,
         "final_model": str(final.folder),
         "artifacts": {k: str(v) for k, v in final.artifacts.items()},
     }  # fmt: skip
+
+
+def _external_figures(
+    recipe: Recipe, chain: list[Candidate], dataset: PreparedDataset, *, console: Console
+) -> dict[str, Any]:
+    """The teacher and the shipped models on the external split: whether compression keeps what the
+    teacher does on scanners it never saw, measured against the recipe's own gate (not enforced: the
+    gate is the ``eval_split``'s; this says whether it also holds there).
+
+    The final float model in torch and each INT8 file in its runtime, at most ``eval_slices`` per
+    source; a file that cannot take an external image (a fixed-shape export) is reported, not fatal.
+    """
+    teacher, final = chain[0], chain[-1]
+    final_float = [c for c in chain if c.quantization is None][-1]
+    modality = teacher.spec.intensity.modality if teacher.spec.sr is not None else "MR"
+    if not has_slices(dataset, EXTERNAL, modality):
+        return {"split": EXTERNAL, "skipped": f"the data set has no external {modality} source installed"}
+    slices = recipe.eval_slices
+    with console.status("scoring the teacher and the baselines on the external split"):
+        evaluation = evaluate_model(
+            teacher.spec, TorchPredictor(teacher.model, teacher.spec, device="cpu"), dataset,
+            label="teacher", split=EXTERNAL, max_slices=slices,
+        )  # fmt: skip
+    first = evaluation["results"][0]
+    setting = {k: first.get(k) for k in ("task", "modality", "scale", "acceleration")}
+    rows = [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
+    figures = {
+        r["method"]: {"psnr": r["psnr_db"], "ssim": r["ssim"], "by_source": r["by_source"]} for r in rows
+    }
+    reference = figures.pop("teacher")
+    models: list[dict[str, Any]] = [{"name": f"{teacher.name}/torch/fp32", **reference}]
+    # (run name, a factory of its predictor: a runtime session is opened only when it is scored)
+    plan: list[tuple[str, Callable[[], Predictor]]] = []
+    if final_float is not teacher:
+        plan.append(
+            (f"{final_float.name}/torch/fp32",
+             lambda: TorchPredictor(final_float.model, final_float.spec, "cpu"))
+        )  # fmt: skip
+    if final.quantization is not None:
+        for runtime in final.quantization["runtimes"]:
+            path = str(final.artifacts[runtime])
+            plan.append(
+                (f"{final.name}/{runtime}/int8", partial(_predictor, runtime, "int8", path, recipe.threads))
+            )
+    for name, predictor in plan:
+        try:
+            with console.status(f"scoring {name} on the external split"):
+                scores = score_predictor(final.spec, predictor(), dataset, split=EXTERNAL, max_slices=slices)
+        except (EdgesrError, RuntimeError, OSError, ValueError) as exc:
+            models.append({"name": name, "error": str(exc)})
+            continue
+        models.append(
+            {"name": name, "psnr": scores["psnr"], "ssim": scores["ssim"], "by_source": scores["by_source"]}
+        )
+    scored = [m for m in models if "error" not in m]
+    for model in scored:
+        model["psnr_vs_teacher_db"] = round(model["psnr"] - reference["psnr"], 3)
+        model["ssim_vs_teacher"] = round(model["ssim"] - reference["ssim"], 4)
+    worst = min(scored, key=lambda m: m["psnr"])
+    return {
+        "split": EXTERNAL,
+        "sources": [v["name"] for v in dataset.volumes(modality, EXTERNAL)],
+        "images": int(first["slices"]),
+        "max_slices_per_volume": slices,
+        "baselines": [{"name": name, **values} for name, values in figures.items()],
+        "models": models,
+        "within_gate": (
+            reference["psnr"] - worst["psnr"] <= recipe.max_psnr_drop_db + 1e-9
+            and reference["ssim"] - worst["ssim"] <= recipe.max_ssim_drop + 1e-9
+        ),
+        "worst": worst["name"],
+    }
 
 
 def _fastest_at_equal_quality(
@@ -341,6 +416,43 @@ def _per_source_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _external_lines(report: dict[str, Any]) -> list[str]:
+    """The external split: the teacher and the shipped models per source, against the recipe's gate."""
+    external = report.get("external")
+    if not external:
+        return []  # a report from before the external split
+    if "skipped" in external:
+        return ["", "## External split", "", f"Not scored: {external['skipped']}."]
+    gate = report["gate"]
+    reference = external["models"][0]
+    sources = list(reference["by_source"])
+    verdict = "within" if external["within_gate"] else "**outside**"
+    lines = [
+        "",
+        "## External split (sources never trained on)",
+        "",
+        f"{external['images']} slices of {', '.join(external['sources'])} (at most "
+        f"{external['max_slices_per_volume'] or 'all'} per source). The worst shipped model "
+        f"(`{external['worst']}`) is {verdict} the recipe's gate against the teacher here "
+        f"({gate['max_psnr_drop_db']} dB, {gate['max_ssim_drop']} SSIM).",
+        "",
+        "| model | all | " + " | ".join(sources) + " |",
+        "|---|---|" + "---|" * len(sources),
+    ]
+    rows = external["models"] + [{**b, "name": f"{b['name']} (baseline)"} for b in external["baselines"]]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['name']} | not scored: {row['error']} |" + " |" * len(sources))
+            continue
+        cells = [f"{row['psnr']:.2f} / {row['ssim']:.4f} ({row['psnr'] - reference['psnr']:+.2f})"]
+        for source in sources:
+            mine = row["by_source"].get(source)
+            change = "" if mine is None else mine["psnr_db"] - reference["by_source"][source]["psnr_db"]
+            cells.append("" if mine is None else f"{mine['psnr_db']:.2f} ({change:+.2f})")
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: the same figures as report.json, for people."""
     machine = report["machine"]
@@ -369,6 +481,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{'' if seconds is None else f'{seconds:.0f}'} |"
         )
     lines += _per_source_lines(report)
+    lines += _external_lines(report)
     lines += [
         "",
         "## Runs",

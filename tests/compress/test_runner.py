@@ -65,6 +65,7 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     assert "scans" not in capsys.readouterr().out
     assert {b["name"] for b in report["baselines"]} == {"bicubic", "zero-fill"}
     assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
+    assert "no external MR source" in report["external"]["skipped"]
     assert (out / "recipe.resolved.yaml").is_file()
     # The page a person opens, with its plots embedded.
     assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 3
@@ -85,6 +86,26 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     # Other options, or another teacher, make the finished stage a different stage: refused, not reused.
     assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", "stages.0.lr=0.01"]) == 2
     assert "stages.0: " in (said := capsys.readouterr().err) and "made with other options" in said
+
+
+def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figures(
+    tiny_dataset_with_external, tiny_teacher, tmp_path
+):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset_with_external.path.parent)
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["sources"] == ["fake-mr"]  # the recipe's own split: no external source
+    external = report["external"]
+    assert external["sources"] == ["elsewhere-mr"] and external["images"] == 1  # eval_slices: 1
+    teacher, student = external["models"]
+    assert teacher["name"].endswith("/torch/fp32") and teacher["psnr_vs_teacher_db"] == 0
+    assert student["name"] == "1-distill/torch/fp32" and set(student["by_source"]) == {"elsewhere-mr"}
+    assert student["psnr_vs_teacher_db"] == pytest.approx(student["psnr"] - teacher["psnr"], abs=1e-3)
+    assert {b["name"] for b in external["baselines"]} == {"bicubic", "zero-fill"}
+    assert external["within_gate"] is True and external["worst"] in {teacher["name"], student["name"]}
+    text = (out / "report.md").read_text()
+    assert "## External split (sources never trained on)" in text and "| 1-distill/torch/fp32 |" in text
 
 
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
