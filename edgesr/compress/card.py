@@ -5,7 +5,8 @@ run (an INT8 file is a runtime artifact, rebuilt from it) with ``model_card.json
 
 * how it was made: the resolved recipe, the command, each stage's figures and seconds;
 * the report's evaluation (test split, every runtime and precision, the baselines, the gate) with the
-  data set's fingerprint (the sha256 of every source file);
+  data set's fingerprint (the sha256 of every source file), and ``external``: the teacher and the
+  shipped models on the external split (sources never trained on), per source;
 * per runtime, the INT8 settings that the quantize stage chose (the convolutions kept in float, the
   calibration slices, bias correction) and the command that rebuilds the INT8 file from the shipped
   float model;
@@ -202,6 +203,8 @@ def write_student_card(
             "fastest_at_equal_quality": report.get("fastest_at_equal_quality"),
             "machine": report["machine"],
         },
+        # The teacher and this student on sources neither was trained on (absent in older reports).
+        "external": report.get("external"),
         "quantization": quantization,
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}

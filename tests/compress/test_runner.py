@@ -92,9 +92,10 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     tiny_dataset_with_external, tiny_teacher, tmp_path
 ):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset_with_external.path.parent)
-    out = tmp_path / "out"
-    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    out, card = tmp_path / "out", tmp_path / "tiny-edge"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", f"card={card}"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert json.loads((card / "model_card.json").read_text())["external"] == report["external"]
     assert report["dataset"]["sources"] == ["fake-mr"]  # the recipe's own split: no external source
     external = report["external"]
     assert external["sources"] == ["elsewhere-mr"] and external["images"] == 1  # eval_slices: 1
