@@ -189,6 +189,7 @@ def write_student_card(
         "macs_per_output": {"size": report["recipe"]["latency_size"], "macs": report["stages"][-1]["macs"]},
         "compression": {
             "teacher": report["recipe"]["teacher"],
+            "teacher_weights_sha256": report["teacher"].get("weights_sha256"),
             "recipe": recipe_name,
             "command": command,
             "resolved_recipe": report["recipe"],

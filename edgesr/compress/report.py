@@ -200,6 +200,8 @@ def build_report(
         "name": "teacher", "model": teacher.model_name, "params": teacher_params, "macs": teacher_macs,
         "psnr": teacher_scores["psnr"], "ssim": teacher_scores["ssim"],
         "by_source": teacher_scores["by_source"],
+        # Which weights: a shipped teacher re-trained since is another model under the same name.
+        "weights_sha256": weights_sha256(teacher.folder),
     }  # fmt: skip
     last = stage_rows[-1]
     psnr_drop = round(teacher_row["psnr"] - last["psnr"], 3)

@@ -4,6 +4,7 @@ from a finished stage, and a report that puts the teacher and every stage side b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shlex
@@ -95,7 +96,13 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     out, card = tmp_path / "out", tmp_path / "tiny-edge"
     assert main(["compress", f"recipe={recipe}", f"out={out}", f"card={card}"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert json.loads((card / "model_card.json").read_text())["external"] == report["external"]
+    written = json.loads((card / "model_card.json").read_text())
+    assert written["external"] == report["external"]
+    # The card names the teacher's weights it was made from, not only the teacher's name.
+    teacher_sha = hashlib.sha256((tiny_teacher / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        written["compression"]["teacher_weights_sha256"] == report["teacher"]["weights_sha256"] == teacher_sha
+    )
     assert report["dataset"]["sources"] == ["fake-mr"]  # the recipe's own split: no external source
     external = report["external"]
     assert external["sources"] == ["elsewhere-mr"] and external["images"] == 1  # eval_slices: 1
