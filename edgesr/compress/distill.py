@@ -23,6 +23,7 @@ blocks are student options), fed exactly as the teacher is.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,9 @@ from edgesr.losses.perceptual import PerceptualLoss, cached_feature_encoder
 from edgesr.metrics import crop_border, psnr
 from edgesr.models.srgan import Discriminator
 from edgesr.spec import ModelSpec
+from edgesr.train.checkpoint import read_metadata
 from edgesr.train.config import OptimSection
-from edgesr.train.data import ReconBatch, ReconBatches, SRBatch, SRBatches
+from edgesr.train.data import ReconBatch, ReconBatches, ScannerVariety, SRBatch, SRBatches
 from edgesr.train.distributed import DistEnv
 from edgesr.train.fit import CheckpointInfo, FitSettings, fit
 from edgesr.train.optim import adamw_warmup_cosine
@@ -69,6 +71,9 @@ class DistillSettings:
         amp: bf16 autocast for the networks' forward passes on CUDA.
         select_by: what ``best/`` is kept by: ``"target"`` (val PSNR to the ground truth) or
             ``"teacher"`` (val PSNR to the teacher's output; SR only: for GAN teachers).
+        noise_max, variety: SR: the LR noise range and the scanner variety of the batches; the
+            teacher's own (:func:`teacher_training_data`), so that the student learns what the teacher
+            does on the scans it was made robust to, not only on the clean training scans.
     """
 
     steps: int
@@ -90,6 +95,8 @@ class DistillSettings:
     disc_lr: float = 1e-4
     perceptual_steps: int = 1500
     select_by: str = "target"
+    noise_max: float = 0.01
+    variety: ScannerVariety = ScannerVariety()
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -281,6 +288,18 @@ def _gan_terms(
     return perceptual, discriminator, disc_optimizer
 
 
+def teacher_training_data(folder: str | Path) -> tuple[float, ScannerVariety]:
+    """The LR noise range and scanner variety a teacher was trained with, from its checkpoint's config.
+
+    Teachers trained before the variety existed (or by other tools) get the defaults: noise up to 0.01
+    of the volume maximum and no variety, the batches every recipe distilled on until then.
+    """
+    data = (read_metadata(folder).get("config") or {}).get("data") or {}
+    known = {f.name for f in dataclasses.fields(ScannerVariety)}
+    options: dict[str, Any] = {k: tuple(v) if k == "zoom" else v for k, v in data.items() if k in known}
+    return float(data.get("noise_max", 0.01)), ScannerVariety(**options)
+
+
 def distillation_batches(
     spec: ModelSpec, dataset: PreparedDataset, settings: DistillSettings
 ) -> SRBatches | ReconBatches:
@@ -294,8 +313,9 @@ def distillation_batches(
             upsampler=spec.sr.upsampler,
             patch=settings.patch,
             batch_size=settings.batch_size,
-            noise_max=0.01,
+            noise_max=settings.noise_max,
             augment=True,
+            variety=settings.variety,
             seed=settings.seed,
         )
     assert spec.recon is not None  # noqa: S101 (a spec has one task section)

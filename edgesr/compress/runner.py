@@ -31,7 +31,7 @@ from torch import nn
 
 from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import latency_inputs
-from edgesr.compress.distill import DistillSettings, distill
+from edgesr.compress.distill import DistillSettings, distill, teacher_training_data
 from edgesr.compress.prune import prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
@@ -204,7 +204,7 @@ def _run_stage(
     torch.manual_seed(recipe.seed + index)
     if stage.kind == "quantize":
         return _quantize_stage(
-            index, stage, previous, recipe=recipe, dataset=dataset, folder=folder, resume=resume,
+            index, stage, previous, teacher, recipe=recipe, dataset=dataset, folder=folder, resume=resume,
             console=console, fingerprint=fingerprint,
         )  # fmt: skip
     if stage.kind == "prune":
@@ -227,7 +227,7 @@ def _run_stage(
                         config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
         _mark_done(folder, stage, name, started, fingerprint)
         return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
-    settings = _distill_settings(stage, seed=recipe.seed + index)
+    settings = _distill_settings(stage, seed=recipe.seed + index, teacher=teacher)
     run_dir = folder / "run"
     resuming = resume and checkpoint_exists(run_dir / "last")
     if not resuming:  # a stage killed before its first checkpoint starts over
@@ -244,7 +244,7 @@ def _run_stage(
         settings=settings,
         out=run_dir,
         env=init_distributed(recipe.device),
-        config={"recipe": _plain(recipe), "stage": index},
+        config={"recipe": _plain(recipe), "stage": index, "data": _batches_record(settings)},
         resume=resuming,
         console=console,
     )
@@ -264,8 +264,15 @@ def _run_stage(
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
 
 
-def _distill_settings(stage: Stage, *, seed: int) -> DistillSettings:
-    """The training options of a distill or prune stage (and the base of a quantize stage's QAT)."""
+def _batches_record(settings: DistillSettings) -> dict[str, Any]:
+    """What the stage's batches were drawn with, for the student's checkpoint and card."""
+    return {"noise_max": settings.noise_max, **dataclasses.asdict(settings.variety)}
+
+
+def _distill_settings(stage: Stage, *, seed: int, teacher: Candidate) -> DistillSettings:
+    """The training options of a distill or prune stage (and the base of a quantize stage's QAT); the
+    batches are drawn as the teacher's were (its noise range and scanner variety)."""
+    noise_max, variety = teacher_training_data(teacher.folder)
     return DistillSettings(
         steps=stage.steps, lr=stage.lr, warmup=stage.warmup, batch_size=stage.batch_size, patch=stage.patch,
         crop=stage.crop, output_weight=stage.output_weight, target_weight=stage.target_weight,
@@ -273,7 +280,8 @@ def _distill_settings(stage: Stage, *, seed: int) -> DistillSettings:
         feature_layers=tuple(stage.feature_layers) if stage.feature_weight > 0 else (),
         feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
         adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
-        perceptual_steps=stage.perceptual_steps, select_by=stage.select_by,
+        perceptual_steps=stage.perceptual_steps, select_by=stage.select_by, noise_max=noise_max,
+        variety=variety,
     )  # fmt: skip
 
 
@@ -281,6 +289,7 @@ def _quantize_stage(
     index: int,
     stage: Stage,
     previous: Candidate,
+    teacher: Candidate,
     *,
     recipe: Recipe,
     dataset: PreparedDataset,
@@ -323,9 +332,10 @@ def _quantize_stage(
     )  # fmt: skip
     qat = None
     if "qat" in stage.remedies:  # fine-tuned from the float model, towards it (see edgesr.compress.qat)
+        base = _distill_settings(stage, seed=recipe.seed + index, teacher=teacher)
         qat_settings = dataclasses.replace(
-            _distill_settings(stage, seed=recipe.seed + index), steps=stage.qat_steps, lr=stage.qat_lr,
-            warmup=min(stage.warmup, stage.qat_steps), eval_every=stage.qat_eval_every,
+            base, steps=stage.qat_steps, lr=stage.qat_lr, warmup=min(stage.warmup, stage.qat_steps),
+            eval_every=stage.qat_eval_every,
         )  # fmt: skip
         qat = QatPlan(previous.model, previous.model_name, previous.model_options, qat_settings)
     quantize(

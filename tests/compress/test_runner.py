@@ -116,6 +116,31 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     assert "## External split (sources never trained on)" in text and "| 1-distill/torch/fp32 |" in text
 
 
+def test_students_are_distilled_on_the_batches_their_teacher_was_trained_on(tiny_dataset, tmp_path):
+    """A teacher trained with scanner variety passes it on: the student learns what the teacher does on
+    noisy, 8-bit, masked scans, not only on the clean training slices. Older teachers keep the batches
+    every recipe drew until then."""
+    from edgesr.compress.distill import teacher_training_data
+    from edgesr.train.data import ScannerVariety
+
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    data = {"modality": "MR", "patch": 8, "noise_max": 0.003, "scan_noise": 0.04, "zoom": [0.9, 1.0],
+            "quantize_8bit": 0.2, "background_zero": 0.5}  # fmt: skip
+    varied = save_model(tmp_path / "varied", model, "rdn_tiny", {"scale": 2}, config={"data": data})
+    plain = save_model(tmp_path / "plain", model, "rdn_tiny", {"scale": 2})
+    assert teacher_training_data(plain) == (0.01, ScannerVariety())
+    expected = ScannerVariety(scan_noise=0.04, zoom=(0.9, 1.0), quantize_8bit=0.2, background_zero=0.5)
+    assert teacher_training_data(varied) == (0.003, expected)
+    recipe = _recipe(tmp_path, varied, tiny_dataset.path.parent, steps=2)
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    _, _, meta = load_for_inference(out / "1-distill" / "run" / "last")
+    recorded = meta["config"]["data"]
+    assert recorded["noise_max"] == 0.003 and recorded["scan_noise"] == 0.04
+    assert recorded["background_zero"] == 0.5 and tuple(recorded["zoom"]) == (0.9, 1.0)
+
+
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
     assert load_recipe(recipe, ["stages.0.steps=9"]).stages[0].steps == 9
