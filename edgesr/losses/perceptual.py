@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import track
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -139,7 +141,9 @@ def train_feature_encoder(
     patch = min(patch, *(min(image.shape) for image in images)) // 4 * 4  # two poolings
     encoder, decoder = FeatureEncoder(), _Decoder()
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
-    for _ in range(steps):
+    # Minutes on a CPU, once per data set (cached): shown, so a run does not look stuck before step 1.
+    description = "training the perceptual loss's feature encoder (once per data set)"
+    for _ in track(range(steps), description=description, console=Console(stderr=True), transient=True):
         batch = []
         for _ in range(batch_size):
             image = images[int(torch.randint(0, len(images), (), generator=generator))]
