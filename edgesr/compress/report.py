@@ -292,7 +292,12 @@ def _external_figures(
     for model in scored:
         model["psnr_vs_teacher_db"] = round(model["psnr"] - reference["psnr"], 3)
         model["ssim_vs_teacher"] = round(model["ssim"] - reference["ssim"], 4)
-    worst = min(scored, key=lambda m: m["psnr"])
+    outside = [
+        m["name"]
+        for m in scored
+        if reference["psnr"] - m["psnr"] > recipe.max_psnr_drop_db + 1e-9
+        or reference["ssim"] - m["ssim"] > recipe.max_ssim_drop + 1e-9
+    ]
     return {
         "split": EXTERNAL,
         "sources": [v["name"] for v in dataset.volumes(modality, EXTERNAL)],
@@ -300,11 +305,9 @@ def _external_figures(
         "max_slices_per_volume": slices,
         "baselines": [{"name": name, **values} for name, values in figures.items()],
         "models": models,
-        "within_gate": (
-            reference["psnr"] - worst["psnr"] <= recipe.max_psnr_drop_db + 1e-9
-            and reference["ssim"] - worst["ssim"] <= recipe.max_ssim_drop + 1e-9
-        ),
-        "worst": worst["name"],
+        # Every scored model within the recipe's PSNR and SSIM limits of the teacher, on this split.
+        "within_gate": not outside,
+        "outside_gate": outside,
     }
 
 
@@ -428,15 +431,20 @@ def _external_lines(report: dict[str, Any]) -> list[str]:
     gate = report["gate"]
     reference = external["models"][0]
     sources = list(reference["by_source"])
-    verdict = "within" if external["within_gate"] else "**outside**"
+    outside = external.get("outside_gate", [])
+    verdict = (
+        "Every shipped model is within"
+        if external["within_gate"]
+        else f"**Outside** are {', '.join(f'`{name}`' for name in outside)}: beyond"
+    )
     lines = [
         "",
         "## External split (sources never trained on)",
         "",
         f"{external['images']} slices of {', '.join(external['sources'])} (at most "
-        f"{external['max_slices_per_volume'] or 'all'} per source). The worst shipped model "
-        f"(`{external['worst']}`) is {verdict} the recipe's gate against the teacher here "
-        f"({gate['max_psnr_drop_db']} dB, {gate['max_ssim_drop']} SSIM).",
+        f"{external['max_slices_per_volume'] or 'all'} per source). {verdict} the recipe's gate "
+        f"against the teacher here ({gate['max_psnr_drop_db']} dB, {gate['max_ssim_drop']} SSIM; "
+        "not enforced: the gate is the recipe's split's).",
         "",
         "| model | all | " + " | ".join(sources) + " |",
         "|---|---|" + "---|" * len(sources),

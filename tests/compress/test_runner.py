@@ -111,7 +111,9 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     assert student["name"] == "1-distill/torch/fp32" and set(student["by_source"]) == {"elsewhere-mr"}
     assert student["psnr_vs_teacher_db"] == pytest.approx(student["psnr"] - teacher["psnr"], abs=1e-3)
     assert {b["name"] for b in external["baselines"]} == {"bicubic", "zero-fill"}
-    assert external["within_gate"] is True and external["worst"] in {teacher["name"], student["name"]}
+    assert (
+        external["within_gate"] is True and external["outside_gate"] == []
+    )  # the tiny recipe's gate: 100 dB
     text = (out / "report.md").read_text()
     assert "## External split (sources never trained on)" in text and "| 1-distill/torch/fp32 |" in text
 
@@ -139,6 +141,23 @@ def test_students_are_distilled_on_the_batches_their_teacher_was_trained_on(tiny
     recorded = meta["config"]["data"]
     assert recorded["noise_max"] == 0.003 and recorded["scan_noise"] == 0.04
     assert recorded["background_zero"] == 0.5 and tuple(recorded["zoom"]) == (0.9, 1.0)
+
+
+def test_external_models_outside_the_gate_are_named_by_psnr_or_ssim():
+    from edgesr.compress.report import _external_lines
+
+    def row(name, psnr, ssim):
+        return {"name": name, "psnr": psnr, "ssim": ssim, "by_source": {"a": {"psnr_db": psnr}}}
+
+    external = {
+        "images": 2, "sources": ["a"], "max_slices_per_volume": 6, "within_gate": False,
+        "outside_gate": ["s/openvino/int8"], "baselines": [],
+        "models": [row("t/torch/fp32", 30.0, 0.9), row("s/openvino/int8", 29.99, 0.896)],
+    }  # fmt: skip
+    report = {"gate": {"max_psnr_drop_db": 0.15, "max_ssim_drop": 0.003}, "external": external}
+    text = "\n".join(_external_lines(report))
+    assert "**Outside** are `s/openvino/int8`: beyond the recipe's gate" in text
+    assert "| s/openvino/int8 | 29.99 / 0.8960 (-0.01) | 29.99 (-0.01) |" in text
 
 
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
