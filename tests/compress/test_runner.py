@@ -158,6 +158,12 @@ def test_external_models_outside_the_gate_are_named_by_psnr_or_ssim():
     text = "\n".join(_external_lines(report))
     assert "**Outside** are `s/openvino/int8`: beyond the recipe's gate" in text
     assert "| s/openvino/int8 | 29.99 / 0.8960 (-0.01) | 29.99 (-0.01) |" in text
+    # A file that could not take the external images is not "within" by default.
+    unscored = external | {"outside_gate": [], "not_scored": ["s/onnxruntime/int8"]}
+    failed = {"name": "s/onnxruntime/int8", "error": "fixed shape"}
+    unscored["models"] = [row("t/torch/fp32", 30.0, 0.9), failed]
+    text = "\n".join(_external_lines({**report, "external": unscored}))
+    assert "Not every shipped model could be scored" in text and "not scored: fixed shape" in text
 
 
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
