@@ -1,8 +1,16 @@
 """edgesr: medical image super-resolution and MRI reconstruction, from the lab to the console and the edge.
 
-The public API is what this module exports; everything else may change between minor versions.
+The public API is what this module exports (``__all__``, tested); everything else may change between
+minor versions.
 
-Running a model (the same path ``edgesr enhance`` and ``edgesr evaluate`` take)::
+Console software starts from :class:`Enhancer` (arrays in, arrays plus provenance out)::
+
+    import edgesr
+    enhancer = edgesr.Enhancer.from_shipped("rdn-mr-x2")      # or from_checkpoint / from_artifact
+    result = enhancer.enhance(image, spacing=(1.0, 1.0))      # image: [H, W] or [S, H, W]
+    result.image, result.spacing, result.provenance           # [S, 2H, 2W], mm, model + sha256
+
+The steps underneath (the same path ``edgesr enhance`` and ``edgesr evaluate`` take)::
 
     import edgesr
     model, spec, _ = edgesr.load_for_inference(edgesr.teacher_path("rdn-ct-x2"))
@@ -33,6 +41,9 @@ _LAZY = {
     "infer": "edgesr.pipeline",
     "TorchPredictor": "edgesr.pipeline",
     "load_for_inference": "edgesr.train.checkpoint",
+    "Enhancer": "edgesr.integrate.api",
+    "EnhancerResult": "edgesr.integrate.api",
+    "Provenance": "edgesr.integrate.api",
 }
 
 
@@ -48,10 +59,13 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EdgesrError",
+    "Enhancer",
+    "EnhancerResult",
     "ImageVolume",
     "KSpaceVolume",
     "ModelSpec",
     "PreparedDataset",
+    "Provenance",
     "TorchPredictor",
     "__version__",
     "finish",

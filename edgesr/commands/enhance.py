@@ -1,9 +1,11 @@
 """``edgesr enhance``: run a shipped model, a checkpoint or an exported artifact on a user's image or raw
 k-space.
 
-The model runs through :mod:`edgesr.pipeline` as its spec says: the same path ``evaluate`` scores. An
-artifact (``edgesr export``) is checked against its manifest, then its runtime session takes the torch
-module's place behind the same prepare and finish.
+The command is a thin shell over the Python API (:class:`edgesr.Enhancer`), which runs the model
+through :mod:`edgesr.pipeline` as its spec says: the same path ``evaluate`` scores. An artifact
+(``edgesr export``) is checked against its manifest, then its runtime session takes the torch module's
+place behind the same prepare and finish. A DICOM input can be written back as a derived DICOM series
+(:mod:`edgesr.integrate.dicom`) when the output is a folder.
 """
 
 from __future__ import annotations
@@ -15,26 +17,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
-from edgesr.data.images import load_image
+from edgesr.data.images import is_dicom_path, load_image
 from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import WRITABLE, check_output, check_slices, write_image
-from edgesr.device import pick_device
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, DataError
+from edgesr.integrate.api import Enhancer
+from edgesr.integrate.dicom import check_output_folder, write_derived_series
 from edgesr.physics.coils import ESTIMATION_METHODS
-from edgesr.physics.degrade import upsampled_affine
-from edgesr.pipeline import (
-    DEFAULT_TILE,
-    Predictor,
-    TorchPredictor,
-    finish,
-    fixed_crop,
-    prepare_recon,
-    prepare_sr,
-    run,
-)
+from edgesr.pipeline import DEFAULT_TILE, nearest_upsample
 from edgesr.spec import UNITS
-from edgesr.teachers import list_shipped, teacher_path
-from edgesr.train.checkpoint import load_for_inference
+from edgesr.teachers import list_shipped
 
 RECON_WRITABLE = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")  # a magnitude volume: no 8/16-bit PNG
 
@@ -42,7 +34,15 @@ RECON_WRITABLE = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")  # a magnitude vol
 @dataclass(frozen=True)
 class EnhanceConfig:
     input: str = opt("", "SR: a NIfTI, PNG, TIFF, NPY or DICOM series; recon: fastMRI or ISMRMRD HDF5")
-    output: str = opt("", "where to write the result (SR: same format as the input; recon: .nii.gz)")
+    output: str = opt(
+        "",
+        "where to write the result: a file (.nii.gz, .tif, .npy, .png; recon: .nii.gz) or, for a DICOM "
+        "input, a new or empty folder for a derived DICOM series",
+    )
+    series: str = opt("", "DICOM: the SeriesInstanceUID to read when the folder holds several series")
+    series_number: int | None = opt(
+        None, "DICOM output: the derived series' SeriesNumber (default: the source's + 1000)"
+    )
     model: str = opt("", "a shipped teacher (see `edgesr enhance --help`), or use checkpoint=")
     checkpoint: str = opt("", "a checkpoint folder written by `edgesr train` (its best/ or last/)")
     artifact: str = opt(
@@ -75,47 +75,70 @@ class EnhanceConfig:
             check_range("halo", self.halo, low=0)
         if self.maps:
             check_choice("maps", self.maps, ESTIMATION_METHODS)
+        if self.series_number is not None:
+            check_range("series_number", self.series_number, low=0, high=2**31 - 1)
+
+
+def _wants_dicom_series(output: str) -> bool:
+    """A folder (no suffix, an existing folder, or a trailing slash) is where a derived series goes."""
+    path = Path(output)
+    return output.endswith(("/", "\\")) or path.is_dir() or path.suffix == ""
 
 
 def run_enhance(cfg: EnhanceConfig) -> int:
     console = Console(stderr=True)
-    predictor: Predictor
     if cfg.artifact:
-        from edgesr.export.artifact import open_artifact
-
-        predictor, manifest = open_artifact(cfg.artifact)
-        spec = manifest.spec
+        enhancer = Enhancer.from_artifact(cfg.artifact)
+    elif cfg.checkpoint:
+        enhancer = Enhancer.from_checkpoint(cfg.checkpoint, device=cfg.device)
     else:
-        folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
-        model, spec, _ = load_for_inference(folder)
-        predictor = TorchPredictor(model.to(pick_device(cfg.device)), spec)
+        enhancer = Enhancer.from_shipped(cfg.model, device=cfg.device)
+    spec = enhancer.spec
     # Where the result goes is checked before any work: never after minutes of inference.
-    check_output(
-        cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
-    )
-    if spec.sr is not None:
-        volume = load_image(cfg.input)
-        check_slices(cfg.output, volume.data.shape[0])
-        prepared = prepare_sr(
-            spec, volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo, crop=fixed_crop(predictor)
-        )
-        with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
-            result = finish(spec, prepared, run(predictor, prepared))
-        affine = None
-        if volume.affine is not None:
-            affine = upsampled_affine(
-                volume.affine, spec.sr.scale, spec.sr.degradation, volume.data.shape[1:]
+    dicom_series = spec.sr is not None and _wants_dicom_series(cfg.output)
+    if dicom_series:
+        if not is_dicom_path(cfg.input):
+            raise DataError(
+                f"{cfg.output}: a folder output is a derived DICOM series, which needs a DICOM input (its "
+                "patient, study and geometry); name a file to write (.nii.gz, .tif, .npy, .png)"
             )
-        write_image(cfg.output, result, dtype=volume.dtype, affine=affine)
-        units = f" ({prepared.intensity.units})" if spec.intensity.is_ct else ""
+        check_output_folder(cfg.output, inputs=(cfg.input,))
+    else:
+        check_output(
+            cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
+        )
+    if spec.sr is not None:
+        volume = load_image(cfg.input, series_uid=cfg.series or None)
+        if not dicom_series:
+            check_slices(cfg.output, volume.data.shape[0])
+        with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
+            result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
+        if dicom_series:
+            padding = None
+            if volume.padding is not None:
+                padding = nearest_upsample(volume.padding, spec.sr.scale, spec.sr.degradation)
+            write_derived_series(
+                volume,
+                result.image,
+                cfg.output,
+                scale=spec.sr.scale,
+                degradation=spec.sr.degradation,
+                provenance=result.provenance,
+                padding=padding,
+                series_number=cfg.series_number,
+            )
+        else:
+            write_image(cfg.output, result.image, dtype=volume.dtype, affine=result.affine)
+        units = f" ({result.units})" if spec.intensity.is_ct else ""
+        what = " as a derived DICOM series" if dicom_series else ""
     else:
         raw = load_kspace(cfg.input)
-        prepared_recon = prepare_recon(spec, raw, maps=cfg.maps or None)
         with console.status(
             f"reconstructing {raw.kspace.shape[0]} slice(s) from {raw.kspace.shape[1]} coils"
         ):
-            result = finish(spec, prepared_recon, run(predictor, prepared_recon))
-        write_image(cfg.output, result, dtype="float32")
-        units = ""
-    console.print(f"[green]wrote[/] {escape(cfg.output)} ({' x '.join(map(str, result.shape))}){units}")
+            result = enhancer.reconstruct(raw, maps=cfg.maps or None)
+        write_image(cfg.output, result.image, dtype="float32")
+        units, what = "", ""
+    shape = " x ".join(map(str, result.image.shape))
+    console.print(f"[green]wrote[/] {escape(cfg.output)} ({shape}){units}{what}")
     return 0

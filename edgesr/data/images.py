@@ -70,6 +70,33 @@ def _checked(data: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(data.astype(np.float32, copy=False))
 
 
+def volume_from_array(
+    array: np.ndarray, *, spacing: Sequence[float] | None = None, source: str = "<array>"
+) -> ImageVolume:
+    """An image held in memory (the Python API), checked as the file loaders check theirs.
+
+    Args:
+        array: ``[H, W]`` or ``[S, H, W]`` real numbers.
+        spacing: millimetres, ``(row, column)`` or ``(slice, row, column)``; default: 1 (unknown).
+
+    Raises:
+        DataError: naming ``source`` and the problem (type, shape, NaN/Inf, spacing).
+    """
+    path = Path(source)
+    data = _checked(np.asarray(array), path)
+    if spacing is None:
+        millimetres = (1.0, 1.0, 1.0)
+    else:
+        values = [float(v) for v in spacing]
+        if len(values) not in (2, 3) or not all(np.isfinite(values)) or min(values) <= 0:
+            raise DataError(
+                f"{path}: spacing {list(spacing)} must be 2 (row, column) or 3 (slice, row, column) "
+                "positive millimetre values"
+            )
+        millimetres = (1.0, values[0], values[1]) if len(values) == 2 else (values[0], values[1], values[2])
+    return ImageVolume(data, millimetres, path, "array", dtype=str(np.asarray(array).dtype))
+
+
 def load_nifti(path: str | Path) -> ImageVolume:
     """A NIfTI file; slices run along the third voxel axis (``[X, Y, Z] -> [Z, X, Y]``); affine kept."""
     import nibabel as nib
@@ -216,11 +243,17 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
             "series have them, so its place in the volume is unknown"
         )
     chosen = sorted(chosen, key=lambda item: geometry[item[0]].position)
-    for (file_a, _), (file_b, _) in zip(chosen, chosen[1:], strict=False):
+    first_file = chosen[0][0]
+    for file, ds in chosen[1:]:
+        if geometry[file].oriented and not geometry[file].same_plane(geometry[first_file]):
+            raise DataError(
+                f"{file}: its ImageOrientationPatient differs from {first_file.name}'s: series "
+                f"{ds.get('SeriesInstanceUID', '?')} mixes orientations (a localizer?); one volume needs one"
+            )
+    for (file_a, ds_a), (file_b, ds_b) in zip(chosen, chosen[1:], strict=False):
         if geometry[file_a].position == geometry[file_b].position and geometry[file_a].oriented:
             raise DataError(
-                f"{file_b}: lies at the same position as {file_a.name} (two acquisitions or a duplicate "
-                "in one series); keep one of them"
+                f"{file_b}: lies at the same position as {file_a.name}; {_why_duplicate(ds_a, ds_b)}"
             )
     slices: list[np.ndarray] = []
     paddings: list[np.ndarray] = []
@@ -234,7 +267,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
             stored = ds.pixel_array
             pixels = apply_modality_lut(stored, ds)
         except Exception as exc:  # truncated or compressed data that cannot be decoded
-            raise DataError(f"{file}: cannot decode pixel data ({exc})") from None
+            raise DataError(_undecodable(ds, file, exc)) from None
         if pixels.ndim != 2:
             raise DataError(f"{file}: expected single-frame 2-D pixel data, got shape {pixels.shape}")
         if slices and pixels.shape != slices[0].shape:
@@ -285,6 +318,13 @@ class _SliceGeometry:
     oriented: bool  # ImagePositionPatient and ImageOrientationPatient were present
     position: float  # along the slice normal (InstanceNumber without orientation)
 
+    def same_plane(self, other: _SliceGeometry) -> bool:
+        """Same orientation (within 1e-3 per direction cosine), so one volume's slices."""
+        return bool(
+            np.allclose(self.row_direction, other.row_direction, atol=1e-3)
+            and np.allclose(self.column_direction, other.column_direction, atol=1e-3)
+        )
+
     @property
     def normal(self) -> np.ndarray:
         return np.cross(self.row_direction, self.column_direction)
@@ -297,6 +337,43 @@ class _SliceGeometry:
         lps[:3, 2] = step
         lps[:3, 3] = self.origin
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
+
+
+# Tags that tell apart images at one position of one series (echoes, phases, b-values, repeats).
+_DIMENSIONS = (
+    "EchoNumbers",
+    "EchoTime",
+    "TemporalPositionIdentifier",
+    "TriggerTime",
+    "DiffusionBValue",
+    "AcquisitionNumber",
+    "ImageType",
+)
+
+
+def _why_duplicate(a: Any, b: Any) -> str:
+    """Why two images of a series lie at one position, for the error: the tag that tells them apart."""
+    for keyword in _DIMENSIONS:
+        if keyword in a and keyword in b and a[keyword].value != b[keyword].value:
+            return (
+                f"they differ in {keyword} ({a[keyword].value} vs {b[keyword].value}): a multi-echo, "
+                "multi-phase or repeated series; edgesr enhances one 3-D volume per run, so split the "
+                f"series by {keyword} into folders first"
+            )
+    return "two copies of one slice (or two acquisitions that no tag tells apart); keep one of them"
+
+
+def _undecodable(ds: Any, file: Path, exc: Exception) -> str:
+    """The error for pixel data that cannot be decoded: a compressed syntax is named, with what reads it."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    if syntax is not None and syntax.is_compressed:
+        return (
+            f"{file}: pixel data compressed as {syntax.name} ({syntax}), which no installed decoder reads "
+            f"({detail}); install pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm, "
+            "or send the series uncompressed"
+        )
+    return f"{file}: cannot decode pixel data ({detail})"
 
 
 def _numbers(ds: Any, keyword: str, count: int, file: Path) -> list[float] | None:
@@ -427,18 +504,27 @@ def _value_dtype(volume: np.ndarray, integral: bool) -> str:
     return "float32"
 
 
-def load_image(path: str | Path) -> ImageVolume:
+def is_dicom_path(path: str | Path) -> bool:
+    """Whether :func:`load_image` reads ``path`` as DICOM: a folder, a ``.dcm`` file or a DICOM preamble."""
+    path = Path(path)
+    return path.is_dir() or path.name.lower().endswith(".dcm") or _is_dicom_file(path)
+
+
+def load_image(path: str | Path, *, series_uid: str | None = None) -> ImageVolume:
     """Loads any supported image, choosing the reader from the path.
 
-    A folder or a ``.dcm``/DICOM-preamble file is read as a DICOM series; ``.nii``/``.nii.gz`` as
-    NIfTI; ``.png``/``.tif``/``.tiff`` as raster; ``.npy`` as a NumPy array.
+    A folder or a ``.dcm``/DICOM-preamble file is read as a DICOM series (``series_uid`` chooses one
+    where a folder holds several); ``.nii``/``.nii.gz`` as NIfTI; ``.png``/``.tif``/``.tiff`` as raster;
+    ``.npy`` as a NumPy array.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     name = path.name.lower()
-    if path.is_dir() or name.endswith(".dcm") or _is_dicom_file(path):
-        return load_dicom_series(path)
+    if is_dicom_path(path):
+        return load_dicom_series(path, series_uid=series_uid)
+    if series_uid is not None:
+        raise DataError(f"{path}: series_uid is for DICOM input; this is not a DICOM file or folder")
     if name.endswith((".nii", ".nii.gz")):
         return load_nifti(path)
     if name.endswith(RASTER_SUFFIXES):

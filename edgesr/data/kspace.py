@@ -92,6 +92,29 @@ def _mask_from_data(kspace: np.ndarray) -> np.ndarray:
     return (np.abs(kspace).reshape(-1, kspace.shape[-1]).max(axis=0) > 0).astype(np.float32)
 
 
+def kspace_from_arrays(
+    kspace: np.ndarray, mask: np.ndarray | None = None, *, source: str = "<array>"
+) -> KSpaceVolume:
+    """Raw k-space held in memory (the Python API), checked as the file loaders check theirs.
+
+    Args:
+        kspace: complex ``[C, H, W]`` (one slice) or ``[S, C, H, W]``; H readout, W phase encode, DC at
+            ``[H // 2, W // 2]``.
+        mask: ``[W]`` 0/1, 1 at acquired columns; default: the columns that hold any non-zero sample.
+
+    Raises:
+        DataError: naming ``source`` and the problem (not complex, wrong shape, NaN/Inf, a mask that does
+            not fit).
+    """
+    path = Path(source)
+    array = np.asarray(kspace)
+    if array.ndim == 3 and np.iscomplexobj(array):
+        array = array[None]  # one slice of [C, H, W]: not fastMRI's single-coil [S, H, W] file layout
+    checked = _check_kspace(array, path)
+    checked_mask = _mask_from_data(checked) if mask is None else _check_mask(np.asarray(mask), checked, path)
+    return KSpaceVolume(checked, checked_mask, path, "array")
+
+
 def load_fastmri(path: str | Path) -> KSpaceVolume:
     """A fastMRI HDF5 file: dataset ``kspace`` ``[S, C, H, W]`` (or ``[S, H, W]``), optional ``mask``,
     ``reconstruction_rss`` and the ``ismrmrd_header`` attribute."""

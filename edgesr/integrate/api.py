@@ -1,0 +1,311 @@
+"""The integrators' entry point: a model ready to run on arrays, from console software or a server.
+
+An :class:`Enhancer` wraps one model (a shipped teacher or student, a checkpoint, or an exported
+artifact whose files are checked against its manifest) behind the model contract of
+:mod:`edgesr.pipeline`, so it gives exactly what ``edgesr enhance`` gives for the same input::
+
+    import numpy as np
+    import edgesr
+
+    enhancer = edgesr.Enhancer.from_shipped("rdn-ct-x2")            # or .from_artifact("exports/...")
+    hu = np.load("slice_hu.npy")                                     # [H, W] or [S, H, W], in HU
+    result = enhancer.enhance(hu, spacing=(0.9, 0.9), units="hu")
+    result.image.shape, result.spacing                               # (1, 2H, 2W), (1.0, 0.45, 0.45)
+    result.provenance.weights_sha256                                 # what made it, for the audit trail
+
+    recon = edgesr.Enhancer.from_shipped("modl-r4")
+    image = recon.reconstruct(kspace, mask=mask).image              # [C, H, W] complex -> [1, H, W]
+
+Threads: one ``Enhancer`` may be called from several threads. Preparation (intensity mapping, coil
+maps) and stitching run in the calling thread; the model itself runs under the enhancer's lock, one
+call at a time, because runtime sessions (an OpenVINO infer request, a TensorRT context) are not safe
+to share and torch would oversubscribe the cores. For parallel throughput on a machine with many
+cores, give each thread its own ``Enhancer``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgesr import __version__
+from edgesr.data.images import ImageVolume, load_image, volume_from_array
+from edgesr.data.kspace import KSpaceVolume, kspace_from_arrays
+from edgesr.device import pick_device
+from edgesr.errors import ConfigError, DataError
+from edgesr.physics.degrade import upsampled_affine
+from edgesr.pipeline import (
+    DEFAULT_TILE,
+    Predictor,
+    TorchPredictor,
+    finish,
+    fixed_crop,
+    prepare_recon,
+    prepare_sr,
+    run,
+)
+from edgesr.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a result: enough to name the exact model in a DICOM header or an audit log.
+
+    Attributes:
+        model: the shipped name, checkpoint folder or artifact folder it was opened from.
+        architecture: the registered architecture (``rdn_small``, ``modl``...).
+        weights_sha256: sha256 of the weights (the checkpoint's ``model.safetensors``; for an artifact,
+            the checkpoint it was exported from).
+        runtime: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
+        precision: ``fp32`` for torch; the artifact's precision (``int8``...) otherwise.
+        artifact_sha256: for an artifact, the sha256 of the file the runtime runs; else empty.
+        edgesr_version: the edgesr that ran it.
+    """
+
+    model: str
+    architecture: str
+    weights_sha256: str
+    runtime: str
+    precision: str
+    artifact_sha256: str = ""
+    edgesr_version: str = __version__
+
+    def describe(self) -> str:
+        """One line for a header or a log: ``rdn-ct-x2 (rdn_small, torch fp32, sha256 0123abcd...)``."""
+        return (
+            f"{self.model} ({self.architecture}, {self.runtime} {self.precision}, "
+            f"sha256 {self.weights_sha256[:16]}, edgesr {self.edgesr_version})"
+        )
+
+
+@dataclass(frozen=True)
+class EnhancerResult:
+    """An enhanced or reconstructed volume and what describes it.
+
+    Attributes:
+        image: float32 ``[S, H, W]``: SR output in the input's units (HU for CT given in HU), or the
+            reconstruction's magnitude in the k-space's own scale.
+        spacing: millimetres ``(slice, row, column)`` of ``image``: the input's, with the in-plane
+            spacing divided by the SR scale. Recon: None (raw arrays carry no geometry).
+        units: ``hu`` or ``raw`` (SR), ``magnitude`` (recon).
+        affine: for a NIfTI input, the output's voxel-to-world affine (same field of view); else None.
+        provenance: the model that made it.
+        meta: the input's format details (DICOM modality, series UID, files), passed through.
+    """
+
+    image: np.ndarray
+    spacing: tuple[float, float, float] | None
+    units: str
+    affine: np.ndarray | None
+    provenance: Provenance
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _SerialPredictor:
+    """A predictor whose calls take a lock: one model call at a time, whatever thread asks."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        self._lock = threading.Lock()
+        self.fixed_lr_size = fixed_crop(predictor)
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            return self._predictor(inputs)
+
+
+class Enhancer:
+    """One model, ready to enhance images (SR) or reconstruct raw k-space (recon).
+
+    Build it with :meth:`from_shipped`, :meth:`from_checkpoint` or :meth:`from_artifact`; the
+    constructor takes any predictor of the model contract with its spec.
+    """
+
+    def __init__(self, predictor: Predictor, spec: ModelSpec, provenance: Provenance) -> None:
+        self._predictor = _SerialPredictor(predictor)
+        self.spec = spec
+        self.provenance = provenance
+
+    def __repr__(self) -> str:
+        return f"Enhancer({self.provenance.describe()}, task={self.spec.task})"
+
+    @property
+    def task(self) -> str:
+        """``sr`` or ``recon``."""
+        return self.spec.task
+
+    @property
+    def scale(self) -> int:
+        """The SR upsampling factor; 1 for a recon model."""
+        return self.spec.sr.scale if self.spec.sr is not None else 1
+
+    # --- Building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_shipped(cls, name: str, *, device: str = "auto") -> Enhancer:
+        """A model that ships with edgesr (``edgesr.list_shipped()``), in torch on ``device``."""
+        from edgesr.teachers import teacher_path
+
+        return cls._from_folder(teacher_path(name), name, device)
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | os.PathLike[str], *, device: str = "auto") -> Enhancer:
+        """A checkpoint written by ``edgesr train`` or ``edgesr compress`` (its ``best/`` or ``last/``)."""
+        return cls._from_folder(Path(folder), str(folder), device)
+
+    @classmethod
+    def from_artifact(
+        cls, folder: str | os.PathLike[str], *, device: str | None = None, threads: int = 0
+    ) -> Enhancer:
+        """An artifact folder written by ``edgesr export``: every file is checked against the manifest's
+        sha256 before it is opened, and the runtime runs it at the precision it was verified for.
+
+        Args:
+            device: for ``torch`` artifacts (default: CUDA when there is a GPU); runtimes pick their own.
+            threads: runtime threads (0: the runtime's default).
+
+        Raises:
+            DataError: not an artifact, or a file missing, changed or outside the folder.
+            ConfigError: the artifact's runtime cannot run here (a TensorRT engine without TensorRT).
+        """
+        from edgesr.export.artifact import open_artifact
+
+        predictor, manifest = open_artifact(folder, threads=threads, device=device)
+        source = dict(manifest.source)
+        provenance = Provenance(
+            model=str(folder),
+            architecture=str(source.get("model", "?")),
+            weights_sha256=str(source.get("weights_sha256", "")),
+            runtime=manifest.runtime,
+            precision=manifest.precision,
+            artifact_sha256=str(manifest.files.get(manifest.entry, "")),
+        )
+        return cls(predictor, manifest.spec, provenance)
+
+    @classmethod
+    def _from_folder(cls, folder: Path, name: str, device: str) -> Enhancer:
+        from edgesr.train.checkpoint import load_for_inference, weights_sha256
+
+        model, spec, meta = load_for_inference(folder)
+        predictor = TorchPredictor(model.to(pick_device(device)), spec)
+        provenance = Provenance(
+            model=name,
+            architecture=str(meta.get("model", "?")),
+            weights_sha256=weights_sha256(folder),
+            runtime="torch",
+            precision="fp32",
+        )
+        return cls(predictor, spec, provenance)
+
+    # --- Running ----------------------------------------------------------------------------------
+
+    def enhance(
+        self,
+        image: np.ndarray | ImageVolume | str | os.PathLike[str],
+        *,
+        spacing: Sequence[float] | None = None,
+        units: str = "auto",
+        tile: int = DEFAULT_TILE,
+        halo: int | None = None,
+    ) -> EnhancerResult:
+        """Super-resolves an image volume.
+
+        Args:
+            image: ``[H, W]`` or ``[S, H, W]`` real values, a loaded :class:`~edgesr.ImageVolume`, or a
+                path that :func:`edgesr.load_image` reads (DICOM folder, NIfTI, PNG, TIFF, NPY).
+            spacing: for arrays, millimetres ``(row, column)`` or ``(slice, row, column)``.
+            units: ``hu``, ``raw`` or ``auto`` (see :func:`edgesr.pipeline.resolve_units`): a CT model
+                needs to know whether an array holds Hounsfield units.
+            tile: LR tile side in pixels (0: whole image); tiling is exact (the halo is the model's
+                receptive radius), it only bounds memory.
+            halo: LR pixels of context per tile; default: exact.
+
+        Raises:
+            ConfigError: a recon model, or ``spacing`` given with a volume that carries its own.
+            DataError: the image cannot be used (naming the problem).
+        """
+        if self.spec.sr is None:
+            raise ConfigError(f"{self.provenance.model} is a recon model: call reconstruct(kspace, mask=...)")
+        volume = _image_volume(image, spacing)
+        prepared = prepare_sr(
+            self.spec,
+            volume,
+            units=units,
+            tile=tile,
+            halo=halo,
+            crop=fixed_crop(self._predictor),
+        )
+        output = finish(self.spec, prepared, run(self._predictor, prepared))
+        sr = self.spec.sr
+        affine = None
+        if volume.affine is not None:
+            affine = upsampled_affine(volume.affine, sr.scale, sr.degradation, volume.data.shape[1:])
+        slice_mm, row_mm, col_mm = volume.spacing
+        return EnhancerResult(
+            output,
+            (slice_mm, row_mm / sr.scale, col_mm / sr.scale),
+            prepared.intensity.units,
+            affine,
+            self.provenance,
+            dict(volume.meta),
+        )
+
+    def reconstruct(
+        self,
+        kspace: np.ndarray | KSpaceVolume | str | os.PathLike[str],
+        *,
+        mask: np.ndarray | None = None,
+        maps: str | np.ndarray | None = None,
+    ) -> EnhancerResult:
+        """Reconstructs undersampled multi-coil k-space.
+
+        Args:
+            kspace: complex ``[C, H, W]`` or ``[S, C, H, W]`` (H readout, W phase encode, DC at the
+                centre), a loaded :class:`~edgesr.KSpaceVolume`, or a fastMRI / ISMRMRD HDF5 path.
+            mask: ``[W]`` 0/1, the acquired columns (arrays only); default: the non-zero columns.
+            maps: ``lowres`` or ``espirit`` (estimated from the ACS lines; default: the model's), or
+                complex coil maps of the k-space's shape.
+
+        Raises:
+            ConfigError: an SR model, or ``mask`` given with loaded k-space.
+            DataError: the k-space cannot be used (naming the problem).
+        """
+        if self.spec.recon is None:
+            raise ConfigError(f"{self.provenance.model} is an SR model: call enhance(image)")
+        if isinstance(kspace, KSpaceVolume | str | os.PathLike):
+            if mask is not None:
+                raise ConfigError("mask= is for k-space arrays; loaded k-space carries its own mask")
+            if not isinstance(kspace, KSpaceVolume):
+                from edgesr.data.kspace import load_kspace
+
+                kspace = load_kspace(Path(kspace))
+            volume = kspace
+        else:
+            volume = kspace_from_arrays(kspace, mask)
+        if isinstance(maps, np.ndarray) and maps.ndim == 3:
+            maps = maps[None]
+        prepared = prepare_recon(self.spec, volume, maps=maps)
+        output = finish(self.spec, prepared, run(self._predictor, prepared))
+        return EnhancerResult(output, None, "magnitude", None, self.provenance)
+
+
+def _image_volume(
+    image: np.ndarray | ImageVolume | str | os.PathLike[str], spacing: Sequence[float] | None
+) -> ImageVolume:
+    if isinstance(image, ImageVolume | str | os.PathLike):
+        if spacing is not None:
+            raise ConfigError("spacing= is for arrays; a loaded or read volume carries its own")
+        return image if isinstance(image, ImageVolume) else load_image(Path(image))
+    if isinstance(image, torch.Tensor):
+        raise DataError("image is a torch tensor; pass a NumPy array (image.cpu().numpy())")
+    return volume_from_array(np.asarray(image), spacing=spacing)
+
+
+__all__ = ["Enhancer", "EnhancerResult", "Provenance"]

@@ -1,0 +1,405 @@
+"""DICOM out: an enhanced volume written as a *derived series* that a PACS accepts beside its source.
+
+Each output slice starts from its source slice's header (patient, study, frame of reference and
+acquisition kept) and becomes a new instance of a new series:
+
+* identity: ImageType ``DERIVED\\SECONDARY``, new SeriesInstanceUID and SOPInstanceUIDs, SeriesNumber
+  and SeriesDescription set; SourceImageSequence and ReferencedSeriesSequence point at the source,
+  DerivationDescription says what was done, ContributingEquipmentSequence names edgesr, the model and
+  its sha256 (the scanner stays the Manufacturer: it acquired the data);
+* geometry: Rows/Columns, PixelSpacing and ImagePositionPatient for the new grid, with the pixel
+  centres where the model put them (:func:`edgesr.physics.degrade.lr_grid_offset`): the field of view
+  is the source's;
+* intensities: the source's stored encoding (RescaleSlope/Intercept, signedness) when the result fits
+  in 16 bits with it, else a fitted slope and intercept over the slice; either way each pixel decodes
+  to within half a slope of the model's value (checked as it is written);
+* carried: LossyImageCompression (and its ratio and method), BurnedInAnnotation, windowing, padding.
+  Private tags are dropped: they describe the source's pixels (vendors' mosaic and scaling headers).
+
+The series is written to a temporary folder beside the target and renamed into place when complete:
+a folder that exists holds a whole series.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesr import __version__
+from edgesr.data.images import ImageVolume
+from edgesr.errors import DataError
+from edgesr.integrate.api import Provenance
+from edgesr.physics.degrade import lr_grid_offset
+
+# Tags that describe the source's pixel data or its storage and would be wrong on the new pixels.
+_DROPPED = (
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "IconImageSequence",
+    "PixelDataProviderURL",
+    "NumberOfFrames",
+    "FrameIncrementPointer",
+    "PixelPaddingRangeLimit",
+    "RedPaletteColorLookupTableDescriptor",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+)
+# Transfer syntaxes that are always lossy (JPEG baseline/extended, JPEG-LS near-lossless, MPEG): a
+# source stored in one has lost information even when LossyImageCompression was not written.
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.100",
+        "1.2.840.10008.1.2.4.101",
+        "1.2.840.10008.1.2.4.102",
+        "1.2.840.10008.1.2.4.103",
+    }
+)
+DERIVED_SERIES_OFFSET = 1000  # derived SeriesNumber = source + this, as consoles number derived series
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How modality values are stored: ``value = stored * slope + intercept``, 16 bits."""
+
+    slope: float
+    intercept: float
+    signed: bool
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        stored = np.rint((values.astype(np.float64) - self.intercept) / self.slope)
+        return stored.astype(np.int16 if self.signed else np.uint16)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        return stored.astype(np.float64) * self.slope + self.intercept
+
+    def fits(self, values: np.ndarray) -> bool:
+        stored = np.rint((values.astype(np.float64) - self.intercept) / self.slope)
+        info = np.iinfo(np.int16 if self.signed else np.uint16)
+        return bool(stored.min() >= info.min and stored.max() <= info.max)
+
+
+def _ds(value: float) -> float:
+    """``value`` as a DICOM decimal string (16 characters) holds it: what a reader will decode with."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return float(format_number_as_ds(float(value)))
+
+
+def choose_encoding(values: np.ndarray, source: Encoding) -> Encoding:
+    """The source's slope and intercept when the values fit in 16 bits with them, signed or not (a derived
+    series that looks like its source: HU stay HU with slope 1, an MR image keeps no Modality LUT), else
+    a slope and intercept fitted to the values' range (unsigned 16 bits).
+
+    The fitted slope leaves one code spare, so rounding the slope and intercept to decimal strings
+    never pushes a value out of range.
+    """
+    for kept in (source, Encoding(source.slope, source.intercept, not source.signed)):
+        if kept.fits(values):  # signedness may change: overshoot below an unsigned source's zero
+            return kept
+    low, high = float(values.min()), float(values.max())
+    slope = _ds((high - low) / 65534) if high > low else 1.0
+    if slope <= 0:  # a range below the decimal string's resolution
+        slope = 1.0
+    fitted = Encoding(slope, _ds(low), signed=False)
+    if not fitted.fits(values):
+        raise DataError(f"cannot encode values in [{low:g}, {high:g}] in 16 bits")
+    return fitted
+
+
+def _source_encoding(ds: Any) -> Encoding:
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return Encoding(slope, intercept, signed=int(ds.get("PixelRepresentation", 0)) == 1)
+
+
+def _code(value: str, meaning: str) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+def _description(source: str, suffix: str) -> str:
+    """``source`` + ``suffix`` within the 64 characters of a LO value (the source is shortened)."""
+    room = 64 - len(suffix) - 1
+    return f"{source[:room]} {suffix}".strip() if source else suffix[:64]
+
+
+def check_output_folder(
+    folder: str | os.PathLike[str], *, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """Before any work: ``folder`` does not exist or is empty, is not an input, and its parent is writable.
+
+    Raises:
+        DataError: naming the folder and the problem.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: exists and is a file; a DICOM series is written to a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise DataError(f"{folder}: is not empty; write the derived series to a new or empty folder")
+    for source in inputs:
+        source_path = Path(source).resolve()
+        target = folder.resolve()
+        if target == source_path or source_path in target.parents:
+            raise DataError(f"{folder}: lies inside the input {source}; write the series elsewhere")
+    parent = folder.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise DataError(f"{folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".edgesr-probe-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{folder}: the folder {existing} is not writable ({exc.strerror or exc})") from None
+    return folder
+
+
+def derived_slice(
+    source: Any,
+    pixels: np.ndarray,
+    *,
+    series_uid: str,
+    scale: int,
+    degradation: str,
+    provenance: Provenance,
+    derivation: str,
+    series_number: int | None,
+    now: datetime.datetime,
+    padding: np.ndarray | None = None,
+) -> Any:
+    """One output instance from its source header (read without pixels) and the model's values.
+
+    Args:
+        source: the source slice's pydicom Dataset.
+        pixels: float ``[H * scale, W * scale]`` modality values (HU for CT).
+        padding: bool, the output pixels that are the scanner's padding (written as its padding value).
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = source
+    source_sop_class = str(ds.SOPClassUID)
+    source_sop_instance = str(ds.SOPInstanceUID)
+    source_series = str(ds.get("SeriesInstanceUID", ""))
+    source_encoding = _source_encoding(ds)
+    source_padding = ds.get("PixelPaddingValue")
+    source_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    ds.remove_private_tags()
+    for keyword in _DROPPED:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+    # Identity.
+    image_type = list(ds.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid
+    if series_number is not None:
+        ds.SeriesNumber = series_number
+    ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{scale}]")
+    ds.DerivationDescription = derivation[:1024]
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.SeriesDate, ds.SeriesTime = date, time
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source_sop_class
+    reference.ReferencedSOPInstanceUID = source_sop_instance
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    ds.SourceImageSequence = DicomSequence([reference])
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = source_series
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source_sop_class
+    instance.ReferencedSOPInstanceUID = source_sop_instance
+    referenced_series.ReferencedInstanceSequence = DicomSequence([instance])
+    ds.ReferencedSeriesSequence = DicomSequence([referenced_series])
+    equipment = Dataset()
+    equipment.Manufacturer = "edgesr"
+    equipment.ManufacturerModelName = provenance.model[-64:]
+    equipment.SoftwareVersions = [f"edgesr {__version__}", provenance.architecture[:64]]
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
+    equipment.ContributionDescription = (
+        f"{derivation} Weights sha256 {provenance.weights_sha256}"
+        + (f", artifact sha256 {provenance.artifact_sha256}" if provenance.artifact_sha256 else "")
+    )[:1024]
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "Processing Equipment")])
+    previous = list(ds.get("ContributingEquipmentSequence", []) or [])
+    ds.ContributingEquipmentSequence = DicomSequence([*previous, equipment])
+
+    # Geometry: HR pixel i lies at LR coordinate (i - offset) / scale on each axis.
+    rows, columns = pixels.shape
+    if "PixelSpacing" in ds:
+        row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
+        ds.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+            along_row, down_column = orientation[:3], orientation[3:]
+            shift_rows = -lr_grid_offset(degradation, rows, scale) / scale
+            shift_cols = -lr_grid_offset(degradation, columns, scale) / scale
+            origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
+            origin = origin + down_column * row_mm * shift_rows + along_row * col_mm * shift_cols
+            ds.ImagePositionPatient = [_ds(v) for v in origin]
+    ds.Rows, ds.Columns = rows, columns
+
+    # Intensities.
+    encoding = choose_encoding(pixels, source_encoding)
+    stored = encoding.encode(pixels)
+    # The scanner's padding keeps its modality value (restored from the source), in the new encoding.
+    padded = padding if padding is not None and padding.any() and source_padding is not None else None
+    if padded is not None:
+        padding_value = int(stored[padded][0])  # the output holds the source's padding value there
+        stored[padded] = padding_value
+        ds.PixelPaddingValue = padding_value
+        ds["PixelPaddingValue"].VR = "SS" if encoding.signed else "US"
+    elif "PixelPaddingValue" in ds:
+        del ds.PixelPaddingValue  # no output pixel is padding: a tissue value must not read as one
+    error = np.abs(encoding.decode(stored) - pixels)
+    if padded is not None:
+        error = np.where(padded, 0.0, error)
+    if float(error.max()) > encoding.slope / 2 * (1 + 1e-6) + 1e-9:
+        raise DataError(f"re-encoding lost {float(error.max()):g} > half a slope ({encoding.slope:g})")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if encoding.signed else 0
+    if encoding != Encoding(1.0, 0.0, encoding.signed) or "RescaleSlope" in ds:
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(encoding.slope), _ds(encoding.intercept)
+    if source_syntax in LOSSY_SYNTAXES and "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "01"  # the source's pixels went through lossy compression: say so
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def write_derived_series(
+    volume: ImageVolume,
+    result: np.ndarray,
+    folder: str | os.PathLike[str],
+    *,
+    scale: int,
+    degradation: str,
+    provenance: Provenance,
+    padding: np.ndarray | None = None,
+    series_number: int | None = None,
+) -> list[Path]:
+    """Writes ``result`` (``[S, H * scale, W * scale]`` modality values) as a derived series of the DICOM
+    series ``volume`` was read from, one file per slice, into ``folder`` (new or empty).
+
+    Args:
+        volume: the source as :func:`edgesr.load_image` read it (its ``meta["files"]`` in slice order).
+        padding: bool ``[S, H * scale, W * scale]``, the scanner's padding on the output grid.
+        series_number: default: the source's SeriesNumber + 1000.
+
+    Returns:
+        The files written, in slice order.
+
+    Raises:
+        DataError: the volume is not a DICOM series, shapes disagree, or the folder cannot be written.
+    """
+    import pydicom
+
+    files = [Path(f) for f in volume.meta.get("files", [])]
+    if volume.format != "dicom" or not files:
+        raise DataError(
+            f"{volume.source}: a derived DICOM series needs a DICOM input (its patient, study and geometry)"
+        )
+    if result.ndim != 3 or result.shape[0] != len(files):
+        raise ValueError(
+            f"result must be [{len(files)}, H, W] for {len(files)} source slices; got {result.shape}"
+        )
+    if padding is not None and padding.shape != result.shape:
+        raise ValueError(f"padding must have the result's shape {result.shape}; got {padding.shape}")
+    if not np.isfinite(result).all():
+        raise DataError(f"{folder}: refusing to write NaN/Inf values")
+    folder = check_output_folder(folder, inputs=[volume.source])
+    sr_what = f"Super-resolution x{scale}" if scale > 1 else "Enhancement"
+    derivation = f"{sr_what} by edgesr {__version__}, model {provenance.describe()}."
+    from pydicom.uid import generate_uid
+
+    series_uid = generate_uid()
+    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    written: list[Path] = []
+    try:
+        for index, file in enumerate(files):
+            try:
+                source = pydicom.dcmread(file, stop_before_pixels=True)
+            except Exception as exc:
+                raise DataError(f"{file}: cannot re-read the source header ({str(exc)[:160]})") from None
+            if series_number is None and "SeriesNumber" in source:
+                number: int | None = int(source.SeriesNumber) + DERIVED_SERIES_OFFSET
+            else:
+                number = series_number
+            ds = derived_slice(
+                source,
+                result[index],
+                series_uid=series_uid,
+                scale=scale,
+                degradation=degradation,
+                provenance=provenance,
+                derivation=derivation,
+                series_number=number,
+                now=now,
+                padding=padding[index] if padding is not None else None,
+            )
+            name = f"{index + 1:05d}.dcm"
+            with open(staging / name, "wb") as f:
+                ds.save_as(f, enforce_file_format=True)
+                f.flush()
+                os.fsync(f.fileno())
+            written.append(folder / name)
+        os.chmod(staging, 0o777 & ~_umask())
+        if folder.is_dir():
+            folder.rmdir()  # empty (checked): rename() needs the name free on every platform
+        os.replace(staging, folder)
+        _fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Encoding", "check_output_folder", "choose_encoding", "derived_slice", "write_derived_series"]

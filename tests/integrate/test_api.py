@@ -1,0 +1,163 @@
+"""The Python API: what integrators import, the same results as the command, safe from several threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import edgesr
+from edgesr.errors import ConfigError, DataError
+from edgesr.models import create_model
+from edgesr.physics.fft import to_complex
+from edgesr.physics.simulate import simulate_multicoil
+from edgesr.pipeline import TorchPredictor, infer
+from edgesr.train.checkpoint import load_for_inference, weights_sha256
+from tests.conftest import save_model
+
+# The stable public API: a name leaves or changes only with a major version (and this test).
+PUBLIC = [
+    "ConfigError",
+    "DataError",
+    "EdgesrError",
+    "Enhancer",
+    "EnhancerResult",
+    "ImageVolume",
+    "KSpaceVolume",
+    "ModelSpec",
+    "PreparedDataset",
+    "Provenance",
+    "TorchPredictor",
+    "__version__",
+    "finish",
+    "infer",
+    "list_shipped",
+    "list_students",
+    "list_teachers",
+    "load_for_inference",
+    "load_image",
+    "load_kspace",
+    "prepare",
+    "run",
+    "teacher_path",
+]
+
+
+def test_the_public_names_are_listed_and_resolve():
+    assert sorted(edgesr.__all__) == sorted(PUBLIC)
+    for name in PUBLIC:
+        assert getattr(edgesr, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Enhancr'"):
+        edgesr.Enhancr  # noqa: B018
+
+
+@pytest.fixture
+def ct_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.05)
+    return save_model(
+        tmp_path / "ct", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT"
+    )
+
+
+def test_enhance_gives_the_pipelines_result_with_geometry_and_provenance(ct_checkpoint):
+    enhancer = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
+    assert (enhancer.task, enhancer.scale) == ("sr", 2)
+    hu = np.random.default_rng(0).normal(40, 30, (2, 37, 31)).astype(np.float32)
+    hu[:, :4] = -1000  # air
+    result = enhancer.enhance(hu, spacing=(3.0, 0.9, 0.7), units="hu", tile=16)
+
+    model, spec, _ = load_for_inference(ct_checkpoint)
+    expected = infer(spec, TorchPredictor(model, spec), hu, units="hu", tile=0)
+    assert result.image.shape == (2, 74, 62)
+    np.testing.assert_allclose(result.image, expected, atol=1e-3)  # tiles are exact
+    assert result.spacing == pytest.approx((3.0, 0.45, 0.35))
+    assert result.units == "hu" and result.affine is None
+    assert result.provenance.weights_sha256 == weights_sha256(ct_checkpoint)
+    assert (result.provenance.runtime, result.provenance.architecture) == ("torch", "rdn_tiny")
+    assert "rdn_tiny" in repr(enhancer)
+
+    # A 2-D slice and (row, column) spacing.
+    single = enhancer.enhance(hu[0], spacing=(0.9, 0.7), units="hu")
+    np.testing.assert_allclose(single.image[0], expected[0], atol=1e-3)
+    assert single.spacing == pytest.approx((1.0, 0.45, 0.35))
+
+
+def test_bad_calls_name_the_problem(ct_checkpoint, tmp_path):
+    enhancer = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
+    image = np.full((20, 20), 40.0, dtype=np.float32)
+    with pytest.raises(DataError, match="cannot tell whether these values are Hounsfield units"):
+        enhancer.enhance(image)
+    with pytest.raises(DataError, match="spacing"):
+        enhancer.enhance(image, spacing=(0.0, 1.0), units="hu")
+    bad = image.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(DataError, match="1 NaN/Inf values"):
+        enhancer.enhance(bad, units="hu")
+    with pytest.raises(DataError, match="expected a 2-D image or 3-D volume"):
+        enhancer.enhance(np.zeros((2, 2, 8, 8), dtype=np.float32), units="hu")
+    with pytest.raises(DataError, match="torch tensor"):
+        enhancer.enhance(torch.zeros(8, 8), units="hu")
+    np.save(tmp_path / "slice.npy", image)
+    with pytest.raises(ConfigError, match="carries its own"):
+        enhancer.enhance(tmp_path / "slice.npy", spacing=(1.0, 1.0))
+    with pytest.raises(ConfigError, match="SR model: call enhance"):
+        enhancer.reconstruct(np.zeros((2, 8, 8), dtype=np.complex64))
+
+
+def test_one_enhancer_from_several_threads_gives_the_serial_results(ct_checkpoint):
+    enhancer = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
+    rng = np.random.default_rng(1)
+    images = [rng.normal(0, 300, (1, 23 + i, 19 + 2 * i)).astype(np.float32) - 200 for i in range(6)]
+    serial = [enhancer.enhance(image, units="hu", tile=8).image for image in images]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            results[index] = enhancer.enhance(images[index], units="hu", tile=8).image
+        except BaseException as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for index, expected in enumerate(serial):
+        np.testing.assert_array_equal(results[index], expected)
+
+
+def test_reconstruct_takes_arrays_and_matches_the_file_path(tmp_path):
+    import h5py
+
+    torch.manual_seed(0)
+    model = create_model("modl_tiny")
+    checkpoint = save_model(tmp_path / "modl", model, "modl_tiny", {})
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), indexing="ij")
+    image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32) * 0.8)
+    sample = simulate_multicoil(image, acceleration=3, seed=0, n_coils=4, center_fraction=0.25)
+    kspace = to_complex(sample.kspace).numpy() * 1000.0  # [C, H, W], a scanner's arbitrary units
+    mask = sample.mask.numpy().reshape(-1)
+
+    enhancer = edgesr.Enhancer.from_checkpoint(checkpoint, device="cpu")
+    result = enhancer.reconstruct(kspace * mask, mask=mask)
+    assert result.image.shape == (1, 40, 36) and result.units == "magnitude"
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f.create_dataset("kspace", data=(kspace * mask)[None])
+        f.create_dataset("mask", data=mask)
+    from_file = enhancer.reconstruct(tmp_path / "raw.h5")
+    np.testing.assert_allclose(result.image, from_file.image, rtol=1e-5, atol=1e-4)
+
+    with pytest.raises(ConfigError, match="mask= is for k-space arrays"):
+        enhancer.reconstruct(tmp_path / "raw.h5", mask=mask)
+    with pytest.raises(DataError, match="mask has shape"):
+        enhancer.reconstruct(kspace, mask=mask[:-1])
+    with pytest.raises(DataError, match="k-space must be complex"):
+        enhancer.reconstruct(np.abs(kspace), mask=mask)
+    with pytest.raises(ConfigError, match="recon model: call reconstruct"):
+        enhancer.enhance(np.ones((8, 8), dtype=np.float32))

@@ -1,0 +1,233 @@
+"""DICOM in and out: series validation, and the derived series read back tag by tag and pixel by pixel."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.uid import RLELossless, generate_uid
+
+import edgesr
+from edgesr.cli import main
+from edgesr.data.images import load_dicom_series
+from edgesr.errors import DataError
+from edgesr.integrate.dicom import Encoding, choose_encoding
+from edgesr.models import create_model
+from edgesr.physics.degrade import upsampled_affine
+from tests.conftest import save_model, write_dicom_slice
+
+
+@pytest.fixture
+def ct_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.05)
+    return save_model(
+        tmp_path / "ct", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT"
+    )
+
+
+def _ct_series(folder: Path, *, slices: int = 3, padding: bool = False, **tags) -> Path:
+    """A CT series in HU (stored = HU + 1024, signed when padded with -2000), files out of order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    uid = generate_uid()
+    for index in reversed(range(slices)):
+        stored = rng.integers(900, 1200, size=(37, 31)).astype(np.int16)
+        stored[:, :3] = 24  # air at -1000 HU
+        if padding:
+            stored[:5, :] = -2000
+        path = folder / f"f{index}.dcm"
+        write_dicom_slice(
+            path, stored, position_z=5.0 * index, instance=index + 1, series_uid=uid,
+            intercept=-1024.0, signed=padding, padding_value=-2000 if padding else None,
+        )  # fmt: skip
+        if tags:
+            ds = pydicom.dcmread(path)
+            for keyword, value in tags.items():
+                setattr(ds, keyword, value)
+            ds.save_as(path)
+    return folder
+
+
+def test_a_ct_series_comes_back_as_a_derived_series(ct_checkpoint, tmp_path, capsys):
+    source = _ct_series(
+        tmp_path / "in", SeriesNumber=7, SeriesDescription="HEAD 5mm", BurnedInAnnotation="NO"
+    )
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert "as a derived DICOM series" in capsys.readouterr().err
+
+    volume = edgesr.load_image(source)
+    expected = edgesr.Enhancer.from_checkpoint(ct_checkpoint).enhance(volume)
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == ["00001.dcm", "00002.dcm", "00003.dcm"]
+    sources = [pydicom.dcmread(f) for f in volume.meta["files"]]
+    derived = [pydicom.dcmread(f) for f in files]
+    assert len({ds.SeriesInstanceUID for ds in derived}) == 1
+    assert derived[0].SeriesInstanceUID != sources[0].SeriesInstanceUID
+    for index, (src, ds) in enumerate(zip(sources, derived, strict=True)):
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.SOPInstanceUID != src.SOPInstanceUID
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.SOPClassUID == src.SOPClassUID and ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesNumber == 1007 and ds.SeriesDescription == "HEAD 5mm [edgesr x2]"
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+        equipment = ds.ContributingEquipmentSequence[-1]
+        assert equipment.Manufacturer == "edgesr"
+        assert expected.provenance.weights_sha256 in equipment.ContributionDescription
+        assert "Super-resolution x2" in ds.DerivationDescription
+        assert ds.BurnedInAnnotation == "NO"
+        assert (ds.Rows, ds.Columns) == (74, 62)
+        assert [float(v) for v in ds.PixelSpacing] == pytest.approx([0.35, 0.4])
+        # The area (ct-blur) grid: HR pixel 0 lies half an HR pixel before LR pixel 0's centre.
+        shift = np.array([-0.25 * 0.8, -0.25 * 0.7, 0.0])
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], np.add(src.ImagePositionPatient, shift)
+        )
+        # HU stay HU with the source's slope and intercept: each pixel within half a slope.
+        assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
+        decoded = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert np.abs(decoded - expected.image[index]).max() <= 0.5 + 1e-4
+
+    # Read back as a volume: the same grid as the NIfTI writer's affine.
+    back = load_dicom_series(out)
+    assert back.data.shape == expected.image.shape
+    np.testing.assert_allclose(
+        back.affine, upsampled_affine(volume.affine, 2, "ct-blur", (37, 31)), atol=1e-4
+    )
+
+
+def test_padding_stays_padding_and_signed_overshoot_is_kept(ct_checkpoint, tmp_path):
+    source = _ct_series(tmp_path / "in", slices=2, padding=True)
+    out = tmp_path / "out"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    ds = pydicom.dcmread(sorted(out.iterdir())[0])
+    stored = ds.pixel_array
+    assert ds.PixelPaddingValue == -2000 and ds.PixelRepresentation == 1
+    assert (stored[:10] == -2000).all() and not (stored[12:] == -2000).any()
+    back = load_dicom_series(out)
+    assert back.padding is not None and back.padding[:, :10].all()
+
+
+def test_series_are_chosen_and_mixed_ones_refused_by_name(ct_checkpoint, tmp_path, capsys):
+    folder = _ct_series(tmp_path / "two", slices=2)
+    other = _ct_series(tmp_path / "other", slices=2)
+    for path in other.iterdir():
+        shutil.move(path, folder / f"b{path.name}")
+    uid = str(pydicom.dcmread(folder / "bf0.dcm").SeriesInstanceUID)
+    argv = ["enhance", f"checkpoint={ct_checkpoint}", f"input={folder}"]
+    assert main([*argv, f"output={tmp_path / 'o1'}"]) == 2
+    assert "holds 2 series" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    assert main([*argv, f"output={tmp_path / 'o2'}", f"series={uid}"]) == 0
+    assert len(list((tmp_path / "o2").iterdir())) == 2
+
+    tilted = _ct_series(tmp_path / "tilted", slices=3)
+    ds = pydicom.dcmread(tilted / "f1.dcm")
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    ds.save_as(tilted / "f1.dcm")
+    with pytest.raises(DataError, match="mixes orientations"):
+        load_dicom_series(tilted)
+
+    echoes = _ct_series(tmp_path / "echoes", slices=2)
+    ds = pydicom.dcmread(echoes / "f1.dcm")
+    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    ds.EchoNumbers = 2
+    ds.save_as(echoes / "f1.dcm")
+    ds = pydicom.dcmread(echoes / "f0.dcm")
+    ds.EchoNumbers = 1
+    ds.save_as(echoes / "f0.dcm")
+    with pytest.raises(DataError, match=r"differ in EchoNumbers \(1 vs 2\)"):
+        load_dicom_series(echoes)
+
+
+def test_compressed_sources_are_decoded_or_refused_by_name(ct_checkpoint, tmp_path):
+    source = _ct_series(tmp_path / "rle", slices=2)
+    for path in source.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)  # pydicom encodes RLE itself: a decoder is always there
+        ds.save_as(path)
+    out = tmp_path / "out"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    ds = pydicom.dcmread(sorted(out.iterdir())[0])
+    assert not ds.file_meta.TransferSyntaxUID.is_compressed and "LossyImageCompression" not in ds
+
+    jpeg = _ct_series(tmp_path / "jpeg", slices=1)
+    path = next(jpeg.iterdir())
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xdb" + bytes(64)])
+    ds.save_as(path)
+    with pytest.raises(DataError, match="compressed as JPEG Baseline"):
+        load_dicom_series(jpeg)
+
+
+def test_outputs_are_checked_before_the_work_and_never_half_written(ct_checkpoint, tmp_path, capsys):
+    source = _ct_series(tmp_path / "in", slices=2)
+    argv = ["enhance", f"checkpoint={ct_checkpoint}", f"input={source}"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert main([*argv, f"output={busy}"]) == 2
+    assert "is not empty" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
+    assert main([*argv, f"output={source / 'derived'}"]) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.ones((9, 9), dtype=np.float32))
+    assert (
+        main(
+            [
+                "enhance",
+                f"checkpoint={ct_checkpoint}",
+                f"input={tmp_path / 'x.npy'}",
+                f"output={tmp_path / 'd'}",
+            ]
+        )
+        == 2
+    )
+    assert "needs a DICOM input" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, f"output={empty}"]) == 0  # an empty folder is fine
+    assert len(list(empty.iterdir())) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    low=st.floats(-5e4, 5e4),
+    span=st.floats(1e-3, 1e7),
+    slope=st.sampled_from([1.0, 0.5, 3.77]),
+    intercept=st.sampled_from([0.0, -1024.0, 12.5]),
+    signed=st.booleans(),
+)
+def test_re_encoding_loses_at_most_half_a_slope(low, span, slope, intercept, signed):
+    values = np.linspace(low, low + span, 101)
+    encoding = choose_encoding(values, Encoding(slope, intercept, signed))
+    stored = encoding.encode(values)
+    assert stored.dtype == (np.int16 if encoding.signed else np.uint16)
+    assert np.abs(encoding.decode(stored) - values).max() <= encoding.slope / 2 * (1 + 1e-6) + 1e-9
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) not installed")
+def test_dciodvfy_finds_no_new_errors_in_a_derived_series(tmp_path):
+    """David Clunie's IOD checker on the pydicom example CT and its derived series: nothing new."""
+    from pydicom import examples
+
+    source = tmp_path / "ct.dcm"
+    examples.ct.save_as(source)
+    out = tmp_path / "out"
+    assert main(["enhance", "model=rdn-ct-x2", f"input={source}", f"output={out}"]) == 0
+
+    def errors(path: Path) -> set[str]:
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        return {line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")}
+
+    assert errors(out / "00001.dcm") <= errors(source)
