@@ -14,6 +14,7 @@ from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.export import ExportConfig, run_export
 from edgesr.commands.report import ReportConfig, run_report
+from edgesr.commands.serve import ServeDicomConfig, run_serve_dicom
 from edgesr.commands.train import run_train
 from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
@@ -89,6 +90,12 @@ COMMANDS: dict[str, Command] = {
             "one report (Markdown and self-contained HTML, with plots) of compress and bench runs",
             ReportConfig,
             run_report,
+        ),
+        Command(
+            "serve dicom",
+            "a DICOM node: receive series by C-STORE, enhance each, store or forward the derived series",
+            ServeDicomConfig,
+            run_serve_dicom,
         ),
     )
 }

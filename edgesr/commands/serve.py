@@ -1,0 +1,75 @@
+"""``edgesr serve dicom``: the DICOM node (:mod:`edgesr.integrate.dicom_node`) as a long-running service."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+from edgesr.config import check_choice, check_exactly_one, check_range, opt
+from edgesr.errors import ConfigError
+from edgesr.spec import UNITS
+from edgesr.teachers import list_shipped
+
+
+@dataclass(frozen=True)
+class ServeDicomConfig:
+    root: str = opt("", "storage folder: received, claimed, derived and forwarded series live here")
+    model: str = opt("", "a shipped SR model (see `edgesr serve dicom --help`), or use checkpoint=")
+    checkpoint: str = opt("", "a checkpoint folder written by `edgesr train` or `edgesr compress`")
+    artifact: str = opt("", "an artifact folder written by `edgesr export`")
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(11112, "TCP port (0: any free port, printed at start)")
+    ae_title: str = opt("EDGESR", "this node's AE title")
+    allowed: tuple[str, ...] = opt((), "calling AE titles allowed to connect (empty: any)")
+    destination: str = opt("", "HOST:PORT:AE_TITLE to C-STORE derived series to (empty: keep them)")
+    quiet: float = opt(10.0, "seconds without a new instance (and no open association) that end a series")
+    stall: float = opt(120.0, "seconds of quiet that end a series even while its association stays open")
+    max_associations: int = opt(10, "concurrent associations; more are rejected")
+    max_pending: int = opt(20000, "stored instances not yet processed; more are refused (out of resources)")
+    retry_max: float = opt(300.0, "longest wait between forwarding attempts, seconds")
+    series_number: int | None = opt(None, "derived SeriesNumber (default: the source's + 1000)")
+    units: str = opt("auto", "CT: hu, raw or auto (DICOM's modality LUT says)")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("root= is required (the storage folder)")
+        check_exactly_one(
+            {"model": self.model, "checkpoint": self.checkpoint, "artifact": self.artifact},
+            hints={"model": f"shipped: {', '.join(list_shipped()) or 'none'}"},
+        )
+        check_range("port", self.port, low=0, high=65535)
+        check_choice("units", self.units, UNITS)
+
+
+def run_serve_dicom(cfg: ServeDicomConfig) -> int:
+    from edgesr.integrate.api import Enhancer
+    from edgesr.integrate.dicom_node import Destination, DicomNode, NodeSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    settings = NodeSettings(
+        root=Path(cfg.root),
+        ae_title=cfg.ae_title,
+        host=cfg.host,
+        port=cfg.port,
+        allowed=tuple(cfg.allowed),
+        destination=Destination.parse(cfg.destination) if cfg.destination else None,
+        quiet_seconds=cfg.quiet,
+        stall_seconds=max(cfg.stall, cfg.quiet),
+        max_associations=cfg.max_associations,
+        max_pending=cfg.max_pending,
+        retry_max_seconds=cfg.retry_max,
+        series_number=cfg.series_number,
+    )
+    if cfg.artifact:
+        enhancer = Enhancer.from_artifact(cfg.artifact)
+    elif cfg.checkpoint:
+        enhancer = Enhancer.from_checkpoint(cfg.checkpoint, device=cfg.device)
+    else:
+        enhancer = Enhancer.from_shipped(cfg.model, device=cfg.device)
+    node = DicomNode(enhancer, settings, units=cfg.units)
+    node.serve_forever()
+    return 0
