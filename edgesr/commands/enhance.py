@@ -137,8 +137,9 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             f"reconstructing {raw.kspace.shape[0]} slice(s) from {raw.kspace.shape[1]} coils"
         ):
             result = enhancer.reconstruct(raw, maps=cfg.maps or None)
-        write_image(cfg.output, result.image, dtype="float32")
-        units, what = "", ""
+        write_image(cfg.output, result.image, dtype="float32", affine=result.affine)
+        units = " (prewhitened with the noise scans)" if result.meta.get("prewhitened") else ""
+        what = ""
     shape = " x ".join(map(str, result.image.shape))
     console.print(f"[green]wrote[/] {escape(cfg.output)} ({shape}){units}{what}")
     return 0

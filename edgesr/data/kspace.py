@@ -28,6 +28,11 @@ class KSpaceVolume:
         format: ``fastmri`` or ``ismrmrd``.
         header: the ISMRMRD XML header when the file has one.
         reference: a reconstruction stored beside the data (fastMRI's ``reconstruction_rss``).
+        recon_shape: the output matrix ``(H, W)`` the header asks for (ISMRMRD ``reconSpace``): a
+            reconstruction on a larger grid is cropped to it (centred).
+        spacing: (slice, row, column) millimetres of the output image, where the header says.
+        affine: the output's NIfTI (RAS) voxel-to-world affine, where the acquisitions say.
+        prewhitened: the k-space was prewhitened with the noise scans' covariance.
     """
 
     kspace: np.ndarray
@@ -36,6 +41,10 @@ class KSpaceVolume:
     format: str
     header: str | None = None
     reference: np.ndarray | None = None
+    recon_shape: tuple[int, int] | None = None
+    spacing: tuple[float, float, float] | None = None
+    affine: np.ndarray | None = None
+    prewhitened: bool = False
 
 
 def _check_kspace(kspace: np.ndarray, path: Path) -> np.ndarray:
@@ -148,11 +157,13 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
 def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
     """An ISMRMRD HDF5 file of 2-D Cartesian acquisitions (one readout line per acquisition).
 
-    The grid comes from the header's encoded matrix; each line goes to its ``kspace_encode_step_1``
-    (shifted so the header's encoding centre lands on ``W // 2``) and ``slice`` index. Noise,
-    navigator and phase-correction acquisitions are skipped.
+    Assembled as the MRD server assembles a stream (:class:`edgesr.data.mrd.SliceAssembler`): lines on
+    the header's encoded grid, noise scans used for prewhitening, readout oversampling removed, and the
+    output grid, voxel size and orientation from the header's reconSpace and the acquisitions.
     """
     import ismrmrd
+
+    from edgesr.data.mrd import SliceAssembler
 
     path = Path(path)
     if not path.is_file():
@@ -169,49 +180,47 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
     except Exception as exc:
         raise DataError(f"{path}: not a readable ISMRMRD file ({exc})") from None
     try:
-        xml = dataset.read_xml_header()
+        try:
+            xml = dataset.read_xml_header()
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read the ISMRMRD header ({exc})") from None
         xml = xml.decode("utf-8") if isinstance(xml, bytes) else xml
-        header = ismrmrd.xsd.CreateFromDocument(xml)
-        encoding = header.encoding[0]
-        n_pe = int(encoding.encodedSpace.matrixSize.y)
-        limits = encoding.encodingLimits
-        pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
-        n_slices = int(limits.slice.maximum) + 1 if limits.slice else 1
-        skip = (
-            ismrmrd.ACQ_IS_NOISE_MEASUREMENT,
-            ismrmrd.ACQ_IS_NAVIGATION_DATA,
-            ismrmrd.ACQ_IS_PHASECORR_DATA,
-        )
-        kspace: np.ndarray | None = None
+        assembler = SliceAssembler(xml, source=str(path))
         for i in range(dataset.number_of_acquisitions()):
-            acq = dataset.read_acquisition(i)
-            if any(acq.is_flag_set(flag) for flag in skip):
-                continue
-            data = np.asarray(acq.data)  # [coils, samples]
-            if kspace is None:
-                kspace = np.zeros((n_slices, data.shape[0], data.shape[1], n_pe), dtype=np.complex64)
-            if data.shape != kspace.shape[1:3]:
-                raise DataError(
-                    f"{path}: acquisition {i} has shape {data.shape}, expected {kspace.shape[1:3]}"
-                )
-            line = int(acq.idx.kspace_encode_step_1) - pe_center + n_pe // 2
-            slice_index = int(acq.idx.slice)
-            if not (0 <= line < n_pe and 0 <= slice_index < n_slices):
-                raise DataError(
-                    f"{path}: acquisition {i} lies outside the encoded matrix "
-                    f"(line {line}, slice {slice_index})"
-                )
-            kspace[slice_index, :, :, line] = data
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read ISMRMRD header or acquisitions ({exc})") from None
+            try:
+                acquisition = dataset.read_acquisition(i)
+            except Exception as exc:
+                raise DataError(f"{path}: cannot read acquisition {i} ({exc})") from None
+            assembler.add(acquisition)
     finally:
         dataset.close()
-    if kspace is None:
+    slices = assembler.pending()
+    if not slices:
         raise DataError(f"{path}: no imaging acquisitions")
-    kspace = _check_kspace(kspace, path)
-    return KSpaceVolume(kspace, _mask_from_data(kspace), path, "ismrmrd", header=xml)
+    taken = [assembler.take(index) for index in slices]
+    kspace = _check_kspace(np.stack([k for k, _, _ in taken]), path)
+    mask = np.maximum.reduce([m for _, m, _ in taken]).astype(np.float32)
+    heads = [head for _, _, head in taken]
+    height, width = assembler.crop(np.zeros(kspace.shape[-2:], dtype=np.uint8)).shape
+    affine = assembler.affine(heads[0], (height, width))
+    if len(heads) > 1:  # the slice axis from the slices' own centres (LPS -> RAS)
+        step = (np.asarray(heads[-1].position) - np.asarray(heads[0].position)) / (len(heads) - 1)
+        if np.linalg.norm(step) > 0:
+            affine[:3, 2] = np.array([-1.0, -1.0, 1.0]) * step
+    slice_mm, row_mm, col_mm = assembler.geometry.voxel_mm
+    if len(heads) > 1 and np.linalg.norm(affine[:3, 2]) > 0:
+        slice_mm = float(np.linalg.norm(affine[:3, 2]))
+    return KSpaceVolume(
+        kspace,
+        mask,
+        path,
+        "ismrmrd",
+        header=xml,
+        recon_shape=(height, width),
+        spacing=(slice_mm, row_mm, col_mm),
+        affine=affine,
+        prewhitened=assembler.prewhitened,
+    )
 
 
 def load_kspace(path: str | Path) -> KSpaceVolume:

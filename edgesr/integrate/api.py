@@ -38,6 +38,7 @@ import torch
 from edgesr import __version__
 from edgesr.data.images import ImageVolume, load_image, volume_from_array
 from edgesr.data.kspace import KSpaceVolume, kspace_from_arrays
+from edgesr.data.mrd import center_crop
 from edgesr.device import pick_device
 from edgesr.errors import ConfigError, DataError
 from edgesr.physics.degrade import upsampled_affine
@@ -93,9 +94,11 @@ class EnhancerResult:
         image: float32 ``[S, H, W]``: SR output in the input's units (HU for CT given in HU), or the
             reconstruction's magnitude in the k-space's own scale.
         spacing: millimetres ``(slice, row, column)`` of ``image``: the input's, with the in-plane
-            spacing divided by the SR scale. Recon: None (raw arrays carry no geometry).
+            spacing divided by the SR scale. Recon: the ISMRMRD header's reconSpace voxel size; None
+            for arrays and fastMRI files (they carry no geometry).
         units: ``hu`` or ``raw`` (SR), ``magnitude`` (recon).
-        affine: for a NIfTI input, the output's voxel-to-world affine (same field of view); else None.
+        affine: the output's NIfTI voxel-to-world affine where the input has one (NIfTI, DICOM; ISMRMRD
+            acquisitions' positions and directions); else None.
         provenance: the model that made it.
         meta: the input's format details (DICOM modality, series UID, files), passed through.
     """
@@ -293,7 +296,10 @@ class Enhancer:
             maps = maps[None]
         prepared = prepare_recon(self.spec, volume, maps=maps)
         output = finish(self.spec, prepared, run(self._predictor, prepared))
-        return EnhancerResult(output, None, "magnitude", None, self.provenance)
+        if volume.recon_shape is not None:  # the header's reconSpace: a larger acquired grid is cropped
+            output = np.ascontiguousarray(center_crop(output, volume.recon_shape))
+        meta = {"prewhitened": volume.prewhitened, "format": volume.format}
+        return EnhancerResult(output, volume.spacing, "magnitude", volume.affine, self.provenance, meta)
 
 
 def _image_volume(

@@ -1,0 +1,249 @@
+"""Raw MRD (ISMRMRD) acquisitions as scanners send them, assembled into per-slice k-space.
+
+The same assembly serves an ISMRMRD file (:func:`edgesr.data.kspace.load_ismrmrd`) and the MRD
+streaming server (:mod:`edgesr.integrate.mrd_server`), so that both give the same image:
+
+* **lines** go to their ``kspace_encode_step_1`` (shifted so the header's encoding centre lands on
+  column ``W // 2``) and ``slice``; parallel-calibration lines are k-space lines like any other (they
+  are the fully sampled centre that coil maps are estimated from); navigator, phase-correction and
+  dummy-scan acquisitions are skipped;
+* **noise scans** (``ACQ_IS_NOISE_MEASUREMENT``) give the coils' noise covariance; the k-space is
+  prewhitened with the inverse of its Cholesky factor, so that the coil combination sees independent
+  unit-variance noise (Gadgetron's NoiseAdjustGadget does the same). Without noise scans, or with a
+  singular covariance, the data stay as they are and :attr:`SliceAssembler.prewhitened` says so;
+* **readout oversampling** (``encodedSpace.x`` > ``reconSpace.x``, Siemens' 2x) is removed in the
+  image domain along the readout before the model runs: the model sees the field of view it was
+  trained on, at half the cost;
+* the **output grid** is the header's ``reconSpace``: a phase-encode field of view larger than it is
+  cropped after reconstruction (:meth:`SliceAssembler.crop`), and the voxel size is the reconSpace
+  field of view over its matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgesr.errors import DataError
+
+# Acquisitions that are not k-space lines of the image.
+_SKIPPED_FLAGS = (
+    "ACQ_IS_NAVIGATION_DATA",
+    "ACQ_IS_PHASECORR_DATA",
+    "ACQ_IS_DUMMYSCAN_DATA",
+    "ACQ_IS_RTFEEDBACK_DATA",
+)
+
+
+@dataclass(frozen=True)
+class MrdGeometry:
+    """What the header says about the grid (first encoding)."""
+
+    encoded: tuple[int, int]  # (readout samples, phase-encode lines) as acquired
+    recon: tuple[int, int]  # (readout, phase encode) of the output image
+    recon_fov_mm: tuple[float, float, float]
+    slices: int
+    pe_center: int
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        """(slice, row, column) millimetres of the output: rows run along the readout."""
+        fov_x, fov_y, fov_z = self.recon_fov_mm
+        return (fov_z, fov_x / self.recon[0], fov_y / self.recon[1])
+
+
+def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
+    """The ISMRMRD header and its grid; a DataError naming ``source`` and the field when it is unusable."""
+    import ismrmrd
+
+    try:
+        text = xml.decode("utf-8") if isinstance(xml, bytes) else xml
+        header = ismrmrd.xsd.CreateFromDocument(text)
+        encoding = header.encoding[0]
+        encoded = encoding.encodedSpace.matrixSize
+        recon = encoding.reconSpace.matrixSize
+        fov = encoding.reconSpace.fieldOfView_mm
+        limits = encoding.encodingLimits
+        n_pe = int(encoded.y)
+        pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
+        slices = int(limits.slice.maximum) + 1 if limits.slice else 1
+        geometry = MrdGeometry(
+            (int(encoded.x), n_pe),
+            (int(recon.x), int(recon.y)),
+            (float(fov.x), float(fov.y), float(fov.z)),
+            slices,
+            pe_center,
+        )
+    except DataError:
+        raise
+    except Exception as exc:  # pyxb raises many types on malformed or incomplete XML
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"{source}: the ISMRMRD header cannot be read ({first})") from None
+    if min(geometry.encoded) < 1 or min(geometry.recon) < 1 or geometry.slices < 1:
+        raise DataError(
+            f"{source}: the header's matrix {geometry.encoded} / reconSpace {geometry.recon} / "
+            f"{geometry.slices} slice(s) is empty"
+        )
+    if not 0 <= pe_center < n_pe:
+        raise DataError(f"{source}: the header's k-space centre line {pe_center} lies outside 0..{n_pe - 1}")
+    if min(geometry.recon_fov_mm[:2]) <= 0 or not np.isfinite(geometry.recon_fov_mm).all():
+        raise DataError(
+            f"{source}: the header's reconSpace field of view {geometry.recon_fov_mm} mm is not valid"
+        )
+    return header, geometry
+
+
+def noise_whitener(noise: list[np.ndarray]) -> np.ndarray | None:
+    """``L^-1`` with ``L L^H`` the coils' noise covariance, or None when it is singular or not finite."""
+    samples = np.concatenate(noise, axis=1).astype(np.complex128)  # [C, N]
+    if samples.shape[1] < samples.shape[0]:
+        return None
+    covariance = samples @ samples.conj().T / samples.shape[1]
+    try:
+        factor = np.linalg.cholesky(covariance)
+        whitener = np.linalg.inv(factor)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.isfinite(whitener).all() or np.linalg.cond(factor) > 1e6:
+        return None
+    return whitener.astype(np.complex64)
+
+
+def remove_readout_oversampling(kspace: np.ndarray, samples: int) -> np.ndarray:
+    """``[..., X, W]`` -> ``[..., samples, W]``: the centre of the readout's image domain (centred FFTs)."""
+    size = kspace.shape[-2]
+    if size == samples:
+        return kspace
+    axis = kspace.ndim - 2
+    image = np.fft.fftshift(
+        np.fft.ifft(np.fft.ifftshift(kspace, axes=axis), axis=axis, norm="ortho"), axes=axis
+    )
+    start = (size - samples) // 2
+    image = np.take(image, np.arange(start, start + samples), axis=axis)
+    result = np.fft.fftshift(
+        np.fft.fft(np.fft.ifftshift(image, axes=axis), axis=axis, norm="ortho"), axes=axis
+    )
+    return result.astype(np.complex64)
+
+
+def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``[..., H, W]`` cropped about its centre to at most ``shape`` (a smaller image is kept)."""
+    height, width = image.shape[-2:]
+    rows, cols = min(shape[0], height), min(shape[1], width)
+    top, left = (height - rows) // 2, (width - cols) // 2
+    return image[..., top : top + rows, left : left + cols]
+
+
+class SliceAssembler:
+    """Collects the acquisitions of one MRD stream or file into per-slice k-space (see the module doc)."""
+
+    def __init__(self, header_xml: str | bytes, *, source: str) -> None:
+        import ismrmrd
+
+        self.source = source
+        self.header, self.geometry = parse_header(header_xml, source=source)
+        self._flags = {name: getattr(ismrmrd, name) for name in _SKIPPED_FLAGS if hasattr(ismrmrd, name)}
+        self._noise_flag = ismrmrd.ACQ_IS_NOISE_MEASUREMENT
+        self._last_in_slice = ismrmrd.ACQ_LAST_IN_SLICE
+        self._noise: list[np.ndarray] = []
+        self._whitener: np.ndarray | None = None
+        self._whitener_ready = False
+        self._slices: dict[int, np.ndarray] = {}  # [C, X, W] complex64
+        self._sampled: dict[int, np.ndarray] = {}  # [W] bool
+        self._last_header: dict[int, Any] = {}  # the acquisition header of each slice's centre-most line
+        self._shape: tuple[int, int] | None = None  # (coils, samples)
+        self.acquisitions = 0
+
+    @property
+    def prewhitened(self) -> bool:
+        """Whether noise scans gave a usable covariance (decided with the first imaging line)."""
+        return self._whitener is not None
+
+    def add(self, acquisition: Any) -> int | None:
+        """Adds one acquisition; returns its slice index when it is flagged the slice's last line."""
+        index = self.acquisitions
+        self.acquisitions += 1
+        data = np.asarray(acquisition.data)
+        if data.ndim != 2 or data.size == 0:
+            raise DataError(f"{self.source}: acquisition {index} holds data of shape {data.shape}")
+        if not np.isfinite(data).all():
+            raise DataError(f"{self.source}: acquisition {index} holds NaN/Inf samples")
+        if acquisition.is_flag_set(self._noise_flag):
+            if self._slices:
+                return None  # a noise scan after imaging (a second dependency): the covariance is set
+            self._noise.append(data.astype(np.complex64))
+            return None
+        if any(acquisition.is_flag_set(flag) for flag in self._flags.values()):
+            return None
+        if self._shape is None:
+            self._shape = (data.shape[0], data.shape[1])
+            if self._noise and self._noise[0].shape[0] == data.shape[0]:
+                self._whitener = noise_whitener(self._noise)
+        if data.shape != self._shape:
+            raise DataError(
+                f"{self.source}: acquisition {index} has shape {data.shape}, expected {self._shape}"
+            )
+        n_pe = self.geometry.encoded[1]
+        line = int(acquisition.idx.kspace_encode_step_1) - self.geometry.pe_center + n_pe // 2
+        slice_index = int(acquisition.idx.slice)
+        if not (0 <= line < n_pe and 0 <= slice_index < self.geometry.slices):
+            raise DataError(
+                f"{self.source}: acquisition {index} lies outside the encoded matrix "
+                f"(line {line}, slice {slice_index})"
+            )
+        if slice_index not in self._slices:
+            self._slices[slice_index] = np.zeros((*self._shape, n_pe), dtype=np.complex64)
+            self._sampled[slice_index] = np.zeros(n_pe, dtype=bool)
+        self._slices[slice_index][:, :, line] = data
+        self._sampled[slice_index][line] = True
+        if line == n_pe // 2 or slice_index not in self._last_header:
+            self._last_header[slice_index] = acquisition.getHead()
+        return slice_index if acquisition.is_flag_set(self._last_in_slice) else None
+
+    def pending(self) -> list[int]:
+        """Slices that hold lines and have not been taken."""
+        return sorted(self._slices)
+
+    def take(self, slice_index: int) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Removes a slice: k-space ``[C, H, W]`` (prewhitened, readout oversampling removed), its mask
+        ``[W]`` and the acquisition header its image is placed by."""
+        kspace = self._slices.pop(slice_index)
+        sampled = self._sampled.pop(slice_index)
+        head = self._last_header.pop(slice_index)
+        if self._whitener is not None:
+            kspace = np.einsum("vc,cxw->vxw", self._whitener, kspace).astype(np.complex64)
+        readout = min(self.geometry.recon[0], kspace.shape[1])
+        return remove_readout_oversampling(kspace, readout), sampled.astype(np.float32), head
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """``[..., H, W]`` cropped (centred) to the reconSpace matrix where the acquisition was larger."""
+        return center_crop(image, self.geometry.recon)
+
+    def affine(self, head: Any, shape: tuple[int, int]) -> np.ndarray:
+        """The NIfTI (RAS) affine of a slice image ``[H, W]`` (rows along the readout) from the acquisition
+        header's position (the slice centre) and directions, with the reconSpace voxel size."""
+        slice_mm, row_mm, col_mm = self.geometry.voxel_mm
+        read = np.asarray(head.read_dir, dtype=np.float64)
+        phase = np.asarray(head.phase_dir, dtype=np.float64)
+        normal = np.asarray(head.slice_dir, dtype=np.float64)
+        if not (np.linalg.norm(read) > 0.5 and np.linalg.norm(phase) > 0.5):
+            read, phase, normal = np.eye(3)[0], np.eye(3)[1], np.eye(3)[2]
+        if np.linalg.norm(normal) < 0.5:
+            normal = np.cross(read, phase)
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1], lps[:3, 2] = read * row_mm, phase * col_mm, normal * slice_mm
+        centre = np.asarray(head.position, dtype=np.float64)
+        lps[:3, 3] = centre - lps[:3, 0] * (shape[0] // 2) - lps[:3, 1] * (shape[1] // 2)
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+__all__ = [
+    "MrdGeometry",
+    "center_crop",
+    "SliceAssembler",
+    "noise_whitener",
+    "parse_header",
+    "remove_readout_oversampling",
+]
