@@ -14,7 +14,7 @@ from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.export import ExportConfig, run_export
 from edgesr.commands.report import ReportConfig, run_report
-from edgesr.commands.serve import ServeDicomConfig, run_serve_dicom
+from edgesr.commands.serve import ServeDicomConfig, ServeMrdConfig, run_serve_dicom, run_serve_mrd
 from edgesr.commands.train import run_train
 from edgesr.commands.upgrade import UpgradeConfig, run_upgrade
 from edgesr.data.prepare import PrepareConfig
@@ -96,6 +96,12 @@ COMMANDS: dict[str, Command] = {
             "a DICOM node: receive series by C-STORE, enhance each, store or forward the derived series",
             ServeDicomConfig,
             run_serve_dicom,
+        ),
+        Command(
+            "serve mrd",
+            "an MRD (ISMRMRD) streaming server: raw data in over TCP, reconstructed images back",
+            ServeMrdConfig,
+            run_serve_mrd,
         ),
     )
 }

@@ -1,4 +1,5 @@
-"""``edgesr serve dicom``: the DICOM node (:mod:`edgesr.integrate.dicom_node`) as a long-running service."""
+"""``edgesr serve dicom`` and ``edgesr serve mrd``: the DICOM node (:mod:`edgesr.integrate.dicom_node`) and
+the MRD streaming server (:mod:`edgesr.integrate.mrd_server`) as long-running services."""
 
 from __future__ import annotations
 
@@ -72,4 +73,51 @@ def run_serve_dicom(cfg: ServeDicomConfig) -> int:
         enhancer = Enhancer.from_shipped(cfg.model, device=cfg.device)
     node = DicomNode(enhancer, settings, units=cfg.units)
     node.serve_forever()
+    return 0
+
+
+@dataclass(frozen=True)
+class ServeMrdConfig:
+    configs: tuple[str, ...] = opt(
+        ("modl-r4", "deepcomplex-r4"),
+        "the recons clients may name (the allow-list): shipped recon models, or NAME:FOLDER for a "
+        "checkpoint or an exported artifact folder",
+    )
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(9002, "TCP port (9002: the MRD servers' usual; 0: any free port)")
+    max_sessions: int = opt(4, "concurrent sessions; more are answered ERROR and closed")
+    image_dtype: str = opt("float32", "float32, or uint16 scaled to 0..4095 (the scale in the image meta)")
+    timeout: float = opt(300.0, "seconds of silence after which a client is dropped")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+
+    def __post_init__(self) -> None:
+        if not self.configs:
+            raise ConfigError("configs= names at least one recon")
+        check_range("port", self.port, low=0, high=65535)
+        check_range("max_sessions", self.max_sessions, low=1)
+        check_choice("image_dtype", self.image_dtype, ("float32", "uint16"))
+
+
+def run_serve_mrd(cfg: ServeMrdConfig) -> int:
+    from edgesr.integrate.api import Enhancer
+    from edgesr.integrate.mrd_server import MrdServer, MrdSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    enhancers: dict[str, Enhancer] = {}
+    for entry in cfg.configs:
+        name, _, folder = entry.partition(":")
+        if not folder:
+            enhancers[name] = Enhancer.from_shipped(name, device=cfg.device)
+        elif (Path(folder) / "manifest.json").is_file():
+            enhancers[name] = Enhancer.from_artifact(folder)
+        else:
+            enhancers[name] = Enhancer.from_checkpoint(folder, device=cfg.device)
+    settings = MrdSettings(
+        host=cfg.host,
+        port=cfg.port,
+        max_sessions=cfg.max_sessions,
+        image_dtype=cfg.image_dtype,
+        timeout_seconds=cfg.timeout,
+    )
+    MrdServer(enhancers, settings).serve_forever()
     return 0

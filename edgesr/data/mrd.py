@@ -139,10 +139,12 @@ def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class SliceAssembler:
     """Collects the acquisitions of one MRD stream or file into per-slice k-space (see the module doc)."""
 
-    def __init__(self, header_xml: str | bytes, *, source: str) -> None:
+    def __init__(self, header_xml: str | bytes, *, source: str, max_bytes: int | None = None) -> None:
+        """``max_bytes`` bounds the k-space held for slices not yet taken (a server's session limit)."""
         import ismrmrd
 
         self.source = source
+        self.max_bytes = max_bytes
         self.header, self.geometry = parse_header(header_xml, source=source)
         self._flags = {name: getattr(ismrmrd, name) for name in _SKIPPED_FLAGS if hasattr(ismrmrd, name)}
         self._noise_flag = ismrmrd.ACQ_IS_NOISE_MEASUREMENT
@@ -194,6 +196,13 @@ class SliceAssembler:
                 f"(line {line}, slice {slice_index})"
             )
         if slice_index not in self._slices:
+            needed = (len(self._slices) + 1) * int(np.prod(self._shape)) * n_pe * 8  # complex64
+            if self.max_bytes is not None and needed > self.max_bytes:
+                raise DataError(
+                    f"{self.source}: holding {len(self._slices) + 1} slice(s) of {self._shape[0]} coils x "
+                    f"{self._shape[1]} x {n_pe} samples needs {needed} bytes, past the limit of "
+                    f"{self.max_bytes}"
+                )
             self._slices[slice_index] = np.zeros((*self._shape, n_pe), dtype=np.complex64)
             self._sampled[slice_index] = np.zeros(n_pe, dtype=bool)
         self._slices[slice_index][:, :, line] = data
