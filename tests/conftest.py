@@ -220,100 +220,15 @@ def export_cli(dataset, checkpoint, out, *extra: str) -> int:
     return main([*argv, *extra])
 
 
-def siemens_like_mrd(
-    image: np.ndarray,
-    *,
-    coils: int = 8,
-    acceleration: int = 4,
-    acs: int = 24,
-    oversampling: int = 2,
-    fov_mm: float = 220.0,
-    slices: int = 1,
-    noise_level: float = 2e-4,
-    seed: int = 0,
-) -> tuple[str, list]:
-    """An MRD header and acquisitions as a Siemens scanner sends them, from a magnitude ``image [H, W]``.
+def siemens_like_mrd(image: np.ndarray, **options):
+    """An MRD header and acquisitions as a Siemens scanner sends them (see
+    :func:`edgesr.data.mrd.simulate_acquisitions`)."""
+    from edgesr.data.mrd import simulate_acquisitions
 
-    Readout oversampled ``oversampling`` times (encodedSpace ``H*os x W``, reconSpace ``H x W``, the
-    field of view doubled along the readout); a noise scan of correlated coil noise first; ``acs``
-    separate calibration lines (ACQ_IS_PARALLEL_CALIBRATION) then every ``acceleration``-th line,
-    the slice's last flagged ACQ_LAST_IN_SLICE; positions and directions of an axial slice.
-    """
-    import ismrmrd
-
-    from edgesr.physics.coils import simulate_coil_maps, smooth_phase
-    from edgesr.physics.fft import to_complex
-
-    height, width = image.shape
-    readout = height * oversampling
-    rng = np.random.default_rng(seed)
-    maps = to_complex(simulate_coil_maps(readout, width, coils, seed=seed)).numpy()  # [C, X, W]
-    phase = np.exp(1j * smooth_phase(height, width, seed=seed).numpy())
-    padded = np.zeros((readout, width), dtype=np.complex64)
-    top = (readout - height) // 2
-    padded[top : top + height] = image * phase
-    coil_images = maps * padded[None]
-    kspace = np.fft.fftshift(
-        np.fft.fft2(np.fft.ifftshift(coil_images, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
-    )
-    mixing = np.eye(coils) + 0.3 * rng.standard_normal((coils, coils))  # correlated receiver noise
-    sigma = noise_level * float(np.abs(kspace).max())
-
-    def noise(samples: int) -> np.ndarray:
-        white = rng.standard_normal((coils, samples)) + 1j * rng.standard_normal((coils, samples))
-        return (mixing @ white * sigma / np.sqrt(2)).astype(np.complex64)
-
-    xml = f"""<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
-  <acquisitionSystemInformation><receiverChannels>{coils}</receiverChannels></acquisitionSystemInformation>
-  <experimentalConditions><H1resonanceFrequency_Hz>123200000</H1resonanceFrequency_Hz></experimentalConditions>
-  <encoding>
-    <encodedSpace><matrixSize><x>{readout}</x><y>{width}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{fov_mm * oversampling}</x><y>{fov_mm}</y><z>5</z></fieldOfView_mm></encodedSpace>
-    <reconSpace><matrixSize><x>{height}</x><y>{width}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{fov_mm}</x><y>{fov_mm}</y><z>5</z></fieldOfView_mm></reconSpace>
-    <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum><maximum>{width - 1}</maximum><center>{width // 2}</center>
-      </kspace_encoding_step_1>
-      <slice><minimum>0</minimum><maximum>{slices - 1}</maximum><center>0</center></slice>
-    </encodingLimits>
-    <trajectory>cartesian</trajectory>
-  </encoding>
-</ismrmrdHeader>"""
-    acquisitions = []
-    scan = ismrmrd.Acquisition.from_array(noise(readout))
-    scan.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
-    acquisitions.append(scan)
-    centre = width // 2
-    calibration = list(range(centre - acs // 2, centre + acs // 2))
-    imaging = list(range(centre % acceleration, width, acceleration))
-    for slice_index in range(slices):
-        lines = [(line, "calibration") for line in calibration] + [(line, "imaging") for line in imaging]
-        for number, (line, kind) in enumerate(lines):
-            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(kspace[:, :, line] + noise(readout)))
-            acq.idx.kspace_encode_step_1 = line
-            acq.idx.slice = slice_index
-            acq.read_dir[:] = (1.0, 0.0, 0.0)
-            acq.phase_dir[:] = (0.0, 1.0, 0.0)
-            acq.slice_dir[:] = (0.0, 0.0, 1.0)
-            acq.position[:] = (0.0, 0.0, 5.0 * slice_index)
-            if kind == "calibration":
-                acq.set_flag(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
-            if number == len(lines) - 1:
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
-            acquisitions.append(acq)
-    return xml, acquisitions
+    return simulate_acquisitions(image, **options)
 
 
 def write_mrd_file(path: Path, xml: str, acquisitions: list) -> Path:
-    import ismrmrd
+    from edgesr.data.mrd import write_mrd_file as write
 
-    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    try:
-        dataset.write_xml_header(xml)
-        for acq in acquisitions:
-            dataset.append_acquisition(acq)
-    finally:
-        dataset.close()
-    return path
+    return write(path, xml, acquisitions)
