@@ -105,6 +105,15 @@ class _Connection:
         except UnicodeDecodeError:
             raise ProtocolError(f"{what} is not UTF-8 text") from None
 
+    def close(self) -> None:
+        """Ends the connection for the client too: the socket's file object keeps it open otherwise."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.reader.close()
+        self.sock.close()
+
     def send(self, message_id: int, payload: bytes = b"") -> None:
         with self._write_lock:
             self.sock.sendall(struct.pack("<H", message_id) + payload)
@@ -180,7 +189,7 @@ class MrdServer:
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if not self._sessions.acquire(blocking=False):
             _refuse(connection, f"this server runs at most {self.settings.max_sessions} sessions at once")
-            sock.close()
+            connection.close()
             return
         try:
             Session(self, connection, where).run()
@@ -197,10 +206,7 @@ class MrdServer:
             _refuse(connection, f"{type(exc).__name__}: {exc}")
         finally:
             self._sessions.release()
-            try:
-                sock.close()
-            except OSError:
-                pass
+            connection.close()
 
 
 def _refuse(connection: _Connection, message: str) -> None:

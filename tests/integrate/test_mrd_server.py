@@ -196,3 +196,30 @@ def test_the_command_serves_a_checkpoint_under_the_name_it_is_given(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_openrecon_context_carries_the_app_label_and_starts_the_tested_server(tmp_path):
+    import base64
+    import json
+    import re
+
+    from edgesr.cli import _parse
+    from edgesr.commands.serve import ServeMrdConfig
+    from edgesr.integrate.mrd_server import config_name
+    from edgesr.integrate.openrecon import LABEL, write_context
+
+    write_context(tmp_path, ["modl-r4", "deepcomplex-r4"])
+    text = (tmp_path / "Dockerfile").read_text()
+    label = re.search(rf'LABEL "{re.escape(LABEL)}"="([A-Za-z0-9+/=]+)"', text)
+    assert label is not None
+    metadata = json.loads(base64.b64decode(label.group(1)))
+    assert metadata == json.loads((tmp_path / "openrecon.json").read_text())
+    assert metadata["reconstruction"]["injector"] == "raw" and metadata["reconstruction"]["port"] == 9002
+    (choice,) = metadata["parameters"]
+    assert [v["id"] for v in choice["values"]] == ["modl-r4", "deepcomplex-r4"]
+    # The console sends the UI's values as JSON; the server reads the recon from it.
+    assert config_name(json.dumps({"parameters": {"config": "deepcomplex-r4"}})) == "deepcomplex-r4"
+    command = json.loads(re.search(r"^CMD (.*)$", text, re.MULTILINE).group(1))
+    assert command[:3] == ["edgesr", "serve", "mrd"]
+    config = _parse(ServeMrdConfig, command[3:])
+    assert (config.host, config.port, config.configs) == ("0.0.0.0", 9002, ("modl-r4", "deepcomplex-r4"))
