@@ -167,6 +167,16 @@ def test_enhance_runs_an_artifact_like_its_checkpoint(tiny_dataset, tiny_checkpo
     expected, actual = load_image(tmp_path / "torch.npy").data, load_image(tmp_path / "onnx.npy").data
     assert actual.shape == expected.shape == (3, 82, 58)
     assert np.abs(actual - expected).max() <= 1e-4 * (expected.max() - expected.min())
+    # The Python API names what ran: the runtime, the artifact file's and the checkpoint's sha256.
+    from edgesr import Enhancer
+    from edgesr.export.manifest import read_manifest
+    from edgesr.train.checkpoint import weights_sha256
+
+    provenance = Enhancer.from_artifact(out / "fp32").provenance
+    manifest = read_manifest(out / "fp32")
+    assert (provenance.runtime, provenance.precision) == (manifest.runtime, "fp32")
+    assert provenance.artifact_sha256 == manifest.files[manifest.entry]
+    assert provenance.weights_sha256 == weights_sha256(tiny_checkpoint)
 
     # A changed file is refused before any work, by name.
     (out / "fp32" / "model.onnx").write_bytes((out / "fp32" / "model.onnx").read_bytes() + b"\0")

@@ -207,6 +207,22 @@ def test_hostile_and_unwanted_input_is_refused_and_the_node_keeps_serving(ct_che
     assert len(list((root / "derived").iterdir())) == 1
 
 
+def test_associations_past_the_bound_are_rejected(ct_checkpoint, tmp_path):
+    node = make_node(ct_checkpoint, tmp_path / "store", max_associations=1)
+    try:
+        first = AE(ae_title="SCANNER")
+        first.add_requested_context(Verification)
+        held = first.associate("127.0.0.1", node.port, ae_title="EDGESR")
+        assert held.is_established
+        second = AE(ae_title="SCANNER")
+        second.add_requested_context(Verification)
+        assert not second.associate("127.0.0.1", node.port, ae_title="EDGESR").is_established
+        held.release()
+        wait_for(lambda: second.associate("127.0.0.1", node.port, ae_title="EDGESR").is_established, 10)
+    finally:
+        node.stop()
+
+
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (Debian) not installed")
 def test_dcmtk_echoscu_and_storescu_talk_to_the_node(ct_checkpoint, tmp_path):
     """A second, independent implementation of the protocol (OFFIS dcmtk) as the scanner."""
