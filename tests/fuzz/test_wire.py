@@ -24,7 +24,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.control import note
 from ismrmrd.serialization import ProtocolDeserializer
-from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts
 
 import edgesr
@@ -221,10 +220,14 @@ DICOM_MUTATIONS = [
 @st.composite
 def dicom_instance_case(draw: st.DrawFn, folder: Path) -> tuple[Case, Path]:
     mutation = draw(st.sampled_from(DICOM_MUTATIONS))
-    path = folder / f"{generate_uid()[-10:]}.dcm"
+    # UIDs of one length drawn by hypothesis (a random UID's length varies, and so would the bytes that
+    # the mutations draw positions in).
+    series, sop = (f"1.2.826.0.1.3680043.8.498.9{draw(st.integers(0, 10**12)):036d}" for _ in range(2))
+    path = folder / f"{sop[-12:]}.dcm"
     pixels = np.random.default_rng(draw(st.integers(0, 99))).integers(900, 1100, (9, 7)).astype(np.uint16)
-    write_dicom_slice(path, pixels, position_z=0.0, instance=1, series_uid=generate_uid(), intercept=-1024.0)
+    write_dicom_slice(path, pixels, position_z=0.0, instance=1, series_uid=series, intercept=-1024.0)
     ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = sop
     hostile = draw(
         st.sampled_from(["../../../evil", "1.2/../../x", "..", "/etc/passwd", "1.2\\..\\x", "1.2\0.3"])
     )
@@ -254,12 +257,15 @@ def dicom_instance_case(draw: st.DrawFn, folder: Path) -> tuple[Case, Path]:
 
 
 def _outside_root(folder: Path, root: Path) -> list[Path]:
-    """Files the node may not have written: anything but the test's own inputs and checkpoint."""
-    return [
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and root not in p.parents and "inputs" not in p.parts and "ct" not in p.parts
-    ]
+    """Files the node may not have written: anything but the storage root, the inputs and the checkpoint
+    (the root itself is not walked: the node renames folders in it while this looks)."""
+    allowed = {root, folder / "inputs", folder / "ct"}
+    found: list[Path] = []
+    for entry in folder.iterdir():
+        if entry in allowed:
+            continue
+        found += [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+    return found
 
 
 @FUZZ
@@ -294,6 +300,8 @@ def test_dicom_instance(dicom_node, data: st.DataObject) -> None:
     except Exception:
         pass
     root = node.root
+    if case.mutation == "none" and status != 0:
+        problems.append(f"a valid instance was answered {status}")
     if status == 0 and sop:
         stored = [
             p for state in ("incoming", "work", "done", "failed") for p in (root / state).glob(f"*/{sop}.dcm")
@@ -304,8 +312,9 @@ def test_dicom_instance(dicom_node, data: st.DataObject) -> None:
         ("path characters", "UID too long", "UID with leading", "empty")
     ):
         problems.append("a hostile or invalid UID was acknowledged")
-    if _outside_root(folder, root):
-        problems.append(f"files written outside the storage root: {_outside_root(folder, root)[:3]}")
+    outside = _outside_root(folder, root) + [p for p in root.parent.parent.iterdir() if "evil" in p.name]
+    if outside:
+        problems.append(f"files written outside the storage root: {outside[:3]}")
     if sorted(p.name for p in root.iterdir()) != sorted(STATES):
         problems.append(f"the storage root holds {sorted(p.name for p in root.iterdir())}")
     time.sleep(0.05)
