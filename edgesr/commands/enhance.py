@@ -104,6 +104,11 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             )
         check_output_folder(cfg.output, inputs=(cfg.input,))
     else:
+        if Path(cfg.output).suffix.lower() == ".dcm":
+            raise DataError(
+                f"{cfg.output}: DICOM is written as a derived series, one file per slice: name a new or "
+                "empty folder (no suffix) as the output"
+            )
         check_output(
             cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
         )

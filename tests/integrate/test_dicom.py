@@ -193,6 +193,8 @@ def test_outputs_are_checked_before_the_work_and_never_half_written(ct_checkpoin
         == 2
     )
     assert "needs a DICOM input" in capsys.readouterr().err
+    assert main([*argv, f"output={tmp_path / 'one.dcm'}"]) == 2
+    assert "name a new or empty folder" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*argv, f"output={empty}"]) == 0  # an empty folder is fine
