@@ -98,9 +98,10 @@ def run_enhance(cfg: EnhanceConfig) -> int:
     dicom_series = spec.sr is not None and _wants_dicom_series(cfg.output)
     if dicom_series:
         if not is_dicom_path(cfg.input):
+            what = "is an existing folder" if Path(cfg.output).is_dir() else "names a folder"
             raise DataError(
-                f"{cfg.output}: a folder output is a derived DICOM series, which needs a DICOM input (its "
-                "patient, study and geometry); name a file to write (.nii.gz, .tif, .npy, .png)"
+                f"{cfg.output}: {what}; name a file to write (.nii.gz, .tif, .npy, .png): a folder output is "
+                "a derived DICOM series, which needs a DICOM input (its patient, study and geometry)"
             )
         check_output_folder(cfg.output, inputs=(cfg.input,))
     else:
