@@ -223,3 +223,29 @@ def test_the_openrecon_context_carries_the_app_label_and_starts_the_tested_serve
     assert command[:3] == ["edgesr", "serve", "mrd"]
     config = _parse(ServeMrdConfig, command[3:])
     assert (config.host, config.port, config.configs) == ("0.0.0.0", 9002, ("modl-r4", "deepcomplex-r4"))
+
+
+def test_a_model_that_raises_is_reported_to_its_client_only(server):
+    """A failure inside the model (not bad data) ends that session with ERROR; others go on."""
+    recon = server.configs["edgesr-modl"]
+
+    class Broken:
+        spec = recon.spec
+        provenance = recon.provenance
+
+        def reconstruct(self, *args, **kwargs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    server.configs["broken"] = Broken()
+    try:
+        xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8)
+        images, texts = stream(
+            "127.0.0.1", server.port, config="broken", header=xml, acquisitions=acquisitions
+        )
+        assert images == [] and texts and "RuntimeError: CUDA error" in texts[0]
+        images, texts = stream(
+            "127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=acquisitions
+        )
+        assert (len(images), texts) == (1, [])
+    finally:
+        del server.configs["broken"]
