@@ -44,6 +44,24 @@ def _umask() -> int:
     return mask
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Makes a rename or a new entry in the folder ``path`` durable (the folder's own fsync).
+
+    Best effort: some file systems (and Windows) refuse to open or fsync a folder; the files themselves
+    are fsync'ed by their writers.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

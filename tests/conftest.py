@@ -206,6 +206,21 @@ def tiny_checkpoint(tmp_path):
     return save_model(tmp_path / "ckpt", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
 
 
+@pytest.fixture
+def ct_checkpoint(tmp_path):
+    """An rdn_tiny x2 CT checkpoint (HU in and out) whose body matters."""
+    import torch
+
+    from edgesr.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.05)
+    return save_model(
+        tmp_path / "ct", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT"
+    )
+
+
 def export_cli(dataset, checkpoint, out, *extra: str) -> int:
     """``edgesr export checkpoint=... out=...`` on the tiny data set, one thread."""
     from edgesr.cli import main

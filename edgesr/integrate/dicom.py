@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgesr import __version__
+from edgesr._io import _umask, fsync_dir
 from edgesr.data.images import ImageVolume
 from edgesr.errors import DataError
 from edgesr.integrate.api import Provenance
@@ -376,30 +377,11 @@ def write_derived_series(
         if folder.is_dir():
             folder.rmdir()  # empty (checked): rename() needs the name free on every platform
         os.replace(staging, folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return written
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Encoding", "check_output_folder", "choose_encoding", "derived_slice", "write_derived_series"]

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgesr._io import fsync_dir
 from edgesr.errors import ConfigError
 from edgesr.integrate.api import Enhancer
 
@@ -265,9 +266,9 @@ class DicomNode:
             created = not folder.exists()
             folder.mkdir(exist_ok=True)
             os.replace(tmp, folder / f"{sop}.dcm")
-            _fsync_dir(folder)
+            fsync_dir(folder)
             if created:
-                _fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
             self._state.seen.add(sop)
             self._state.pending += 1
             self._state.last_arrival[series] = time.monotonic()
@@ -300,7 +301,7 @@ class DicomNode:
             self._state.batches[series] = batch
             key = f"{series}.{batch}"
             os.replace(self.root / "incoming" / series, self.root / "work" / key)
-            _fsync_dir(self.root / "work")
+            fsync_dir(self.root / "work")
             self._state.last_arrival.pop(series, None)
             self._state.receiving.pop(series, None)
             self._state.claimed.append(key)
@@ -454,14 +455,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["DicomNode", "Destination", "NodeSettings", "send_series", "valid_uid"]

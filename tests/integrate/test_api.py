@@ -53,16 +53,6 @@ def test_the_public_names_are_listed_and_resolve():
         edgesr.Enhancr  # noqa: B018
 
 
-@pytest.fixture
-def ct_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("rdn_tiny", scale=2)
-    torch.nn.init.normal_(model.to_image.weight, std=0.05)
-    return save_model(
-        tmp_path / "ct", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT"
-    )
-
-
 def test_enhance_gives_the_pipelines_result_with_geometry_and_provenance(ct_checkpoint):
     enhancer = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
     assert (enhancer.task, enhancer.scale) == ("sr", 2)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import RLELossless, generate_uid
@@ -19,19 +18,8 @@ from edgesr.cli import main
 from edgesr.data.images import load_dicom_series
 from edgesr.errors import DataError
 from edgesr.integrate.dicom import Encoding, choose_encoding
-from edgesr.models import create_model
 from edgesr.physics.degrade import upsampled_affine
-from tests.conftest import save_model, write_dicom_slice
-
-
-@pytest.fixture
-def ct_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("rdn_tiny", scale=2)
-    torch.nn.init.normal_(model.to_image.weight, std=0.05)
-    return save_model(
-        tmp_path / "ct", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT"
-    )
+from tests.conftest import write_dicom_slice
 
 
 def _ct_series(folder: Path, *, slices: int = 3, padding: bool = False, **tags) -> Path:

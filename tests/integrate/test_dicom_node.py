@@ -16,24 +16,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 import edgesr
 from edgesr.integrate.dicom_node import STATES, Destination, DicomNode, NodeSettings
-from edgesr.models import create_model
-from tests.conftest import save_model, write_dicom_slice
-
-
-@pytest.fixture(scope="module")
-def ct_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("rdn_tiny", scale=2)
-    torch.nn.init.normal_(model.to_image.weight, std=0.05)
-    folder = tmp_path_factory.mktemp("node") / "ct"
-    return save_model(folder, model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"}, modality="CT")
+from tests.conftest import write_dicom_slice
 
 
 def ct_series(folder: Path, slices: int, *, size: int = 19, modality: str = "CT") -> list[Path]:
