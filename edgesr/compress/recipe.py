@@ -42,7 +42,9 @@ class Stage:
     student_init: str = opt(
         "scratch",
         "distill: 'teacher' starts the student from the teacher's weights wherever a tensor's name and "
-        "shape match (MoDL with fewer unrolls, the same blocks fewer times); 'scratch': random",
+        "shape match (MoDL with fewer unrolls, the same blocks fewer times); 'scratch': random; or a "
+        "shipped model's name or a checkpoint folder: that model, shape and weights, is the student (an "
+        "existing student re-distilled from a re-trained teacher)",
     )
     ratio: float = opt(0.5, "prune: fraction of each prunable layer's channels to remove")
     target_macs: float = opt(
@@ -121,7 +123,16 @@ class Stage:
                 "student_init: teacher (the teacher's weights with the stage's student_options)"
             )
         check_range("stages.steps", self.steps, low=0)
-        check_choice("stages.student_init", self.student_init, STUDENT_INITS)
+        if self.student_init not in STUDENT_INITS and self.kind == "distill" and self.student:
+            raise ConfigError(
+                f"stages.student_init={self.student_init!r} is a checkpoint: it gives the student's model "
+                f"and weights, so stages.student={self.student!r} must be left out"
+            )
+        if self.student_init not in STUDENT_INITS and not self.student_init.strip():
+            raise ConfigError(
+                f"stages.student_init must be one of {', '.join(STUDENT_INITS)}, a shipped model's name or "
+                "a checkpoint folder, not empty"
+            )
         check_choice("stages.importance", self.importance, IMPORTANCES)
         check_choice("stages.select_by", self.select_by, ("target", "teacher"))
         check_range("stages.round_to", self.round_to, low=1)

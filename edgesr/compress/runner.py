@@ -33,11 +33,11 @@ from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import latency_inputs
 from edgesr.compress.distill import DistillSettings, distill, teacher_training_data
 from edgesr.compress.prune import prune
-from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
+from edgesr.compress.recipe import STUDENT_INITS, Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset, open_or_prepare
-from edgesr.errors import ConfigError, EdgesrError
+from edgesr.errors import ConfigError, DataError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
@@ -47,6 +47,7 @@ from edgesr.train.checkpoint import (
     checkpoint_exists,
     load_for_inference,
     read_metadata,
+    read_spec,
     save_checkpoint,
     weights_sha256,
 )
@@ -89,7 +90,10 @@ def _student_spec(spec: ModelSpec, student: nn.Module) -> ModelSpec:
 
 
 def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model a distill stage trains: a registered preset fed like the teacher, or the previous model."""
+    """The model a distill stage trains: a registered preset fed like the teacher, an existing student
+    (``student_init`` a checkpoint), or the previous model."""
+    if stage.student_init not in STUDENT_INITS:
+        return _existing_student(stage, previous, console)
     if not stage.student:  # a copy: the previous stage's model stays as that stage left it
         return copy.deepcopy(previous.model), previous.model_name, previous.model_options
     if model_task(stage.student) != previous.spec.task:
@@ -109,6 +113,66 @@ def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Mo
         shared, total = _init_from(student, previous)
         console.print(f"student starts from {previous.model_name}'s weights: {shared} of {total} tensors")
     return student, stage.student, options
+
+
+def _student_init_folder(stage: Stage) -> Path:
+    """The checkpoint a ``student_init`` names: a folder, else a shipped model."""
+    if Path(stage.student_init).is_dir():
+        return Path(stage.student_init)
+    try:
+        return teacher_path(stage.student_init)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"stages.student_init={stage.student_init!r}: not scratch, teacher, a checkpoint folder or a "
+            f"shipped model ({exc})"
+        ) from None
+
+
+def _existing_student(
+    stage: Stage, previous: Candidate, console: Console
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """A trained student (shipped or a stage's model) to re-distil, e.g. from a re-trained teacher.
+
+    Its contract must be the teacher's (task, scale, upsampler, modality, coils): a student made for
+    another teacher would be trained towards outputs it cannot produce.
+    """
+    folder = _student_init_folder(stage)
+    model, spec, meta = load_for_inference(folder)
+    model.train()
+    _check_contract(f"stages.student_init={stage.student_init!r}", spec, previous.spec)
+    console.print(
+        f"student starts as {escape(str(folder))} ({meta['model']}, weights {weights_sha256(folder)[:12]})"
+    )
+    return model, meta["model"], meta["model_options"]
+
+
+def _check_existing_student(index: int, stage: Stage, teacher: ModelSpec) -> None:
+    """A ``student_init`` checkpoint exists and fits the teacher: checked before stage 1 runs."""
+    try:
+        folder = _student_init_folder(stage)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("stages.", f"stages.{index}.", 1)) from None
+    try:
+        spec = read_spec(read_metadata(folder), folder)
+    except DataError as exc:
+        raise ConfigError(f"stages.{index}.student_init={stage.student_init!r}: {exc}") from None
+    _check_contract(f"stages.{index}.student_init={stage.student_init!r}", spec, teacher)
+
+
+def _check_contract(key: str, student: ModelSpec, teacher: ModelSpec) -> None:
+    mine, theirs = _contract_key(student), _contract_key(teacher)
+    if mine != theirs:
+        raise ConfigError(f"{key}: the student's contract {mine} is not the teacher's {theirs}")
+
+
+def _contract_key(spec: ModelSpec) -> dict[str, Any]:
+    """What a student must share with its teacher to be distilled from it."""
+    key: dict[str, Any] = {"task": spec.task, "modality": spec.intensity.modality}
+    if spec.sr is not None:
+        key |= {"scale": spec.sr.scale, "degradation": spec.sr.degradation, "upsampler": spec.sr.upsampler}
+    if spec.recon is not None:
+        key |= {"coils": spec.recon.coils}
+    return key
 
 
 def _init_from(student: nn.Module, previous: Candidate) -> tuple[int, int]:
@@ -146,6 +210,13 @@ def _fingerprint(
     made_of = {
         "stage": options,
         "previous_weights_sha256": weights_sha256(previous.folder),
+        # A student started from a checkpoint is made of its weights too (only added then, so other
+        # stages keep their fingerprints).
+        **(
+            {"student_init_sha256": weights_sha256(_student_init_folder(stage))}
+            if stage.kind == "distill" and stage.student_init not in STUDENT_INITS
+            else {}
+        ),
         "seed": recipe.seed + index,
         "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
         # steps are left out (above), but a stage of no steps made an untrained model: raising its
@@ -378,6 +449,8 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
     """Every stage that trains gets a patch (SR) or crop (recon) its training slices can give, checked
     before stage 1 runs rather than at the step that first draws the smallest slice."""
     for index, stage in enumerate(recipe.stages):
+        if stage.kind == "distill" and stage.student_init not in STUDENT_INITS:
+            _check_existing_student(index, stage, spec)
         trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
         if not trains:
             continue

@@ -30,13 +30,13 @@ def tiny_teacher(tmp_path):
     return save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
 
 
-def _recipe(tmp_path, teacher, root, steps: int = 4) -> str:
+def _recipe(tmp_path, teacher, root, steps: int = 4, student: str = "student: rdn_tiny") -> str:
     path = tmp_path / "tiny.yaml"
     path.write_text(
         f"teacher: {teacher}\ndata_root: {root}\neval_split: val\neval_slices: 1\nlatency_size: 32\n"
         "latency_repeats: 2\nthreads: 1\nreport_runtimes: [torch]\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
         "stages:\n"
-        f"  - kind: distill\n    student: rdn_tiny\n    steps: {steps}\n    batch_size: 2\n    patch: 8\n"
+        f"  - kind: distill\n    {student}\n    steps: {steps}\n    batch_size: 2\n    patch: 8\n"
         "    eval_every: 2\n    warmup: 1\n"
     )
     return str(path)
@@ -310,6 +310,40 @@ def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, t
         runner._init_from(create_model("rdn_tiny", scale=2), teacher)
     assert main(["compress", f"recipe={recipe}", "stages.0.student_init=pretrained"]) == 2
     assert "stages.student_init" in capsys.readouterr().err
+
+
+def test_an_existing_student_is_re_distilled_from_a_checkpoint(tiny_teacher, tmp_path, tiny_dataset, capsys):
+    """As rdn_mr_x2_edge_refresh: a pruned student, shape and weights, trained towards a new teacher."""
+    from edgesr.compress.prune import prune
+
+    teacher, _, _ = load_for_inference(tiny_teacher)
+    example = (torch.rand(1, 1, 12, 12), torch.rand(1, 1, 24, 24))
+    pruned = prune(teacher, example, ratio=0.5, round_to=2)  # a shape no preset has
+    options = {"scale": 2, "upsampler": "zero-fill"}
+    student = save_model(tmp_path / "student", pruned, "rdn_tiny", options)
+    recipe = _recipe(
+        tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=2, student=f"student_init: {student}"
+    )
+    out = tmp_path / "again"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    assert f"student starts as {student} (rdn_tiny" in " ".join(capsys.readouterr().err.split())
+    model, _, _ = load_for_inference(out / "1-distill" / "model")
+    assert [p.shape for p in model.parameters()] == [p.shape for p in pruned.parameters()]
+    # Its weights are part of what the stage was made from: other weights refuse the finished stage.
+    torch.nn.init.normal_(pruned.to_image.weight)
+    save_model(tmp_path / "student", pruned, "rdn_tiny", options)
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 2
+    assert "made with other options or from another model" in capsys.readouterr().err
+    # Refused before anything is written: a student for another contract, a name that is nothing.
+    x4 = save_model(tmp_path / "x4", create_model("rdn_tiny", scale=4), "rdn_tiny", {"scale": 4})
+    for init, said in [(x4, "'scale': 4"), ("no-such-student", "'no-such-student': not scratch, teacher")]:
+        fresh = tmp_path / "refused"
+        assert main(["compress", f"recipe={recipe}", f"out={fresh}", f"stages.0.student_init={init}"]) == 2
+        err = capsys.readouterr().err
+        assert "stages.0.student_init=" in err and said in err and not fresh.exists(), err
+    # The checkpoint gives the student's model: a preset named beside it is a recipe error.
+    assert main(["compress", f"recipe={recipe}", "stages.0.student=rdn_tiny"]) == 2
+    assert "stages.student='rdn_tiny' must be left out" in capsys.readouterr().err
 
 
 def test_a_distill_stage_of_no_steps_rebuilds_the_teachers_weights_with_the_stages_options(
