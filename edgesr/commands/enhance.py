@@ -87,12 +87,9 @@ def _wants_dicom_series(output: str) -> bool:
 
 def run_enhance(cfg: EnhanceConfig) -> int:
     console = Console(stderr=True)
-    if cfg.artifact:
-        enhancer = Enhancer.from_artifact(cfg.artifact)
-    elif cfg.checkpoint:
-        enhancer = Enhancer.from_checkpoint(cfg.checkpoint, device=cfg.device)
-    else:
-        enhancer = Enhancer.from_shipped(cfg.model, device=cfg.device)
+    enhancer = Enhancer.from_source(
+        model=cfg.model, checkpoint=cfg.checkpoint, artifact=cfg.artifact, device=cfg.device
+    )
     spec = enhancer.spec
     # Where the result goes is checked before any work: never after minutes of inference.
     dicom_series = spec.sr is not None and _wants_dicom_series(cfg.output)

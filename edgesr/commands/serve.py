@@ -65,12 +65,9 @@ def run_serve_dicom(cfg: ServeDicomConfig) -> int:
         retry_max_seconds=cfg.retry_max,
         series_number=cfg.series_number,
     )
-    if cfg.artifact:
-        enhancer = Enhancer.from_artifact(cfg.artifact)
-    elif cfg.checkpoint:
-        enhancer = Enhancer.from_checkpoint(cfg.checkpoint, device=cfg.device)
-    else:
-        enhancer = Enhancer.from_shipped(cfg.model, device=cfg.device)
+    enhancer = Enhancer.from_source(
+        model=cfg.model, checkpoint=cfg.checkpoint, artifact=cfg.artifact, device=cfg.device
+    )
     node = DicomNode(enhancer, settings, units=cfg.units)
     node.serve_forever()
     return 0
@@ -106,12 +103,15 @@ def run_serve_mrd(cfg: ServeMrdConfig) -> int:
     enhancers: dict[str, Enhancer] = {}
     for entry in cfg.configs:
         name, _, folder = entry.partition(":")
-        if not folder:
-            enhancers[name] = Enhancer.from_shipped(name, device=cfg.device)
-        elif (Path(folder) / "manifest.json").is_file():
-            enhancers[name] = Enhancer.from_artifact(folder)
-        else:
-            enhancers[name] = Enhancer.from_checkpoint(folder, device=cfg.device)
+        # NAME: a shipped model; NAME:FOLDER an exported artifact (it has a manifest) or a checkpoint.
+        kind = (
+            "model"
+            if not folder
+            else "artifact"
+            if (Path(folder) / "manifest.json").is_file()
+            else "checkpoint"
+        )
+        enhancers[name] = Enhancer.from_source(**{kind: folder or name}, device=cfg.device)
     settings = MrdSettings(
         host=cfg.host,
         port=cfg.port,

@@ -152,6 +152,36 @@ class Enhancer:
     # --- Building ---------------------------------------------------------------------------------
 
     @classmethod
+    def from_source(
+        cls,
+        *,
+        model: str = "",
+        checkpoint: str | os.PathLike[str] = "",
+        artifact: str | os.PathLike[str] = "",
+        device: str = "auto",
+    ) -> Enhancer:
+        """The one of a shipped ``model``, a ``checkpoint`` folder or an exported ``artifact`` folder that
+        is given (as the commands' ``model=``, ``checkpoint=``, ``artifact=``).
+
+        Raises:
+            ValueError: none or more than one of them given.
+        """
+        given = [
+            key
+            for key, value in (("model", model), ("checkpoint", checkpoint), ("artifact", artifact))
+            if value
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of model, checkpoint or artifact (given: {', '.join(given) or 'none'})"
+            )
+        if artifact:
+            return cls.from_artifact(artifact, device=None if device == "auto" else device)
+        if checkpoint:
+            return cls.from_checkpoint(checkpoint, device=device)
+        return cls.from_shipped(model, device=device)
+
+    @classmethod
     def from_shipped(cls, name: str, *, device: str = "auto") -> Enhancer:
         """A model that ships with edgesr (``edgesr.list_shipped()``), in torch on ``device``."""
         from edgesr.teachers import teacher_path

@@ -46,6 +46,7 @@ from typing import Any
 
 from edgesr._io import fsync_dir
 from edgesr.errors import ConfigError
+from edgesr.integrate._service import serve_until_stopped
 from edgesr.integrate.api import Enhancer
 
 log = logging.getLogger("edgesr.node")
@@ -208,12 +209,8 @@ class DicomNode:
             thread.join(timeout=60)
 
     def serve_forever(self) -> None:
-        self.start()
-        try:
-            while not self._stop.wait(0.5):
-                pass
-        finally:
-            self.stop()
+        """Serves in the calling thread until Ctrl-C, SIGTERM or :meth:`stop`."""
+        serve_until_stopped(self.start, self.stop, self._stop)
 
     def idle(self) -> bool:
         """Nothing waits: no series incoming or claimed, nothing left to forward (for tests and drains)."""

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgesr.errors import ConfigError, DataError
+from edgesr.integrate._service import serve_until_stopped
 from edgesr.integrate.api import Enhancer
 
 log = logging.getLogger("edgesr.mrd")
@@ -166,12 +167,8 @@ class MrdServer:
             self._listener.close()
 
     def serve_forever(self) -> None:
-        self.start()
-        try:
-            while not self._stop.wait(0.5):
-                pass
-        finally:
-            self.stop()
+        """Serves in the calling thread until Ctrl-C, SIGTERM or :meth:`stop`."""
+        serve_until_stopped(self.start, self.stop, self._stop)
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stop.is_set():

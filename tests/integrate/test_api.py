@@ -96,6 +96,17 @@ def test_bad_calls_name_the_problem(ct_checkpoint, tmp_path):
         enhancer.enhance(tmp_path / "slice.npy", spacing=(1.0, 1.0))
     with pytest.raises(ConfigError, match="SR model: call enhance"):
         enhancer.reconstruct(np.zeros((2, 8, 8), dtype=np.complex64))
+    # The commands' model= / checkpoint= / artifact= choice: exactly one, each to its own builder.
+    same = edgesr.Enhancer.from_source(checkpoint=ct_checkpoint, device="cpu")
+    assert same.provenance == enhancer.provenance
+    with pytest.raises(
+        ValueError, match="exactly one of model, checkpoint or artifact .given: model, checkpoint"
+    ):
+        edgesr.Enhancer.from_source(model="rdn-ct-x2", checkpoint=ct_checkpoint)
+    with pytest.raises(ValueError, match="given: none"):
+        edgesr.Enhancer.from_source()
+    with pytest.raises(DataError, match="manifest"):
+        edgesr.Enhancer.from_source(artifact=ct_checkpoint)  # a checkpoint is not an artifact
 
 
 def test_one_enhancer_from_several_threads_gives_the_serial_results(ct_checkpoint):

@@ -160,7 +160,7 @@ def test_a_client_that_vanishes_mid_stream_does_not_stop_others(server):
     assert results == [1, 1, 1]
 
 
-def test_the_command_serves_a_checkpoint_under_the_name_it_is_given(tmp_path):
+def test_the_command_serves_a_checkpoint_under_the_name_it_is_given_and_stops_on_sigterm(tmp_path):
     import subprocess
     import sys
     import time
@@ -193,9 +193,14 @@ def test_the_command_serves_a_checkpoint_under_the_name_it_is_given(tmp_path):
         xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8)
         images, texts = stream("127.0.0.1", port, config="brain", header=xml, acquisitions=acquisitions)
         assert (len(images), texts) == (1, [])
-    finally:
+        # SIGTERM (systemd, docker stop) ends it cleanly: it stops listening and exits 0.
         process.terminate()
-        process.wait(timeout=30)
+        said = process.communicate(timeout=60)[0].decode()
+        assert process.returncode == 0 and "SIGTERM: stopping" in said, said
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def test_the_openrecon_context_carries_the_app_label_and_starts_the_tested_server(tmp_path):
