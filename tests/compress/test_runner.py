@@ -386,9 +386,12 @@ def test_a_qat_attempt_is_rebuilt_by_training_again_with_the_stages_options_and_
 def test_every_shipped_recipe_validates_and_its_students_build(path):
     recipe = load_recipe(path.stem)
     assert recipe.teacher in list_teachers() and recipe.description
-    for stage in recipe.stages:
+    teacher_spec = runner._teacher(recipe).spec
+    for index, stage in enumerate(recipe.stages):
         if stage.student:  # the student's options are checked by its builder (unknown keys raise)
             assert create_model(stage.student, **stage.student_options) is not None
+        if stage.kind == "distill" and stage.student_init not in ("scratch", "teacher"):
+            runner._check_existing_student(index, stage, teacher_spec)  # shipped, and fits the teacher
 
 
 def test_the_quickstart_is_prune_then_int8():
