@@ -74,8 +74,7 @@ def build_report(
             teacher.spec, TorchPredictor(teacher.model, teacher.spec, device="cpu"), dataset,
             label="teacher", split=split, max_slices=slices,
         )  # fmt: skip
-    setting = {k: evaluation["results"][0].get(k) for k in ("task", "modality", "scale", "acceleration")}
-    rows = [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
+    rows = _first_setting(evaluation)
     baselines = [
         {"name": r["method"], "psnr": r["psnr_db"], "ssim": r["ssim"],
          "gradient_energy_ratio": r["gradient_energy_ratio"], "by_source": r["by_source"]}
@@ -236,6 +235,14 @@ def build_report(
     }  # fmt: skip
 
 
+def _first_setting(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows (the model and each baseline) of an evaluation's first setting (task, modality, scale,
+    acceleration): the one setting every model of the report is compared at."""
+    first = evaluation["results"][0]
+    setting = {k: first.get(k) for k in ("task", "modality", "scale", "acceleration")}
+    return [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
+
+
 def _external_figures(
     recipe: Recipe, chain: list[Candidate], dataset: PreparedDataset, *, console: Console
 ) -> dict[str, Any]:
@@ -257,9 +264,7 @@ def _external_figures(
             teacher.spec, TorchPredictor(teacher.model, teacher.spec, device="cpu"), dataset,
             label="teacher", split=EXTERNAL, max_slices=slices,
         )  # fmt: skip
-    first = evaluation["results"][0]
-    setting = {k: first.get(k) for k in ("task", "modality", "scale", "acceleration")}
-    rows = [r for r in evaluation["results"] if all(r.get(k) == v for k, v in setting.items())]
+    rows = _first_setting(evaluation)
     figures = {
         r["method"]: {"psnr": r["psnr_db"], "ssim": r["ssim"], "by_source": r["by_source"]} for r in rows
     }
@@ -301,7 +306,7 @@ def _external_figures(
     return {
         "split": EXTERNAL,
         "sources": [v["name"] for v in dataset.volumes(modality, EXTERNAL)],
-        "images": int(first["slices"]),
+        "images": int(rows[0]["slices"]),
         "max_slices_per_volume": slices,
         "baselines": [{"name": name, **values} for name, values in figures.items()],
         "models": models,
