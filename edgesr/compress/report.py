@@ -188,7 +188,8 @@ def build_report(
         stage_rows.append(
             {"name": candidate.name, "model": candidate.model_name, "params": params, "macs": macs,
              "psnr": scores["psnr"], "ssim": scores["ssim"], "by_source": scores["by_source"],
-             "scored_in": runtime, "seconds": _stage_seconds(candidate)}
+             "scored_in": runtime, "seconds": _stage_seconds(candidate),
+             **({"started_from": candidate.started_from} if candidate.started_from else {})}
         )  # fmt: skip
     own_gate = {"max_psnr_drop_db": recipe.max_psnr_drop_db, "max_ssim_drop": recipe.max_ssim_drop}
     deployment = _fastest_at_equal_quality(
@@ -497,6 +498,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{row.get('scored_in', 'torch fp32')} | "
             f"{'' if seconds is None else f'{seconds:.0f}'} |"
         )
+    for row in report["stages"]:
+        if "started_from" in row:
+            start = row["started_from"]
+            lines.append(
+                f"\n{row['name']} started from `{start['student_init']}` (weights sha256 "
+                f"{start['weights_sha256'][:16]}...), an existing student re-distilled, not a new one."
+            )
     lines += _per_source_lines(report)
     lines += _external_lines(report)
     lines += [

@@ -71,6 +71,8 @@ class Candidate:
     # A quantize stage: its INT8 files by runtime, the float ONNX, and its quantization.json summary.
     artifacts: dict[str, Path] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    # A student re-distilled from a checkpoint (student_init): which one, and its weights' sha256.
+    started_from: dict[str, str] = field(default_factory=dict)
 
 
 def _teacher(recipe: Recipe) -> Candidate:
@@ -126,6 +128,13 @@ def _student_init_folder(stage: Stage) -> Path:
             f"stages.student_init={stage.student_init!r}: not scratch, teacher, a checkpoint folder or a "
             f"shipped model ({exc})"
         ) from None
+
+
+def _started_from(stage: Stage) -> dict[str, str]:
+    if stage.kind != "distill" or stage.student_init in STUDENT_INITS:
+        return {}
+    folder = _student_init_folder(stage)
+    return {"student_init": stage.student_init, "weights_sha256": weights_sha256(folder)}
 
 
 def _existing_student(
@@ -498,10 +507,13 @@ def compress(
     chain = [teacher]
     for index, stage in enumerate(recipe.stages):
         console.print(f"[bold]stage {index + 1}/{len(recipe.stages)}[/]: {stage.kind}")
+        # Read before the stage runs: a card= run replaces a shipped student that it started from.
+        started_from = _started_from(stage)
         result = _run_stage(
             index, stage, chain[-1], teacher, recipe=recipe, dataset=dataset, out=out, resume=resume,
             console=console,
         )  # fmt: skip
+        result.started_from = started_from
         chain.append(result)
     report = build_report(recipe, chain, dataset, out=out, console=console)
     write_json_atomic(out / "report.json", report)

@@ -329,6 +329,11 @@ def test_an_existing_student_is_re_distilled_from_a_checkpoint(tiny_teacher, tmp
     assert f"student starts as {student} (rdn_tiny" in " ".join(capsys.readouterr().err.split())
     model, _, _ = load_for_inference(out / "1-distill" / "model")
     assert [p.shape for p in model.parameters()] == [p.shape for p in pruned.parameters()]
+    # The report (and so the card) says which weights the student started from.
+    [stage] = json.loads((out / "report.json").read_text())["stages"]
+    sha = hashlib.sha256((student / "model.safetensors").read_bytes()).hexdigest()
+    assert stage["started_from"] == {"student_init": str(student), "weights_sha256": sha}
+    assert f"1-distill started from `{student}` (weights sha256 {sha[:16]}" in (out / "report.md").read_text()
     # Its weights are part of what the stage was made from: other weights refuse the finished stage.
     torch.nn.init.normal_(pruned.to_image.weight)
     save_model(tmp_path / "student", pruned, "rdn_tiny", options)
