@@ -123,7 +123,7 @@ class Stage:
                 "student_init: teacher (the teacher's weights with the stage's student_options)"
             )
         check_range("stages.steps", self.steps, low=0)
-        if self.student_init not in STUDENT_INITS and self.kind == "distill" and self.student:
+        if self.starts_from_checkpoint and self.student:
             raise ConfigError(
                 f"stages.student_init={self.student_init!r} is a checkpoint: it gives the student's model "
                 f"and weights, so stages.student={self.student!r} must be left out"
@@ -177,6 +177,11 @@ class Stage:
                 raise ConfigError(
                     f"stages.keep_fp_patterns: {pattern!r} is not a regular expression ({exc})"
                 ) from None
+
+    @property
+    def starts_from_checkpoint(self) -> bool:
+        """A distill stage whose student is an existing model (``student_init`` names a checkpoint)."""
+        return self.kind == "distill" and self.student_init not in STUDENT_INITS
 
 
 @dataclass(frozen=True)

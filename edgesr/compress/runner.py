@@ -33,7 +33,7 @@ from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import latency_inputs
 from edgesr.compress.distill import DistillSettings, distill, teacher_training_data
 from edgesr.compress.prune import prune
-from edgesr.compress.recipe import STUDENT_INITS, Recipe, Stage, stage_folder_name
+from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset, open_or_prepare
@@ -94,7 +94,7 @@ def _student_spec(spec: ModelSpec, student: nn.Module) -> ModelSpec:
 def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model a distill stage trains: a registered preset fed like the teacher, an existing student
     (``student_init`` a checkpoint), or the previous model."""
-    if stage.student_init not in STUDENT_INITS:
+    if stage.starts_from_checkpoint:
         return _existing_student(stage, previous, console)
     if not stage.student:  # a copy: the previous stage's model stays as that stage left it
         return copy.deepcopy(previous.model), previous.model_name, previous.model_options
@@ -131,7 +131,8 @@ def _student_init_folder(stage: Stage) -> Path:
 
 
 def _started_from(stage: Stage) -> dict[str, str]:
-    if stage.kind != "distill" or stage.student_init in STUDENT_INITS:
+    """Which existing student a stage starts from, and its weights' sha256 (empty: none)."""
+    if not stage.starts_from_checkpoint:
         return {}
     folder = _student_init_folder(stage)
     return {"student_init": stage.student_init, "weights_sha256": weights_sha256(folder)}
@@ -208,7 +209,12 @@ _NOT_FINGERPRINTED = ("steps", "eval_every", "qat_eval_every")
 
 
 def _fingerprint(
-    index: int, stage: Stage, previous: Candidate, recipe: Recipe, dataset: PreparedDataset
+    index: int,
+    stage: Stage,
+    previous: Candidate,
+    recipe: Recipe,
+    dataset: PreparedDataset,
+    started_from: dict[str, str],
 ) -> str:
     """What a finished stage was made from: its options, the previous model's weights, seed, gate and data.
 
@@ -221,11 +227,7 @@ def _fingerprint(
         "previous_weights_sha256": weights_sha256(previous.folder),
         # A student started from a checkpoint is made of its weights too (only added then, so other
         # stages keep their fingerprints).
-        **(
-            {"student_init_sha256": weights_sha256(_student_init_folder(stage))}
-            if stage.kind == "distill" and stage.student_init not in STUDENT_INITS
-            else {}
-        ),
+        **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
         "seed": recipe.seed + index,
         "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
         # steps are left out (above), but a stage of no steps made an untrained model: raising its
@@ -256,10 +258,11 @@ def _run_stage(
     out: Path,
     resume: bool,
     console: Console,
+    started_from: dict[str, str],
 ) -> Candidate:
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
-    fingerprint = _fingerprint(index, stage, previous, recipe, dataset)
+    fingerprint = _fingerprint(index, stage, previous, recipe, dataset, started_from)
     if (folder / STAGE_DONE).is_file():
         if not resume:  # compress() checks this before it writes anything; kept here for direct callers
             raise ConfigError(
@@ -458,7 +461,7 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
     """Every stage that trains gets a patch (SR) or crop (recon) its training slices can give, checked
     before stage 1 runs rather than at the step that first draws the smallest slice."""
     for index, stage in enumerate(recipe.stages):
-        if stage.kind == "distill" and stage.student_init not in STUDENT_INITS:
+        if stage.starts_from_checkpoint:
             _check_existing_student(index, stage, spec)
         trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
         if not trains:
@@ -511,7 +514,7 @@ def compress(
         started_from = _started_from(stage)
         result = _run_stage(
             index, stage, chain[-1], teacher, recipe=recipe, dataset=dataset, out=out, resume=resume,
-            console=console,
+            console=console, started_from=started_from,
         )  # fmt: skip
         result.started_from = started_from
         chain.append(result)

@@ -395,7 +395,7 @@ def test_every_shipped_recipe_validates_and_its_students_build(path):
     for index, stage in enumerate(recipe.stages):
         if stage.student:  # the student's options are checked by its builder (unknown keys raise)
             assert create_model(stage.student, **stage.student_options) is not None
-        if stage.kind == "distill" and stage.student_init not in ("scratch", "teacher"):
+        if stage.starts_from_checkpoint:
             runner._check_existing_student(index, stage, teacher_spec)  # shipped, and fits the teacher
 
 
