@@ -6,10 +6,10 @@ Layout of a prepared data set (``<root>/v<VERSION>/``)::
     volumes/<name>.npy     # float32 [S, H, W] axial slices in the source's intensity unit
 
 The manifest is written last and atomically, so an interrupted run leaves no manifest and the next run
-starts over; a run whose inputs (version, split policy, input checksums) match the manifest does
-nothing. Which sources a data set holds depends on the packages installed, so every data set has a
-fingerprint (:func:`dataset_fingerprint`) that cards and reports record, and a prepare that changes
-the set says what changed.
+starts over; a run whose inputs (version, split policy, input checksums, and the code that reads and
+splits them) match the manifest does nothing. Which sources a data set holds depends on the packages
+installed, so every data set has a fingerprint (:func:`dataset_fingerprint`) that cards and reports
+record, and a prepare that changes the set says what changed.
 """
 
 from __future__ import annotations
@@ -63,6 +63,22 @@ class PrepareConfig:
     force: bool = opt(False, "rebuild even when the cached data set is up to date")
 
 
+def _rules_sha256() -> str:
+    """The sha256 of the code that turns the inputs into the data set (this module, the sources'
+    loaders, the split rules). Part of what decides that a cached data set is up to date: a cache
+    prepared by other code is rebuilt (about 2 s), not trusted because its inputs are the same files.
+    """
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("prepare.py", "sources.py", "splits.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
 def usable_slices(volume: np.ndarray) -> list[int]:
     """Indices of slices with enough foreground (see ``MIN_FOREGROUND_FRACTION``)."""
     threshold = 0.05 * float(volume.max())
@@ -89,15 +105,18 @@ def package_version(package: str) -> str:
 
 def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
     """What identifies a prepared data set: an ``id`` hashed from the version, the split policy and each
-    volume's input checksum, role and slices; and per source what a reader needs to see what differs.
+    volume's input checksum, pixel data checksum (as loaded), role and slices; and per source what a
+    reader needs to see what differs.
 
     Two data sets with the same ``id`` give the same figures; cards and reports record it.
     """
     volumes = sorted(manifest["volumes"], key=lambda v: v["name"])
+    keys = ("name", "role", "input_sha256", "data_sha256", "splits")
     identity = {
         "version": manifest["version"],
         "split_policy": manifest["split_policy"],
-        "volumes": [{k: v.get(k) for k in ("name", "role", "input_sha256", "splits")} for v in volumes],
+        # Manifests written before data_sha256 was recorded keep their ids.
+        "volumes": [{k: v.get(k) for k in keys if k in v} for v in volumes],
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return {
@@ -110,6 +129,7 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
                 "package": v["package"],
                 "package_version": v.get("package_version", "unknown"),
                 "input_sha256": v["input_sha256"],
+                "data_sha256": v.get("data_sha256", "unknown"),
                 "slices": {split: len(v["splits"].get(split, [])) for split in ALL_SPLITS},
             }
             for v in volumes
@@ -129,11 +149,15 @@ def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -
     changes += [f"{name} added" for name in sorted(new.keys() - old.keys())]
     for name in sorted(old.keys() & new.keys()):
         before, after = old[name], new[name]
+        # Fingerprints recorded before pixel checksums existed say "unknown": not a difference.
+        pixels = {before.get("data_sha256", "unknown"), after.get("data_sha256", "unknown")}
         if before.get("input_sha256") != after.get("input_sha256"):
             changes.append(
                 f"{name}: another input file (sha256 {str(before.get('input_sha256'))[:12]} -> "
                 f"{str(after.get('input_sha256'))[:12]})"
             )
+        elif len(pixels) > 1 and "unknown" not in pixels:
+            changes.append(f"{name}: the same file read into other pixels (another loader)")
         elif "slices" in before and (before.get("role"), before["slices"]) != (
             after.get("role"),
             after.get("slices"),
@@ -168,7 +192,12 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
     # Round-tripped through JSON so that it compares equal to the one read back from the manifest.
     fingerprint = json.loads(
         json.dumps(
-            {"version": DATASET_VERSION, "split_policy": dataclasses.asdict(policy), "inputs": checksums}
+            {
+                "version": DATASET_VERSION,
+                "split_policy": dataclasses.asdict(policy),
+                "inputs": checksums,
+                "rules_sha256": _rules_sha256(),
+            }
         )
     )
     manifest_path = out / "manifest.json"
@@ -209,6 +238,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
                     "license": source.license,
                     "input_path": str(path),
                     "input_sha256": checksums[source.name],
+                    "data_sha256": _array_sha256(loaded.data),
                     "file": file_name,
                     "shape": list(loaded.data.shape),
                     "spacing_mm": list(loaded.spacing),

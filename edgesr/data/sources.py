@@ -21,6 +21,12 @@ far less than a scan from elsewhere. Why each source has its role:
   3T at USC, 3.25 mm, 64x64) and pydicom's MR slice (Toshiba, 64x64, not the brain): other sites,
   vendors, resolutions and anatomy. External, CT: imageio's abdominal CT (stented aorta; another
   anatomy, stored clipped to 0..2000 HU in 33 levels) and pydicom's CT slice (GE, spine, HU).
+* external, from pydicom-data (the test files of pydicom): a Philips shoulder MR (1024x1024, rescale
+  slope) and a Siemens abdominal MR (an MPR of a 3-D FLASH, 484x484 reconstructed from a 256x134
+  matrix): other vendors and anatomy, and images that the console has already interpolated to a finer
+  grid than it acquired, as clinical DICOM often is; and a 512x512 head CT with padding outside the
+  scan circle. These are held out, not trained on, because they are the kind of file users bring,
+  and they are where a brain-trained model is most likely to do harm.
 """
 
 from __future__ import annotations
@@ -147,6 +153,11 @@ def _locate_nibabel(relative: str) -> Callable[[], Path | None]:
 
 def _locate_pydicom(relative: str) -> Callable[[], Path | None]:
     return lambda: _package_file("pydicom", f"data/test_files/{relative}")
+
+
+def _locate_pydicom_data(relative: str) -> Callable[[], Path | None]:
+    # The pydicom-data wheel installs pydicom's larger test files as the top-level package data_store.
+    return lambda: _package_file("data_store", f"data/{relative}")
 
 
 def _locate_imageio_stent() -> Path | None:
@@ -301,6 +312,36 @@ SOURCES: tuple[Source, ...] = (
         package="pypi:pydicom (test file CT_small.dcm)",
         license="MIT (pydicom test files)",
         locate=_locate_pydicom("CT_small.dcm"),
+        load=_dicom_slice,
+        role="external",
+    ),
+    Source(
+        name="shoulder-mr",
+        modality="MR",
+        description="Shoulder MR (Philips T5 1.5T, spin echo), 0.195 mm, 1024x1024, RescaleSlope 3.77",
+        package="pypi:pydicom-data (test file MR2_UNCR.dcm)",
+        license="MIT (pydicom test files)",
+        locate=_locate_pydicom_data("MR2_UNCR.dcm"),
+        load=_dicom_slice,
+        role="external",
+    ),
+    Source(
+        name="abdomen-mr",
+        modality="MR",
+        description="Abdominal MR (Siemens Avanto 1.5T, 3-D FLASH MPR), 0.72 mm, 484x484 (256x134 acquired)",
+        package="pypi:pydicom-data (test file MR-SIEMENS-DICOM-WithOverlays.dcm)",
+        license="MIT (pydicom test files)",
+        locate=_locate_pydicom_data("MR-SIEMENS-DICOM-WithOverlays.dcm"),
+        load=_dicom_slice,
+        role="external",
+    ),
+    Source(
+        name="head-ct",
+        modality="CT",
+        description="Head CT, 0.48 mm, 512x512, HU by RescaleIntercept, padding (-2000) outside the scan",
+        package="pypi:pydicom-data (test file 693_UNCR.dcm)",
+        license="MIT (pydicom test files)",
+        locate=_locate_pydicom_data("693_UNCR.dcm"),
         load=_dicom_slice,
         role="external",
     ),

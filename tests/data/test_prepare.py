@@ -81,6 +81,42 @@ def test_prepare_is_idempotent_and_rebuilds_on_force(tmp_path, monkeypatch):
     assert test_slices[0].volume_max == pytest.approx(float(volume.max()))
 
 
+def test_a_cache_prepared_by_other_code_is_rebuilt_and_other_pixels_are_named(tmp_path, monkeypatch):
+    # A cache whose inputs are the same files but which older code read or split differently must not
+    # be trusted: that once left published figures on a data set a fresh machine could not rebuild.
+    volume = np.random.default_rng(3).random((60, 21, 19)).astype(np.float32) + 0.5
+    monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake-mr", "MR", volume)]))
+    root = tmp_path / "cache"
+    first = prepare_dataset(PrepareConfig(root=str(root)))
+    manifest_path = root / "v2" / "manifest.json"
+    stamp = manifest_path.stat().st_mtime_ns
+    monkeypatch.setattr(prepare_module, "_rules_sha256", lambda: "0" * 64)
+    rebuilt = prepare_dataset(PrepareConfig(root=str(root)))
+    assert manifest_path.stat().st_mtime_ns != stamp
+    assert rebuilt["id"] == first["id"]  # the same content: the same data set
+
+    # The same input file read into other pixels (a changed loader) is another data set, and says so.
+    flipped = _fake_sources(tmp_path, [("fake-mr", "MR", volume)])[0]
+    flipped = dataclasses.replace(
+        flipped, load=lambda p: SourceVolume(volume[:, ::-1].copy(), (1.0, 1.0, 1.0))
+    )
+    monkeypatch.setattr(prepare_module, "SOURCES", (flipped,))
+    monkeypatch.setattr(prepare_module, "_rules_sha256", lambda: "1" * 64)
+    other = prepare_dataset(PrepareConfig(root=str(root)))
+    assert other["id"] != first["id"]
+    assert fingerprint_differences(dataset_fingerprint(first), dataset_fingerprint(other)) == [
+        "fake-mr: the same file read into other pixels (another loader)"
+    ]
+    # A card written before pixel checksums were recorded is not reported as another loader.
+    legacy = dataset_fingerprint(first)
+    for source in legacy["sources"]:
+        source["data_sha256"] = "unknown"
+    legacy["id"] = "legacy"
+    assert fingerprint_differences(legacy, dataset_fingerprint(first)) == [
+        "version or split policy (data set 2 -> 2)"
+    ]
+
+
 def test_prepare_redoes_an_interrupted_run(tmp_path, monkeypatch):
     volume = np.ones((30, 8, 8), dtype=np.float32)
     monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake", "CT", volume)]))
