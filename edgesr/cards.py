@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesr import __version__
-from edgesr._io import atomic_path, write_json_atomic
+from edgesr._io import atomic_path, sha256_file, write_json_atomic
 from edgesr.data.dataset import PreparedDataset
 from edgesr.data.prepare import fingerprint_differences
 from edgesr.errors import DataError
@@ -115,13 +115,16 @@ def write_card(
     and the ``external`` one, the headline, the spec, sha256).
     """
     target = Path(target)
+    weights = (resolve_checkpoint(folder) / MODEL_FILE).read_bytes()
+    weights_sha256 = hashlib.sha256(weights).hexdigest()
+    check_card_target(folder, target)
+    previous = _previous_card(target, weights_sha256)
     target.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(folder)
     # Before anything is written: the run may have started from the very folder being re-carded.
     initialised_from = _initialised_from(meta)
     for key in ("optimizer", "scheduler"):
         meta.pop(key, None)
-    weights = (resolve_checkpoint(folder) / MODEL_FILE).read_bytes()
     if (target / MODEL_FILE).resolve() != (resolve_checkpoint(folder) / MODEL_FILE).resolve():
         with atomic_path(target / MODEL_FILE) as tmp:
             tmp.write_bytes(weights)
@@ -134,7 +137,11 @@ def write_card(
         "parameters": sum(
             t.numel() for t in load_model(target)[0].state_dict().values() if t.is_floating_point()
         ),
-        "training": {
+        # The same weights re-carded (on another data set, say) keep their training history: the
+        # shipped folder has no run log, and its weights are not their own starting point.
+        "training": previous["training"]
+        if previous is not None and "training" in previous
+        else {
             "command": meta["config"].get("command", ""),
             "steps": meta["step"],
             "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
@@ -152,11 +159,44 @@ def write_card(
         "evaluation": report,
         "external": external,
         "evaluate_command": evaluate_command,
-        "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
+        "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": weights_sha256},
         "edgesr_version": __version__,
     }
     write_json_atomic(target / "model_card.json", card)
     return target
+
+
+def check_card_target(folder: Path, target: str | Path) -> None:
+    """Refuses to re-card a compressed student with a teacher's card (before any work is done).
+
+    A student's card holds its recipe's figures (stages, quantization, the teacher's sha256), which only
+    ``edgesr compress ... card=`` writes; a teacher-style card of the same weights would drop them.
+    """
+    target = Path(target)
+    weights_sha256 = sha256_file(resolve_checkpoint(folder) / MODEL_FILE)
+    previous = _previous_card(target, weights_sha256)
+    if previous is not None and "compression" in previous:
+        command = previous["compression"].get("command") or "edgesr compress recipe=..."
+        if "card=" not in command:
+            command += f" card={target}"
+        raise DataError(
+            f"{target} is a compressed student's card, written by its recipe with the compression "
+            f"figures; re-card it with `{command}`"
+        )
+
+
+def _previous_card(target: Path, weights_sha256: str) -> dict[str, Any] | None:
+    """The card already in ``target`` when it describes these very weights, else None."""
+    path = target / "model_card.json"
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # rewritten whole below
+    if not isinstance(card, dict) or card.get("weights", {}).get("sha256") != weights_sha256:
+        return None
+    return card
 
 
 def headline(report: dict[str, Any], external: dict[str, Any] | None) -> list[dict[str, Any]]:

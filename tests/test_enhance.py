@@ -294,3 +294,36 @@ def test_a_teacher_re_trained_from_itself_keeps_the_chain_it_came_from(tmp_path,
     [stage] = card["training"]["initialised_from"]
     assert stage["steps"] == 7 and stage["command"] == "edgesr train model=rdn_tiny out=first"
     assert stage["weights_sha256"] == before != card["weights"]["sha256"]
+
+
+def test_a_shipped_model_re_carded_in_place_keeps_its_training_and_a_student_card_is_refused(
+    tmp_path, tiny_dataset, capsys
+):
+    """Re-carding the same weights (say, on a data set with more external sources) refreshes the
+    figures only: the shipped folder has no run log, and its weights are not their own starting point.
+    A compressed student's card holds its recipe's figures and is refused before any work is done."""
+    model = create_model("rdn_tiny", scale=2)
+    run = save_model(
+        tmp_path / "run" / "best", model, "rdn_tiny", {"scale": 2}, step=5,
+        config={"init": "", "command": "edgesr train model=rdn_tiny out=run"},
+    )  # fmt: skip
+    (tmp_path / "run" / "log.jsonl").write_text('{"step": 5, "seconds": 42.0}\n')
+    shipped = tmp_path / "shipped"
+    root = f"root={tiny_dataset.path.parent}"
+    assert main(["evaluate", f"checkpoint={run}", root, f"card={shipped}", "max_slices=1"]) == 0
+    first = json.loads((shipped / "model_card.json").read_text())
+    assert main(["evaluate", f"checkpoint={shipped}", root, f"card={shipped}", "max_slices=2"]) == 0
+    again = json.loads((shipped / "model_card.json").read_text())
+    assert again["training"] == first["training"] and again["training"]["initialised_from"] == []
+    assert again["weights"] == first["weights"]
+    assert again["headline"][0]["test_real_scans"]["slices"] == 2
+
+    student = json.loads((shipped / "model_card.json").read_text())
+    student["compression"] = {"command": "edgesr compress recipe=rdn_mr_x2_edge"}
+    (shipped / "model_card.json").write_text(json.dumps(student))
+    capsys.readouterr()
+    assert main(["evaluate", f"checkpoint={shipped}", root, f"card={shipped}", "max_slices=1"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "a compressed student's card" in said
+    assert f"edgesr compress recipe=rdn_mr_x2_edge card={shipped}" in said
+    assert json.loads((shipped / "model_card.json").read_text()) == student  # untouched

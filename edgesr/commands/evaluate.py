@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgesr._io import write_json_atomic
-from edgesr.cards import card_data_differences, evaluate_command, write_card
+from edgesr.cards import card_data_differences, check_card_target, evaluate_command, write_card
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.dataset import PreparedDataset
 from edgesr.data.splits import ALL_SPLITS, EXTERNAL
@@ -85,6 +85,8 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     console = Console(stderr=cfg.format == "json")
     folder = Path(cfg.checkpoint) if cfg.checkpoint else teacher_path(cfg.model)
     model, spec, meta = load_for_inference(folder)
+    if cfg.card:
+        check_card_target(folder, cfg.card)
     dataset = PreparedDataset(cfg.root or None)
     modality = spec.intensity.modality if spec.sr is not None else "MR"
     if cfg.sources:
