@@ -93,6 +93,28 @@ def _truncate_complex(
     return lr + _complex_noise(lr.shape, noise_std, generator, image.device)
 
 
+def zero_filled_reconstruction(image: torch.Tensor, acquired: tuple[float, float]) -> torch.Tensor:
+    """``image [..., H, W]`` (complex) as a console reconstructs a scan that acquired only the central
+    ``acquired`` fraction of its k-space rows and columns and zero-filled the rest to the full matrix.
+
+    Clinical MR is often stored this way: phase resolution below 100 % (a 256x134 acquisition) and
+    interpolated reconstructions (a 484x484 image of it). Such an image has nothing above the acquired
+    resolution, so an SR model that adds detail there only adds error.
+    """
+    rows, cols = acquired
+    if not (0.0 < rows <= 1.0 and 0.0 < cols <= 1.0):
+        raise ValueError(f"acquired fractions must be in (0, 1]; got {acquired}")
+    height, width = image.shape[-2:]
+    keep_h, keep_w = max(1, round(height * rows)), max(1, round(width * cols))
+    if (keep_h, keep_w) == (height, width):
+        return image
+    kspace = fft2c_complex(image)
+    mask = torch.zeros((height, width), dtype=torch.bool, device=image.device)
+    top, left = _center_start(height, keep_h), _center_start(width, keep_w)
+    mask[top : top + keep_h, left : left + keep_w] = True
+    return ifft2c_complex(kspace * mask)
+
+
 def _complex_noise(
     shape: torch.Size, std: float, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor | float:
@@ -112,6 +134,7 @@ def noisy_scan_pair(
     noise_std: float = 0.0,
     blur_sigma: float | None = None,
     background_below: float = 0.0,
+    acquired: tuple[float, float] = (1.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A scan with its own noise and its low-resolution version: ``(hr, lr)``.
@@ -123,12 +146,17 @@ def noisy_scan_pair(
     images from real (noisy) scans. A model trained on clean references only learns to add detail
     that a noisy scan does not have; one trained on the noisy pair learns what is predictable.
     ``background_below`` > 0 zeroes the noisy scan's background (:func:`suppress_background`)
-    before it is degraded, as scanners and skull-stripping pipelines store it.
+    before it is degraded, as scanners and skull-stripping pipelines store it. ``acquired`` < 1 (MR
+    only) keeps that fraction of the noisy scan's k-space rows and columns and zero-fills the rest
+    (:func:`zero_filled_reconstruction`): the noise is band-limited with the signal, as in a real
+    acquisition.
     """
     _check_image(hr, "hr")
+    if acquired != (1.0, 1.0) and kind != "mr-kspace":
+        raise ValueError(f"acquired fractions are an MR k-space acquisition; got degradation {kind!r}")
     if kind == "mr-kspace":
-        hr = (hr.to(torch.complex64) + _complex_noise(hr.shape, scan_noise, generator, hr.device)).abs()
-        hr = hr.to(torch.float32)
+        scan = hr.to(torch.complex64) + _complex_noise(hr.shape, scan_noise, generator, hr.device)
+        hr = zero_filled_reconstruction(scan, acquired).abs().to(torch.float32)
     elif scan_noise > 0:
         hr = hr + scan_noise * torch.randn(hr.shape, generator=generator, dtype=hr.dtype, device=hr.device)
     if background_below > 0:

@@ -58,6 +58,10 @@ class DataSection:
     background_zero: float = opt(
         0.0, "SR: probability that the scan's background is stored as zero (suppressed, skull-stripped)"
     )
+    interpolated_recon: float = opt(
+        0.0,
+        "SR, MR: probability that the scan acquired part of its k-space and was zero-filled to the matrix",
+    )
     batch_size: int = opt(16, "global batch size (split over ranks under torchrun)")
     val_slices: int = opt(6, "validation slices per volume")
     workers: int = opt(
@@ -76,6 +80,11 @@ class DataSection:
         check_range("data.patch", self.patch, low=4)
         check_range("data.batch_size", self.batch_size, low=1)
         check_range("data.workers", self.workers, low=0)
+        if self.interpolated_recon > 0 and self.resolved_degradation != "mr-kspace":
+            raise ConfigError(
+                "data.interpolated_recon: an MR k-space acquisition option; the degradation is "
+                f"{self.resolved_degradation}"
+            )
         try:
             _ = self.variety  # validates the scanner-variety options together
         except ConfigError as exc:
@@ -90,6 +99,7 @@ class DataSection:
             quantize_8bit=self.quantize_8bit,
             contrast_min=self.contrast_min,
             background_zero=self.background_zero,
+            interpolated_recon=self.interpolated_recon,
         )
 
     @property

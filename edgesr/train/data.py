@@ -103,6 +103,11 @@ class ScannerVariety:
         background_zero: the probability that the scan's background is stored as exactly zero
             (console background suppression, skull-stripped images), outside a smooth outline drawn
             at 5-35 % of the slice's 99th percentile (:func:`edgesr.physics.degrade.suppress_background`).
+        interpolated_recon: MR: the probability that the scan acquired only part of its k-space and the
+            console zero-filled the rest to the stored matrix (phase resolution below 100 %,
+            interpolated reconstructions), each axis keeping a fraction drawn from ``ACQUIRED_RANGE``
+            (:func:`edgesr.physics.degrade.zero_filled_reconstruction`): the model learns to add
+            nothing where the scan has nothing, instead of inventing detail that costs PSNR.
     """
 
     scan_noise: float = 0.0
@@ -111,6 +116,7 @@ class ScannerVariety:
     quantize_8bit: float = 0.0
     contrast_min: float = 0.75
     background_zero: float = 0.0
+    interpolated_recon: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.zoom
@@ -122,21 +128,30 @@ class ScannerVariety:
             raise ConfigError(f"quantize_8bit is a probability; got {self.quantize_8bit}")
         if not 0.0 <= self.background_zero <= 1.0:
             raise ConfigError(f"background_zero is a probability; got {self.background_zero}")
+        if not 0.0 <= self.interpolated_recon <= 1.0:
+            raise ConfigError(f"interpolated_recon is a probability; got {self.interpolated_recon}")
         if not 0.0 < self.contrast_min <= 1.0:
             raise ConfigError(f"contrast_min must be in (0, 1]; got {self.contrast_min}")
         if self.scan_noise < 0:
             raise ConfigError(f"scan_noise must be >= 0; got {self.scan_noise}")
 
 
+# The fraction of each k-space axis an interpolated MR reconstruction acquired: 0.25 covers a 134-line
+# phase encoding stored at 484 (a real abdominal MPR), 1.0 a full acquisition.
+ACQUIRED_RANGE = (0.25, 1.0)
+
+
 class Draw(NamedTuple):
     """One training sample's scanner: its (resampled) slice, scan noise std, CT blur width, whether
-    the LR input is stored as 8 bits, and the background outline level (0: background kept)."""
+    the LR input is stored as 8 bits, the background outline level (0: background kept), and the
+    fractions of k-space rows and columns acquired (MR; (1, 1): all)."""
 
     image: torch.Tensor
     scan_noise: float
     blur: float
     quantize: bool
     background_below: float
+    acquired: tuple[float, float] = (1.0, 1.0)
 
 
 def resample(image: torch.Tensor, factor: float, degradation: str) -> torch.Tensor:
@@ -282,7 +297,15 @@ class SRBatches:
             masked = _uniform(g, 0.0, 1.0) < v.background_zero
             below = _uniform(g, 0.05, 0.35)
             background_below = below if masked else 0.0
-        return Draw(resample(image, factor, self.degradation), scan_noise, blur, quantize, background_below)
+        acquired = (1.0, 1.0)
+        if v.interpolated_recon > 0:  # drawn only when asked, like background_zero
+            interpolated = _uniform(g, 0.0, 1.0) < v.interpolated_recon
+            fractions = (_uniform(g, *ACQUIRED_RANGE), _uniform(g, *ACQUIRED_RANGE))
+            if interpolated and self.degradation == "mr-kspace":
+                acquired = fractions
+        return Draw(
+            resample(image, factor, self.degradation), scan_noise, blur, quantize, background_below, acquired
+        )
 
     def batch(self, step: int, *, rank: int = 0, world_size: int = 1) -> SRBatch:
         g = _generator(self.seed, step)
@@ -302,10 +325,12 @@ class SRBatches:
             if item not in mine:
                 continue
             noise_g = torch.Generator().manual_seed(noise_seed)
-            if draw.scan_noise > 0 or draw.blur != 0.25 * self.scale or draw.background_below > 0:
+            varied = draw.scan_noise > 0 or draw.blur != 0.25 * self.scale or draw.background_below > 0
+            if varied or draw.acquired != (1.0, 1.0):
                 hr, lr = noisy_scan_pair(
                     hr, self.scale, self.degradation, scan_noise=draw.scan_noise, noise_std=noise,
-                    blur_sigma=draw.blur, background_below=draw.background_below, generator=noise_g,
+                    blur_sigma=draw.blur, background_below=draw.background_below,
+                    acquired=draw.acquired, generator=noise_g,
                 )  # fmt: skip
             else:
                 lr = degrade(hr, self.scale, self.degradation, noise_std=noise, generator=noise_g)

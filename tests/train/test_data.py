@@ -141,3 +141,45 @@ def test_background_variety_masks_some_samples_and_only_draws_when_asked(tiny_da
     assert all(0.05 <= level <= 0.35 for level in levels)
     never = _batches(tiny_dataset, ScannerVariety(background_zero=0.0, quantize_8bit=0.5))
     assert never._vary(torch.rand(20, 20), g).background_below == 0
+
+
+def test_an_interpolated_reconstruction_has_nothing_above_what_was_acquired():
+    """A scan that acquired no more than the LR's share of k-space holds nothing an SR model could add:
+    zero-fill of its LR image is the scan itself; a full acquisition is not."""
+    from edgesr.metrics import psnr
+    from edgesr.physics.degrade import zero_fill_upsample
+
+    from edgesr.physics.degrade import gaussian_blur
+
+    # Tissue-like: positive everywhere (a magnitude far from zero), with detail at every scale.
+    texture = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(6))
+    image = 0.5 + 0.5 * texture * gaussian_blur(texture, 1.0)
+    # 0.45, not 0.5: an even-sized k-space truncated to exactly half keeps an unpaired Nyquist line.
+    for acquired, far, near in (((1.0, 1.0), 0, 30), ((0.45, 0.45), 60, 200)):
+        hr, lr = noisy_scan_pair(image, 2, "mr-kspace", scan_noise=0.0, acquired=acquired)
+        gap = float(psnr(zero_fill_upsample(lr, 2), hr))
+        assert far <= gap < near, f"acquired {acquired}: zero-fill at {gap:.1f} dB"
+    # One axis only (a 134-line phase encoding): the other keeps its detail.
+    hr, _ = noisy_scan_pair(image, 2, "mr-kspace", scan_noise=0.0, acquired=(0.3, 1.0))
+    rows, cols = hr.diff(dim=-2).abs().mean(), hr.diff(dim=-1).abs().mean()
+    assert rows < 0.5 * cols
+    with pytest.raises(ValueError, match="MR k-space acquisition"):
+        noisy_scan_pair(image, 2, "ct-blur", scan_noise=0.0, acquired=(0.5, 0.5))
+
+
+def test_interpolated_variety_draws_only_when_asked_and_only_for_mr(tiny_dataset):
+    g = torch.Generator().manual_seed(8)
+    batches = _batches(tiny_dataset, ScannerVariety(interpolated_recon=1.0))
+    drawn = [batches._vary(torch.rand(20, 20), g).acquired for _ in range(20)]
+    assert all(0.25 <= fraction <= 1.0 for pair in drawn for fraction in pair)
+    assert len(set(drawn)) == 20
+    never = _batches(tiny_dataset, ScannerVariety(background_zero=0.5))
+    assert never._vary(torch.rand(20, 20), g).acquired == (1.0, 1.0)
+    batch = batches.batch(3)
+    assert batch.hr.shape[-1] == 2 * batch.lr.shape[-1] and torch.isfinite(batch.hr).all()
+    cfg = parse_overrides(TrainConfig, ["data.interpolated_recon=0.3"])
+    assert cfg.data.variety.interpolated_recon == 0.3
+    with pytest.raises(ConfigError, match="data.interpolated_recon: an MR k-space acquisition option"):
+        parse_overrides(TrainConfig, ["data.interpolated_recon=0.3", "data.modality=CT"])
+    with pytest.raises(ConfigError, match="data.interpolated_recon is a probability"):
+        parse_overrides(TrainConfig, ["data.interpolated_recon=1.5"])
