@@ -47,7 +47,12 @@ def _training_machine(meta: dict[str, Any]) -> dict[str, Any] | str:
 
 def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The chain of ``init=`` checkpoints a run started from (e.g. SRGAN <- its SRResNet pre-training),
-    nearest first, each with the command that trained it, so a card reproduces every stage."""
+    nearest first, each with the command that trained it, so a card reproduces every stage.
+
+    A shipped folder re-trained from itself names itself as its ``init``: there the chain continues
+    from that folder's card (which recorded the history of the weights it held), not from its
+    metadata, which would only point at itself again.
+    """
     chain: list[dict[str, Any]] = []
     init = meta.get("config", {}).get("init", "")
     while init and len(chain) < 10:  # a bound against a cycle of hand-edited metadata
@@ -58,14 +63,23 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
             chain.append({"checkpoint": init, "note": f"not readable when the card was written: {exc}"})
             break
         weights = resolve_checkpoint(folder) / MODEL_FILE
+        # The folder may be overwritten later (a shipped teacher re-trained from itself): the hash
+        # says which weights the run started from.
+        sha256 = sha256_file(weights) if weights.is_file() else None
+        card = _previous_card(folder, sha256) if sha256 else None
+        if card is not None and isinstance(card.get("training"), dict):
+            training = card["training"]
+            chain.append(
+                {"checkpoint": init, "weights_sha256": sha256}
+                | {k: training.get(k) for k in ("command", "steps", "best_val_psnr_db", "wall_clock_seconds")}
+                | {"machine": training.get("machine", "not recorded by the training run")}
+            )
+            chain += list(training.get("initialised_from") or [])
+            break
         chain.append(
             {
                 "checkpoint": init,
-                # The folder may be overwritten later (a shipped teacher re-trained from itself): the
-                # hash says which weights the run started from.
-                "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()
-                if weights.is_file()
-                else None,
+                "weights_sha256": sha256,
                 "command": parent.get("config", {}).get("command", ""),
                 "steps": parent.get("step"),
                 "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),

@@ -327,3 +327,32 @@ def test_a_shipped_model_re_carded_in_place_keeps_its_training_and_a_student_car
     assert "a compressed student's card" in said
     assert f"edgesr compress recipe=rdn_mr_x2_edge card={shipped}" in said
     assert json.loads((shipped / "model_card.json").read_text()) == student  # untouched
+
+
+def test_a_teacher_re_trained_from_itself_twice_keeps_its_whole_history(tmp_path, tiny_dataset):
+    """The second fine-tune of a shipped folder from itself: the folder's metadata names itself as its
+    init, so the chain must continue from the folder's card, not loop on the folder."""
+    model = create_model("rdn_tiny", scale=2)
+    first = save_model(
+        tmp_path / "first" / "best", model, "rdn_tiny", {"scale": 2}, step=7,
+        config={"init": "", "command": "edgesr train model=rdn_tiny out=first"},
+    )  # fmt: skip
+    shipped = tmp_path / "shipped"
+    root = f"root={tiny_dataset.path.parent}"
+    assert main(["evaluate", f"checkpoint={first}", root, f"card={shipped}", "max_slices=1"]) == 0
+    for round_, steps in ((1, 3), (2, 5)):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.01)
+        again = save_model(
+            tmp_path / f"again{round_}" / "best", model, "rdn_tiny", {"scale": 2}, step=steps,
+            config={"init": str(shipped), "command": f"edgesr train init={shipped} out=again{round_}"},
+        )  # fmt: skip
+        assert main(["evaluate", f"checkpoint={again}", root, f"card={shipped}", "max_slices=1"]) == 0
+    training = json.loads((shipped / "model_card.json").read_text())["training"]
+    assert training["command"] == f"edgesr train init={shipped} out=again2" and training["steps"] == 5
+    chain = training["initialised_from"]
+    assert [(stage["command"], stage["steps"]) for stage in chain] == [
+        (f"edgesr train init={shipped} out=again1", 3),
+        ("edgesr train model=rdn_tiny out=first", 7),
+    ]
