@@ -113,11 +113,13 @@ def main() -> int:
             f"{figures['vs_teacher_torch_fp32']:.2f}x vs teacher torch FP32 (target {speed}x), "
             f"{figures['vs_teacher_best']:.2f}x vs {figures['teacher_best_run']}"
             + (f" (target {best}x)" if best else "")
-            + f", PSNR -{figures['psnr_loss_db']:.3f} dB (target {loss}), SSIM -{figures['ssim_loss']:.4f}"
+            # Signed changes against the teacher: a student can gain SSIM (distillation on varied data).
+            + f", PSNR {-figures['psnr_loss_db']:+.3f} dB (loss target {loss})"
+            + f", SSIM {-figures['ssim_loss']:+.4f}"
             + (
                 ""
                 if figures["real_psnr_loss_db"] is None
-                else f" (real scans -{figures['real_psnr_loss_db']:.3f})"
+                else f" (real scans {-figures['real_psnr_loss_db']:+.3f})"
             )
             + ("" if sharp is None else f", sharpness {sharp:.3f} of the teacher's")
             + ("" if sharpness is None else f" (target 1 +- {sharpness})")
