@@ -147,9 +147,7 @@ def test_an_interpolated_reconstruction_has_nothing_above_what_was_acquired():
     """A scan that acquired no more than the LR's share of k-space holds nothing an SR model could add:
     zero-fill of its LR image is the scan itself; a full acquisition is not."""
     from edgesr.metrics import psnr
-    from edgesr.physics.degrade import zero_fill_upsample
-
-    from edgesr.physics.degrade import gaussian_blur
+    from edgesr.physics.degrade import gaussian_blur, zero_fill_upsample
 
     # Tissue-like: positive everywhere (a magnitude far from zero), with detail at every scale.
     texture = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(6))
