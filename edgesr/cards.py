@@ -131,8 +131,8 @@ def write_card(
     target = Path(target)
     weights = (resolve_checkpoint(folder) / MODEL_FILE).read_bytes()
     weights_sha256 = hashlib.sha256(weights).hexdigest()
-    check_card_target(folder, target)
     previous = _previous_card(target, weights_sha256)
+    _refuse_student_card(previous, target)
     target.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(folder)
     # Before anything is written: the run may have started from the very folder being re-carded.
@@ -188,7 +188,10 @@ def check_card_target(folder: Path, target: str | Path) -> None:
     """
     target = Path(target)
     weights_sha256 = sha256_file(resolve_checkpoint(folder) / MODEL_FILE)
-    previous = _previous_card(target, weights_sha256)
+    _refuse_student_card(_previous_card(target, weights_sha256), target)
+
+
+def _refuse_student_card(previous: dict[str, Any] | None, target: Path) -> None:
     if previous is not None and "compression" in previous:
         command = previous["compression"].get("command") or "edgesr compress recipe=..."
         if "card=" not in command:

@@ -37,6 +37,7 @@ from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset, open_or_prepare
+from edgesr.data.prepare import training_data_id
 from edgesr.errors import ConfigError, DataError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
@@ -233,7 +234,9 @@ def _fingerprint(
         # steps are left out (above), but a stage of no steps made an untrained model: raising its
         # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
         **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
-        "data": dataset.manifest.get("fingerprint"),
+        # Only the slices a stage reads (train, val): adding an external source re-scores a finished
+        # run (resume=true) without redoing its stages.
+        "training_data": training_data_id(dataset.manifest),
     }
     return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -137,6 +137,27 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def training_data_id(manifest: dict[str, Any]) -> str:
+    """What a model trained on this data set was made from: the slices of the train and val splits only.
+
+    A compression stage trains on the train split, calibrates on it and selects on the val split; the
+    test and external splits never reach it. Keying its reuse on this (not on the whole fingerprint)
+    lets a finished stage be re-scored after an external source is added, without redoing it.
+    """
+    volumes = sorted(manifest["volumes"], key=lambda v: v["name"])
+    identity = {
+        "version": manifest["version"],
+        "split_policy": manifest["split_policy"],
+        "volumes": [
+            {"name": v["name"], "input_sha256": v["input_sha256"], "data_sha256": v.get("data_sha256"),
+             "train": v["splits"].get("train", []), "val": v["splits"].get("val", [])}
+            for v in volumes
+            if v["splits"].get("train") or v["splits"].get("val")
+        ],
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between two fingerprints, source by source (empty when the ids match)."""
     if recorded.get("id") is not None and recorded.get("id") == current.get("id"):

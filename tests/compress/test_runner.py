@@ -118,6 +118,36 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     assert "## External split (sources never trained on)" in text and "| 1-distill/torch/fp32 |" in text
 
 
+def test_a_finished_run_is_rescored_without_redoing_it_when_an_external_source_is_added(
+    tiny_dataset, tiny_teacher, tmp_path, monkeypatch, capsys
+):
+    """Stages read the train and val splits only: a data set that gained an external source (what a
+    newer edgesr or package brings) re-scores a finished run on resume, and its report gains the
+    external split, without redoing the stages. Other training slices redo them."""
+    from tests.conftest import _prepare_tiny
+
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    assert "skipped" in json.loads((out / "report.json").read_text())["external"]
+    before = (out / "1-distill" / "model" / "model.safetensors").read_bytes()
+    grown = _prepare_tiny(tmp_path, monkeypatch, external=True)
+    assert grown.fingerprint["id"] != tiny_dataset.fingerprint["id"]
+    capsys.readouterr()
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    assert "finished earlier" in capsys.readouterr().err
+    assert (out / "1-distill" / "model" / "model.safetensors").read_bytes() == before
+    report = json.loads((out / "report.json").read_text())
+    assert report["external"]["sources"] == ["elsewhere-mr"]
+    # The training volume itself changed: the finished stage was made from other data, refused.
+    manifest_path = grown.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["volumes"][0]["splits"]["train"] = manifest["volumes"][0]["splits"]["train"][1:]
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 2
+    assert "made with other options" in capsys.readouterr().err
+
+
 def test_students_are_distilled_on_the_batches_their_teacher_was_trained_on(tiny_dataset, tmp_path):
     """A teacher trained with scanner variety passes it on: the student learns what the teacher does on
     noisy, 8-bit, masked scans, not only on the clean training slices. Older teachers keep the batches
