@@ -169,6 +169,7 @@ def write_card(
             for v in dataset.manifest["volumes"]
         ],
         "data_fingerprint": dataset.fingerprint,
+        "trained_on": _trained_on(meta, previous),
         "headline": headline(report, external),
         "evaluation": report,
         "external": external,
@@ -178,6 +179,32 @@ def write_card(
     }
     write_json_atomic(target / "model_card.json", card)
     return target
+
+
+def _trained_on(meta: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The train/val sources the weights were trained on, as their training run recorded them.
+
+    ``data`` lists the data set the card was measured on, which may have gained sources since the
+    weights were trained (a teacher re-carded on a newer data set). Runs from before the record: the
+    previous card's statement, else its ``data`` (the data set the weights were first carded on, with
+    the run's modality), marked as such; None when neither exists.
+    """
+    recorded = meta.get("config", {}).get("training_data")
+    if recorded is not None:
+        return dict(recorded)
+    if previous is None:
+        return None
+    if "trained_on" in previous:
+        return previous["trained_on"]
+    modality = ((previous.get("spec") or {}).get("intensity") or {}).get("modality", "MR")
+    return {
+        "sources": [
+            {"name": d["name"], "package": d.get("package", "?"), "input_sha256": d.get("input_sha256")}
+            for d in previous.get("data", [])
+            if d.get("role", "train") == "train" and d.get("modality") == modality
+        ],
+        "recorded_by": "the card: the train sources of the data set it was first written on",
+    }
 
 
 def check_card_target(folder: Path, target: str | Path) -> None:

@@ -37,7 +37,7 @@ from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset, open_or_prepare
-from edgesr.data.prepare import training_data_id
+from edgesr.data.prepare import training_data
 from edgesr.errors import ConfigError, DataError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
@@ -236,7 +236,7 @@ def _fingerprint(
         **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
         # Only the slices a stage reads (train, val): adding an external source re-scores a finished
         # run (resume=true) without redoing its stages.
-        "training_data": training_data_id(dataset.manifest),
+        "training_data": training_data(dataset.manifest, previous.spec.intensity.modality)["id"],
     }
     return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -137,14 +137,17 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def training_data_id(manifest: dict[str, Any]) -> str:
-    """What a model trained on this data set was made from: the slices of the train and val splits only.
+def training_data(manifest: dict[str, Any], modality: str) -> dict[str, Any]:
+    """What a model of ``modality`` trained on this data set was made from: the train and val splits.
 
-    A compression stage trains on the train split, calibrates on it and selects on the val split; the
-    test and external splits never reach it. Keying its reuse on this (not on the whole fingerprint)
-    lets a finished stage be re-scored after an external source is added, without redoing it.
+    Training draws its batches from the train split and selects on the val split (a compression stage
+    calibrates on train too); the test and external splits never reach it. The ``id`` hashes those
+    slices, so a data set that only gained test or external sources (or sources of the other modality)
+    keeps it: a finished run is re-scored on it without being redone. Training runs record this in
+    their checkpoints, and cards carry it as ``trained_on``.
     """
-    volumes = sorted(manifest["volumes"], key=lambda v: v["name"])
+    trained = [v for v in manifest["volumes"] if v["splits"].get("train") or v["splits"].get("val")]
+    volumes = sorted((v for v in trained if v["modality"] == modality), key=lambda v: v["name"])
     identity = {
         "version": manifest["version"],
         "split_policy": manifest["split_policy"],
@@ -152,10 +155,17 @@ def training_data_id(manifest: dict[str, Any]) -> str:
             {"name": v["name"], "input_sha256": v["input_sha256"], "data_sha256": v.get("data_sha256"),
              "train": v["splits"].get("train", []), "val": v["splits"].get("val", [])}
             for v in volumes
-            if v["splits"].get("train") or v["splits"].get("val")
         ],
     }  # fmt: skip
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "id": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
+        "modality": modality,
+        "sources": [
+            {"name": v["name"], "package": v["package"], "input_sha256": v["input_sha256"],
+             "slices": {"train": len(v["splits"].get("train", [])), "val": len(v["splits"].get("val", []))}}
+            for v in volumes
+        ],
+    }  # fmt: skip
 
 
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -258,6 +258,9 @@ def check_resume_settings(saved: dict[str, Any], cfg: TrainConfig, out: Path) ->
         ConfigError: naming every changed key with its value in the run and now.
     """
     # A key the run's record lacks is an option added to edgesr since: the run used its default.
+    # The run's training data is recorded beside its settings and checked on its own (the slices, not a
+    # setting: edgesr.train.teacher).
+    saved = {k: v for k, v in saved.items() if k != "training_data"}
     before = _flatten(config_of(TrainConfig())) | _flatten(saved)
     after = _flatten(config_of(cfg))
     changed = [

@@ -24,6 +24,7 @@ from edgesr import losses
 from edgesr._io import write_text_atomic
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset
+from edgesr.data.prepare import fingerprint_differences, training_data
 from edgesr.device import bf16_autocast
 from edgesr.errors import ConfigError, DataError
 from edgesr.evaluate import ReconAcquisition, validate
@@ -72,6 +73,9 @@ def train(
         val_modality = cfg.data.modality if cfg.task == "sr" else "MR"
         if next(dataset.slices("val", val_modality), None) is None:
             raise DataError(f"the data set at {dataset.path} has no {val_modality} slices in its val split")
+        trained_on = training_data(dataset.manifest, val_modality)
+        if cfg.resume:
+            _check_same_training_data(read_metadata(out / "last").get("config", {}), trained_on, out)
         model = create_model(cfg.model, **cfg.model_options()).to(env.device)
         if cfg.init and not cfg.resume:
             initial, _ = load_model(cfg.init)
@@ -146,7 +150,8 @@ def train(
                 model_name=cfg.model,
                 model_options=cfg.model_options(),
                 spec=spec,
-                config=config_of(cfg) | {"command": command},
+                # What the weights were trained on, for their card (``trained_on``) and for resumption.
+                config=config_of(cfg) | {"command": command, "training_data": trained_on},
             ),
             env=env,
             validate=validator,
@@ -242,6 +247,19 @@ def _content_loss(
         loss = loss + cfg.loss.perceptual_weight * feature_term
         parts["perceptual"] = feature_term.item()
     return loss, parts, pred
+
+
+def _check_same_training_data(saved: dict[str, Any], current: dict[str, Any], out: Path) -> None:
+    """Refuses to resume a run on other training slices than it started on (a re-prepared data set)."""
+    recorded = saved.get("training_data")
+    if recorded is None or recorded.get("id") == current["id"]:  # runs from before the record: unchecked
+        return
+    changes = fingerprint_differences({"sources": recorded["sources"]}, {"sources": current["sources"]})
+    raise DataError(
+        f"resume=true continues the run in {out}, but the data set's train/val slices differ from the "
+        f"ones it started on ({'; '.join(changes) or 'other slices'}); prepare the data set it used, or "
+        f"start a new run from its weights with init={out / 'last'}"
+    )
 
 
 def _make_batches(cfg: TrainConfig, dataset: PreparedDataset) -> SRBatches | ReconBatches:
