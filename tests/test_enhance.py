@@ -356,3 +356,50 @@ def test_a_teacher_re_trained_from_itself_twice_keeps_its_whole_history(tmp_path
         (f"edgesr train init={shipped} out=again1", 3),
         ("edgesr train model=rdn_tiny out=first", 7),
     ]
+
+
+def test_a_card_says_what_its_weights_were_trained_on(tmp_path, tiny_dataset):
+    """``data`` is the data set the card was measured on, which may have grown since training;
+    ``trained_on`` is what the training run recorded, or for older runs what their first card said."""
+    model = create_model("rdn_tiny", scale=2)
+    recorded = {
+        "id": "0123456789abcdef",
+        "modality": "MR",
+        "sources": [{"name": "fake-mr", "slices": {"train": 9}}],
+    }
+    run = save_model(
+        tmp_path / "run" / "best", model, "rdn_tiny", {"scale": 2},
+        config={"init": "", "command": "edgesr train out=run", "training_data": recorded},
+    )  # fmt: skip
+    root = f"root={tiny_dataset.path.parent}"
+    assert main(["evaluate", f"checkpoint={run}", root, f"card={tmp_path / 'new'}", "max_slices=1"]) == 0
+    assert json.loads((tmp_path / "new" / "model_card.json").read_text())["trained_on"] == recorded
+
+    # A run from before the record, re-carded over its first card: that card's MR training sources.
+    with torch.no_grad():
+        model.to_image.weight.add_(0.01)
+    old = save_model(tmp_path / "old" / "best", model, "rdn_tiny", {"scale": 2}, config={"init": ""})
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    first_card = {
+        "spec": {"intensity": {"modality": "MR"}},
+        "data": [
+            {"name": "colin27-t1", "modality": "MR", "package": "debian:mricron-data", "input_sha256": "a0"},
+            {
+                "name": "cranium-ct",
+                "modality": "CT",
+                "package": "debian:invesalius-examples",
+                "input_sha256": "3b",
+            },
+        ],
+        "weights": {"sha256": hashlib.sha256((old / "model.safetensors").read_bytes()).hexdigest()},
+    }
+    (shipped / "model_card.json").write_text(json.dumps(first_card))
+    assert main(["evaluate", f"checkpoint={old}", root, f"card={shipped}", "max_slices=1"]) == 0
+    card = json.loads((shipped / "model_card.json").read_text())
+    assert [s["name"] for s in card["trained_on"]["sources"]] == ["colin27-t1"]
+    assert "first written" in card["trained_on"]["recorded_by"]
+    assert [d["name"] for d in card["data"]] == ["fake-mr"]  # the data set measured on now
+    # Without either, the card says it does not know rather than guessing.
+    assert main(["evaluate", f"checkpoint={old}", root, f"card={tmp_path / 'bare'}", "max_slices=1"]) == 0
+    assert json.loads((tmp_path / "bare" / "model_card.json").read_text())["trained_on"] is None

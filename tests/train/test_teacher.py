@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from edgesr.config import parse_overrides
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, DataError
 from edgesr.train.checkpoint import load_model, read_metadata
 from edgesr.train.config import TrainConfig
 from edgesr.train.optim import warmup_cosine
@@ -105,6 +105,24 @@ def test_resume_accepts_a_run_recorded_before_an_option_existed(tiny_dataset, tm
     assert train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true"))["step"] == 6
     with pytest.raises(ConfigError, match="loss.pixel_weight: 1.0 in the run, 0.5 now"):
         train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true", "loss.pixel_weight=0.5"))
+
+
+def test_a_run_records_its_training_slices_and_resumes_only_on_them(tiny_dataset, tmp_path):
+    """The checkpoint names the train/val slices it was trained on (for its card); a data set
+    re-prepared with other training slices is refused on resume, naming what changed."""
+    train(_sr_config(tiny_dataset, tmp_path / "run"), stop_at=3)
+    recorded = read_metadata(tmp_path / "run" / "last")["config"]["training_data"]
+    assert recorded["modality"] == "MR" and [s["name"] for s in recorded["sources"]] == ["fake-mr"]
+    assert recorded["sources"][0]["slices"]["train"] > 0
+    manifest_path = tiny_dataset.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["volumes"][0]["splits"]["train"] = manifest["volumes"][0]["splits"]["train"][2:]
+    manifest_path.write_text(json.dumps(manifest))
+    before = _weights(tmp_path / "run" / "last")
+    with pytest.raises(DataError, match=r"train/val slices differ.*fake-mr: other splits.*init="):
+        train(_sr_config(tiny_dataset, tmp_path / "run", "resume=true"))
+    for key, value in _weights(tmp_path / "run" / "last").items():
+        torch.testing.assert_close(before[key], value, rtol=0, atol=0)
 
 
 def test_pixel_weight_zero_needs_another_content_loss(tiny_dataset, tmp_path):
