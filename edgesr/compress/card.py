@@ -27,6 +27,7 @@ from typing import Any
 from edgesr import __version__
 from edgesr._io import replace_folder
 from edgesr.data.dataset import PreparedDataset
+from edgesr.data.prepare import training_data
 from edgesr.errors import ConfigError
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, read_metadata, resolve_checkpoint, weights_sha256
 
@@ -213,6 +214,8 @@ def write_student_card(
             for v in dataset.manifest["volumes"]
         ],
         "data_fingerprint": dataset.fingerprint,
+        # The stages' slices: a finished stage is reused only on these (its fingerprint holds their id).
+        "trained_on": training_data(dataset.manifest, meta["spec"]["intensity"]["modality"]),
         "weights": {"file": MODEL_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         "edgesr_version": __version__,
     }

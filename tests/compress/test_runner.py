@@ -98,6 +98,9 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     report = json.loads((out / "report.json").read_text())
     written = json.loads((card / "model_card.json").read_text())
     assert written["external"] == report["external"]
+    # Trained on the recipe's own split: the external source is in `data`, not in `trained_on`.
+    assert [s["name"] for s in written["trained_on"]["sources"]] == ["fake-mr"]
+    assert {d["name"] for d in written["data"]} == {"fake-mr", "elsewhere-mr"}
     # The card names the teacher's weights it was made from, not only the teacher's name.
     teacher_sha = hashlib.sha256((tiny_teacher / "model.safetensors").read_bytes()).hexdigest()
     assert (
