@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgesr import baselines
+from edgesr import baseline_cache, baselines
 from edgesr.baselines import interpolate_base
 from edgesr.data.dataset import PreparedDataset, SliceSample
 from edgesr.data.kspace import KSpaceVolume
@@ -332,6 +332,30 @@ class ReconProtocol:
     noise_std: float = 0.005
 
 
+def _score_recon_with_baselines(
+    model: dict[str, ReconMethod], dataset: PreparedDataset, acquisition: dict[str, Any]
+) -> list[MethodScores]:
+    """The baselines' and the model's scores on one acquisition setting (baselines first).
+
+    The baselines' per-slice scores are read from :mod:`edgesr.baseline_cache` when a run on the same
+    slices, setting and code stored them, and stored otherwise: they are the same for every model.
+    """
+    methods = recon_baseline_methods()
+    parameters = {
+        "cg_lambda": baselines.CG_SENSE_LAMBDA, "cs_lambda": baselines.L1_WAVELET_LAMBDA,
+        "cs_iterations": baselines.L1_WAVELET_ITERATIONS,
+    }  # fmt: skip
+    key = baseline_cache.cache_key(dataset, **acquisition, baselines=parameters)
+    cached = baseline_cache.load(dataset, key, list(methods), row_type=MethodScores)
+    if cached is not None:
+        (scored,) = score_recon(model, recon_samples(dataset, **acquisition))
+        if all(c.slices == scored.slices for c in cached):
+            return [*cached, scored]
+    scores = score_recon(methods | model, recon_samples(dataset, **acquisition))
+    baseline_cache.store(dataset, key, scores[: len(methods)], setting=acquisition | parameters)
+    return scores
+
+
 def evaluate_model(
     spec: ModelSpec,
     predictor: Predictor,
@@ -381,16 +405,16 @@ def evaluate_model(
     else:
         assert spec.recon is not None  # noqa: S101 (a spec has one task section)
         coils = spec.recon.coils or recon.coils
-        recon_methods = recon_baseline_methods() | {label: model_recon_method(spec, predictor)}
+        model_method = {label: model_recon_method(spec, predictor)}
         settings = [(m, k, r) for m in recon.maps for k in recon.masks for r in recon.accelerations]
         for maps, mask_kind, r in settings:
+            acquisition = {
+                "acceleration": r, "mask_kind": mask_kind, "n_coils": coils, "maps": maps,
+                "center_fraction": recon.center_fraction, "noise_std": recon.noise_std,
+                "split": split, "max_slices": max_slices,
+            }  # fmt: skip
             with showing(f"recon R={r:g} ({mask_kind}, {maps} maps), {split} split"):
-                samples = recon_samples(
-                    dataset, acceleration=r, mask_kind=mask_kind, n_coils=coils,
-                    center_fraction=recon.center_fraction, noise_std=recon.noise_std, split=split,
-                    max_slices=max_slices, maps=maps,
-                )  # fmt: skip
-                scores = score_recon(recon_methods, samples)
+                scores = _score_recon_with_baselines(model_method, dataset, acquisition)
             setting = recon_setting(acceleration=r, mask=mask_kind, coils=coils, maps=maps)
             results += [setting | s.summary() for s in scores]
             comparisons.append(setting | compare(scores, label))

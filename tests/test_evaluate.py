@@ -128,3 +128,48 @@ def test_comparisons_per_source_and_on_real_scans_leave_the_template_out():
         [MethodScores(m.method, psnr=m.psnr[2:3], slices=slices[2:3]) for m in scores], "net"
     )
     assert only_template["real_scans"] is None
+
+
+def test_recon_baselines_are_computed_once_per_setting_and_code(tiny_dataset, monkeypatch):
+    """CG-SENSE and L1-wavelet are the same for every model on the same slices: a second evaluation
+    reads their scores back (equal to the last digit) and computes only the model; another setting,
+    or an unreadable entry, computes them again."""
+    from edgesr import baseline_cache
+    from edgesr.evaluate import ReconProtocol, evaluate_model
+    from edgesr.models import create_model
+    from edgesr.pipeline import TorchPredictor
+    from tests.conftest import spec_for
+
+    model = create_model("modl_tiny").eval()
+    spec = spec_for(model, "modl_tiny")
+    protocol = ReconProtocol(accelerations=(4.0,), coils=4)
+
+    def run() -> dict:
+        return evaluate_model(
+            spec, TorchPredictor(model, spec), tiny_dataset, label="modl", split="val", max_slices=1,
+            recon=protocol,
+        )  # fmt: skip
+
+    calls = []
+    real_cg = baselines.recon_cg_sense
+    monkeypatch.setattr(baselines, "recon_cg_sense", lambda *a, **k: calls.append(1) or real_cg(*a, **k))
+    first = run()
+    computed = len(calls)
+    assert computed > 0 and len(list((tiny_dataset.path / baseline_cache.FOLDER).glob("*.json"))) == 1
+    second = run()
+    assert len(calls) == computed  # read back, not recomputed
+    assert second["comparison"] == first["comparison"]
+    untimed = [
+        [{k: v for k, v in r.items() if k != "seconds_per_slice"} for r in x["results"]]
+        for x in (first, second)
+    ]
+    assert untimed[0] == untimed[1]
+    assert second["results"][:3] == first["results"][:3]  # the baselines' own timings come back too
+
+    protocol = ReconProtocol(accelerations=(4.0,), coils=4, noise_std=0.01)
+    run()
+    assert len(calls) == 2 * computed  # another acquisition: computed and stored beside the first
+    for entry in (tiny_dataset.path / baseline_cache.FOLDER).glob("*.json"):
+        entry.write_text("{half")
+    run()
+    assert len(calls) == 3 * computed
