@@ -1,10 +1,8 @@
 """Per-slice scores of the recon baselines, kept beside the prepared data set.
 
 CG-SENSE and L1-wavelet take seconds per slice (minutes on a 1024x1024 clinical slice), and they are
-the same for every model scored on the same slices: a recon evaluation spent most of its time
-recomputing them (about 15 of 40 minutes for ``edgesr evaluate model=modl-r4`` with its card's
-protocol, measured 2026-11-29). They are stored once per (data set, split, acquisition setting) and
-read back by every later evaluation and compress report.
+the same for every model scored on the same slices, yet every recon evaluation and compress report
+recomputed them. They are stored once per (data set, split, acquisition setting) and read back.
 
 A stored entry is used only when everything that determines its numbers matches: the data set's
 fingerprint (pixels included), the split and slice limit, the acquisition (acceleration, mask, coils,
