@@ -21,6 +21,17 @@ import torch
 from edgesr.physics.fft import from_complex, ifft2c_complex, to_complex
 
 ESTIMATION_METHODS = ("espirit", "lowres")
+# ESPIRiT slides a kernel over the calibration region; the kernel must fit in it with room to slide.
+ESPIRIT_KERNEL_WIDTH = 6  # sigpy's and BART's default, meant for 24 or more ACS lines
+ESPIRIT_MIN_ACS = 4
+
+
+def espirit_kernel_width(calib_width: int) -> int:
+    """The ESPIRiT kernel for a calibration region of ``calib_width`` lines: the usual 6 wherever it
+    can slide to 3 positions per axis (8 lines or more: figures measured before are unchanged), else
+    narrower. A 64-column scan with 8 % ACS has 5 lines: a 6-wide kernel would leave no calibration
+    rows at all, and sigpy fails on the empty matrix."""
+    return max(2, min(ESPIRIT_KERNEL_WIDTH, calib_width - 2))
 
 
 def simulate_coil_maps(
@@ -149,9 +160,16 @@ def estimate_coil_maps(
         import sigpy.mri  # imported here: sigpy loads numba, which takes seconds
 
         calib_width = min(n_acs, height)
+        if calib_width < ESPIRIT_MIN_ACS:
+            raise ValueError(
+                f"ESPIRiT needs at least {ESPIRIT_MIN_ACS} ACS lines to calibrate from; this mask has "
+                f"{n_acs} (of {width} columns); use the low-resolution maps (lowres) or a larger "
+                "centre fraction"
+            )
         maps = sigpy.mri.app.EspiritCalib(
             ksp.numpy().astype(np.complex64),
             calib_width=calib_width,
+            kernel_width=espirit_kernel_width(calib_width),
             thresh=espirit_threshold,
             show_pbar=False,
         ).run()

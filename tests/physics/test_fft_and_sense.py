@@ -125,6 +125,27 @@ def test_estimated_maps_reproduce_the_true_maps_on_the_object(method):
     assert float(error) < 0.05
 
 
+def test_espirit_calibrates_from_the_few_acs_lines_of_a_small_scan():
+    """A 64-column scan at 8 % ACS has 5 calibration lines, fewer than ESPIRiT's usual 6-wide kernel:
+    the kernel shrinks to fit (the external 64x64 EPI); fewer than 4 lines is an error naming them."""
+    from edgesr.physics.coils import espirit_kernel_width
+
+    assert [espirit_kernel_width(n) for n in (4, 5, 7, 8, 24)] == [2, 3, 5, 6, 6]
+    height, width, coils = 64, 64, 4
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    disk = ((yy**2 + xx**2) < 0.6).float()
+    image = from_complex(torch.polar(disk, smooth_phase(height, width, seed=1))[None])
+    maps = simulate_coil_maps(height, width, coils, seed=3)
+    mask = cartesian_mask(width, 4, center_fraction=0.08, seed=0)
+    kspace = MultiCoilSense()(image[None], mask.view(1, 1, 1, -1), maps[None])[0]
+    estimated = estimate_coil_maps(kspace, mask, method="espirit")
+    assert estimated.shape == maps.shape and bool(torch.isfinite(estimated).all())
+    narrow = torch.zeros(width)
+    narrow[width // 2 - 1 : width // 2 + 2] = 1
+    with pytest.raises(ValueError, match="at least 4 ACS lines.*has 3"):
+        estimate_coil_maps(kspace, narrow, method="espirit")
+
+
 def test_complex_noise_has_requested_power():
     x = torch.zeros(1, 8, 64, 64)
     noisy = add_complex_noise(x, 0.5, generator=torch.Generator().manual_seed(0))
