@@ -23,7 +23,6 @@ from edgesr.physics.fft import from_complex, ifft2c_complex, to_complex
 ESTIMATION_METHODS = ("espirit", "lowres")
 # ESPIRiT slides a kernel over the calibration region; the kernel must fit in it with room to slide.
 ESPIRIT_KERNEL_WIDTH = 6  # sigpy's and BART's default, meant for 24 or more ACS lines
-ESPIRIT_MIN_ACS = 4
 
 
 def espirit_kernel_width(calib_width: int) -> int:
@@ -97,7 +96,9 @@ def smooth_phase(height: int, width: int, *, seed: int, max_phase: float = math.
     return torch.from_numpy(field.astype(np.float32))
 
 
-MIN_ACS_LINES = {"lowres": 3, "espirit": 7}  # ESPIRiT's 6x6 kernels need a calibration region wider than 6
+# The fewest ACS lines each estimate calibrates from: ESPIRiT's kernel must slide over the region
+# (espirit_kernel_width narrows it below 8 lines, down to 2x2 kernels on 4 lines).
+MIN_ACS_LINES = {"lowres": 3, "espirit": 4}
 
 
 def acs_lines(mask: torch.Tensor) -> int:
@@ -160,10 +161,10 @@ def estimate_coil_maps(
         import sigpy.mri  # imported here: sigpy loads numba, which takes seconds
 
         calib_width = min(n_acs, height)
-        if calib_width < ESPIRIT_MIN_ACS:
+        if calib_width < MIN_ACS_LINES["espirit"]:
             raise ValueError(
-                f"ESPIRiT needs at least {ESPIRIT_MIN_ACS} ACS lines to calibrate from; this mask has "
-                f"{n_acs} (of {width} columns); use the low-resolution maps (lowres) or a larger "
+                f"ESPIRiT needs at least {MIN_ACS_LINES['espirit']} ACS lines to calibrate from; this "
+                f"mask has {n_acs} (of {width} columns); use the low-resolution maps (lowres) or a larger "
                 "centre fraction"
             )
         maps = sigpy.mri.app.EspiritCalib(
