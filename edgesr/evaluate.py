@@ -192,10 +192,16 @@ def recon_samples(
             center_fraction=center_fraction,
             noise_std=noise_std,
         )
+        slice_id = f"{sample.volume}:{sample.slice_index}"
         if maps != "simulated":
-            estimated = estimate_coil_maps(simulated.kspace, simulated.mask, method=maps)
+            try:
+                estimated = estimate_coil_maps(simulated.kspace, simulated.mask, method=maps)
+            except ValueError as exc:  # too few ACS lines for this estimate on a small matrix
+                raise DataError(
+                    f"{slice_id} ({split} split, {image.shape[-2]}x{image.shape[-1]}): {exc}"
+                ) from None
             simulated = simulated._replace(sens_maps=estimated)
-        yield simulated, f"{sample.volume}:{sample.slice_index}"
+        yield simulated, slice_id
 
 
 def score_recon(

@@ -173,3 +173,14 @@ def test_recon_baselines_are_computed_once_per_setting_and_code(tiny_dataset, mo
         entry.write_text("{half")
     run()
     assert len(calls) == 3 * computed
+
+
+def test_coil_maps_a_slice_cannot_calibrate_name_the_slice(tiny_dataset):
+    """The tiny volume's 33 columns at 8 % ACS leave 2 calibration lines: ESPIRiT cannot calibrate,
+    and the error says which slice and why instead of failing inside sigpy."""
+    import pytest
+
+    from edgesr.errors import DataError
+
+    with pytest.raises(DataError, match=r"fake-mr:\d+ \(val split, 37x33\): ESPIRiT needs at least 7 ACS"):
+        next(recon_samples(tiny_dataset, acceleration=4, split="val", maps="espirit"))

@@ -21,16 +21,6 @@ import torch
 from edgesr.physics.fft import from_complex, ifft2c_complex, to_complex
 
 ESTIMATION_METHODS = ("espirit", "lowres")
-# ESPIRiT slides a kernel over the calibration region; the kernel must fit in it with room to slide.
-ESPIRIT_KERNEL_WIDTH = 6  # sigpy's and BART's default, meant for 24 or more ACS lines
-
-
-def espirit_kernel_width(calib_width: int) -> int:
-    """The ESPIRiT kernel for a calibration region of ``calib_width`` lines: the usual 6 wherever it
-    can slide to 3 positions per axis (8 lines or more: figures measured before are unchanged), else
-    narrower. A 64-column scan with 8 % ACS has 5 lines: a 6-wide kernel would leave no calibration
-    rows at all, and sigpy fails on the empty matrix."""
-    return max(2, min(ESPIRIT_KERNEL_WIDTH, calib_width - 2))
 
 
 def simulate_coil_maps(
@@ -96,9 +86,11 @@ def smooth_phase(height: int, width: int, *, seed: int, max_phase: float = math.
     return torch.from_numpy(field.astype(np.float32))
 
 
-# The fewest ACS lines each estimate calibrates from: ESPIRiT's kernel must slide over the region
-# (espirit_kernel_width narrows it below 8 lines, down to 2x2 kernels on 4 lines).
-MIN_ACS_LINES = {"lowres": 3, "espirit": 4}
+# The fewest ACS lines each estimate calibrates from. ESPIRiT's 6x6 kernels must slide over the region.
+# Narrower kernels on fewer lines were tried (2026-11-29) and gave maps of zeros over most of the
+# object on the external 64x64 EPI (sigpy's eigenvalue crop): worse than a refusal.
+ESPIRIT_KERNEL_WIDTH = 6
+MIN_ACS_LINES = {"lowres": 3, "espirit": ESPIRIT_KERNEL_WIDTH + 1}
 
 
 def acs_lines(mask: torch.Tensor) -> int:
@@ -170,7 +162,7 @@ def estimate_coil_maps(
         maps = sigpy.mri.app.EspiritCalib(
             ksp.numpy().astype(np.complex64),
             calib_width=calib_width,
-            kernel_width=espirit_kernel_width(calib_width),
+            kernel_width=ESPIRIT_KERNEL_WIDTH,
             thresh=espirit_threshold,
             show_pbar=False,
         ).run()
