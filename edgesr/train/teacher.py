@@ -64,8 +64,9 @@ def train(
         out = Path(cfg.out)
         # Refusals come before the slow set-up (data, feature network) and leave the run as it was.
         check_run_folder(out, resume=cfg.resume)
+        saved = read_metadata(out / "last").get("config", {}) if cfg.resume else {}
         if cfg.resume:
-            check_resume_settings(read_metadata(out / "last").get("config", {}), cfg, out)
+            check_resume_settings(saved, cfg, out)
 
         # Everything below draws from the torch RNG in a fixed order, so a seed fixes the run.
         torch.manual_seed(cfg.seed)
@@ -75,7 +76,7 @@ def train(
             raise DataError(f"the data set at {dataset.path} has no {val_modality} slices in its val split")
         trained_on = training_data(dataset.manifest, val_modality)
         if cfg.resume:
-            _check_same_training_data(read_metadata(out / "last").get("config", {}), trained_on, out)
+            _check_same_training_data(saved, trained_on, out)
         model = create_model(cfg.model, **cfg.model_options()).to(env.device)
         if cfg.init and not cfg.resume:
             initial, _ = load_model(cfg.init)
