@@ -176,11 +176,16 @@ def test_recon_baselines_are_computed_once_per_setting_and_code(tiny_dataset, mo
 
 
 def test_coil_maps_a_slice_cannot_calibrate_name_the_slice(tiny_dataset):
-    """The tiny volume's 33 columns at 8 % ACS leave 2 calibration lines: ESPIRiT cannot calibrate,
-    and the error says which slice and why instead of failing inside sigpy."""
+    """The tiny volume's 33 columns at 8 % ACS leave 3 calibration lines: ESPIRiT cannot calibrate,
+    and the error says which slice and why."""
     import pytest
 
     from edgesr.errors import DataError
 
-    with pytest.raises(DataError, match=r"fake-mr:\d+ \(val split, 37x33\): ESPIRiT needs at least 7 ACS"):
+    with pytest.raises(DataError, match=r"fake-mr:\d+ \(val split, 37x33\): ESPIRiT needs at least 12 ACS"):
         next(recon_samples(tiny_dataset, acceleration=4, split="val", maps="espirit"))
+    # The scoring protocol keeps at least 12 ACS lines, as scanners keep a fixed number of reference lines.
+    sample, _ = next(
+        recon_samples(tiny_dataset, acceleration=4, split="val", maps="espirit", min_acs_lines=12)
+    )
+    assert int(sample.mask.sum()) == 12 and bool(torch.isfinite(sample.sens_maps).all())

@@ -17,6 +17,7 @@ from edgesr.data.splits import ALL_SPLITS
 from edgesr.evaluate import (
     DEFAULT_DEGRADATION,
     PROTOCOL,
+    ReconProtocol,
     recon_baseline_methods,
     recon_samples,
     score_recon,
@@ -42,6 +43,9 @@ class BaselineConfig:
     masks: tuple[str, ...] = opt(("random",), "recon: mask kinds, random and/or equispaced")
     coils: int = opt(8, "recon: number of simulated coils")
     center_fraction: float = opt(0.08, "recon: fraction of fully sampled central lines (ACS)")
+    min_acs_lines: int = opt(
+        ReconProtocol.min_acs_lines, "recon: the fewest fully sampled central lines (small matrices)"
+    )
     recon_noise_std: float = opt(0.005, "recon: complex noise std per coil (fraction of the volume maximum)")
     cg_lambda: float = opt(baselines.CG_SENSE_LAMBDA, "CG-SENSE Tikhonov weight (chosen on the val split)")
     cs_lambda: float = opt(
@@ -70,6 +74,7 @@ class BaselineConfig:
             check_range("accelerations", r, low=1.0, high=16.0)
         check_range("coils", self.coils, low=1)
         check_range("center_fraction", self.center_fraction, low=0.01, high=1.0)
+        check_range("min_acs_lines", self.min_acs_lines, low=0)
 
 
 def run_baseline(cfg: BaselineConfig) -> int:
@@ -113,6 +118,7 @@ def run_baseline(cfg: BaselineConfig) -> int:
                         mask_kind=kind,
                         n_coils=cfg.coils,
                         center_fraction=cfg.center_fraction,
+                        min_acs_lines=cfg.min_acs_lines,
                         noise_std=cfg.recon_noise_std,
                         split=cfg.split,
                         max_slices=cfg.max_slices,

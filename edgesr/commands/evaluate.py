@@ -47,6 +47,9 @@ class EvaluateConfig:
         _PROTOCOL.coils, "recon: simulated coils (a model built for a fixed number uses its own)"
     )
     center_fraction: float = opt(_PROTOCOL.center_fraction, "recon: fully sampled centre fraction")
+    min_acs_lines: int = opt(
+        _PROTOCOL.min_acs_lines, "recon: the fewest fully sampled centre lines (small matrices)"
+    )
     noise_std: float = opt(_PROTOCOL.noise_std, "recon: complex noise per coil")
     max_slices: int = opt(0, "at most this many slices per volume (0: all)")
     sources: tuple[str, ...] = opt(
@@ -65,6 +68,7 @@ class EvaluateConfig:
         for maps in self.maps:
             check_choice("maps", maps, ("simulated", *ESTIMATION_METHODS))
         check_range("coils", self.coils, low=1)
+        check_range("min_acs_lines", self.min_acs_lines, low=0)
 
 
 def _chosen_sources(
@@ -105,6 +109,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
         maps=cfg.maps,
         coils=cfg.coils,
         center_fraction=cfg.center_fraction,
+        min_acs_lines=cfg.min_acs_lines,
         noise_std=cfg.noise_std,
     )
     report = evaluate_model(

@@ -12,11 +12,14 @@ import torch
 MASK_KINDS = ("random", "equispaced")
 
 
-def acs_indices(width: int, center_fraction: float) -> np.ndarray:
-    """Indices of the fully sampled central columns (auto-calibration signal), centred on ``width // 2``."""
+def acs_indices(width: int, center_fraction: float, min_lines: int = 0) -> np.ndarray:
+    """Indices of the fully sampled central columns (auto-calibration signal), centred on ``width // 2``:
+    ``center_fraction`` of the columns, and at least ``min_lines`` of them (at most all)."""
     if not 0.0 < center_fraction <= 1.0:
         raise ValueError(f"center_fraction must lie in (0, 1]; got {center_fraction}")
-    num_acs = max(1, int(round(width * center_fraction)))
+    if min_lines < 0:
+        raise ValueError(f"min_lines must be >= 0; got {min_lines}")
+    num_acs = min(width, max(1, min_lines, int(round(width * center_fraction))))
     start = width // 2 - num_acs // 2
     return np.arange(start, start + num_acs)
 
@@ -26,6 +29,7 @@ def cartesian_mask(
     acceleration: float,
     *,
     center_fraction: float = 0.08,
+    min_acs_lines: int = 0,
     kind: str = "random",
     seed: int = 0,
 ) -> torch.Tensor:
@@ -38,6 +42,9 @@ def cartesian_mask(
         width: number of phase-encode lines (k-space columns).
         acceleration: undersampling factor R >= 1 (R = 4 keeps a quarter of the lines).
         center_fraction: fraction of lines in the fully sampled centre.
+        min_acs_lines: the fewest lines of the fully sampled centre. Scanners calibrate from a fixed
+            number of reference lines (often 24) rather than a fraction, so a small matrix keeps enough
+            to estimate coil maps from; the ACS then takes a larger share of the ``width / R`` lines.
         kind: ``"random"`` (uniformly drawn outer lines) or ``"equispaced"`` (every R'-th outer line,
             R' adjusted for the ACS, with a seeded offset).
         seed: seeds the random lines or the equispaced offset; the same seed gives the same mask.
@@ -53,7 +60,7 @@ def cartesian_mask(
     if not 1.0 <= acceleration <= width:
         raise ValueError(f"acceleration must lie in [1, width={width}]; got {acceleration}")
     rng = np.random.default_rng(seed)
-    acs = acs_indices(width, center_fraction)
+    acs = acs_indices(width, center_fraction, min_acs_lines)
     n_total = max(len(acs), int(round(width / acceleration)))
     n_outer = n_total - len(acs)
     mask = np.zeros(width, dtype=bool)

@@ -37,6 +37,7 @@ def simulate_multicoil(
     n_coils: int = 8,
     mask_kind: str = "random",
     center_fraction: float = 0.08,
+    min_acs_lines: int = 0,
     noise_std: float = 0.0,
     max_phase: float = 3.141592653589793,
 ) -> ReconSample:
@@ -54,7 +55,10 @@ def simulate_multicoil(
     phase = smooth_phase(height, width, seed=seed, max_phase=max_phase)
     target = from_complex(torch.polar(image.float(), phase)[None])  # [2, H, W]
     maps = simulate_coil_maps(height, width, n_coils, seed=seed)
-    mask = cartesian_mask(width, acceleration, center_fraction=center_fraction, kind=mask_kind, seed=seed)
+    mask = cartesian_mask(
+        width, acceleration, center_fraction=center_fraction, min_acs_lines=min_acs_lines, kind=mask_kind,
+        seed=seed,
+    )  # fmt: skip
     mask4 = mask.view(1, 1, 1, width)
     kspace = MultiCoilSense()(target[None], mask4, maps[None])
     generator = torch.Generator().manual_seed(seed)

@@ -18,6 +18,19 @@ def test_mask_acceleration_and_acs(kind, acceleration, width):
     assert mask[width // 2] == 1
 
 
+def test_min_acs_lines_widens_the_centre_of_a_small_matrix_only():
+    """8 % of 64 columns is 5 lines; scanners keep a fixed number of reference lines instead."""
+    small = cartesian_mask(64, 4, center_fraction=0.08, min_acs_lines=12, seed=0)
+    assert bool(small[acs_indices(64, 0.08, 12)].all())
+    assert len(acs_indices(64, 0.08, 12)) == 12
+    assert int(small.sum()) == 16  # still R=4: the ACS takes 12 of the 16 lines
+    wide = cartesian_mask(218, 4, center_fraction=0.08, seed=0)
+    torch.testing.assert_close(cartesian_mask(218, 4, center_fraction=0.08, min_acs_lines=12, seed=0), wide)
+    assert len(acs_indices(10, 0.08, 12)) == 10  # never more lines than the matrix has
+    with pytest.raises(ValueError, match="min_lines"):
+        acs_indices(64, 0.08, -1)
+
+
 def test_mask_is_seeded():
     a = cartesian_mask(128, 4, seed=1)
     torch.testing.assert_close(a, cartesian_mask(128, 4, seed=1))
