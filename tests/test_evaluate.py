@@ -189,3 +189,40 @@ def test_coil_maps_a_slice_cannot_calibrate_name_the_slice(tiny_dataset):
         recon_samples(tiny_dataset, acceleration=4, split="val", maps="espirit", min_acs_lines=12)
     )
     assert int(sample.mask.sum()) == 12 and bool(torch.isfinite(sample.sens_maps).all())
+
+
+def test_the_baseline_command_and_evaluate_share_stored_recon_scores(tiny_dataset, monkeypatch, capsys):
+    """`edgesr baseline task=recon` stores what it computes under the same key as `edgesr evaluate`: a
+    second baseline run, and an evaluation of the same setting, compute no baseline again."""
+    from edgesr.commands.baseline import BaselineConfig, run_baseline
+    from edgesr.evaluate import ReconProtocol, evaluate_model
+    from edgesr.models import create_model
+    from edgesr.pipeline import TorchPredictor
+    from tests.conftest import spec_for
+
+    calls = []
+    real_cg = baselines.recon_cg_sense
+    monkeypatch.setattr(baselines, "recon_cg_sense", lambda *a, **k: calls.append(1) or real_cg(*a, **k))
+    config = BaselineConfig(
+        task="recon", root=str(tiny_dataset.path.parent), split="val", max_slices=1, accelerations=(4.0,),
+        coils=4, format="json",
+    )  # fmt: skip
+    run_baseline(config)
+    computed = len(calls)
+    first = capsys.readouterr().out
+    run_baseline(config)
+    assert computed > 0 and len(calls) == computed
+    assert _untimed(first) == _untimed(capsys.readouterr().out)
+    model = create_model("modl_tiny").eval()
+    spec = spec_for(model, "modl_tiny")
+    evaluate_model(
+        spec, TorchPredictor(model, spec), tiny_dataset, label="modl", split="val", max_slices=1,
+        recon=ReconProtocol(accelerations=(4.0,), coils=4),
+    )  # fmt: skip
+    assert len(calls) == computed
+
+
+def _untimed(report_json: str) -> list[dict]:
+    import json
+
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in json.loads(report_json)["results"]]

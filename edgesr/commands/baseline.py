@@ -18,9 +18,7 @@ from edgesr.evaluate import (
     DEFAULT_DEGRADATION,
     PROTOCOL,
     ReconProtocol,
-    recon_baseline_methods,
-    recon_samples,
-    score_recon,
+    recon_baseline_scores,
     score_sr,
     sr_baseline_methods,
     sr_pairs,
@@ -108,23 +106,20 @@ def run_baseline(cfg: BaselineConfig) -> int:
                 setting = sr_setting(modality=modality, scale=scale, degradation=kind)
                 results += [setting | s.summary() for s in scores]
     if cfg.task in ("recon", "all"):
-        recon_methods = recon_baseline_methods(cfg.cg_lambda, cfg.cs_lambda, cfg.cs_iterations)
         for kind in cfg.masks:
             for r in cfg.accelerations:
+                # The same setting, in the same words, as `edgesr evaluate` scores: they share stored scores.
+                acquisition = {
+                    "acceleration": r, "mask_kind": kind, "n_coils": cfg.coils, "maps": "simulated",
+                    "center_fraction": cfg.center_fraction, "min_acs_lines": cfg.min_acs_lines,
+                    "noise_std": cfg.recon_noise_std, "split": cfg.split, "max_slices": cfg.max_slices,
+                    **({"seed": cfg.seed} if cfg.seed else {}),
+                }  # fmt: skip
                 with console.status(f"recon R={r:g} ({kind} mask, {cfg.coils} coils)"):
-                    samples = recon_samples(
-                        dataset,
-                        acceleration=r,
-                        mask_kind=kind,
-                        n_coils=cfg.coils,
-                        center_fraction=cfg.center_fraction,
-                        min_acs_lines=cfg.min_acs_lines,
-                        noise_std=cfg.recon_noise_std,
-                        split=cfg.split,
-                        max_slices=cfg.max_slices,
-                        seed=cfg.seed,
-                    )
-                    scores = score_recon(recon_methods, samples)
+                    scores = recon_baseline_scores(
+                        dataset, acquisition, cg_lambda=cfg.cg_lambda, cs_lambda=cfg.cs_lambda,
+                        cs_iterations=cfg.cs_iterations,
+                    )  # fmt: skip
                 setting = recon_setting(acceleration=r, mask=kind, coils=cfg.coils)
                 results += [setting | s.summary() for s in scores]
     report = {
