@@ -485,6 +485,11 @@ def prepare_recon(
             raise DataError(
                 f"{data.source}: the mask samples {lines} contiguous line(s) through the k-space centre; "
                 f"estimating coil maps ({method}) needs a fully sampled centre of at least {needed}"
+                + (
+                    f" (maps=lowres needs {MIN_ACS_LINES['lowres']})"
+                    if lines >= MIN_ACS_LINES["lowres"]
+                    else ""
+                )
             )
     if reference is None:
         # float64: the sum of squares of a scanner's raw units can overflow float32.

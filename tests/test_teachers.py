@@ -94,6 +94,25 @@ def test_recon_teacher_reconstructs_hdf5(tmp_path, name):
     assert nib.load(out).shape == (48, 40, 1)
 
 
+def test_espirit_on_a_small_matrix_is_refused_with_the_way_out(tmp_path, capsys):
+    """A 64-column scan at 8 % ACS has 5 centre lines: ESPIRiT needs 12, and the error says which file,
+    and that the low-resolution maps would do; nothing is written."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
+    image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32))
+    sample = simulate_multicoil(image, acceleration=4, seed=0, n_coils=8)
+    with h5py.File(tmp_path / "epi.h5", "w") as f:
+        f.create_dataset("kspace", data=to_complex(sample.kspace).numpy()[None])
+    out = tmp_path / "recon.nii.gz"
+    argv = ["enhance", "model=modl-r4", f"input={tmp_path / 'epi.h5'}", f"output={out}", "maps=espirit"]
+    assert main(argv) != 0
+    error = capsys.readouterr().err
+    assert (
+        "epi.h5" in error and "5 contiguous line(s)" in error and "at least 12 (maps=lowres needs 3)" in error
+    )
+    assert not out.exists()
+    assert main([*argv[:-1], "maps=lowres"]) == 0 and out.exists()
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("name", list_teachers())
 def test_teacher_still_beats_the_baselines_on_real_test_slices(real_data_root, capsys, name):
