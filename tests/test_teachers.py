@@ -82,13 +82,18 @@ def test_every_teacher_carries_its_spec(name):
         assert spec.recon.coils == getattr(model, "coils", 0)
 
 
-@pytest.mark.parametrize("name", RECON_TEACHERS)
-def test_recon_teacher_reconstructs_hdf5(tmp_path, name):
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 48), np.linspace(-1, 1, 40), indexing="ij")
+def _write_disk_raw(path, height: int, width: int) -> None:
+    """A fastMRI-style HDF5 of one simulated 8-coil, R=4 acquisition of a disk (ACS 8 % of the columns)."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
     image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32))
     sample = simulate_multicoil(image, acceleration=4, seed=0, n_coils=8)
-    with h5py.File(tmp_path / "raw.h5", "w") as f:
+    with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=to_complex(sample.kspace).numpy()[None])
+
+
+@pytest.mark.parametrize("name", RECON_TEACHERS)
+def test_recon_teacher_reconstructs_hdf5(tmp_path, name):
+    _write_disk_raw(tmp_path / "raw.h5", 48, 40)
     out = tmp_path / "recon.nii.gz"
     assert main(["enhance", f"model={name}", f"input={tmp_path / 'raw.h5'}", f"output={out}"]) == 0
     assert nib.load(out).shape == (48, 40, 1)
@@ -97,11 +102,7 @@ def test_recon_teacher_reconstructs_hdf5(tmp_path, name):
 def test_espirit_on_a_small_matrix_is_refused_with_the_way_out(tmp_path, capsys):
     """A 64-column scan at 8 % ACS has 5 centre lines: ESPIRiT needs 12, and the error says which file,
     and that the low-resolution maps would do; nothing is written."""
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
-    image = torch.from_numpy(((yy**2 + xx**2) < 0.5).astype(np.float32))
-    sample = simulate_multicoil(image, acceleration=4, seed=0, n_coils=8)
-    with h5py.File(tmp_path / "epi.h5", "w") as f:
-        f.create_dataset("kspace", data=to_complex(sample.kspace).numpy()[None])
+    _write_disk_raw(tmp_path / "epi.h5", 64, 64)
     out = tmp_path / "recon.nii.gz"
     argv = ["enhance", "model=modl-r4", f"input={tmp_path / 'epi.h5'}", f"output={out}", "maps=espirit"]
     assert main(argv) != 0
