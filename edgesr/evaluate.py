@@ -346,8 +346,15 @@ class ReconProtocol:
     noise_std: float = 0.005
 
 
-def _baseline_parameters(cg_lambda: float, cs_lambda: float, cs_iterations: int) -> dict[str, Any]:
-    return {"cg_lambda": cg_lambda, "cs_lambda": cs_lambda, "cs_iterations": cs_iterations}
+def _stored_baseline_scores(
+    dataset: PreparedDataset,
+    acquisition: dict[str, Any],
+    methods: dict[str, ReconMethod],
+    parameters: dict[str, Any],
+) -> tuple[str, list[MethodScores] | None]:
+    """The :mod:`edgesr.baseline_cache` key of the baselines on ``acquisition``, and their stored scores."""
+    key = baseline_cache.cache_key(dataset, **acquisition, baselines=parameters)
+    return key, baseline_cache.load(dataset, key, list(methods), row_type=MethodScores)
 
 
 def recon_baseline_scores(
@@ -362,9 +369,8 @@ def recon_baseline_scores(
     :func:`recon_samples`), read from :mod:`edgesr.baseline_cache` when stored, computed and stored
     otherwise. ``edgesr baseline`` and ``edgesr evaluate`` share the stored entries."""
     methods = recon_baseline_methods(cg_lambda, cs_lambda, cs_iterations)
-    parameters = _baseline_parameters(cg_lambda, cs_lambda, cs_iterations)
-    key = baseline_cache.cache_key(dataset, **acquisition, baselines=parameters)
-    cached = baseline_cache.load(dataset, key, list(methods), row_type=MethodScores)
+    parameters = {"cg_lambda": cg_lambda, "cs_lambda": cs_lambda, "cs_iterations": cs_iterations}
+    key, cached = _stored_baseline_scores(dataset, acquisition, methods, parameters)
     if cached is not None:
         return cached
     scores = score_recon(methods, recon_samples(dataset, **acquisition))
@@ -383,11 +389,11 @@ def _score_recon_with_baselines(
     ESPIRiT estimate of a 1024x1024 slice takes about a minute on 2 cores).
     """
     methods = recon_baseline_methods()
-    parameters = _baseline_parameters(
-        baselines.CG_SENSE_LAMBDA, baselines.L1_WAVELET_LAMBDA, baselines.L1_WAVELET_ITERATIONS
-    )
-    key = baseline_cache.cache_key(dataset, **acquisition, baselines=parameters)
-    cached = baseline_cache.load(dataset, key, list(methods), row_type=MethodScores)
+    parameters = {
+        "cg_lambda": baselines.CG_SENSE_LAMBDA, "cs_lambda": baselines.L1_WAVELET_LAMBDA,
+        "cs_iterations": baselines.L1_WAVELET_ITERATIONS,
+    }  # fmt: skip
+    key, cached = _stored_baseline_scores(dataset, acquisition, methods, parameters)
     if cached is not None:
         (scored,) = score_recon(model, recon_samples(dataset, **acquisition))
         if all(c.slices == scored.slices for c in cached):
