@@ -186,8 +186,9 @@ def _trained_on(meta: dict[str, Any], previous: dict[str, Any] | None) -> dict[s
 
     ``data`` lists the data set the card was measured on, which may have gained sources since the
     weights were trained (a teacher re-carded on a newer data set). Runs from before the record: the
-    previous card's statement, else its ``data`` (the data set the weights were first carded on, with
-    the run's modality), marked as such; None when neither exists.
+    previous card's statement, else the train sources (of the run's modality) of the data set the
+    previous card was measured on, marked as such: right when that card was the first, a guess when the
+    data set has gained train sources since; None when neither exists.
     """
     recorded = meta.get("config", {}).get("training_data")
     if recorded is not None:
@@ -203,7 +204,7 @@ def _trained_on(meta: dict[str, Any], previous: dict[str, Any] | None) -> dict[s
             for d in previous.get("data", [])
             if d.get("role", "train") == "train" and d.get("modality") == modality
         ],
-        "recorded_by": "the card: the train sources of the data set it was first written on",
+        "recorded_by": "the previous card: the train sources of the data set it was measured on",
     }
 
 

@@ -398,7 +398,7 @@ def test_a_card_says_what_its_weights_were_trained_on(tmp_path, tiny_dataset):
     assert main(["evaluate", f"checkpoint={old}", root, f"card={shipped}", "max_slices=1"]) == 0
     card = json.loads((shipped / "model_card.json").read_text())
     assert [s["name"] for s in card["trained_on"]["sources"]] == ["colin27-t1"]
-    assert "first written" in card["trained_on"]["recorded_by"]
+    assert "previous card" in card["trained_on"]["recorded_by"]
     assert [d["name"] for d in card["data"]] == ["fake-mr"]  # the data set measured on now
     # Without either, the card says it does not know rather than guessing.
     assert main(["evaluate", f"checkpoint={old}", root, f"card={tmp_path / 'bare'}", "max_slices=1"]) == 0
