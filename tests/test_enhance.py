@@ -403,3 +403,31 @@ def test_a_card_says_what_its_weights_were_trained_on(tmp_path, tiny_dataset):
     # Without either, the card says it does not know rather than guessing.
     assert main(["evaluate", f"checkpoint={old}", root, f"card={tmp_path / 'bare'}", "max_slices=1"]) == 0
     assert json.loads((tmp_path / "bare" / "model_card.json").read_text())["trained_on"] is None
+
+
+def test_enhance_warns_when_an_mr_image_is_stored_finer_than_acquired(tmp_path, sr_checkpoint, capsys):
+    from tests.physics.test_spectrum import _interpolated, _natural_image
+
+    stored = (_interpolated(_natural_image(64, 56), (0.4, 1.0)) * 4095).astype(np.uint16)
+    Image.fromarray(stored).save(tmp_path / "interpolated.png")
+    out = tmp_path / "sr.png"
+    assert (
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'interpolated.png'}",
+                f"output={out}",
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "warning" in err and "interpolated.png" in err and "finer grid than it was acquired" in err
+    assert out.exists()  # a warning, not a refusal: the user may still want the result
+    Image.fromarray((_natural_image(64, 56) * 4095).astype(np.uint16)).save(tmp_path / "natural.png")
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'natural.png'}", f"output={out}"])
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err

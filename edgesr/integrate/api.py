@@ -12,6 +12,7 @@ artifact whose files are checked against its manifest) behind the model contract
     result = enhancer.enhance(hu, spacing=(0.9, 0.9), units="hu")
     result.image.shape, result.spacing                               # (1, 2H, 2W), (1.0, 0.45, 0.45)
     result.provenance.weights_sha256                                 # what made it, for the audit trail
+    result.warnings                                                  # () or what to know, in words
 
     recon = edgesr.Enhancer.from_shipped("modl-r4")
     image = recon.reconstruct(kspace, mask=mask).image              # [C, H, W] complex -> [1, H, W]
@@ -42,6 +43,7 @@ from edgesr.data.mrd import center_crop
 from edgesr.device import pick_device
 from edgesr.errors import ConfigError, DataError
 from edgesr.physics.degrade import upsampled_affine
+from edgesr.physics.spectrum import interpolation_warning
 from edgesr.pipeline import (
     DEFAULT_TILE,
     Predictor,
@@ -101,6 +103,9 @@ class EnhancerResult:
             acquisitions' positions and directions); else None.
         provenance: the model that made it.
         meta: the input's format details (DICOM modality, series UID, files), passed through.
+        warnings: what the caller should know about this result, in words (an MR input that looks
+            reconstructed finer than it was acquired, see :mod:`edgesr.physics.spectrum`); empty when
+            there is nothing to say.
     """
 
     image: np.ndarray
@@ -109,6 +114,7 @@ class EnhancerResult:
     affine: np.ndarray | None
     provenance: Provenance
     meta: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 class _SerialPredictor:
@@ -276,6 +282,10 @@ class Enhancer:
             crop=fixed_crop(self._predictor),
         )
         output = finish(self.spec, prepared, run(self._predictor, prepared))
+        warnings: tuple[str, ...] = ()
+        if not self.spec.intensity.is_ct:  # CT has no k-space acquisition to interpolate
+            warning = interpolation_warning(volume.data, str(volume.source))
+            warnings = (warning,) if warning is not None else ()
         sr = self.spec.sr
         affine = None
         if volume.affine is not None:
@@ -288,6 +298,7 @@ class Enhancer:
             affine,
             self.provenance,
             dict(volume.meta),
+            warnings,
         )
 
     def reconstruct(

@@ -328,6 +328,8 @@ class DicomNode:
                 started = time.monotonic()
                 volume = load_dicom_series(work)
                 result = self.enhancer.enhance(volume, units=self.units)
+                for warning in result.warnings:
+                    log.warning("series %s: %s", key, warning)
                 sr = self._sr
                 padding = None
                 if volume.padding is not None:
