@@ -430,4 +430,4 @@ def test_enhance_warns_when_an_mr_image_is_stored_finer_than_acquired(tmp_path, 
         main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'natural.png'}", f"output={out}"])
         == 0
     )
-    assert "warning" not in capsys.readouterr().err
+    assert "finer grid" not in capsys.readouterr().err

@@ -131,6 +131,7 @@ def run_enhance(cfg: EnhanceConfig) -> int:
                 provenance=result.provenance,
                 padding=padding,
                 series_number=cfg.series_number,
+                warnings=result.warnings,
             )
         else:
             write_image(cfg.output, result.image, dtype=volume.dtype, affine=result.affine)

@@ -182,6 +182,7 @@ def derived_slice(
     series_number: int | None,
     now: datetime.datetime,
     padding: np.ndarray | None = None,
+    comments: str = "",
 ) -> Any:
     """One output instance from its source header (read without pixels) and the model's values.
 
@@ -189,6 +190,8 @@ def derived_slice(
         source: the source slice's pydicom Dataset.
         pixels: float ``[H * scale, W * scale]`` modality values (HU for CT).
         padding: bool, the output pixels that are the scanner's padding (written as its padding value).
+        comments: what the reader should know about this image (ImageComments, which viewers show);
+            empty: the source's comments are kept.
     """
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -215,6 +218,10 @@ def derived_slice(
         ds.SeriesNumber = series_number
     ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{scale}]")
     ds.DerivationDescription = derivation[:1024]
+    if comments:
+        original = str(ds.get("ImageComments", "") or "")
+        kept = f" (the source image's comments: {original})" if original else ""
+        ds.ImageComments = (comments + kept)[:10240]  # LT's limit
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
@@ -305,6 +312,7 @@ def write_derived_series(
     provenance: Provenance,
     padding: np.ndarray | None = None,
     series_number: int | None = None,
+    warnings: Sequence[str] = (),
 ) -> list[Path]:
     """Writes ``result`` (``[S, H * scale, W * scale]`` modality values) as a derived series of the DICOM
     series ``volume`` was read from, one file per slice, into ``folder`` (new or empty).
@@ -313,6 +321,8 @@ def write_derived_series(
         volume: the source as :func:`edgesr.load_image` read it (its ``meta["files"]`` in slice order).
         padding: bool ``[S, H * scale, W * scale]``, the scanner's padding on the output grid.
         series_number: default: the source's SeriesNumber + 1000.
+        warnings: the result's warnings (:attr:`EnhancerResult.warnings`), written to every slice's
+            ImageComments so that whoever reads the images sees them, not only the log.
 
     Returns:
         The files written, in slice order.
@@ -366,6 +376,7 @@ def write_derived_series(
                 series_number=number,
                 now=now,
                 padding=padding[index] if padding is not None else None,
+                comments=" ".join(f"edgesr warning: {w}" for w in warnings),
             )
             name = f"{index + 1:05d}.dcm"
             with open(staging / name, "wb") as f:

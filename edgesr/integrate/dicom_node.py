@@ -343,6 +343,7 @@ class DicomNode:
                     provenance=result.provenance,
                     padding=padding,
                     series_number=self.settings.series_number,
+                    warnings=result.warnings,
                 )
                 log.info("series %s: %d slice(s) enhanced in %.1f s", key, count, time.monotonic() - started)
             os.replace(work, self.root / "done" / key)

@@ -221,3 +221,40 @@ def test_dciodvfy_finds_no_new_errors_in_a_derived_series(tmp_path):
         return {line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")}
 
     assert errors(out / "00001.dcm") <= errors(source)
+
+
+def _mr_series(folder: Path, images: list[np.ndarray]) -> Path:
+    """An MR series of ``images`` (0..1, stored as 0..4000) whose files carry a scanner's ImageComments."""
+    folder.mkdir(parents=True)
+    uid = generate_uid()
+    for index, image in enumerate(images):
+        path = folder / f"{index}.dcm"
+        stored = (image * 4000).astype(np.uint16)
+        write_dicom_slice(
+            path, stored, position_z=3.0 * index, instance=index + 1, series_uid=uid, modality="MR"
+        )
+        ds = pydicom.dcmread(path)
+        ds.ImageComments = "scanner note"
+        ds.save_as(path)
+    return folder
+
+
+def test_a_warning_reaches_the_derived_series_image_comments(tiny_checkpoint, tmp_path, capsys):
+    """An MR series stored finer than acquired: the reader of the derived images is told, not only the log."""
+    from tests.physics.test_spectrum import _interpolated, _natural_image
+
+    interpolated = [_interpolated(_natural_image(64, 56, seed), (0.4, 1.0)) for seed in range(2)]
+    source = _mr_series(tmp_path / "interpolated", interpolated)
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert "finer grid than it was acquired" in capsys.readouterr().err
+    for file in sorted(out.iterdir()):
+        comments = str(pydicom.dcmread(file).ImageComments)
+        assert comments.startswith("edgesr warning: ") and "finer grid than it was acquired" in comments
+        assert comments.endswith("(the source image's comments: scanner note)")
+    # Without a warning the source's comments stay as they were.
+    source = _mr_series(tmp_path / "natural", [_natural_image(64, 56, seed) for seed in range(2)])
+    out = tmp_path / "derived-natural"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert "finer grid" not in capsys.readouterr().err
+    assert {str(pydicom.dcmread(f).ImageComments) for f in out.iterdir()} == {"scanner note"}
