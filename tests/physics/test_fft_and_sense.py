@@ -182,3 +182,25 @@ def test_ffts_leave_bf16_autocast_and_run_in_fp32():
     assert k.dtype == torch.float32 and back.dtype == torch.float32
     torch.testing.assert_close(k, fft2c(x.bfloat16().float()))
     torch.testing.assert_close(back, x.bfloat16().float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("height", "width", "coils"), [(37, 50, 3), (64, 48, 8)])
+def test_espirit_gram_in_k_space_equals_the_sum_over_kernel_images(height, width, coils):
+    """The k-space form of ESPIRiT's per-pixel Gram matrix against its definition (odd sizes too)."""
+    from edgesr.physics.coils import _espirit_gram
+    from edgesr.physics.fft import ifft2c_complex
+
+    torch.manual_seed(0)
+    kernels = torch.randn(20, coils, 6, 6, dtype=torch.complex128) / 10
+    scale = (height * width) ** 0.5 / 6
+    expected = torch.zeros(height, width, coils, coils, dtype=torch.complex128)
+    for kernel in kernels:
+        padded = torch.zeros(coils, height, width, dtype=torch.complex128)
+        padded[:, 5:11, 7:13] = kernel  # anywhere: a k-space shift is a phase common to every coil
+        vector = (ifft2c_complex(padded) * scale).permute(1, 2, 0)
+        expected += vector[..., :, None] * vector.conj()[..., None, :]
+    gram = _espirit_gram(kernels, height, width)
+    assert gram.shape == (height, width, coils, coils)
+    torch.testing.assert_close(
+        gram.to(torch.complex128), expected, rtol=0, atol=2e-6 * expected.abs().max().item()
+    )
