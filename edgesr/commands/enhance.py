@@ -116,8 +116,8 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             check_slices(cfg.output, volume.data.shape[0])
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
-        for warning in result.warnings:
-            console.print(f"[yellow]warning[/]: {escape(warning)}")
+        for warning in result.warnings:  # soft_wrap: one line per warning, whole paths (greppable logs)
+            console.print(f"[yellow]warning[/]: {escape(cfg.input)}: {escape(warning)}", soft_wrap=True)
         if dicom_series:
             padding = None
             if volume.padding is not None:

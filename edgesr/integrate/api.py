@@ -103,9 +103,9 @@ class EnhancerResult:
             acquisitions' positions and directions); else None.
         provenance: the model that made it.
         meta: the input's format details (DICOM modality, series UID, files), passed through.
-        warnings: what the caller should know about this result, in words (an MR input that looks
-            reconstructed finer than it was acquired, see :mod:`edgesr.physics.spectrum`); empty when
-            there is nothing to say.
+        warnings: what the caller should know about this result, in words that name no file (an MR
+            input that looks reconstructed finer than it was acquired, see
+            :mod:`edgesr.physics.spectrum`); empty when there is nothing to say.
     """
 
     image: np.ndarray
@@ -283,8 +283,9 @@ class Enhancer:
         )
         output = finish(self.spec, prepared, run(self._predictor, prepared))
         warnings: tuple[str, ...] = ()
-        if not self.spec.intensity.is_ct:  # CT has no k-space acquisition to interpolate
-            warning = interpolation_warning(volume.data, str(volume.source))
+        # MR only: CT (the model's or the file's) has no k-space acquisition to interpolate.
+        if not self.spec.intensity.is_ct and volume.meta.get("modality", "MR") in ("MR", ""):
+            warning = interpolation_warning(volume.data)
             warnings = (warning,) if warning is not None else ()
         sr = self.spec.sr
         affine = None

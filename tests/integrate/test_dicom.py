@@ -247,10 +247,11 @@ def test_a_warning_reaches_the_derived_series_image_comments(tiny_checkpoint, tm
     source = _mr_series(tmp_path / "interpolated", interpolated)
     out = tmp_path / "derived"
     assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
-    assert "finer grid than it was acquired" in capsys.readouterr().err
+    assert f"warning: {source}: this MR image looks reconstructed on a finer grid" in capsys.readouterr().err
     for file in sorted(out.iterdir()):
         comments = str(pydicom.dcmread(file).ImageComments)
-        assert comments.startswith("edgesr warning: ") and "finer grid than it was acquired" in comments
+        assert comments.startswith("edgesr warning: this MR image looks reconstructed on a finer grid")
+        assert str(tmp_path) not in comments  # no local path in the images' headers
         assert comments.endswith("(the source image's comments: scanner note)")
     # Without a warning the source's comments stay as they were.
     source = _mr_series(tmp_path / "natural", [_natural_image(64, 56, seed) for seed in range(2)])
