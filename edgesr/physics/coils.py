@@ -185,20 +185,21 @@ def _espirit_gram(kernels: torch.Tensor, height: int, width: int) -> torch.Tenso
     (a test compares both forms).
     """
     count, n_coils, size, _ = kernels.shape
-    if height < 2 * size - 1 or width < 2 * size - 1:
-        raise ValueError(f"the image ({height}x{width}) must be at least {2 * size - 1} pixels on a side")
     # Circular cross-correlation through FFTs of side 2k >= 2k - 1: no wrap-around of the shifts.
     side = 2 * size
     spectra = torch.fft.fft2(kernels, s=(side, side))  # [n_k, C, 2k, 2k]
     correlation = torch.fft.ifft2(torch.einsum("nipq,njpq->ijpq", spectra, spectra.conj()))
-    # Shift d = (dy, dx) sits at index d mod 2k; place it at the image's k-space centre + d.
+    # Shift d = (dy, dx) sits at index d mod 2k; it goes to the image's k-space centre + d, wrapped
+    # (added up) where the image is narrower than 2k - 1, as the image-size DFT of the product wraps it.
     shifts = torch.arange(-(size - 1), size)
-    rows = (height // 2 + shifts)[:, None]
-    cols = (width // 2 + shifts)[None, :]
-    padded = torch.zeros(n_coils, n_coils, height, width, dtype=torch.complex64)  # 0.5 GB at 1024x1024
-    padded[:, :, rows, cols] = correlation[:, :, shifts[:, None] % side, shifts[None, :] % side].to(
-        padded.dtype
+    rows = (height // 2 + shifts) % height
+    cols = (width // 2 + shifts) % width
+    values = correlation[:, :, shifts[:, None] % side, shifts[None, :] % side].to(torch.complex64)
+    padded = torch.zeros(n_coils, n_coils, height * width, dtype=torch.complex64)  # 0.5 GB at 1024x1024
+    padded.index_add_(
+        2, (rows[:, None] * width + cols[None, :]).reshape(-1), values.reshape(n_coils, n_coils, -1)
     )
+    padded = padded.reshape(n_coils, n_coils, height, width)
     scale = (height * width) ** 0.5 / size  # sqrt(pixels / kernel size), as in ESPIRiT
     gram = ifft2c_complex(padded) * (scale**2 / (height * width) ** 0.5)
     return gram.permute(2, 3, 0, 1)

@@ -184,19 +184,23 @@ def test_ffts_leave_bf16_autocast_and_run_in_fp32():
     torch.testing.assert_close(back, x.bfloat16().float(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("height", "width", "coils"), [(37, 50, 3), (64, 48, 8)])
-def test_espirit_gram_in_k_space_equals_the_sum_over_kernel_images(height, width, coils):
+@pytest.mark.parametrize(
+    ("height", "width", "coils", "kernel"), [(37, 50, 3, 6), (64, 48, 8, 6), (20, 21, 2, 5), (9, 8, 2, 7)]
+)
+def test_espirit_gram_in_k_space_equals_the_sum_over_kernel_images(height, width, coils, kernel):
     """The k-space form of ESPIRiT's per-pixel Gram matrix against its definition (odd sizes too)."""
     from edgesr.physics.coils import _espirit_gram
     from edgesr.physics.fft import ifft2c_complex
 
     torch.manual_seed(0)
-    kernels = torch.randn(20, coils, 6, 6, dtype=torch.complex128) / 10
-    scale = (height * width) ** 0.5 / 6
+    kernels = torch.randn(20, coils, kernel, kernel, dtype=torch.complex128) / 10
+    scale = (height * width) ** 0.5 / kernel
     expected = torch.zeros(height, width, coils, coils, dtype=torch.complex128)
-    for kernel in kernels:
+    for weights in kernels:
         padded = torch.zeros(coils, height, width, dtype=torch.complex128)
-        padded[:, 5:11, 7:13] = kernel  # anywhere: a k-space shift is a phase common to every coil
+        padded[:, 1 : 1 + kernel, :kernel] = (
+            weights  # anywhere: a k-space shift is a phase common to every coil
+        )
         vector = (ifft2c_complex(padded) * scale).permute(1, 2, 0)
         expected += vector[..., :, None] * vector.conj()[..., None, :]
     gram = _espirit_gram(kernels, height, width)
