@@ -269,7 +269,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         except Exception as exc:  # truncated or compressed data that cannot be decoded
             raise DataError(_undecodable(ds, file, exc)) from None
         if pixels.ndim != 2:
-            raise DataError(f"{file}: expected single-frame 2-D pixel data, got shape {pixels.shape}")
+            raise DataError(_not_one_greyscale_frame(ds, file, pixels.shape))
         if slices and pixels.shape != slices[0].shape:
             raise DataError(
                 f"{file}: slice of shape {pixels.shape} differs from the series' {slices[0].shape}"
@@ -363,17 +363,51 @@ def _why_duplicate(a: Any, b: Any) -> str:
     return "two copies of one slice (or two acquisitions that no tag tells apart); keep one of them"
 
 
+def _not_one_greyscale_frame(ds: Any, file: Path, shape: tuple[int, ...]) -> str:
+    """The error for pixel data that is not one greyscale image: what it is, and what to send instead."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if samples > 1:
+        kind = str(ds.get("PhotometricInterpretation", "colour"))
+        return (
+            f"{file}: a colour image ({kind}, {samples} samples per pixel, shape {shape}); edgesr's models "
+            "take greyscale MR or CT: send the scanner's original series, not a screen capture"
+        )
+    if frames > 1:
+        return (
+            f"{file}: a multi-frame image ({frames} frames, shape {shape}); edgesr reads series of "
+            "single-frame images: export the series as single-frame (classic) images, e.g. with dcmtk or "
+            "the console's export option, or convert it to NIfTI (dcm2niix)"
+        )
+    return f"{file}: expected single-frame 2-D pixel data, got shape {shape}"
+
+
 def _undecodable(ds: Any, file: Path, exc: Exception) -> str:
     """The error for pixel data that cannot be decoded: a compressed syntax is named, with what reads it."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
     if syntax is not None and syntax.is_compressed:
+        if _decoder_available(syntax):
+            return (
+                f"{file}: pixel data compressed as {syntax.name} ({syntax}) could not be decoded "
+                f"({detail}): the compressed data is damaged"
+            )
         return (
             f"{file}: pixel data compressed as {syntax.name} ({syntax}), which no installed decoder reads "
             f"({detail}); install pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm, "
             "or send the series uncompressed"
         )
     return f"{file}: cannot decode pixel data ({detail})"
+
+
+def _decoder_available(syntax: Any) -> bool:
+    """Whether pydicom has a working decoder for the transfer syntax (False where it cannot tell)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(syntax).is_available)
+    except Exception:  # an unknown syntax, or a pydicom without the pixels API
+        return False
 
 
 def _numbers(ds: Any, keyword: str, count: int, file: Path) -> list[float] | None:

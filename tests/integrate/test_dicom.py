@@ -154,8 +154,39 @@ def test_compressed_sources_are_decoded_or_refused_by_name(ct_checkpoint, tmp_pa
     ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xdb" + bytes(64)])
     ds.save_as(path)
-    with pytest.raises(DataError, match="compressed as JPEG Baseline"):
+    with pytest.raises(DataError, match="compressed as JPEG Baseline .* could not be decoded .*damaged"):
         load_dicom_series(jpeg)
+
+
+def test_jpeg_family_series_are_decoded_losslessly(ct_checkpoint, tmp_path):
+    """JPEG 2000 and JPEG-LS, as consoles and PACS send them (pylibjpeg's decoders are dependencies)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEG2000Lossless
+
+    # pydicom's real GE CT slice (128x128, signed, HU by slope and intercept) as JPEG 2000 lossless.
+    source = tmp_path / "j2k"
+    source.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.compress(JPEG2000Lossless)  # pylibjpeg-openjpeg encodes it
+    ds.save_as(source / "ct.dcm")
+    assert pydicom.dcmread(source / "ct.dcm").file_meta.TransferSyntaxUID == JPEG2000Lossless
+    plain = edgesr.load_image(get_testdata_file("CT_small.dcm")).data
+    np.testing.assert_array_equal(load_dicom_series(source).data, plain)
+    out = tmp_path / "out"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert not pydicom.dcmread(sorted(out.iterdir())[0]).file_meta.TransferSyntaxUID.is_compressed
+    # pydicom's MR test slice, stored plain and as JPEG-LS lossless: the same values.
+    jpeg_ls = edgesr.load_image(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    np.testing.assert_array_equal(jpeg_ls.data, edgesr.load_image(get_testdata_file("MR_small.dcm")).data)
+
+
+def test_colour_and_multi_frame_images_are_refused_with_what_to_send(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(DataError, match=r"SC_rgb\.dcm: a colour image \(RGB, 3 samples per pixel"):
+        load_dicom_series(Path(get_testdata_file("SC_rgb.dcm")))
+    with pytest.raises(DataError, match=r"a multi-frame image \(15 frames.*single-frame"):
+        load_dicom_series(Path(get_testdata_file("rtdose.dcm")))
 
 
 def test_outputs_are_checked_before_the_work_and_never_half_written(ct_checkpoint, tmp_path, capsys):
