@@ -208,3 +208,18 @@ def test_espirit_gram_in_k_space_equals_the_sum_over_kernel_images(height, width
     torch.testing.assert_close(
         gram.to(torch.complex128), expected, rtol=0, atol=2e-6 * expected.abs().max().item()
     )
+
+
+@pytest.mark.parametrize("size", [2048, 1000])
+def test_the_centered_fft_round_trip_is_exact_at_large_sizes(size):
+    """torch 2.13 errs on one complex64 2048x2048 ifft2 with 2 threads on some CPUs; ours does not."""
+    from edgesr.physics.fft import fft2c_complex, ifft2c_complex
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        image = torch.randn(size, size, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+        round_trip = ifft2c_complex(fft2c_complex(image))
+    finally:
+        torch.set_num_threads(threads)
+    assert float((round_trip - image).abs().max()) < 1e-4
