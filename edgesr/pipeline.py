@@ -113,7 +113,8 @@ class IntensityMap:
 def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
     """``hu`` or ``raw`` for this input, from ``units`` (``auto``, ``hu`` or ``raw``) and the data.
 
-    ``auto``: an MR model takes any magnitude scale (``raw``). A CT model takes a CT DICOM series in
+    ``auto``: an MR model takes any magnitude scale (``raw``), but not a DICOM series of another
+    modality (CT numbers, negative for air, are not magnitudes). A CT model takes a CT DICOM series in
     Hounsfield units (the modality LUT says so); for NIfTI, NPY, PNG and TIFF it takes HU when the
     image holds air-like values below -200 (no non-negative unit does), and otherwise asks, since a
     soft-tissue crop in HU and an image already in the model's units look alike.
@@ -124,6 +125,14 @@ def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
         if units == "hu":
             raise ConfigError(
                 "units=hu is for CT models; this model is MR (its input is any magnitude scale)"
+            )
+        modality = str(image.meta.get("modality", "")) if image.format == "dicom" else ""
+        if units == "auto" and modality not in ("", "MR"):
+            # As a CT model refuses MR: an MR model on CT numbers (negative air) gives nonsense quietly.
+            instead = "use a CT model such as rdn-ct-x2, or " if modality == "CT" else ""
+            raise DataError(
+                f"{image.source}: a {modality} DICOM series given to an MR model (it enhances MR "
+                f"magnitudes); {instead}pass units=raw to run it on these values anyway"
             )
         return "raw"
     if units != "auto":

@@ -262,6 +262,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         for tag in ("Rows", "Columns"):
             if tag not in ds:
                 raise DataError(f"{file}: missing DICOM tag {tag}")
+        _check_greyscale_image(ds, file)
         _check_pixel_data_length(ds, file)
         try:
             stored = ds.pixel_array
@@ -473,6 +474,34 @@ def _is_image_file(ds: Any) -> bool:
     if sop_class is None or str(sop_class) not in UID_dictionary:  # none, or cut short: assume the worst
         return True
     return "image" in UID_dictionary[str(sop_class)][0].lower()
+
+
+# Objects that carry pixel data but are not images of anatomy a model can enhance.
+_NOT_IMAGES = {"RTDOSE": "an RT dose grid", "SEG": "a segmentation", "RTSTRUCT": "RT structures"}
+
+
+def _check_greyscale_image(ds: Any, file: Path) -> None:
+    """Refuses, before decoding, what is not one greyscale image of anatomy: colour (RGB, YBR, palette
+    indices), Siemens mosaics (many slices tiled into one image), dose grids and segmentations."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in _NOT_IMAGES:
+        raise DataError(f"{file}: {_NOT_IMAGES[modality]} (Modality {modality}), not an MR or CT image")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    samples = ds.get("SamplesPerPixel", 1)
+    if (photometric and not photometric.startswith("MONOCHROME")) or (samples not in (None, "", 1)):
+        what = (
+            "palette indices into a colour table" if photometric.startswith("PALETTE") else "a colour image"
+        )
+        raise DataError(
+            f"{file}: {what} (PhotometricInterpretation {photometric or '?'}, SamplesPerPixel {samples}); "
+            "edgesr's models take greyscale MR or CT: send the scanner's original series, not a screen "
+            "capture or a rendered image"
+        )
+    if "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType", []) or [])]:
+        raise DataError(
+            f"{file}: a Siemens mosaic (several slices tiled into one image, ImageType MOSAIC); convert the "
+            "series to NIfTI first (dcm2niix), which un-tiles it"
+        )
 
 
 def _check_pixel_data_length(ds: Any, file: Path) -> None:

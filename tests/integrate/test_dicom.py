@@ -180,13 +180,30 @@ def test_jpeg_family_series_are_decoded_losslessly(ct_checkpoint, tmp_path):
     np.testing.assert_array_equal(jpeg_ls.data, edgesr.load_image(get_testdata_file("MR_small.dcm")).data)
 
 
-def test_colour_and_multi_frame_images_are_refused_with_what_to_send(tmp_path):
+def test_what_is_not_one_greyscale_image_is_refused_with_what_to_send(tmp_path):
+    """Colour, palette, mosaic, dose grids and multi-frame files: refused by name, before any decoding."""
     from pydicom.data import get_testdata_file
 
-    with pytest.raises(DataError, match=r"SC_rgb\.dcm: a colour image \(RGB, 3 samples per pixel"):
-        load_dicom_series(Path(get_testdata_file("SC_rgb.dcm")))
-    with pytest.raises(DataError, match=r"a multi-frame image \(15 frames.*single-frame"):
+    # pydicom's own test files (bundled with it, no download).
+    with pytest.raises(DataError, match=r"SC_rgb_rle\.dcm: a colour image \(PhotometricInterpretation RGB"):
+        load_dicom_series(Path(get_testdata_file("SC_rgb_rle.dcm")))
+    with pytest.raises(DataError, match=r"palette indices into a colour table"):
+        load_dicom_series(Path(get_testdata_file("examples_palette.dcm")))
+    with pytest.raises(DataError, match=r"an RT dose grid \(Modality RTDOSE\)"):
         load_dicom_series(Path(get_testdata_file("rtdose.dcm")))
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    mosaic = tmp_path / "mosaic.dcm"
+    source.ImageType = ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]
+    source.save_as(mosaic)
+    with pytest.raises(DataError, match=r"a Siemens mosaic .*dcm2niix"):
+        load_dicom_series(mosaic)
+    frames = tmp_path / "frames.dcm"
+    source.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+    source.NumberOfFrames = 2
+    source.PixelData = source.PixelData * 2
+    source.save_as(frames)
+    with pytest.raises(DataError, match=r"a multi-frame image \(2 frames.*single-frame"):
+        load_dicom_series(frames)
 
 
 def test_outputs_are_checked_before_the_work_and_never_half_written(ct_checkpoint, tmp_path, capsys):
@@ -290,3 +307,16 @@ def test_a_warning_reaches_the_derived_series_image_comments(tiny_checkpoint, tm
     assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
     assert "finer grid" not in capsys.readouterr().err
     assert {str(pydicom.dcmread(f).ImageComments) for f in out.iterdir()} == {"scanner note"}
+
+
+def test_an_mr_model_refuses_a_ct_series_unless_told(tiny_checkpoint, tmp_path, capsys):
+    """As a CT model refuses MR: CT numbers (air at -1000) are not the magnitudes an MR model enhances."""
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    out = tmp_path / "sr.nii.gz"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={ct}", f"output={out}"]) == 2
+    assert "a CT DICOM series given to an MR model" in capsys.readouterr().err and not out.exists()
+    assert (
+        main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={ct}", f"output={out}", "units=raw"]) == 0
+    )
