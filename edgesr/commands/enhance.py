@@ -22,7 +22,7 @@ from edgesr.data.kspace import load_kspace
 from edgesr.data.writers import WRITABLE, check_output, check_slices, write_image
 from edgesr.errors import ConfigError, DataError
 from edgesr.integrate.api import Enhancer
-from edgesr.integrate.dicom import check_output_folder, write_derived_series
+from edgesr.integrate.dicom import check_derivable, check_output_folder, write_derived_series
 from edgesr.physics.coils import ESTIMATION_METHODS
 from edgesr.pipeline import DEFAULT_TILE, nearest_upsample
 from edgesr.spec import UNITS
@@ -112,7 +112,9 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         )
     if spec.sr is not None:
         volume = load_image(cfg.input, series_uid=cfg.series or None)
-        if not dicom_series:
+        if dicom_series:
+            check_derivable(volume)  # before minutes of inference, not after
+        else:
             check_slices(cfg.output, volume.data.shape[0])
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)

@@ -302,6 +302,58 @@ def derived_slice(
     return ds
 
 
+# What a derived instance copies from its source and cannot make up: the source's identity.
+_REQUIRED_FOR_DERIVED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+
+
+def _read_header(file: Path) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 (pydicom raises many kinds for a bad file)
+        raise DataError(f"{file}: cannot re-read the source header ({str(exc)[:160]})") from None
+
+
+def check_derivable(volume: ImageVolume) -> None:
+    """Refuses, before any work, a DICOM source whose slices a derived series cannot reference.
+
+    Raises:
+        DataError: not a DICOM series, or a slice lacks one of ``_REQUIRED_FOR_DERIVED``.
+    """
+    files = [Path(f) for f in volume.meta.get("files", [])]
+    if volume.format != "dicom" or not files:
+        raise DataError(
+            f"{volume.source}: a derived DICOM series needs a DICOM input (its patient, study and geometry)"
+        )
+    for file in files:
+        header = _read_header(file)
+        missing = [k for k in _REQUIRED_FOR_DERIVED if not str(header.get(k, "") or "").strip()]
+        if missing:
+            raise DataError(
+                f"{file}: lacks {', '.join(missing)}, which a derived series must reference; write the "
+                "result as .nii.gz, .tif or .npy instead"
+            )
+
+
+def _little_endian(ds: Any) -> Any:
+    """A big-endian source header as a little-endian one (pydicom writes no big-endian -> little-endian
+    conversion itself): the same elements, values decoded, in a new dataset."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+
+    if getattr(ds, "original_encoding", (None, True))[1] in (None, True):
+        return ds
+    copy = FileDataset(
+        str(getattr(ds, "filename", "") or ""),
+        Dataset(),
+        file_meta=FileMetaDataset(ds.file_meta),
+        preamble=getattr(ds, "preamble", None) or b"\0" * 128,
+    )
+    for element in ds:
+        copy.add(element)
+    return copy
+
+
 def write_derived_series(
     volume: ImageVolume,
     result: np.ndarray,
@@ -330,13 +382,9 @@ def write_derived_series(
     Raises:
         DataError: the volume is not a DICOM series, shapes disagree, or the folder cannot be written.
     """
-    import pydicom
 
+    check_derivable(volume)
     files = [Path(f) for f in volume.meta.get("files", [])]
-    if volume.format != "dicom" or not files:
-        raise DataError(
-            f"{volume.source}: a derived DICOM series needs a DICOM input (its patient, study and geometry)"
-        )
     if result.ndim != 3 or result.shape[0] != len(files):
         raise ValueError(
             f"result must be [{len(files)}, H, W] for {len(files)} source slices; got {result.shape}"
@@ -357,11 +405,8 @@ def write_derived_series(
     written: list[Path] = []
     try:
         for index, file in enumerate(files):
-            try:
-                source = pydicom.dcmread(file, stop_before_pixels=True)
-            except Exception as exc:
-                raise DataError(f"{file}: cannot re-read the source header ({str(exc)[:160]})") from None
-            if series_number is None and "SeriesNumber" in source:
+            source = _little_endian(_read_header(file))
+            if series_number is None and str(source.get("SeriesNumber", "") or "").strip():
                 number: int | None = int(source.SeriesNumber) + DERIVED_SERIES_OFFSET
             else:
                 number = series_number

@@ -320,3 +320,31 @@ def test_an_mr_model_refuses_a_ct_series_unless_told(tiny_checkpoint, tmp_path, 
     assert (
         main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={ct}", f"output={out}", "units=raw"]) == 0
     )
+
+
+def test_derived_series_from_awkward_but_valid_headers(tiny_checkpoint, tmp_path, capsys):
+    """A big-endian source, an empty SeriesNumber, and a source that cannot be referenced (refused first)."""
+    from pydicom.data import get_testdata_file
+
+    big_endian = get_testdata_file("MR_small_bigendian.dcm")
+    out = tmp_path / "from-big-endian"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={big_endian}", f"output={out}"]) == 0
+    derived = pydicom.dcmread(next(out.iterdir()))
+    assert derived.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert derived.pixel_array.shape == (128, 128)
+
+    source = tmp_path / "src"
+    source.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SeriesNumber = None  # present, empty
+    ds.save_as(source / "a.dcm")
+    out = tmp_path / "from-empty-number"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert not str(pydicom.dcmread(next(out.iterdir())).get("SeriesNumber", "") or "")  # still empty
+
+    del ds.StudyInstanceUID
+    ds.save_as(source / "a.dcm")
+    out = tmp_path / "never"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 2
+    assert "lacks StudyInstanceUID, which a derived series must reference" in capsys.readouterr().err
+    assert not out.exists()
