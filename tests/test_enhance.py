@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -433,3 +434,52 @@ def test_enhance_warns_when_an_mr_image_is_stored_finer_than_acquired(tmp_path, 
         == 0
     )
     assert "finer grid" not in capsys.readouterr().err
+
+
+def test_nifti_scaling_and_types_survive_and_png_is_refused_for_values_it_cannot_hold(
+    tmp_path, sr_checkpoint, capsys
+):
+    """From the real-file sweep: scaled int16 NIfTI came back as 0/1, int64 NIfTI crashed nibabel, floats and
+    negative values were rounded or clipped into a PNG."""
+    rng = np.random.default_rng(2)
+    values = rng.random((24, 20, 2))  # 0..1
+    scaled = nib.Nifti1Image(np.round(values * 30000).astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(1 / 30000, 0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    out = tmp_path / "sr.nii.gz"
+    assert (
+        main(
+            ["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'scaled.nii.gz'}", f"output={out}"]
+        )
+        == 0
+    )
+    result = nib.load(out).get_fdata()
+    assert result.dtype.kind == "f" and 0.1 < result.mean() < 0.9 and len(np.unique(result)) > 100
+
+    nib.save(
+        nib.Nifti1Image((values * 1000).astype(np.int64), np.eye(4), dtype=np.int64), tmp_path / "i64.nii.gz"
+    )
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'i64.nii.gz'}", f"output={out}"])
+        == 0
+    )
+    assert nib.load(out).get_data_dtype() == np.int32
+
+    np.save(tmp_path / "float.npy", values[..., 0].astype(np.float32))
+    png = tmp_path / "sr.png"
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'float.npy'}", f"output={png}"])
+        == 2
+    )
+    assert "PNG holds unsigned 8 or 16-bit integers" in capsys.readouterr().err and not png.exists()
+
+
+def test_a_cifti_file_is_refused_by_name(tmp_path, sr_checkpoint, capsys):
+    cifti = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"
+    if not cifti.exists():
+        pytest.skip("nibabel's test data has no CIFTI file here")
+    assert (
+        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={cifti}", f"output={tmp_path / 'o.nii.gz'}"])
+        == 2
+    )
+    assert "a Cifti2Image, not a NIfTI-1/2 image" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from rich.markup import escape
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.images import is_dicom_path, load_image
 from edgesr.data.kspace import load_kspace
-from edgesr.data.writers import WRITABLE, check_output, check_slices, write_image
+from edgesr.data.writers import WRITABLE, check_output, check_png_type, check_slices, write_image
 from edgesr.errors import ConfigError, DataError
 from edgesr.integrate.api import Enhancer
 from edgesr.integrate.dicom import check_derivable, check_output_folder, write_derived_series
@@ -116,6 +116,7 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             check_derivable(volume)  # before minutes of inference, not after
         else:
             check_slices(cfg.output, volume.data.shape[0])
+            check_png_type(cfg.output, volume.dtype)
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
         for warning in result.warnings:  # soft_wrap: one line per warning, whole paths (greppable logs)

@@ -104,6 +104,8 @@ def load_nifti(path: str | Path) -> ImageVolume:
     path = Path(path)
     try:
         image: Any = nib.load(str(path))
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):  # CIFTI, MINC, Analyze...
+            raise DataError(f"{path}: a {type(image).__name__}, not a NIfTI-1/2 image")
         stored = np.dtype(image.get_data_dtype())
         if stored.kind not in "iuf" or stored.names is not None:  # complex, RGB (structured), bool
             raise DataError(f"{path}: NIfTI data of type {stored} (edgesr reads real scalar images)")
@@ -120,13 +122,19 @@ def load_nifti(path: str | Path) -> ImageVolume:
     elif data.ndim != 2:
         raise DataError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {data.shape}")
     zooms = [float(z) for z in image.header.get_zooms()[:3]] + [1.0] * 3
+    # Stored integers scaled by scl_slope/scl_inter are not integers any more: outputs keep float32 (the
+    # stored type would round them, 0..1 becoming 0 and 1).
+    # (nibabel moves the header's scaling onto the array proxy when it loads the file.)
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    intercept = float(getattr(image.dataobj, "inter", 0.0))
+    scaled = (slope, intercept) != (1.0, 0.0)
     return ImageVolume(
         _checked(data, path),
         (zooms[2], zooms[0], zooms[1]),
         path,
         "nifti",
         affine=np.asarray(image.affine, dtype=np.float64),
-        dtype=str(image.get_data_dtype()),
+        dtype="float32" if scaled else str(image.get_data_dtype()),
     )
 
 

@@ -47,8 +47,12 @@ def write_image(
     if not np.isfinite(data).all():
         raise DataError(f"{path}: refusing to write NaN/Inf values")
     check_slices(path, data.shape[0])
-    if suffix == ".png" and np.dtype(dtype) not in (np.dtype("uint8"), np.dtype("uint16")):
-        dtype = "uint16"  # PNG holds 8 or 16-bit grayscale only
+    check_png_type(path, dtype)
+    if suffix in (".nii", ".nii.gz") and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 8:
+        # NIfTI readers refuse 64-bit integers by default (nibabel among them): int32 when it holds the
+        # values, else float32.
+        fits = np.iinfo(np.int32).min <= data.min() and data.max() <= np.iinfo(np.int32).max
+        dtype = "int32" if fits else "float32"
     out = cast_to(data, dtype)
     try:
         _write(path, tmp_suffix=suffix, out=out, affine=affine)
@@ -121,6 +125,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def check_png_type(path: str | Path, dtype: str) -> None:
+    """A PNG holds unsigned 8 or 16-bit integers: other values (floats, negative HU) would be rounded or
+    clipped without a word, so they are refused; say so before the work where the type is known."""
+    if _suffix(Path(path)) == ".png" and np.dtype(dtype) not in (np.dtype("uint8"), np.dtype("uint16")):
+        raise DataError(
+            f"{path}: PNG holds unsigned 8 or 16-bit integers, and this image's values are {dtype} (they "
+            "would be rounded or clipped); write .tif, .npy or .nii.gz"
+        )
 
 
 def check_slices(path: str | Path, slices: int) -> None:
