@@ -117,6 +117,12 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         else:
             check_slices(cfg.output, volume.data.shape[0])
             check_png_type(cfg.output, volume.dtype)
+            gaps = volume.meta.get("uneven_slices")
+            if gaps and cfg.output.lower().endswith((".nii", ".nii.gz")):
+                raise DataError(
+                    f"{cfg.input}: {gaps}; a NIfTI affine holds one step, so the slices would be misplaced: "
+                    "write a derived DICOM series (name a folder) or .npy/.tif (no geometry)"
+                )
         with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
             result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
         for warning in result.warnings:  # soft_wrap: one line per warning, whole paths (greppable logs)

@@ -287,6 +287,14 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         integral = integral and bool(np.all(np.mod(pixels, 1) == 0))
         slices.append(pixels.astype(np.float32))
     first = geometry[chosen[0][0]]
+    for file, _ in chosen[1:]:
+        other = geometry[file]
+        if not np.allclose((other.row_mm, other.col_mm), (first.row_mm, first.col_mm), rtol=1e-3):
+            raise DataError(
+                f"{file}: PixelSpacing {other.row_mm:g}/{other.col_mm:g} mm differs from "
+                f"{chosen[0][0].name}'s {first.row_mm:g}/{first.col_mm:g} mm: one volume needs one pixel size"
+            )
+    gaps = _uneven_slices([geometry[file] for file, _ in chosen])
     if len(chosen) > 1:
         last = geometry[chosen[-1][0]]
         step = (last.origin - first.origin) / (len(chosen) - 1)
@@ -300,6 +308,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         "series_uid": str(chosen[0][1].get("SeriesInstanceUID", "")),
         "files": [str(f) for f, _ in chosen],
     }
+    if gaps:
+        meta["uneven_slices"] = gaps  # an affine holds one step: writers that need one refuse
     volume = _checked(np.stack(slices), path)
     padding = np.stack(paddings)
     return ImageVolume(
@@ -312,6 +322,17 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         meta=meta,
         padding=padding if padding.any() else None,
     )
+
+
+def _uneven_slices(slices: list[_SliceGeometry]) -> str:
+    """Why the slices' positions are not evenly spaced (a missing slice, a gap), or "" when they are."""
+    if len(slices) < 3 or not all(g.oriented for g in slices):
+        return ""
+    steps = np.diff([float(np.dot(g.origin, slices[0].normal)) for g in slices])
+    median = float(np.median(steps))
+    if np.all(np.abs(steps - median) <= max(0.01 * abs(median), 0.01)):
+        return ""
+    return f"slice positions step by {float(steps.min()):g} to {float(steps.max()):g} mm, not evenly"
 
 
 @dataclass(frozen=True)

@@ -348,3 +348,27 @@ def test_derived_series_from_awkward_but_valid_headers(tiny_checkpoint, tmp_path
     assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 2
     assert "lacks StudyInstanceUID, which a derived series must reference" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_series_with_a_gap_or_two_pixel_sizes_is_not_stacked_as_if_even(tiny_checkpoint, tmp_path, capsys):
+    """A NIfTI affine holds one slice step: a series with a gap goes to DICOM (per-slice positions)."""
+    folder, uid = tmp_path / "gap", generate_uid()
+    folder.mkdir()
+    image = (np.random.default_rng(0).random((40, 36)) * 1000).astype(np.uint16)
+    for index, z in enumerate([0.0, 5.0, 20.0, 25.0]):  # slices 2 and 3 missing
+        write_dicom_slice(
+            folder / f"{index}.dcm", image, position_z=z, instance=index + 1, series_uid=uid, modality="MR"
+        )
+    nifti = tmp_path / "sr.nii.gz"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={folder}", f"output={nifti}"]) == 2
+    assert "step by 5 to 15 mm, not evenly" in capsys.readouterr().err and not nifti.exists()
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={folder}", f"output={out}"]) == 0
+    positions = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in out.iterdir())
+    assert positions == [0.0, 5.0, 20.0, 25.0]  # each slice where its source was
+
+    ds = pydicom.dcmread(folder / "1.dcm")
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(folder / "1.dcm")
+    with pytest.raises(DataError, match="PixelSpacing 0.5/0.5 mm differs .* one volume needs one pixel size"):
+        load_dicom_series(folder)
