@@ -188,6 +188,12 @@ def load_npy(path: str | Path) -> ImageVolume:
         raw = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    if raw.ndim == 3 and raw.shape[2] in (3, 4) and min(raw.shape[:2]) > 4:
+        # [S, H, W] with W of 3 or 4 pixels is not a scan; [H, W, 3|4] is how colour images are stored.
+        raise DataError(
+            f"{path}: shape {raw.shape} looks like a colour image [H, W, {raw.shape[2]}]; edgesr reads "
+            "greyscale [H, W] or [S, H, W] arrays"
+        )
     return ImageVolume(_checked(raw, path), (1.0, 1.0, 1.0), path, "npy", dtype=str(raw.dtype))
 
 
@@ -217,9 +223,15 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    # Hidden files (macOS ._ resource forks, .DS_Store) are never a scan's slices, whatever their suffix.
+    files = [p for p in files if not p.name.startswith(".") or p == path]
     files = [p for p in files if _is_dicom_file(p) or p.suffix.lower() == ".dcm"]
     if not files:
-        raise DataError(f"{path}: no DICOM files found")
+        below = path.is_dir() and any(p.is_dir() for p in path.iterdir())
+        hint = (
+            " (sub-folders are not searched: name the folder that holds the series' files)" if below else ""
+        )
+        raise DataError(f"{path}: no DICOM files found{hint}")
     datasets = []
     for file in files:
         try:
@@ -229,6 +241,10 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     by_series: dict[str, list[tuple[Path, Any]]] = {}
     for file, ds in datasets:
         if "PixelData" not in ds:
+            if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+                raise DataError(
+                    f"{file}: floating-point pixel data (a parametric map?), not a scanner's MR or CT image"
+                )
             if _is_image_file(ds):
                 # An image without its pixels: the file was cut short (pydicom stops quietly at an
                 # element that runs past the end). Skipping it would leave a gap in the volume.
@@ -415,7 +431,8 @@ def _not_one_greyscale_frame(ds: Any, file: Path, shape: tuple[int, ...]) -> str
 def _undecodable(ds: Any, file: Path, exc: Exception) -> str:
     """The error for pixel data that cannot be decoded: a compressed syntax is named, with what reads it."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    # The whole message on one line: pydicom lists each plugin's reason after a colon and a line break.
+    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
     if syntax is not None and syntax.is_compressed:
         if _decoder_available(syntax):
             return (

@@ -125,3 +125,32 @@ def test_signed_padding_written_as_an_unsigned_pattern(tmp_path):
     volume = load_image(path)
     assert volume.padding is not None and volume.padding[0].tolist() == (stored == -2000).tolist()
     assert volume.dtype == "int16"
+
+
+def test_what_users_drop_in_is_named_from_the_real_file_sweep(tmp_path):
+    """A colour array, a parametric map, a folder whose series sits in a sub-folder, a macOS resource fork."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    np.save(tmp_path / "rgb.npy", np.zeros((32, 40, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"looks like a colour image \[H, W, 3\]"):
+        load_image(tmp_path / "rgb.npy")
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.FloatPixelData = np.zeros((64, 64), dtype=np.float32).tobytes()
+    del ds.PixelData
+    ds.save_as(tmp_path / "map.dcm")
+    with pytest.raises(DataError, match="floating-point pixel data"):
+        load_image(tmp_path / "map.dcm")
+
+    series = tmp_path / "study" / "series"
+    series.mkdir(parents=True)
+    shutil.copy(get_testdata_file("MR_small.dcm"), series / "IM000.dcm")
+    with pytest.raises(DataError, match="sub-folders are not searched"):
+        load_dicom_series(tmp_path / "study")
+    (series / "._IM000.dcm").write_bytes(
+        b"\x00\x05\x16\x07" + bytes(100)
+    )  # AppleDouble, as macOS copies leave
+    assert load_dicom_series(series).data.shape == (1, 64, 64)
