@@ -207,6 +207,8 @@ def parse_overrides(
         if type(exc).__name__ == "ConfigKeyError":
             raise _unknown_key_error(cls, str(full_key), where) from None
         message = str(exc).splitlines()[0]
+        if message.startswith("Incompatible value 'None'"):  # `key=` with nothing after the '='
+            message = "it is empty; give a value after the '='"
         raise ConfigError(f"bad value for '{full_key}'{where}: {message}") from None
     except ConfigError:
         raise

@@ -43,6 +43,11 @@ def test_bad_values_name_their_key():
         parse_overrides(Recipe, ["name=distil"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
         parse_overrides(Recipe, ["trainer.steps"])
+    # From a sweep of user commands: `key=` with nothing after it.
+    with pytest.raises(ConfigError, match="bad value for 'name': it is empty; give a value after the '='"):
+        parse_overrides(Recipe, ["name="])
+    # A key given twice: the last wins (as in OmegaConf's dotlists; scripts append overrides to a base).
+    assert parse_overrides(Recipe, ["trainer.steps=2", "trainer.steps=3"]).trainer.steps == 3
 
 
 def test_yaml_unknown_key_names_the_file(tmp_path):

@@ -562,6 +562,8 @@ def _check_pixel_data_length(ds: Any, file: Path) -> None:
     rows, columns, bits = (int(v[0]) for v in shape if v is not None)
     samples = int((_numbers(ds, "SamplesPerPixel", 1, file) or [1])[0])
     frames = int((_numbers(ds, "NumberOfFrames", 1, file) or [1])[0])
+    if bits == 1:
+        raise DataError(f"{file}: a 1-bit image (a mask or segmentation), not a scanner's MR or CT image")
     if min(rows, columns, samples, frames) < 1 or bits not in (8, 16, 32):
         raise DataError(f"{file}: image of {rows}x{columns}, {samples} sample(s), {bits} bits is not valid")
     expected = rows * columns * samples * frames * bits // 8

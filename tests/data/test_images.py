@@ -144,6 +144,12 @@ def test_what_users_drop_in_is_named_from_the_real_file_sweep(tmp_path):
     ds.save_as(tmp_path / "map.dcm")
     with pytest.raises(DataError, match="floating-point pixel data"):
         load_image(tmp_path / "map.dcm")
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = bytes(64 * 64 // 8)
+    ds.save_as(tmp_path / "mask.dcm")
+    with pytest.raises(DataError, match="a 1-bit image \\(a mask or segmentation\\)"):
+        load_image(tmp_path / "mask.dcm")
 
     series = tmp_path / "study" / "series"
     series.mkdir(parents=True)
