@@ -258,6 +258,9 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     if series_uid is not None and series_uid not in by_series:
         raise DataError(f"{path}: no series {series_uid} (found: {', '.join(by_series)})")
     chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
+    multiframe = len(chosen) == 1 and _is_enhanced_multiframe(chosen[0][1])
+    if multiframe:
+        chosen = _frames_as_slices(*chosen[0])
     geometry = {file: _slice_geometry(ds, file) for file, ds in chosen}
     unplaced = [file for file, _ in chosen if not geometry[file].oriented]
     if unplaced and len(unplaced) < len(chosen):
@@ -326,6 +329,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     }
     if gaps:
         meta["uneven_slices"] = gaps  # an affine holds one step: writers that need one refuse
+    if multiframe:
+        meta["multiframe"] = str(chosen[0][0]).rsplit("#", 1)[0]  # the file: no per-slice files to derive
     volume = _checked(np.stack(slices), path)
     padding = np.stack(paddings)
     return ImageVolume(
@@ -409,6 +414,77 @@ def _why_duplicate(a: Any, b: Any) -> str:
     return "two copies of one slice (or two acquisitions that no tag tells apart); keep one of them"
 
 
+# Enhanced (multi-frame) image storage: one file per series, geometry in its functional groups.
+_ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
+}
+# Per-frame (or shared) functional groups and the classic attributes they carry.
+_FRAME_GROUPS = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+}
+
+
+def _is_enhanced_multiframe(ds: Any) -> bool:
+    frames = str(ds.get("NumberOfFrames", "") or "").strip()
+    return str(ds.get("SOPClassUID", "")) in _ENHANCED_SOP_CLASSES and frames.isdigit() and int(frames) >= 1
+
+
+def _frames_as_slices(file: Path, ds: Any) -> list[tuple[Path, Any]]:
+    """An enhanced multi-frame image as one classic single-frame dataset per frame, named ``FILE#N``.
+
+    Each frame gets the attributes of its functional groups (position, orientation, pixel size, rescale;
+    per-frame groups over shared ones), so the series logic sorts, checks and reads frames as it does
+    slices: one place for geometry. Frames without a position fall back to their frame number.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    try:
+        frames = np.asarray(ds.pixel_array)
+    except Exception as exc:  # truncated or compressed data that cannot be decoded
+        raise DataError(_undecodable(ds, file, exc)) from None
+    count = int(ds.NumberOfFrames)
+    if frames.ndim == 2 and count == 1:
+        frames = frames[None]
+    if frames.ndim != 3 or frames.shape[0] != count:
+        raise DataError(_not_one_greyscale_frame(ds, file, frames.shape))
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) != count:
+        raise DataError(f"{file}: {len(per_frame)} per-frame functional groups for {count} frames")
+    slices = []
+    for index in range(count):
+        frame = Dataset()
+        for element in ds:
+            if element.keyword not in (
+                "PixelData",
+                "PerFrameFunctionalGroupsSequence",
+                "SharedFunctionalGroupsSequence",
+                "NumberOfFrames",
+            ):
+                frame.add(element)
+        for groups in (shared[0] if shared else None, per_frame[index] if per_frame else None):
+            for sequence, keywords in _FRAME_GROUPS.items():
+                if groups is not None and sequence in groups and len(groups[sequence].value):
+                    item = groups[sequence][0]
+                    for keyword in keywords:
+                        if keyword in item:
+                            setattr(frame, keyword, item[keyword].value)
+        frame.InstanceNumber = index + 1
+        frame.file_meta = FileMetaDataset()
+        frame.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        frame.PixelData = np.ascontiguousarray(frames[index]).astype(frames.dtype.newbyteorder("<")).tobytes()
+        slices.append((Path(f"{file}#{index + 1}"), frame))
+    return slices
+
+
 def _not_one_greyscale_frame(ds: Any, file: Path, shape: tuple[int, ...]) -> str:
     """The error for pixel data that is not one greyscale image: what it is, and what to send instead."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -420,10 +496,11 @@ def _not_one_greyscale_frame(ds: Any, file: Path, shape: tuple[int, ...]) -> str
             "take greyscale MR or CT: send the scanner's original series, not a screen capture"
         )
     if frames > 1:
+        kind = getattr(ds.get("SOPClassUID"), "name", "") or str(ds.get("SOPClassUID", "?"))
         return (
-            f"{file}: a multi-frame image ({frames} frames, shape {shape}); edgesr reads series of "
-            "single-frame images: export the series as single-frame (classic) images, e.g. with dcmtk or "
-            "the console's export option, or convert it to NIfTI (dcm2niix)"
+            f"{file}: a multi-frame image ({frames} frames, shape {shape}, {kind}); edgesr reads series of "
+            "single-frame images and enhanced MR/CT: export the series as single-frame (classic) images, "
+            "e.g. with dcmtk or the console's export option, or convert it to NIfTI (dcm2niix)"
         )
     return f"{file}: expected single-frame 2-D pixel data, got shape {shape}"
 

@@ -326,6 +326,11 @@ def check_derivable(volume: ImageVolume) -> None:
         raise DataError(
             f"{volume.source}: a derived DICOM series needs a DICOM input (its patient, study and geometry)"
         )
+    if volume.meta.get("multiframe"):
+        raise DataError(
+            f"{volume.meta['multiframe']}: an enhanced multi-frame image; derived series are written for "
+            "single-frame series only: write the result as .nii.gz, .tif or .npy"
+        )
     for file in files:
         header = _read_header(file)
         missing = [k for k in _REQUIRED_FOR_DERIVED if not str(header.get(k, "") or "").strip()]

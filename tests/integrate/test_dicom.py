@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -372,3 +373,36 @@ def test_a_series_with_a_gap_or_two_pixel_sizes_is_not_stacked_as_if_even(tiny_c
     ds.save_as(folder / "1.dcm")
     with pytest.raises(DataError, match="PixelSpacing 0.5/0.5 mm differs .* one volume needs one pixel size"):
         load_dicom_series(folder)
+
+
+def _pydicom_data_file(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(name, download=False)  # pydicom-data's files; never fetched
+    if found is None:
+        pytest.skip(f"{name}: pydicom-data is not installed (.ci/setup installs it)")
+    return Path(str(found))
+
+
+def test_enhanced_multi_frame_mr_and_ct_are_read_frame_by_frame(ct_checkpoint, tmp_path, capsys):
+    """Enhanced MR (every transfer syntax pydicom-data ships it in) and a real enhanced CT whose geometry
+    and HU rescale live in its functional groups."""
+    plain = edgesr.load_image(_pydicom_data_file("emri_small.dcm"))
+    frames = pydicom.dcmread(_pydicom_data_file("emri_small.dcm")).pixel_array
+    assert plain.data.shape == (10, 64, 64) and plain.meta["multiframe"]
+    np.testing.assert_array_equal(plain.data, frames.astype(np.float32))
+    for name in ("emri_small_big_endian.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm"):
+        np.testing.assert_array_equal(edgesr.load_image(_pydicom_data_file(name)).data, plain.data)
+
+    source = _pydicom_data_file("eCT_Supplemental.dcm")
+    ct = edgesr.load_image(source)
+    assert ct.data.shape == (2, 512, 512) and ct.meta["modality"] == "CT"
+    assert ct.spacing == pytest.approx((10.0, 0.388672, 0.388672))  # positions 10 mm apart, PixelMeasures
+    assert ct.data.min() == -1024  # the rescale of PixelValueTransformationSequence: HU
+    out = tmp_path / "sr.nii.gz"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert nib.load(out).shape == (1024, 1024, 2)
+    derived = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={derived}"]) == 2
+    assert "an enhanced multi-frame image; derived series are written for" in capsys.readouterr().err
+    assert not derived.exists()
