@@ -220,6 +220,12 @@ class PreparedSR:
     original: np.ndarray | None = None  # the input values, kept only where padding must be restored
     crop: int | None = None  # a fixed-shape network's LR input size: every input crop is exactly this
 
+    def count(self) -> int:
+        """How many items :meth:`items` yields (tiles over all slices): a progress bar's total."""
+        _, h, w = self.network.shape
+        tile = self.tile if self.crop is None else self.crop - 2 * self.halo
+        return self.network.shape[0] * len(_tiles(h, tile)) * len(_tiles(w, tile))
+
     def items(self) -> Iterator[SRItem]:
         assert self.spec.sr is not None  # noqa: S101 (prepare() checked the task)
         sr = self.spec.sr

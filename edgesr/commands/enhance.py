@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.images import is_dicom_path, load_image
@@ -123,8 +124,23 @@ def run_enhance(cfg: EnhanceConfig) -> int:
                     f"{cfg.input}: {gaps}; a NIfTI affine holds one step, so the slices would be misplaced: "
                     "write a derived DICOM series (name a folder) or .npy/.tif (no geometry)"
                 )
-        with console.status(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"):
-            result = enhancer.enhance(volume, units=cfg.units, tile=cfg.tile, halo=cfg.halo)
+        with Progress(
+            TextColumn(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tiles"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("tiles", total=None)
+            result = enhancer.enhance(
+                volume,
+                units=cfg.units,
+                tile=cfg.tile,
+                halo=cfg.halo,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         for warning in result.warnings:  # soft_wrap: one line per warning, whole paths (greppable logs)
             console.print(f"[yellow]warning[/]: {escape(cfg.input)}: {escape(warning)}", soft_wrap=True)
         if dicom_series:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,7 @@ class Enhancer:
         units: str = "auto",
         tile: int = DEFAULT_TILE,
         halo: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> EnhancerResult:
         """Super-resolves an image volume.
 
@@ -265,6 +266,8 @@ class Enhancer:
             tile: LR tile side in pixels (0: whole image); tiling is exact (the halo is the model's
                 receptive radius), it only bounds memory.
             halo: LR pixels of context per tile; default: exact.
+            progress: called as ``progress(done, total)`` after each tile (``total``: tiles over all
+                slices), from the calling thread; for a progress bar on large volumes.
 
         Raises:
             ConfigError: a recon model, or ``spacing`` given with a volume that carries its own.
@@ -281,7 +284,10 @@ class Enhancer:
             halo=halo,
             crop=fixed_crop(self._predictor),
         )
-        output = finish(self.spec, prepared, run(self._predictor, prepared))
+        results = run(self._predictor, prepared)
+        if progress is not None:
+            results = _reporting(results, prepared.count(), progress)
+        output = finish(self.spec, prepared, results)
         warnings: tuple[str, ...] = ()
         # MR only: CT (the model's or the file's) has no k-space acquisition to interpolate.
         if not self.spec.intensity.is_ct and volume.meta.get("modality", "MR") in ("MR", ""):
@@ -342,6 +348,14 @@ class Enhancer:
             output = np.ascontiguousarray(center_crop(output, volume.recon_shape))
         meta = {"prewhitened": volume.prewhitened, "format": volume.format}
         return EnhancerResult(output, volume.spacing, "magnitude", volume.affine, self.provenance, meta)
+
+
+def _reporting(
+    results: Iterator[tuple[Any, torch.Tensor]], total: int, progress: Callable[[int, int], None]
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    for done, result in enumerate(results, start=1):
+        yield result
+        progress(done, total)
 
 
 def _image_volume(

@@ -162,3 +162,16 @@ def test_reconstruct_takes_arrays_and_matches_the_file_path(tmp_path):
         enhancer.reconstruct(np.abs(kspace), mask=mask)
     with pytest.raises(ConfigError, match="recon model: call reconstruct"):
         enhancer.enhance(np.ones((8, 8), dtype=np.float32))
+
+
+def test_enhance_reports_progress_tile_by_tile(ct_checkpoint):
+    """Large volumes: a progress bar's feed, (done, total) after each tile, total = the tiles yielded."""
+    enhancer = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
+    hu = np.random.default_rng(3).normal(40, 30, (2, 37, 31)).astype(np.float32) - 1000
+    calls: list[tuple[int, int]] = []
+    result = enhancer.enhance(
+        hu, units="hu", tile=16, progress=lambda done, total: calls.append((done, total))
+    )
+    tiles = 2 * 3 * 2  # 2 slices x ceil(37/16) x ceil(31/16)
+    assert calls == [(done, tiles) for done in range(1, tiles + 1)]
+    np.testing.assert_array_equal(result.image, enhancer.enhance(hu, units="hu", tile=16).image)
