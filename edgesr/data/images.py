@@ -258,8 +258,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     if series_uid is not None and series_uid not in by_series:
         raise DataError(f"{path}: no series {series_uid} (found: {', '.join(by_series)})")
     chosen = by_series[series_uid] if series_uid is not None else next(iter(by_series.values()))
-    multiframe = len(chosen) == 1 and _is_enhanced_multiframe(chosen[0][1])
-    if multiframe:
+    multiframe = chosen[0][0] if len(chosen) == 1 and _is_enhanced_multiframe(chosen[0][1]) else None
+    if multiframe is not None:
         chosen = _frames_as_slices(*chosen[0])
     geometry = {file: _slice_geometry(ds, file) for file, ds in chosen}
     unplaced = [file for file, _ in chosen if not geometry[file].oriented]
@@ -329,8 +329,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
     }
     if gaps:
         meta["uneven_slices"] = gaps  # an affine holds one step: writers that need one refuse
-    if multiframe:
-        meta["multiframe"] = str(chosen[0][0]).rsplit("#", 1)[0]  # the file: no per-slice files to derive
+    if multiframe is not None:
+        meta["multiframe"] = str(multiframe)  # the file: no per-slice files to derive a series from
     volume = _checked(np.stack(slices), path)
     padding = np.stack(paddings)
     return ImageVolume(
@@ -349,7 +349,7 @@ def _uneven_slices(slices: list[_SliceGeometry]) -> str:
     """Why the slices' positions are not evenly spaced (a missing slice, a gap), or "" when they are."""
     if len(slices) < 3 or not all(g.oriented for g in slices):
         return ""
-    steps = np.diff([float(np.dot(g.origin, slices[0].normal)) for g in slices])
+    steps = np.diff([g.position for g in slices])  # sorted by position along the shared normal
     median = float(np.median(steps))
     if np.all(np.abs(steps - median) <= max(0.01 * abs(median), 0.01)):
         return ""
