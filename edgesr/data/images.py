@@ -7,6 +7,7 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,7 +323,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         slice_mm = first.thickness
     if not first.oriented or len(chosen) == 1 or not slice_mm:
         step = first.normal * slice_mm
-    meta = {
+    meta: dict[str, Any] = {
         "modality": str(chosen[0][1].get("Modality", "")),
         "series_uid": str(chosen[0][1].get("SeriesInstanceUID", "")),
         "files": [str(f) for f, _ in chosen],
@@ -331,6 +332,7 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
         meta["uneven_slices"] = gaps  # an affine holds one step: writers that need one refuse
     if multiframe is not None:
         meta["multiframe"] = str(multiframe)  # the file: no per-slice files to derive a series from
+        meta["frame_numbers"] = [int(ds.InstanceNumber) for _, ds in chosen]  # 1-based, slice order
     volume = _checked(np.stack(slices), path)
     padding = np.stack(paddings)
     return ImageVolume(
@@ -469,7 +471,7 @@ def _frames_as_slices(file: Path, ds: Any) -> list[tuple[Path, Any]]:
                 "SharedFunctionalGroupsSequence",
                 "NumberOfFrames",
             ):
-                frame.add(element)
+                frame.add(copy.copy(element))  # its own: setting a value on a frame sets only it
         for groups in (shared[0] if shared else None, per_frame[index] if per_frame else None):
             for sequence, keywords in _FRAME_GROUPS.items():
                 if groups is not None and sequence in groups and len(groups[sequence].value):
@@ -477,7 +479,7 @@ def _frames_as_slices(file: Path, ds: Any) -> list[tuple[Path, Any]]:
                     for keyword in keywords:
                         if keyword in item:
                             setattr(frame, keyword, item[keyword].value)
-        frame.InstanceNumber = index + 1
+        frame.InstanceNumber = index + 1  # the frame number: orders unplaced frames, maps slices back
         frame.file_meta = FileMetaDataset()
         frame.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         frame.PixelData = np.ascontiguousarray(frames[index]).astype(frames.dtype.newbyteorder("<")).tobytes()

@@ -16,6 +16,10 @@ acquisition kept) and becomes a new instance of a new series:
 * carried: LossyImageCompression (and its ratio and method), BurnedInAnnotation, windowing, padding.
   Private tags are dropped: they describe the source's pixels (vendors' mosaic and scaling headers).
 
+An enhanced multi-frame source (Enhanced MR/CT, and their legacy-converted forms) becomes one derived
+multi-frame file of its SOP class: the functional groups are rewritten frame by frame
+(:func:`derived_multiframe`).
+
 The series is written to a temporary folder beside the target and renamed into place when complete:
 a folder that exists holds a whole series.
 """
@@ -26,7 +30,7 @@ import datetime
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +52,17 @@ _DROPPED = (
     "LargestPixelValueInSeries",
     "IconImageSequence",
     "PixelDataProviderURL",
-    "NumberOfFrames",
-    "FrameIncrementPointer",
     "PixelPaddingRangeLimit",
-    "RedPaletteColorLookupTableDescriptor",
+    # A (supplemental) palette colours the source's stored values, which the new encoding changes.
+    *(
+        f"{kind}{colour}PaletteColorLookupTable{part}"
+        for colour in ("Red", "Green", "Blue")
+        for kind, part in (("", "Descriptor"), ("", "Data"), ("Segmented", "Data"))
+    ),
+    "PaletteColorLookupTableUID",
     "ModalityLUTSequence",
     "VOILUTSequence",
+    "RealWorldValueMappingSequence",  # maps the source's stored values (a range of them) to units
 )
 # Transfer syntaxes that are always lossy (JPEG baseline/extended, JPEG-LS near-lossless, MPEG): a
 # source stored in one has lost information even when LossyImageCompression was not written.
@@ -170,6 +179,159 @@ def check_output_folder(
     return folder
 
 
+def _stamp_identity(
+    ds: Any,
+    *,
+    series_uid: str,
+    series_number: int | None,
+    scale: int,
+    derivation: str,
+    provenance: Provenance,
+    now: datetime.datetime,
+    comments: str,
+) -> None:
+    """What makes ``ds`` (a copy of its source's header) a new instance of the derived series: ImageType,
+    UIDs, number, description, dates, comments and edgesr as contributing equipment."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import generate_uid
+
+    ds.remove_private_tags()  # recursive: vendors' per-frame scaling headers describe the source's pixels
+    image_type = list(ds.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid
+    if series_number is not None:
+        ds.SeriesNumber = series_number
+    ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{scale}]")
+    ds.DerivationDescription = derivation[:1024]
+    if comments:
+        original = str(ds.get("ImageComments", "") or "")
+        kept = f" (the source image's comments: {original})" if original else ""
+        ds.ImageComments = (comments + kept)[:10240]  # LT's limit
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.SeriesDate, ds.SeriesTime = date, time
+    equipment = Dataset()
+    equipment.Manufacturer = "edgesr"
+    equipment.ManufacturerModelName = provenance.model[-64:]
+    equipment.SoftwareVersions = [f"edgesr {__version__}", provenance.architecture[:64]]
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
+    equipment.ContributionDescription = (
+        f"{derivation} Weights sha256 {provenance.weights_sha256}"
+        + (f", artifact sha256 {provenance.artifact_sha256}" if provenance.artifact_sha256 else "")
+    )[:1024]
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "Processing Equipment")])
+    previous = list(ds.get("ContributingEquipmentSequence", []) or [])
+    ds.ContributingEquipmentSequence = DicomSequence([*previous, equipment])
+
+
+def _spatial_resampling() -> Any:
+    """DCM 113085 "Spatial resampling", CID 7203's code for what super-resolution does to an image."""
+    from pydicom.sr.codedict import codes
+
+    code = codes.DCM.SpatialResampling
+    return _code(code.value, code.meaning)
+
+
+def _source_reference(sop_class: str, sop_instance: str, frames: Sequence[int] = ()) -> Any:
+    """An item of SourceImageSequence: the source instance (and frames) this image was made from."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = sop_class
+    reference.ReferencedSOPInstanceUID = sop_instance
+    if frames:
+        reference.ReferencedFrameNumber = list(frames) if len(frames) > 1 else frames[0]
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    return reference
+
+
+def _referenced_series(series_uid: str, sop_class: str, sop_instance: str) -> Any:
+    """An item of ReferencedSeriesSequence: the source series and the instance derived from."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = sop_class
+    instance.ReferencedSOPInstanceUID = sop_instance
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ReferencedInstanceSequence = DicomSequence([instance])
+    return series
+
+
+def _derived_origin(
+    origin: Sequence[Any],
+    orientation: Sequence[Any],
+    spacing: tuple[float, float],
+    shape: tuple[int, int],
+    *,
+    scale: int,
+    degradation: str,
+) -> list[float]:
+    """ImagePositionPatient of the output's first pixel: HR pixel i lies at LR coordinate
+    ``(i - offset) / scale`` on each axis (:func:`lr_grid_offset`), so the field of view is the source's."""
+    cosines = np.asarray([float(v) for v in orientation])
+    along_row, down_column = cosines[:3], cosines[3:]
+    rows, columns = shape
+    shift_rows = -lr_grid_offset(degradation, rows, scale) / scale
+    shift_cols = -lr_grid_offset(degradation, columns, scale) / scale
+    moved = np.asarray([float(v) for v in origin])
+    moved = moved + down_column * spacing[0] * shift_rows + along_row * spacing[1] * shift_cols
+    return [_ds(v) for v in moved]
+
+
+def _encoded(
+    ds: Any,
+    pixels: np.ndarray,
+    *,
+    source_encoding: Encoding,
+    source_padding: Any,
+    padding: np.ndarray | None,
+) -> tuple[Encoding, np.ndarray]:
+    """``pixels`` (one slice or all frames) stored in 16 bits, with ``ds``'s pixel-module attributes and
+    PixelPaddingValue set to match; checked to decode to within half a slope of the model's values."""
+    encoding = choose_encoding(pixels, source_encoding)
+    stored = encoding.encode(pixels)
+    # The scanner's padding keeps its modality value (restored from the source), in the new encoding.
+    padded = padding if padding is not None and padding.any() and source_padding is not None else None
+    if padded is not None:
+        padding_value = int(stored[padded][0])  # the output holds the source's padding value there
+        stored[padded] = padding_value
+        ds.PixelPaddingValue = padding_value
+        ds["PixelPaddingValue"].VR = "SS" if encoding.signed else "US"
+    elif "PixelPaddingValue" in ds:
+        del ds.PixelPaddingValue  # no output pixel is padding: a tissue value must not read as one
+    error = np.abs(encoding.decode(stored) - pixels)
+    if padded is not None:
+        error = np.where(padded, 0.0, error)
+    if float(error.max()) > encoding.slope / 2 * (1 + 1e-6) + 1e-9:
+        raise DataError(f"re-encoding lost {float(error.max()):g} > half a slope ({encoding.slope:g})")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if encoding.signed else 0
+    return encoding, stored
+
+
+def _store_pixels(ds: Any, stored: np.ndarray, source_syntax: str) -> None:
+    """The stored values as uncompressed little-endian pixel data, and the file meta to match."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if source_syntax in LOSSY_SYNTAXES and "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "01"  # the source's pixels went through lossy compression: say so
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
 def derived_slice(
     source: Any,
     pixels: np.ndarray,
@@ -193,9 +355,7 @@ def derived_slice(
         comments: what the reader should know about this image (ImageComments, which viewers show);
             empty: the source's comments are kept.
     """
-    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     ds = source
     source_sop_class = str(ds.SOPClassUID)
@@ -204,101 +364,216 @@ def derived_slice(
     source_encoding = _source_encoding(ds)
     source_padding = ds.get("PixelPaddingValue")
     source_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    ds.remove_private_tags()
-    for keyword in _DROPPED:
+    for keyword in (*_DROPPED, "NumberOfFrames", "FrameIncrementPointer"):
         if keyword in ds:
             delattr(ds, keyword)
-
-    # Identity.
-    image_type = list(ds.get("ImageType", []) or [])
-    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid
-    if series_number is not None:
-        ds.SeriesNumber = series_number
-    ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{scale}]")
-    ds.DerivationDescription = derivation[:1024]
-    if comments:
-        original = str(ds.get("ImageComments", "") or "")
-        kept = f" (the source image's comments: {original})" if original else ""
-        ds.ImageComments = (comments + kept)[:10240]  # LT's limit
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.ContentDate, ds.ContentTime = date, time
-    ds.SeriesDate, ds.SeriesTime = date, time
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source_sop_class
-    reference.ReferencedSOPInstanceUID = source_sop_instance
-    reference.PurposeOfReferenceCodeSequence = DicomSequence(
-        [_code("121322", "Source image for image processing operation")]
+    _stamp_identity(
+        ds,
+        series_uid=series_uid,
+        series_number=series_number,
+        scale=scale,
+        derivation=derivation,
+        provenance=provenance,
+        now=now,
+        comments=comments,
     )
-    ds.SourceImageSequence = DicomSequence([reference])
-    referenced_series = Dataset()
-    referenced_series.SeriesInstanceUID = source_series
-    instance = Dataset()
-    instance.ReferencedSOPClassUID = source_sop_class
-    instance.ReferencedSOPInstanceUID = source_sop_instance
-    referenced_series.ReferencedInstanceSequence = DicomSequence([instance])
-    ds.ReferencedSeriesSequence = DicomSequence([referenced_series])
-    equipment = Dataset()
-    equipment.Manufacturer = "edgesr"
-    equipment.ManufacturerModelName = provenance.model[-64:]
-    equipment.SoftwareVersions = [f"edgesr {__version__}", provenance.architecture[:64]]
-    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
-    equipment.ContributionDescription = (
-        f"{derivation} Weights sha256 {provenance.weights_sha256}"
-        + (f", artifact sha256 {provenance.artifact_sha256}" if provenance.artifact_sha256 else "")
-    )[:1024]
-    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "Processing Equipment")])
-    previous = list(ds.get("ContributingEquipmentSequence", []) or [])
-    ds.ContributingEquipmentSequence = DicomSequence([*previous, equipment])
+    ds.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
+    ds.SourceImageSequence = DicomSequence([_source_reference(source_sop_class, source_sop_instance)])
+    ds.ReferencedSeriesSequence = DicomSequence(
+        [_referenced_series(source_series, source_sop_class, source_sop_instance)]
+    )
 
-    # Geometry: HR pixel i lies at LR coordinate (i - offset) / scale on each axis.
+    # Geometry: the new grid over the source's field of view.
     rows, columns = pixels.shape
     if "PixelSpacing" in ds:
         row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
         ds.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-            along_row, down_column = orientation[:3], orientation[3:]
-            shift_rows = -lr_grid_offset(degradation, rows, scale) / scale
-            shift_cols = -lr_grid_offset(degradation, columns, scale) / scale
-            origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
-            origin = origin + down_column * row_mm * shift_rows + along_row * col_mm * shift_cols
-            ds.ImagePositionPatient = [_ds(v) for v in origin]
+            ds.ImagePositionPatient = _derived_origin(
+                ds.ImagePositionPatient,
+                ds.ImageOrientationPatient,
+                (row_mm, col_mm),
+                (rows, columns),
+                scale=scale,
+                degradation=degradation,
+            )
     ds.Rows, ds.Columns = rows, columns
 
-    # Intensities.
-    encoding = choose_encoding(pixels, source_encoding)
-    stored = encoding.encode(pixels)
-    # The scanner's padding keeps its modality value (restored from the source), in the new encoding.
-    padded = padding if padding is not None and padding.any() and source_padding is not None else None
-    if padded is not None:
-        padding_value = int(stored[padded][0])  # the output holds the source's padding value there
-        stored[padded] = padding_value
-        ds.PixelPaddingValue = padding_value
-        ds["PixelPaddingValue"].VR = "SS" if encoding.signed else "US"
-    elif "PixelPaddingValue" in ds:
-        del ds.PixelPaddingValue  # no output pixel is padding: a tissue value must not read as one
-    error = np.abs(encoding.decode(stored) - pixels)
-    if padded is not None:
-        error = np.where(padded, 0.0, error)
-    if float(error.max()) > encoding.slope / 2 * (1 + 1e-6) + 1e-9:
-        raise DataError(f"re-encoding lost {float(error.max()):g} > half a slope ({encoding.slope:g})")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1 if encoding.signed else 0
+    encoding, stored = _encoded(
+        ds, pixels, source_encoding=source_encoding, source_padding=source_padding, padding=padding
+    )
     if encoding != Encoding(1.0, 0.0, encoding.signed) or "RescaleSlope" in ds:
         ds.RescaleSlope, ds.RescaleIntercept = _ds(encoding.slope), _ds(encoding.intercept)
-    if source_syntax in LOSSY_SYNTAXES and "LossyImageCompression" not in ds:
-        ds.LossyImageCompression = "01"  # the source's pixels went through lossy compression: say so
-    ds.PixelData = stored.tobytes()
-    ds["PixelData"].VR = "OW"
+    _store_pixels(ds, stored, source_syntax)
+    return ds
 
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+def _frame_group_item(ds: Any, frame: int, sequence: str) -> Any | None:
+    """The item of functional group ``sequence`` that applies to ``frame`` (0-based): per-frame first."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    for group in (per_frame[frame] if per_frame else None, shared[0] if shared else None):
+        if group is not None and sequence in group and len(group[sequence].value):
+            return group[sequence][0]
+    return None
+
+
+def _all_group_items(ds: Any, sequence: str) -> list[Any]:
+    """Every item of functional group ``sequence``, shared and per-frame (to rewrite them all)."""
+    items = []
+    for groups_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups_name) or []:
+            if sequence in group:
+                items.extend(group[sequence])
+    return items
+
+
+# Enhanced images state per frame what each frame is (ORIGINAL/DERIVED...) in these groups.
+_FRAME_TYPE_GROUPS = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence")
+
+
+def derived_multiframe(
+    source: Any,
+    frames: np.ndarray,
+    *,
+    series_uid: str,
+    scale: int,
+    degradation: str,
+    provenance: Provenance,
+    derivation: str,
+    series_number: int | None,
+    now: datetime.datetime,
+    padding: np.ndarray | None = None,
+    comments: str = "",
+) -> Any:
+    """The derived instance of an enhanced multi-frame image: the same SOP class, frame for frame.
+
+    Every frame keeps its functional groups (dimension indices, timing, contrast) with its geometry
+    rewritten for the new grid (PixelMeasures, PlanePosition), its FrameType made DERIVED, a
+    DerivationImageSequence pointing at its source frame, and one 16-bit encoding for all frames
+    (PixelValueTransformation).
+
+    Args:
+        source: the multi-frame file's pydicom Dataset (header).
+        frames: float ``[F, H * scale, W * scale]`` modality values, in the source's frame order.
+        padding: bool ``[F, H * scale, W * scale]``, the scanner's padding on the output grid.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = source
+    count = int(ds.NumberOfFrames)
+    if frames.ndim != 3 or frames.shape[0] != count:
+        raise ValueError(f"frames must be [{count}, H, W] for {count} source frames; got {frames.shape}")
+    source_sop_class = str(ds.SOPClassUID)
+    source_sop_instance = str(ds.SOPInstanceUID)
+    source_series = str(ds.get("SeriesInstanceUID", ""))
+    transform = _frame_group_item(ds, 0, "PixelValueTransformationSequence") or ds
+    source_encoding = Encoding(
+        float(transform.get("RescaleSlope", 1.0) or 1.0),
+        float(transform.get("RescaleIntercept", 0.0) or 0.0),
+        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+    )
+    source_padding = ds.get("PixelPaddingValue")
+    source_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    source_image_type = list(ds.get("ImageType", []) or ["ORIGINAL", "PRIMARY"])
+    for keyword in _DROPPED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    for groups_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups_name) or []:
+            if "RealWorldValueMappingSequence" in group:
+                del group.RealWorldValueMappingSequence
+    _stamp_identity(
+        ds,
+        series_uid=series_uid,
+        series_number=series_number,
+        scale=scale,
+        derivation=derivation,
+        provenance=provenance,
+        now=now,
+        comments=comments,
+    )
+    # Enhanced images know only PRIMARY for value 2 of ImageType and FrameType: value 1 says DERIVED.
+    ds.ImageType = ["DERIVED", *list(source_image_type)[1:]]
+    for item in (i for name in _FRAME_TYPE_GROUPS for i in _all_group_items(ds, name)):
+        item.FrameType = ["DERIVED", *list(item.get("FrameType", []) or [])[1:]]
+        if item.get("PixelPresentation") in ("COLOR", "MIXED"):
+            item.PixelPresentation = "MONOCHROME"  # its supplemental palette was dropped
+    if ds.get("PixelPresentation") in ("COLOR", "MIXED"):
+        ds.PixelPresentation = "MONOCHROME"
+    # Geometry, frame by frame (positions first: they need the source's pixel size).
+    rows, columns = frames.shape[1:]
+    moved: set[int] = set()  # a position in the shared group applies to every frame: move it once
+    for index in range(count):
+        measures = _frame_group_item(ds, index, "PixelMeasuresSequence")
+        position = _frame_group_item(ds, index, "PlanePositionSequence")
+        orientation = _frame_group_item(ds, index, "PlaneOrientationSequence")
+        if measures is None or position is None or orientation is None or id(position) in moved:
+            continue
+        if "PixelSpacing" in measures and "ImagePositionPatient" in position:
+            position.ImagePositionPatient = _derived_origin(
+                position.ImagePositionPatient,
+                orientation.ImageOrientationPatient,
+                (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+                (rows, columns),
+                scale=scale,
+                degradation=degradation,
+            )
+            moved.add(id(position))
+    for measures in _all_group_items(ds, "PixelMeasuresSequence"):
+        if "PixelSpacing" in measures:
+            row_mm, col_mm = (float(v) for v in measures.PixelSpacing)
+            measures.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
+    ds.Rows, ds.Columns = rows, columns
+
+    # Each frame derives from its source frame. A file without per-frame groups (flattened, not
+    # valid enhanced DICOM) keeps the description at the top level, where readers still find it.
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame:
+        for index, group in enumerate(per_frame):
+            item = Dataset()
+            item.DerivationDescription = derivation[:1024]
+            item.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
+            item.SourceImageSequence = DicomSequence(
+                [_source_reference(source_sop_class, source_sop_instance, [index + 1])]
+            )
+            group.DerivationImageSequence = DicomSequence([item])
+        del ds.DerivationDescription  # the enhanced IODs carry it in each frame's DerivationImageSequence
+        ds.ReferencedSeriesSequence = DicomSequence(
+            [_referenced_series(source_series, source_sop_class, source_sop_instance)]
+        )
+        # The instances the frames derive from, listed as the enhanced IODs require (Hierarchical SOP
+        # Instance Reference).
+        evidence_instance = Dataset()
+        evidence_instance.ReferencedSOPClassUID = source_sop_class
+        evidence_instance.ReferencedSOPInstanceUID = source_sop_instance
+        evidence_series = Dataset()
+        evidence_series.SeriesInstanceUID = source_series
+        evidence_series.ReferencedSOPSequence = DicomSequence([evidence_instance])
+        evidence = Dataset()
+        evidence.StudyInstanceUID = str(ds.StudyInstanceUID)
+        evidence.ReferencedSeriesSequence = DicomSequence([evidence_series])
+        ds.SourceImageEvidenceSequence = DicomSequence([evidence])
+
+    encoding, stored = _encoded(
+        ds, frames, source_encoding=source_encoding, source_padding=source_padding, padding=padding
+    )
+    transforms = _all_group_items(ds, "PixelValueTransformationSequence")
+    if not transforms and encoding != Encoding(1.0, 0.0, encoding.signed):
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if not shared:
+            ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+            shared = ds.SharedFunctionalGroupsSequence
+        item = Dataset()
+        item.RescaleType = "US"  # unspecified: MR values have no unit
+        shared[0].PixelValueTransformationSequence = DicomSequence([item])
+        transforms = [item]
+    for item in transforms:
+        item.RescaleSlope, item.RescaleIntercept = _ds(encoding.slope), _ds(encoding.intercept)
+    if "RescaleSlope" in ds:  # legacy-converted images may keep it at the top level too
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(encoding.slope), _ds(encoding.intercept)
+    _store_pixels(ds, stored, source_syntax)
     return ds
 
 
@@ -319,17 +594,12 @@ def check_derivable(volume: ImageVolume) -> None:
     """Refuses, before any work, a DICOM source whose slices a derived series cannot reference.
 
     Raises:
-        DataError: not a DICOM series, or a slice lacks one of ``_REQUIRED_FOR_DERIVED``.
+        DataError: not a DICOM series, or a source file lacks one of ``_REQUIRED_FOR_DERIVED``.
     """
-    files = [Path(f) for f in volume.meta.get("files", [])]
+    files = _source_files(volume)
     if volume.format != "dicom" or not files:
         raise DataError(
             f"{volume.source}: a derived DICOM series needs a DICOM input (its patient, study and geometry)"
-        )
-    if volume.meta.get("multiframe"):
-        raise DataError(
-            f"{volume.meta['multiframe']}: an enhanced multi-frame image; derived series are written for "
-            "single-frame series only: write the result as .nii.gz, .tif or .npy"
         )
     for file in files:
         header = _read_header(file)
@@ -339,6 +609,13 @@ def check_derivable(volume: ImageVolume) -> None:
                 f"{file}: lacks {', '.join(missing)}, which a derived series must reference; write the "
                 "result as .nii.gz, .tif or .npy instead"
             )
+
+
+def _source_files(volume: ImageVolume) -> list[Path]:
+    """The files a derived series is made from: one per slice, or the one enhanced multi-frame file."""
+    if volume.meta.get("multiframe"):
+        return [Path(volume.meta["multiframe"])]
+    return [Path(f) for f in volume.meta.get("files", [])]
 
 
 def _little_endian(ds: Any) -> Any:
@@ -372,7 +649,8 @@ def write_derived_series(
     warnings: Sequence[str] = (),
 ) -> list[Path]:
     """Writes ``result`` (``[S, H * scale, W * scale]`` modality values) as a derived series of the DICOM
-    series ``volume`` was read from, one file per slice, into ``folder`` (new or empty).
+    series ``volume`` was read from, into ``folder`` (new or empty): one file per slice, or, for an
+    enhanced multi-frame source, one multi-frame file of the same SOP class (:func:`derived_multiframe`).
 
     Args:
         volume: the source as :func:`edgesr.load_image` read it (its ``meta["files"]`` in slice order).
@@ -387,47 +665,62 @@ def write_derived_series(
     Raises:
         DataError: the volume is not a DICOM series, shapes disagree, or the folder cannot be written.
     """
-
     check_derivable(volume)
-    files = [Path(f) for f in volume.meta.get("files", [])]
-    if result.ndim != 3 or result.shape[0] != len(files):
-        raise ValueError(
-            f"result must be [{len(files)}, H, W] for {len(files)} source slices; got {result.shape}"
-        )
+    slices = len(volume.meta.get("files", []))
+    if result.ndim != 3 or result.shape[0] != slices:
+        raise ValueError(f"result must be [{slices}, H, W] for {slices} source slices; got {result.shape}")
     if padding is not None and padding.shape != result.shape:
         raise ValueError(f"padding must have the result's shape {result.shape}; got {padding.shape}")
     if not np.isfinite(result).all():
         raise DataError(f"{folder}: refusing to write NaN/Inf values")
     folder = check_output_folder(folder, inputs=[volume.source])
     sr_what = f"Super-resolution x{scale}" if scale > 1 else "Enhancement"
-    derivation = f"{sr_what} by edgesr {__version__}, model {provenance.describe()}."
     from pydicom.uid import generate_uid
 
-    series_uid = generate_uid()
-    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+    common: dict[str, Any] = {
+        "series_uid": generate_uid(),
+        "scale": scale,
+        "degradation": degradation,
+        "provenance": provenance,
+        "derivation": f"{sr_what} by edgesr {__version__}, model {provenance.describe()}.",
+        "now": datetime.datetime.now(datetime.timezone.utc).astimezone(),
+        "comments": " ".join(f"edgesr warning: {w}" for w in warnings),
+    }
+
+    def number(source: Any) -> int | None:
+        if series_number is None and str(source.get("SeriesNumber", "") or "").strip():
+            return int(source.SeriesNumber) + DERIVED_SERIES_OFFSET
+        return series_number
+
+    def instances() -> Iterator[Any]:
+        """The derived instances, in the order they are written."""
+        if volume.meta.get("multiframe"):
+            # The volume's slices are sorted by position; the file keeps the source's frame order.
+            order = np.argsort(np.asarray(volume.meta["frame_numbers"]))
+            source = _little_endian(_read_header(_source_files(volume)[0]))
+            yield derived_multiframe(
+                source,
+                result[order],
+                series_number=number(source),
+                padding=padding[order] if padding is not None else None,
+                **common,
+            )
+            return
+        for index, file in enumerate(_source_files(volume)):
+            source = _little_endian(_read_header(file))
+            yield derived_slice(
+                source,
+                result[index],
+                series_number=number(source),
+                padding=padding[index] if padding is not None else None,
+                **common,
+            )
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     written: list[Path] = []
     try:
-        for index, file in enumerate(files):
-            source = _little_endian(_read_header(file))
-            if series_number is None and str(source.get("SeriesNumber", "") or "").strip():
-                number: int | None = int(source.SeriesNumber) + DERIVED_SERIES_OFFSET
-            else:
-                number = series_number
-            ds = derived_slice(
-                source,
-                result[index],
-                series_uid=series_uid,
-                scale=scale,
-                degradation=degradation,
-                provenance=provenance,
-                derivation=derivation,
-                series_number=number,
-                now=now,
-                padding=padding[index] if padding is not None else None,
-                comments=" ".join(f"edgesr warning: {w}" for w in warnings),
-            )
+        for index, ds in enumerate(instances()):
             name = f"{index + 1:05d}.dcm"
             with open(staging / name, "wb") as f:
                 ds.save_as(f, enforce_file_format=True)
@@ -445,4 +738,11 @@ def write_derived_series(
     return written
 
 
-__all__ = ["Encoding", "check_output_folder", "choose_encoding", "derived_slice", "write_derived_series"]
+__all__ = [
+    "Encoding",
+    "check_output_folder",
+    "choose_encoding",
+    "derived_multiframe",
+    "derived_slice",
+    "write_derived_series",
+]

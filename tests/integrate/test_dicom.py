@@ -265,11 +265,12 @@ def test_dciodvfy_finds_no_new_errors_in_a_derived_series(tmp_path):
     out = tmp_path / "out"
     assert main(["enhance", "model=rdn-ct-x2", f"input={source}", f"output={out}"]) == 0
 
-    def errors(path: Path) -> set[str]:
-        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-        return {line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")}
+    assert _dciodvfy_errors(out / "00001.dcm") <= _dciodvfy_errors(source)
 
-    assert errors(out / "00001.dcm") <= errors(source)
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return {line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")}
 
 
 def _mr_series(folder: Path, images: list[np.ndarray]) -> Path:
@@ -402,7 +403,90 @@ def test_enhanced_multi_frame_mr_and_ct_are_read_frame_by_frame(ct_checkpoint, t
     out = tmp_path / "sr.nii.gz"
     assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
     assert nib.load(out).shape == (1024, 1024, 2)
-    derived = tmp_path / "derived"
-    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={derived}"]) == 2
-    assert "an enhanced multi-frame image; derived series are written for" in capsys.readouterr().err
-    assert not derived.exists()
+
+
+def test_per_frame_rescale_applies_to_its_own_frame_only(tmp_path):
+    """Vendors scale frames one by one (per-frame PixelValueTransformation) and some legacy-converted
+    files keep a top-level RescaleSlope too: each frame must decode with its own slope, not the last."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = pydicom.dcmread(_pydicom_data_file("eCT_Supplemental.dcm"))
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    for frame, slope in zip(ds.PerFrameFunctionalGroupsSequence, (1.0, 3.0), strict=True):
+        item = Dataset()
+        item.RescaleSlope, item.RescaleIntercept, item.RescaleType = slope, -1024, "HU"
+        frame.PixelValueTransformationSequence = DicomSequence([item])
+    ds.save_as(tmp_path / "scaled.dcm")
+    stored = ds.pixel_array.astype(np.float32)
+    volume = edgesr.load_image(tmp_path / "scaled.dcm")
+    assert volume.meta["frame_numbers"] == [2, 1]
+    np.testing.assert_array_equal(volume.data[0], stored[1] * 3.0 - 1024)
+    np.testing.assert_array_equal(volume.data[1], stored[0] * 1.0 - 1024)
+
+
+def test_an_enhanced_multi_frame_image_comes_back_as_one_derived_multi_frame_file(ct_checkpoint, tmp_path):
+    """A real enhanced CT (its frames stored in the reverse of their position order, geometry and HU
+    rescale in functional groups, a supplemental colour palette and a real-world value map of the
+    source's stored values): one derived file of the same SOP class, frame for frame."""
+    source = _pydicom_data_file("eCT_Supplemental.dcm")
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={ct_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    volume = edgesr.load_image(source)
+    assert volume.meta["frame_numbers"] == [2, 1]  # slice order (by position) is not frame order
+    expected = edgesr.Enhancer.from_checkpoint(ct_checkpoint).enhance(volume)
+
+    assert [f.name for f in out.iterdir()] == ["00001.dcm"]
+    src, ds = pydicom.dcmread(source), pydicom.dcmread(out / "00001.dcm")
+    assert ds.SOPClassUID == src.SOPClassUID and ds.NumberOfFrames == 2
+    assert ds.SOPInstanceUID != src.SOPInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and (ds.Rows, ds.Columns) == (1024, 1024)
+    assert list(ds.ImageType)[0] == "DERIVED" and "RealWorldValueMappingSequence" not in str(ds)
+    assert "RedPaletteColorLookupTableData" not in ds and ds.PixelPresentation == "MONOCHROME"
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert list(shared.CTImageFrameTypeSequence[0].FrameType)[0] == "DERIVED"
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx([0.194336] * 2)
+    for frame, (old, new) in enumerate(
+        zip(src.PerFrameFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence, strict=True)
+    ):
+        assert (
+            new.FrameContentSequence[0].DimensionIndexValues
+            == old.FrameContentSequence[0].DimensionIndexValues
+        )
+        reference = new.DerivationImageSequence[0].SourceImageSequence[0]
+        assert reference.ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert reference.ReferencedFrameNumber == frame + 1
+        # The ct-blur grid: HR pixel 0 lies a quarter of an LR pixel before LR pixel 0's centre, along
+        # a row (-x here) and down a column (+y).
+        shift = np.array([+0.25, -0.25, 0.0]) * 0.388672
+        np.testing.assert_allclose(
+            [float(v) for v in new.PlanePositionSequence[0].ImagePositionPatient],
+            np.add([float(v) for v in old.PlanePositionSequence[0].ImagePositionPatient], shift),
+            atol=1e-5,
+        )
+    # Read back: the same values (within half a slope of the HU encoding), geometry and slice order.
+    back = edgesr.load_image(out)
+    assert back.meta["frame_numbers"] == [2, 1]
+    assert np.abs(back.data - expected.image).max() <= 0.5 + 1e-4
+    np.testing.assert_allclose(
+        back.affine, upsampled_affine(volume.affine, 2, "ct-blur", (512, 512)), atol=1e-4
+    )
+    if shutil.which("dciodvfy") is not None:  # David Clunie's IOD checker: nothing new
+        assert _dciodvfy_errors(out / "00001.dcm") <= _dciodvfy_errors(source)
+
+
+def test_a_flattened_enhanced_mr_without_functional_groups_is_written_too(tiny_checkpoint, tmp_path):
+    """pydicom-data's enhanced MR holds no functional groups (not valid enhanced DICOM, but such files
+    exist): the derived file keeps its frames, says what was done, and reads back as the result."""
+    source = _pydicom_data_file("emri_small.dcm")
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    expected = edgesr.Enhancer.from_checkpoint(tiny_checkpoint).enhance(edgesr.load_image(source))
+    ds = pydicom.dcmread(out / "00001.dcm")
+    assert ds.NumberOfFrames == 10 and (ds.Rows, ds.Columns) == (128, 128)
+    assert "Super-resolution x2" in ds.DerivationDescription
+    back = edgesr.load_image(out)
+    groups = ds.get("SharedFunctionalGroupsSequence")  # written only when the source's encoding did not fit
+    slope = float(groups[0].PixelValueTransformationSequence[0].RescaleSlope) if groups else 1.0
+    assert np.abs(back.data - expected.image).max() <= slope / 2 * (1 + 1e-6) + 1e-6
