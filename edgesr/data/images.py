@@ -280,9 +280,8 @@ def load_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Ima
             )
     for (file_a, ds_a), (file_b, ds_b) in zip(chosen, chosen[1:], strict=False):
         if geometry[file_a].position == geometry[file_b].position and geometry[file_a].oriented:
-            raise DataError(
-                f"{file_b}: lies at the same position as {file_a.name}; {_why_duplicate(ds_a, ds_b)}"
-            )
+            why = _why_duplicate(ds_a, ds_b, multiframe=multiframe is not None)
+            raise DataError(f"{file_b}: lies at the same position as {file_a.name}; {why}")
     slices: list[np.ndarray] = []
     paddings: list[np.ndarray] = []
     integral = True  # every slice's modality values are integers (an integer output type can hold them)
@@ -396,6 +395,10 @@ class _SliceGeometry:
 _DIMENSIONS = (
     "EchoNumbers",
     "EchoTime",
+    "EffectiveEchoTime",
+    "TemporalPositionIndex",
+    "NominalCardiacTriggerDelayTime",
+    "StackID",
     "TemporalPositionIdentifier",
     "TriggerTime",
     "DiffusionBValue",
@@ -404,15 +407,23 @@ _DIMENSIONS = (
 )
 
 
-def _why_duplicate(a: Any, b: Any) -> str:
+def _why_duplicate(a: Any, b: Any, *, multiframe: bool = False) -> str:
     """Why two images of a series lie at one position, for the error: the tag that tells them apart."""
+    split = (
+        "split the file into one volume per {keyword} first (dcm2niix, or the console's export of one "
+        "echo or phase)"
+        if multiframe
+        else "split the series by {keyword} into folders first"
+    )
     for keyword in _DIMENSIONS:
         if keyword in a and keyword in b and a[keyword].value != b[keyword].value:
             return (
                 f"they differ in {keyword} ({a[keyword].value} vs {b[keyword].value}): a multi-echo, "
-                "multi-phase or repeated series; edgesr enhances one 3-D volume per run, so split the "
-                f"series by {keyword} into folders first"
+                "multi-phase or repeated series; edgesr enhances one 3-D volume per run, so "
+                + split.format(keyword=keyword)
             )
+    if multiframe:
+        return "two frames at one position that no functional group tells apart (repeats?)"
     return "two copies of one slice (or two acquisitions that no tag tells apart); keep one of them"
 
 
@@ -430,6 +441,11 @@ _FRAME_GROUPS = {
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
     "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+    # What tells frames at one position apart (echoes, phases, b-values), for the duplicate error.
+    "MREchoSequence": ("EffectiveEchoTime",),
+    "MRDiffusionSequence": ("DiffusionBValue",),
+    "CardiacSynchronizationSequence": ("NominalCardiacTriggerDelayTime",),
+    "FrameContentSequence": ("TemporalPositionIndex", "StackID"),
 }
 
 

@@ -379,16 +379,17 @@ def derived_slice(
     )
     ds.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
     ds.SourceImageSequence = DicomSequence([_source_reference(source_sop_class, source_sop_instance)])
-    ds.ReferencedSeriesSequence = DicomSequence(
-        [_referenced_series(source_series, source_sop_class, source_sop_instance)]
-    )
+    if source_series:  # a source without a series UID (invalid, but read) cannot be referenced by it
+        ds.ReferencedSeriesSequence = DicomSequence(
+            [_referenced_series(source_series, source_sop_class, source_sop_instance)]
+        )
 
-    # Geometry: the new grid over the source's field of view.
+    # Geometry: the new grid over the source's field of view (empty tags are absent, as for the reader).
     rows, columns = pixels.shape
-    if "PixelSpacing" in ds:
+    if _has_value(ds, "PixelSpacing"):
         row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
         ds.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        if _has_value(ds, "ImagePositionPatient") and _has_value(ds, "ImageOrientationPatient"):
             ds.ImagePositionPatient = _derived_origin(
                 ds.ImagePositionPatient,
                 ds.ImageOrientationPatient,
@@ -418,6 +419,19 @@ def _frame_group_item(ds: Any, frame: int, sequence: str) -> Any | None:
     return None
 
 
+def _has_value(holder: Any, keyword: str) -> bool:
+    return keyword in holder and holder[keyword].value not in (None, "")
+
+
+def _frame_value_holder(ds: Any, frame: int, sequence: str, keyword: str) -> Any | None:
+    """Where ``frame``'s ``keyword`` lives, as the reader takes it: its functional group item (per-frame
+    over shared), else the top level; None when neither holds a value."""
+    for holder in (_frame_group_item(ds, frame, sequence), ds):
+        if holder is not None and _has_value(holder, keyword):
+            return holder
+    return None
+
+
 def _all_group_items(ds: Any, sequence: str) -> list[Any]:
     """Every item of functional group ``sequence``, shared and per-frame (to rewrite them all)."""
     items = []
@@ -426,6 +440,15 @@ def _all_group_items(ds: Any, sequence: str) -> list[Any]:
             if sequence in group:
                 items.extend(group[sequence])
     return items
+
+
+def _enhanced_derived_type(values: list[str]) -> list[str]:
+    """An enhanced image's ImageType or FrameType made derived: value 1 DERIVED, value 2 kept (PRIMARY is
+    the only value those IODs allow), value 4 RESAMPLED in place of NONE (PS3.3 C.8.16.1.4)."""
+    values = ["DERIVED", *list(values)[1:]] if values else ["DERIVED", "PRIMARY"]
+    if len(values) >= 4 and values[3] == "NONE":
+        values[3] = "RESAMPLED"
+    return values
 
 
 # Enhanced images state per frame what each frame is (ORIGINAL/DERIVED...) in these groups.
@@ -468,10 +491,16 @@ def derived_multiframe(
     source_sop_class = str(ds.SOPClassUID)
     source_sop_instance = str(ds.SOPInstanceUID)
     source_series = str(ds.get("SeriesInstanceUID", ""))
-    transform = _frame_group_item(ds, 0, "PixelValueTransformationSequence") or ds
+    # Frames may be scaled one by one (vendors do): the finest source slope is the one to keep, if any.
+    transforms = [
+        holder
+        for index in range(count)
+        if (holder := _frame_value_holder(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+    ]
+    finest = min(transforms, key=lambda t: float(t.RescaleSlope), default=None)
     source_encoding = Encoding(
-        float(transform.get("RescaleSlope", 1.0) or 1.0),
-        float(transform.get("RescaleIntercept", 0.0) or 0.0),
+        float(finest.RescaleSlope) if finest is not None else 1.0,
+        float(finest.get("RescaleIntercept", 0.0) or 0.0) if finest is not None else 0.0,
         signed=int(ds.get("PixelRepresentation", 0)) == 1,
     )
     source_padding = ds.get("PixelPaddingValue")
@@ -494,41 +523,42 @@ def derived_multiframe(
         now=now,
         comments=comments,
     )
-    # Enhanced images know only PRIMARY for value 2 of ImageType and FrameType: value 1 says DERIVED.
-    ds.ImageType = ["DERIVED", *list(source_image_type)[1:]]
+    # Enhanced images know only PRIMARY for value 2 of ImageType and FrameType: value 1 says DERIVED,
+    # and value 4 (derived pixel contrast) RESAMPLED where the source had none.
+    ds.ImageType = _enhanced_derived_type(source_image_type)
     for item in (i for name in _FRAME_TYPE_GROUPS for i in _all_group_items(ds, name)):
-        item.FrameType = ["DERIVED", *list(item.get("FrameType", []) or [])[1:]]
+        item.FrameType = _enhanced_derived_type(list(item.get("FrameType", []) or []))
         if item.get("PixelPresentation") in ("COLOR", "MIXED"):
             item.PixelPresentation = "MONOCHROME"  # its supplemental palette was dropped
     if ds.get("PixelPresentation") in ("COLOR", "MIXED"):
         ds.PixelPresentation = "MONOCHROME"
-    # Geometry, frame by frame (positions first: they need the source's pixel size).
+    # Geometry, frame by frame, wherever the reader found it (functional groups or the top level);
+    # positions first, as they need the source's pixel size.
     rows, columns = frames.shape[1:]
-    moved: set[int] = set()  # a position in the shared group applies to every frame: move it once
+    moved: set[int] = set()  # a position in the shared group or at the top level: moved once
     for index in range(count):
-        measures = _frame_group_item(ds, index, "PixelMeasuresSequence")
-        position = _frame_group_item(ds, index, "PlanePositionSequence")
-        orientation = _frame_group_item(ds, index, "PlaneOrientationSequence")
-        if measures is None or position is None or orientation is None or id(position) in moved:
+        spacing_at = _frame_value_holder(ds, index, "PixelMeasuresSequence", "PixelSpacing")
+        position_at = _frame_value_holder(ds, index, "PlanePositionSequence", "ImagePositionPatient")
+        orientation_at = _frame_value_holder(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient")
+        if spacing_at is None or position_at is None or orientation_at is None or id(position_at) in moved:
             continue
-        if "PixelSpacing" in measures and "ImagePositionPatient" in position:
-            position.ImagePositionPatient = _derived_origin(
-                position.ImagePositionPatient,
-                orientation.ImageOrientationPatient,
-                (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
-                (rows, columns),
-                scale=scale,
-                degradation=degradation,
-            )
-            moved.add(id(position))
-    for measures in _all_group_items(ds, "PixelMeasuresSequence"):
-        if "PixelSpacing" in measures:
+        position_at.ImagePositionPatient = _derived_origin(
+            position_at.ImagePositionPatient,
+            orientation_at.ImageOrientationPatient,
+            (float(spacing_at.PixelSpacing[0]), float(spacing_at.PixelSpacing[1])),
+            (rows, columns),
+            scale=scale,
+            degradation=degradation,
+        )
+        moved.add(id(position_at))
+    for measures in [*_all_group_items(ds, "PixelMeasuresSequence"), ds]:
+        if _has_value(measures, "PixelSpacing"):
             row_mm, col_mm = (float(v) for v in measures.PixelSpacing)
             measures.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
     ds.Rows, ds.Columns = rows, columns
 
-    # Each frame derives from its source frame. A file without per-frame groups (flattened, not
-    # valid enhanced DICOM) keeps the description at the top level, where readers still find it.
+    # Each frame derives from its source frame. A file without per-frame groups (flattened: not valid
+    # enhanced DICOM, but such files exist) gets the single-frame references at the top level.
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame:
         for index, group in enumerate(per_frame):
@@ -540,9 +570,16 @@ def derived_multiframe(
             )
             group.DerivationImageSequence = DicomSequence([item])
         del ds.DerivationDescription  # the enhanced IODs carry it in each frame's DerivationImageSequence
+    else:
+        ds.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
+        ds.SourceImageSequence = DicomSequence(
+            [_source_reference(source_sop_class, source_sop_instance, list(range(1, count + 1)))]
+        )
+    if source_series:  # a source without a series UID (invalid, but read) cannot be referenced by it
         ds.ReferencedSeriesSequence = DicomSequence(
             [_referenced_series(source_series, source_sop_class, source_sop_instance)]
         )
+    if per_frame and source_series:
         # The instances the frames derive from, listed as the enhanced IODs require (Hierarchical SOP
         # Instance Reference).
         evidence_instance = Dataset()

@@ -486,7 +486,107 @@ def test_a_flattened_enhanced_mr_without_functional_groups_is_written_too(tiny_c
     ds = pydicom.dcmread(out / "00001.dcm")
     assert ds.NumberOfFrames == 10 and (ds.Rows, ds.Columns) == (128, 128)
     assert "Super-resolution x2" in ds.DerivationDescription
+    reference = ds.SourceImageSequence[0]  # no per-frame groups to hold it: the top level does
+    assert reference.ReferencedSOPInstanceUID == pydicom.dcmread(source).SOPInstanceUID
+    assert list(reference.ReferencedFrameNumber) == list(range(1, 11))
     back = edgesr.load_image(out)
     groups = ds.get("SharedFunctionalGroupsSequence")  # written only when the source's encoding did not fit
     slope = float(groups[0].PixelValueTransformationSequence[0].RescaleSlope) if groups else 1.0
     assert np.abs(back.data - expected.image).max() <= slope / 2 * (1 + 1e-6) + 1e-6
+
+
+def _enhanced_mr(path: Path, *, frames: int = 4, where: str = "groups") -> Path:
+    """pydicom-data's enhanced MR cut to ``frames`` frames, with its geometry (2 mm pixels, axial, 3 mm
+    apart) in the functional groups (``where="groups"``) or, as some converters leave it, pixel size and
+    orientation at the top level (``"top"``)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    def item(**values):
+        found = Dataset()
+        for keyword, value in values.items():
+            setattr(found, keyword, value)
+        return found
+
+    ds = pydicom.dcmread(_pydicom_data_file("emri_small.dcm"))
+    ds.PixelData = ds.pixel_array[:frames].astype("<u2").tobytes()
+    ds.NumberOfFrames = frames
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "T1", "NONE"]
+    shared = item(
+        MRImageFrameTypeSequence=DicomSequence([item(FrameType=["ORIGINAL", "PRIMARY", "T1", "NONE"])])
+    )
+    if where == "groups":
+        shared.PixelMeasuresSequence = DicomSequence([item(PixelSpacing=[2.0, 2.0], SliceThickness=3.0)])
+        shared.PlaneOrientationSequence = DicomSequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    else:
+        ds.PixelSpacing, ds.ImageOrientationPatient = [2.0, 2.0], [1, 0, 0, 0, 1, 0]
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(
+        [
+            item(PlanePositionSequence=DicomSequence([item(ImagePositionPatient=[-64.0, -64.0, 3.0 * i])]))
+            for i in range(frames)
+        ]
+    )
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("where", ["groups", "top"])
+def test_enhanced_geometry_is_rewritten_wherever_the_file_keeps_it(tiny_checkpoint, tmp_path, where):
+    source = _enhanced_mr(tmp_path / "mr.dcm", where=where)
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    volume, back = edgesr.load_image(source), edgesr.load_image(out)
+    assert volume.spacing == pytest.approx((3.0, 2.0, 2.0)) and back.spacing == pytest.approx((3.0, 1.0, 1.0))
+    np.testing.assert_allclose(
+        back.affine, upsampled_affine(volume.affine, 2, "mr-kspace", (64, 64)), atol=1e-4
+    )
+    frame_type = (
+        pydicom.dcmread(out / "00001.dcm").SharedFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0]
+    )
+    assert list(frame_type.FrameType) == ["DERIVED", "PRIMARY", "T1", "RESAMPLED"]  # PS3.3 C.8.16.1.4
+
+
+def test_enhanced_frames_with_empty_geometry_or_their_own_slopes(tiny_checkpoint, tmp_path, capsys):
+    """An empty orientation item reads as no orientation (frames ordered by number) and is written
+    without one; frames scaled one by one keep the finest slope; frames at one position that an echo
+    tells apart are refused with what to do."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    source = _enhanced_mr(tmp_path / "empty.dcm")
+    ds = pydicom.dcmread(source)
+    ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = DicomSequence([Dataset()])
+    ds.save_as(source)
+    out = tmp_path / "empty-out"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    assert edgesr.load_image(out).data.shape == (4, 128, 128)
+
+    source = _enhanced_mr(tmp_path / "scaled.dcm")
+    ds = pydicom.dcmread(source)
+    for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = (2.5, 10) if index == 0 else (0.25, -5)
+        transform.RescaleType = "US"
+        group.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.save_as(source)
+    out = tmp_path / "scaled-out"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    written = pydicom.dcmread(out / "00001.dcm").PerFrameFunctionalGroupsSequence
+    assert {float(g.PixelValueTransformationSequence[0].RescaleSlope) for g in written} == {0.25}
+    expected = edgesr.Enhancer.from_checkpoint(tiny_checkpoint).enhance(edgesr.load_image(source))
+    assert np.abs(edgesr.load_image(out).data - expected.image).max() <= 0.125 + 1e-4
+
+    source = _enhanced_mr(tmp_path / "echoes.dcm", frames=2)
+    ds = pydicom.dcmread(source)
+    for echo_time, group in zip((10.0, 80.0), ds.PerFrameFunctionalGroupsSequence, strict=True):
+        group.PlanePositionSequence[0].ImagePositionPatient = [-64.0, -64.0, 0.0]
+        echo = Dataset()
+        echo.EffectiveEchoTime = echo_time
+        group.MREchoSequence = DicomSequence([echo])
+    ds.save_as(source)
+    out = tmp_path / "echoes-out"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "they differ in EffectiveEchoTime (10.0 vs 80.0)" in err and "split the file" in err
+    assert not out.exists()
