@@ -179,17 +179,30 @@ def check_output_folder(
     return folder
 
 
-def _stamp_identity(
-    ds: Any,
-    *,
-    series_uid: str,
-    series_number: int | None,
-    scale: int,
-    derivation: str,
-    provenance: Provenance,
-    now: datetime.datetime,
-    comments: str,
-) -> None:
+@dataclass(frozen=True)
+class DerivedSeries:
+    """What every instance of one derived series shares.
+
+    Attributes:
+        series_uid: the new SeriesInstanceUID.
+        scale, degradation: the model's; where its output pixels lie (:func:`lr_grid_offset`).
+        provenance: the model and its weights, named in ContributingEquipmentSequence.
+        derivation: DerivationDescription, what was done.
+        now: the creation date and time of every instance.
+        comments: what the reader should know about these images (ImageComments, which viewers show);
+            empty: the source's comments are kept.
+    """
+
+    series_uid: str
+    scale: int
+    degradation: str
+    provenance: Provenance
+    derivation: str
+    now: datetime.datetime
+    comments: str = ""
+
+
+def _stamp_identity(ds: Any, series: DerivedSeries, series_number: int | None) -> None:
     """What makes ``ds`` (a copy of its source's header) a new instance of the derived series: ImageType,
     UIDs, number, description, dates, comments and edgesr as contributing equipment."""
     from pydicom.dataset import Dataset
@@ -200,26 +213,27 @@ def _stamp_identity(
     image_type = list(ds.get("ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid
+    ds.SeriesInstanceUID = series.series_uid
     if series_number is not None:
         ds.SeriesNumber = series_number
-    ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{scale}]")
-    ds.DerivationDescription = derivation[:1024]
-    if comments:
+    ds.SeriesDescription = _description(str(ds.get("SeriesDescription", "")), f"[edgesr x{series.scale}]")
+    ds.DerivationDescription = series.derivation[:1024]
+    if series.comments:
         original = str(ds.get("ImageComments", "") or "")
         kept = f" (the source image's comments: {original})" if original else ""
-        ds.ImageComments = (comments + kept)[:10240]  # LT's limit
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+        ds.ImageComments = (series.comments + kept)[:10240]  # LT's limit
+    date, time = series.now.strftime("%Y%m%d"), series.now.strftime("%H%M%S.%f")
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
     ds.SeriesDate, ds.SeriesTime = date, time
     equipment = Dataset()
     equipment.Manufacturer = "edgesr"
-    equipment.ManufacturerModelName = provenance.model[-64:]
-    equipment.SoftwareVersions = [f"edgesr {__version__}", provenance.architecture[:64]]
-    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
+    equipment.ManufacturerModelName = series.provenance.model[-64:]
+    equipment.SoftwareVersions = [f"edgesr {__version__}", series.provenance.architecture[:64]]
+    equipment.ContributionDateTime = series.now.strftime("%Y%m%d%H%M%S.%f")
+    provenance = series.provenance
     equipment.ContributionDescription = (
-        f"{derivation} Weights sha256 {provenance.weights_sha256}"
+        f"{series.derivation} Weights sha256 {provenance.weights_sha256}"
         + (f", artifact sha256 {provenance.artifact_sha256}" if provenance.artifact_sha256 else "")
     )[:1024]
     equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "Processing Equipment")])
@@ -251,8 +265,11 @@ def _source_reference(sop_class: str, sop_instance: str, frames: Sequence[int] =
     return reference
 
 
-def _referenced_series(series_uid: str, sop_class: str, sop_instance: str) -> Any:
-    """An item of ReferencedSeriesSequence: the source series and the instance derived from."""
+def _referenced_series(
+    series_uid: str, sop_class: str, sop_instance: str, *, instances: str = "ReferencedInstanceSequence"
+) -> Any:
+    """An item of ReferencedSeriesSequence: the source series and the instance derived from, listed in
+    ``instances`` (the Hierarchical SOP Instance Reference macro names it ReferencedSOPSequence)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
 
@@ -261,7 +278,7 @@ def _referenced_series(series_uid: str, sop_class: str, sop_instance: str) -> An
     instance.ReferencedSOPInstanceUID = sop_instance
     series = Dataset()
     series.SeriesInstanceUID = series_uid
-    series.ReferencedInstanceSequence = DicomSequence([instance])
+    setattr(series, instances, DicomSequence([instance]))
     return series
 
 
@@ -335,25 +352,19 @@ def _store_pixels(ds: Any, stored: np.ndarray, source_syntax: str) -> None:
 def derived_slice(
     source: Any,
     pixels: np.ndarray,
+    series: DerivedSeries,
     *,
-    series_uid: str,
-    scale: int,
-    degradation: str,
-    provenance: Provenance,
-    derivation: str,
     series_number: int | None,
-    now: datetime.datetime,
     padding: np.ndarray | None = None,
-    comments: str = "",
 ) -> Any:
     """One output instance from its source header (read without pixels) and the model's values.
 
     Args:
         source: the source slice's pydicom Dataset.
         pixels: float ``[H * scale, W * scale]`` modality values (HU for CT).
+        series: what the derived series' instances share.
+        series_number: the derived SeriesNumber (None: the source's is kept).
         padding: bool, the output pixels that are the scanner's padding (written as its padding value).
-        comments: what the reader should know about this image (ImageComments, which viewers show);
-            empty: the source's comments are kept.
     """
     from pydicom.sequence import Sequence as DicomSequence
 
@@ -367,16 +378,7 @@ def derived_slice(
     for keyword in (*_DROPPED, "NumberOfFrames", "FrameIncrementPointer"):
         if keyword in ds:
             delattr(ds, keyword)
-    _stamp_identity(
-        ds,
-        series_uid=series_uid,
-        series_number=series_number,
-        scale=scale,
-        derivation=derivation,
-        provenance=provenance,
-        now=now,
-        comments=comments,
-    )
+    _stamp_identity(ds, series, series_number)
     ds.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
     ds.SourceImageSequence = DicomSequence([_source_reference(source_sop_class, source_sop_instance)])
     if source_series:  # a source without a series UID (invalid, but read) cannot be referenced by it
@@ -388,15 +390,15 @@ def derived_slice(
     rows, columns = pixels.shape
     if _has_value(ds, "PixelSpacing"):
         row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
-        ds.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
+        ds.PixelSpacing = [_ds(row_mm / series.scale), _ds(col_mm / series.scale)]
         if _has_value(ds, "ImagePositionPatient") and _has_value(ds, "ImageOrientationPatient"):
             ds.ImagePositionPatient = _derived_origin(
                 ds.ImagePositionPatient,
                 ds.ImageOrientationPatient,
                 (row_mm, col_mm),
                 (rows, columns),
-                scale=scale,
-                degradation=degradation,
+                scale=series.scale,
+                degradation=series.degradation,
             )
     ds.Rows, ds.Columns = rows, columns
 
@@ -458,16 +460,10 @@ _FRAME_TYPE_GROUPS = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence")
 def derived_multiframe(
     source: Any,
     frames: np.ndarray,
+    series: DerivedSeries,
     *,
-    series_uid: str,
-    scale: int,
-    degradation: str,
-    provenance: Provenance,
-    derivation: str,
     series_number: int | None,
-    now: datetime.datetime,
     padding: np.ndarray | None = None,
-    comments: str = "",
 ) -> Any:
     """The derived instance of an enhanced multi-frame image: the same SOP class, frame for frame.
 
@@ -513,16 +509,7 @@ def derived_multiframe(
         for group in ds.get(groups_name) or []:
             if "RealWorldValueMappingSequence" in group:
                 del group.RealWorldValueMappingSequence
-    _stamp_identity(
-        ds,
-        series_uid=series_uid,
-        series_number=series_number,
-        scale=scale,
-        derivation=derivation,
-        provenance=provenance,
-        now=now,
-        comments=comments,
-    )
+    _stamp_identity(ds, series, series_number)
     # Enhanced images know only PRIMARY for value 2 of ImageType and FrameType: value 1 says DERIVED,
     # and value 4 (derived pixel contrast) RESAMPLED where the source had none.
     ds.ImageType = _enhanced_derived_type(source_image_type)
@@ -547,14 +534,14 @@ def derived_multiframe(
             orientation_at.ImageOrientationPatient,
             (float(spacing_at.PixelSpacing[0]), float(spacing_at.PixelSpacing[1])),
             (rows, columns),
-            scale=scale,
-            degradation=degradation,
+            scale=series.scale,
+            degradation=series.degradation,
         )
         moved.add(id(position_at))
     for measures in [*_all_group_items(ds, "PixelMeasuresSequence"), ds]:
         if _has_value(measures, "PixelSpacing"):
             row_mm, col_mm = (float(v) for v in measures.PixelSpacing)
-            measures.PixelSpacing = [_ds(row_mm / scale), _ds(col_mm / scale)]
+            measures.PixelSpacing = [_ds(row_mm / series.scale), _ds(col_mm / series.scale)]
     ds.Rows, ds.Columns = rows, columns
 
     # Each frame derives from its source frame. A file without per-frame groups (flattened: not valid
@@ -563,7 +550,7 @@ def derived_multiframe(
     if per_frame:
         for index, group in enumerate(per_frame):
             item = Dataset()
-            item.DerivationDescription = derivation[:1024]
+            item.DerivationDescription = series.derivation[:1024]
             item.DerivationCodeSequence = DicomSequence([_spatial_resampling()])
             item.SourceImageSequence = DicomSequence(
                 [_source_reference(source_sop_class, source_sop_instance, [index + 1])]
@@ -582,12 +569,9 @@ def derived_multiframe(
     if per_frame and source_series:
         # The instances the frames derive from, listed as the enhanced IODs require (Hierarchical SOP
         # Instance Reference).
-        evidence_instance = Dataset()
-        evidence_instance.ReferencedSOPClassUID = source_sop_class
-        evidence_instance.ReferencedSOPInstanceUID = source_sop_instance
-        evidence_series = Dataset()
-        evidence_series.SeriesInstanceUID = source_series
-        evidence_series.ReferencedSOPSequence = DicomSequence([evidence_instance])
+        evidence_series = _referenced_series(
+            source_series, source_sop_class, source_sop_instance, instances="ReferencedSOPSequence"
+        )
         evidence = Dataset()
         evidence.StudyInstanceUID = str(ds.StudyInstanceUID)
         evidence.ReferencedSeriesSequence = DicomSequence([evidence_series])
@@ -714,15 +698,15 @@ def write_derived_series(
     sr_what = f"Super-resolution x{scale}" if scale > 1 else "Enhancement"
     from pydicom.uid import generate_uid
 
-    common: dict[str, Any] = {
-        "series_uid": generate_uid(),
-        "scale": scale,
-        "degradation": degradation,
-        "provenance": provenance,
-        "derivation": f"{sr_what} by edgesr {__version__}, model {provenance.describe()}.",
-        "now": datetime.datetime.now(datetime.timezone.utc).astimezone(),
-        "comments": " ".join(f"edgesr warning: {w}" for w in warnings),
-    }
+    series = DerivedSeries(
+        series_uid=generate_uid(),
+        scale=scale,
+        degradation=degradation,
+        provenance=provenance,
+        derivation=f"{sr_what} by edgesr {__version__}, model {provenance.describe()}.",
+        now=datetime.datetime.now(datetime.timezone.utc).astimezone(),
+        comments=" ".join(f"edgesr warning: {w}" for w in warnings),
+    )
 
     def number(source: Any) -> int | None:
         if series_number is None and str(source.get("SeriesNumber", "") or "").strip():
@@ -738,9 +722,9 @@ def write_derived_series(
             yield derived_multiframe(
                 source,
                 result[order],
+                series,
                 series_number=number(source),
                 padding=padding[order] if padding is not None else None,
-                **common,
             )
             return
         for index, file in enumerate(_source_files(volume)):
@@ -748,9 +732,9 @@ def write_derived_series(
             yield derived_slice(
                 source,
                 result[index],
+                series,
                 series_number=number(source),
                 padding=padding[index] if padding is not None else None,
-                **common,
             )
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -776,6 +760,7 @@ def write_derived_series(
 
 
 __all__ = [
+    "DerivedSeries",
     "Encoding",
     "check_output_folder",
     "choose_encoding",
