@@ -483,3 +483,13 @@ def test_a_cifti_file_is_refused_by_name(tmp_path, sr_checkpoint, capsys):
         == 2
     )
     assert "a Cifti2Image, not a NIfTI-1/2 image" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_named_before_the_output_is_judged(tmp_path, sr_checkpoint, capsys):
+    # A folder output needs a DICOM input; with no input at all, the missing input is the problem to name.
+    missing = tmp_path / "nope"
+    args = ["enhance", f"checkpoint={sr_checkpoint}", f"input={missing}", f"output={tmp_path / 'series'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "needs a DICOM input" not in err
+    assert not (tmp_path / "series").exists()

@@ -92,6 +92,10 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         model=cfg.model, checkpoint=cfg.checkpoint, artifact=cfg.artifact, device=cfg.device
     )
     spec = enhancer.spec
+    # A missing input is the first thing to say: the output checks below would otherwise complain about a
+    # folder output "needing a DICOM input" when the input does not exist at all.
+    if not Path(cfg.input).exists():
+        raise DataError(f"{cfg.input}: no such file or folder")
     # Where the result goes is checked before any work: never after minutes of inference.
     dicom_series = spec.sr is not None and _wants_dicom_series(cfg.output)
     if dicom_series:

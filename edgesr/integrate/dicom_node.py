@@ -345,7 +345,10 @@ class DicomNode:
                     series_number=self.settings.series_number,
                     warnings=result.warnings,
                 )
-                log.info("series %s: %d slice(s) enhanced in %.1f s", key, count, time.monotonic() - started)
+                # Slices, not files: an enhanced multi-frame file is one instance of many frames.
+                slices, seconds = volume.data.shape[0], time.monotonic() - started
+                files = f" from {count} file(s)" if count != slices else ""
+                log.info("series %s: %d slice(s)%s enhanced in %.1f s", key, slices, files, seconds)
             os.replace(work, self.root / "done" / key)
         except Exception as exc:  # the model or the data: keep the sources, say why, go on serving
             failed = self.root / "failed" / key

@@ -122,6 +122,35 @@ def test_a_series_is_stored_enhanced_and_forwarded(ct_checkpoint, tmp_path):
     assert not any(any((tmp_path / "store" / s).iterdir()) for s in ("incoming", "work", "derived", "tmp"))
 
 
+def test_an_enhanced_multi_frame_ct_comes_back_as_one_derived_instance(ct_checkpoint, tmp_path, caplog):
+    """One instance of two frames (pydicom-data's real enhanced CT): one derived multi-frame instance
+    forwarded, and the log counts the slices enhanced, not the files received."""
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file("eCT_Supplemental.dcm", download=False)  # never fetched
+    if found is None:
+        pytest.skip("eCT_Supplemental.dcm: pydicom-data is not installed (.ci/setup installs it)")
+    pacs = Destination_SCP()
+    node = make_node(
+        ct_checkpoint, tmp_path / "store", destination=Destination("127.0.0.1", pacs.port, "PACS")
+    )
+    caplog.set_level("INFO", logger="edgesr")
+    try:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(pydicom.dcmread(found, stop_before_pixels=True).SOPClassUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGESR")
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(found)).Status == 0x0000
+        assoc.release()
+        wait_for(lambda: len(pacs.received) == 1 and node.idle())
+    finally:
+        node.stop()
+        pacs.stop()
+    (derived,) = pacs.received
+    assert derived.NumberOfFrames == 2 and (derived.Rows, derived.Columns) == (1024, 1024)
+    assert "2 slice(s) from 1 file(s) enhanced" in caplog.text
+
+
 def test_forwarding_is_retried_until_the_destination_answers(ct_checkpoint, tmp_path):
     with socket.socket() as probe:  # a port where nothing listens yet
         probe.bind(("127.0.0.1", 0))
