@@ -155,14 +155,18 @@ def write_card(
         # shipped folder has no run log, and its weights are not their own starting point.
         "training": previous["training"]
         if previous is not None and "training" in previous
-        else {
-            "command": meta["config"].get("command", ""),
-            "steps": meta["step"],
-            "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
-            "wall_clock_seconds": _training_seconds(folder.parent),
-            "machine": _training_machine(meta),
-            "initialised_from": initialised_from,
-        },
+        else (
+            {
+                "command": meta["config"].get("command", ""),
+                "steps": meta["step"],
+                "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
+                "wall_clock_seconds": _training_seconds(folder.parent),
+                "machine": _training_machine(meta),
+                "initialised_from": initialised_from,
+            }
+            # A blend of two trainings (edgesr interpolate): both inputs, the share, how it was chosen.
+            | ({"interpolation": meta["interpolation"]} if "interpolation" in meta else {})
+        ),
         "data": [
             {k: v[k] for k in ("name", "modality", "package", "license", "input_sha256")}
             | {"role": v.get("role", "train"), "template": bool(v.get("template", False))}

@@ -13,6 +13,7 @@ from edgesr.commands.data import InfoConfig, run_info, run_prepare
 from edgesr.commands.enhance import EnhanceConfig, run_enhance
 from edgesr.commands.evaluate import EvaluateConfig, run_evaluate
 from edgesr.commands.export import ExportConfig, run_export
+from edgesr.commands.interpolate import InterpolateConfig, run_interpolate
 from edgesr.commands.report import ReportConfig, run_report
 from edgesr.commands.serve import ServeDicomConfig, ServeMrdConfig, run_serve_dicom, run_serve_mrd
 from edgesr.commands.train import run_train
@@ -53,6 +54,12 @@ COMMANDS: dict[str, Command] = {
             "train a model (RDN, SRGAN, MoDL, DeepcomplexMRI) on the prepared data",
             TrainConfig,
             run_train,
+        ),
+        Command(
+            "interpolate",
+            "blend an SR generator's pixel-loss and GAN weights (ESRGAN), the GAN's share chosen on val",
+            InterpolateConfig,
+            run_interpolate,
         ),
         Command(
             "evaluate",

@@ -116,7 +116,7 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
         spec,
         TorchPredictor(model, spec),
         dataset,
-        label=f"{meta['model']} (step {meta['step']})",
+        label=_label(meta),
         split=cfg.split,
         max_slices=cfg.max_slices,
         recon=protocol,
@@ -153,6 +153,13 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
         print_results(console, external)
         print_comparisons(console, external)
     return 0
+
+
+def _label(meta: dict[str, Any]) -> str:
+    """The model's row name: its step, or for a blend (``edgesr interpolate``) the GAN's share."""
+    if "interpolation" in meta:
+        return f"{meta['model']} (gan_share {meta['interpolation']['gan_share']:g})"
+    return f"{meta['model']} (step {meta['step']})"
 
 
 def print_comparisons(console: Console, report: dict[str, Any]) -> None:

@@ -1,0 +1,251 @@
+"""Network interpolation: one generator between its pixel-loss network and its GAN fine-tune.
+
+A GAN-trained SR generator adds texture that a pixel loss would not, and on scans unlike its training
+data that texture can cost more PSNR than the console's own interpolation. ESRGAN (Wang et al., 2018,
+section 3.4) showed that the weights of a GAN fine-tune and of the pixel-loss network it started from
+can be blended parameter by parameter,
+
+    weights = (1 - gan_share) * pixel + gan_share * gan,
+
+which moves the output smoothly between the two ends of the perception-distortion trade-off without
+training again. This module does that blend and can choose ``gan_share`` itself: the largest share on a
+0.1 grid at which no real scan of the validation split falls below the best classical baseline (the
+console's own upsampling), scored by :func:`edgesr.evaluate.evaluate_model`, the code ``edgesr
+evaluate`` runs. The validation split chooses; test and external figures stay untouched by the choice.
+
+Written by hand: a weighted sum of two state dicts is a few lines, and no library does the checks
+that matter here (one architecture, one spec, the GAN fine-tuned from that very pixel network).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from edgesr._io import replace_folder
+from edgesr.data.dataset import PreparedDataset
+from edgesr.errors import ConfigError, DataError
+from edgesr.train.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    build_model,
+    checkpoint_exists,
+    load_model,
+    read_metadata,
+    read_spec,
+    resolve_checkpoint,
+    weights_sha256,
+)
+
+# From the GAN end downwards: the first share that passes is the largest.
+GAN_SHARES = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
+
+
+def interpolate_weights(
+    pixel: dict[str, torch.Tensor], gan: dict[str, torch.Tensor], *, gan_share: float
+) -> dict[str, torch.Tensor]:
+    """``(1 - gan_share) * pixel + gan_share * gan`` for every floating-point tensor.
+
+    Integer tensors (counters such as BatchNorm's ``num_batches_tracked``) are taken from ``gan``.
+
+    Raises:
+        ValueError: ``gan_share`` outside [0, 1], or the two state dicts differ in names or shapes
+            (named in the message).
+    """
+    if not 0.0 <= gan_share <= 1.0:
+        raise ValueError(f"gan_share must be in [0, 1]; got {gan_share}")
+    if pixel.keys() != gan.keys():
+        only = sorted(pixel.keys() ^ gan.keys())
+        raise ValueError(f"the two networks hold different tensors (e.g. {', '.join(only[:3])})")
+    blended: dict[str, torch.Tensor] = {}
+    for name, gan_tensor in gan.items():
+        pixel_tensor = pixel[name]
+        if pixel_tensor.shape != gan_tensor.shape:
+            raise ValueError(
+                f"tensor {name}: shape {tuple(pixel_tensor.shape)} in the pixel network, "
+                f"{tuple(gan_tensor.shape)} in the GAN network"
+            )
+        if not gan_tensor.is_floating_point():
+            blended[name] = gan_tensor.clone()
+            continue
+        mixed = (1.0 - gan_share) * pixel_tensor.double() + gan_share * gan_tensor.double()
+        blended[name] = mixed.to(gan_tensor.dtype)
+    return blended
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The two checkpoints of one architecture and spec that a blend lies between."""
+
+    pixel: Path
+    gan: Path
+    pixel_weights: dict[str, torch.Tensor]
+    gan_weights: dict[str, torch.Tensor]
+    meta: dict[str, Any]  # the GAN checkpoint's metadata: the blend's architecture and spec
+    gan_started_from_pixel: bool
+
+    def model(self, gan_share: float) -> torch.nn.Module:
+        model = build_model(self.meta)
+        model.load_state_dict(interpolate_weights(self.pixel_weights, self.gan_weights, gan_share=gan_share))
+        return model.eval()
+
+
+def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
+    """Both checkpoints, checked to be one architecture with one spec.
+
+    Raises:
+        DataError: a checkpoint is missing or unreadable, or the two differ in model, options, layer
+            widths (a pruned network) or spec.
+    """
+    pixel, gan = Path(pixel), Path(gan)
+    pixel_model, pixel_meta = load_model(pixel)
+    gan_model, gan_meta = load_model(gan)
+    for key in ("model", "model_options", "layer_shapes"):
+        if (pixel_meta.get(key) or None) != (gan_meta.get(key) or None):
+            raise DataError(
+                f"{gan}: its {key} ({gan_meta.get(key)!r}) differs from {pixel}'s ({pixel_meta.get(key)!r}); "
+                "only two trainings of one architecture can be interpolated"
+            )
+    pixel_spec, gan_spec = read_spec(pixel_meta, pixel), read_spec(gan_meta, gan)
+    if pixel_spec != gan_spec:
+        raise DataError(
+            f"{gan}: its spec ({gan_spec.describe()}) differs from {pixel}'s ({pixel_spec.describe()})"
+        )
+    init = str(gan_meta["config"].get("init", ""))
+    started_from_pixel = bool(init) and _same_folder(Path(init), pixel)
+    return Endpoints(
+        pixel, gan, pixel_model.state_dict(), gan_model.state_dict(), gan_meta, started_from_pixel
+    )
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return resolve_checkpoint(a).resolve() == resolve_checkpoint(b).resolve()
+    except DataError:
+        return False
+
+
+def score_share(
+    endpoints: Endpoints, gan_share: float, dataset: PreparedDataset, *, split: str, max_slices: int = 0
+) -> dict[str, Any]:
+    """The blend at ``gan_share`` on ``split``, next to the baselines: PSNR, SSIM, sharpness, and the
+    real scans below the per-slice best baseline (all settings of the spec together)."""
+    from edgesr.evaluate import evaluate_model
+    from edgesr.pipeline import TorchPredictor
+
+    spec = read_spec(endpoints.meta, endpoints.gan)
+    label = f"gan_share={gan_share:g}"
+    report = evaluate_model(
+        spec,
+        TorchPredictor(endpoints.model(gan_share), spec),
+        dataset,
+        label=label,
+        split=split,
+        max_slices=max_slices,
+    )
+    mine = [r for r in report["results"] if r["method"] == label]
+    below = 0
+    gains = []
+    for comparison in report["comparison"]:
+        real = comparison.get("real_scans") or comparison
+        below += int(real["slices_below_per_slice_best_baseline"])
+        gains.append(float(real["gain_db_over_best_baseline"]))
+    return {
+        "gan_share": gan_share,
+        "split": split,
+        "psnr_db": round(sum(r["psnr_db"] for r in mine) / len(mine), 3),
+        "ssim": round(sum(r["ssim"] for r in mine) / len(mine), 4),
+        "gradient_energy_ratio": round(sum(r["gradient_energy_ratio"] for r in mine) / len(mine), 4),
+        "gain_db_over_best_baseline": round(sum(gains) / len(gains), 3),
+        "slices_below_best_baseline": below,
+    }
+
+
+def choose_gan_share(
+    endpoints: Endpoints,
+    dataset: PreparedDataset,
+    *,
+    split: str = "val",
+    max_slices: int = 0,
+    shares: tuple[float, ...] = GAN_SHARES,
+    progress: Callable[[dict[str, Any]], Any] | None = None,
+) -> tuple[float, list[dict[str, Any]]]:
+    """The largest of ``shares`` at which no real scan of ``split`` is below the best baseline.
+
+    Shares are tried from the largest down and the search stops at the first that passes, so the
+    trials are returned too (what the card records). When none passes, the smallest share is chosen
+    and its trial says how many slices still fall below.
+    """
+    trials: list[dict[str, Any]] = []
+    for share in sorted(shares, reverse=True):
+        trial = score_share(endpoints, share, dataset, split=split, max_slices=max_slices)
+        trials.append(trial)
+        if progress is not None:
+            progress(trial)
+        if trial["slices_below_best_baseline"] == 0:
+            return share, trials
+    return trials[-1]["gan_share"], trials
+
+
+def check_output_folder(out: Path, endpoints: Endpoints) -> None:
+    """Refuses an output that is one of the two inputs, or a folder of other files (never replaced)."""
+    for source in (endpoints.pixel, endpoints.gan):
+        if out.exists() and _same_folder(out, source):
+            raise ConfigError(f"out={out}: is one of the two networks; write the blend to another folder")
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not checkpoint_exists(out)):
+        raise ConfigError(f"out={out}: exists and is not a checkpoint folder; name a new or empty folder")
+
+
+def write_interpolated(
+    out: str | Path,
+    endpoints: Endpoints,
+    *,
+    gan_share: float,
+    chosen_by: str,
+    trials: list[dict[str, Any]],
+    command: str,
+) -> Path:
+    """Writes the blend as a checkpoint (safetensors + JSON) that ``edgesr evaluate card=`` can ship.
+
+    Its metadata is the GAN checkpoint's, with ``config.init`` pointing at the GAN run (so a card's
+    training chain reads blend <- GAN <- pixel network), ``step`` 0 (nothing was trained), the chosen
+    trial's validation figures as ``metrics``, and an ``interpolation`` record: both inputs with their
+    weights' sha256, the share, how it was chosen, every trial.
+    """
+    out = Path(out)
+    check_output_folder(out, endpoints)
+    chosen = next((t for t in trials if t["gan_share"] == gan_share), None)
+    meta = json.loads(json.dumps(endpoints.meta))  # a deep copy of plain JSON
+    for key in ("optimizer", "scheduler"):
+        meta.pop(key, None)
+    meta["step"] = 0
+    meta["metrics"] = (
+        {"val_psnr": chosen["psnr_db"], "val_ssim": chosen["ssim"], "best_val_psnr": chosen["psnr_db"]}
+        if chosen is not None and chosen["split"] == "val"
+        else {}
+    )
+    meta["config"] = dict(meta["config"]) | {"init": str(endpoints.gan), "command": command}
+    meta["interpolation"] = {
+        "method": "ESRGAN network interpolation: (1 - gan_share) * pixel + gan_share * gan",
+        "pixel": {"checkpoint": str(endpoints.pixel), "weights_sha256": weights_sha256(endpoints.pixel)},
+        "gan": {"checkpoint": str(endpoints.gan), "weights_sha256": weights_sha256(endpoints.gan)},
+        "gan_started_from_pixel": endpoints.gan_started_from_pixel,
+        "gan_share": gan_share,
+        "chosen_by": chosen_by,
+        "trials": trials,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = interpolate_weights(endpoints.pixel_weights, endpoints.gan_weights, gan_share=gan_share)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / MODEL_FILE))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+    read_metadata(tmp)  # what was written reads back as a checkpoint before it replaces anything
+    return replace_folder(tmp, out)

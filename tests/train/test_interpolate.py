@@ -1,0 +1,110 @@
+"""``edgesr interpolate``: a generator between its pixel-loss network and its GAN fine-tune (ESRGAN)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgesr.cli import main
+from edgesr.train.checkpoint import load_for_inference
+from edgesr.train.interpolate import interpolate_weights
+from tests.conftest import save_model
+
+
+@pytest.fixture
+def pixel_and_gan(tmp_path) -> tuple[Path, Path]:
+    """An srgan_tiny x2 MR generator and a "GAN fine-tune" of it (its weights moved, its init the first)."""
+    from edgesr.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("srgan_tiny", scale=2)
+    options = {"scale": 2, "upsampler": "zero-fill"}
+    pixel = save_model(tmp_path / "pixel", model, "srgan_tiny", options)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    gan = save_model(tmp_path / "gan", model, "srgan_tiny", options, config={"init": str(pixel)})
+    return pixel, gan
+
+
+def test_weights_blend_linearly_and_a_mismatch_is_named():
+    pixel = {"conv.weight": torch.zeros(2, 3), "bn.num_batches_tracked": torch.tensor(4)}
+    gan = {"conv.weight": torch.ones(2, 3), "bn.num_batches_tracked": torch.tensor(9)}
+    blend = interpolate_weights(pixel, gan, gan_share=0.25)
+    assert torch.equal(blend["conv.weight"], torch.full((2, 3), 0.25))
+    assert int(blend["bn.num_batches_tracked"]) == 9  # counters are not averaged
+    assert torch.equal(interpolate_weights(pixel, gan, gan_share=0.0)["conv.weight"], pixel["conv.weight"])
+    with pytest.raises(ValueError, match=r"tensor conv.weight: shape \(2, 3\) .* \(3, 2\)"):
+        interpolate_weights(pixel, {**gan, "conv.weight": torch.ones(3, 2)}, gan_share=0.5)
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate_weights(pixel, {"conv.weight": torch.ones(2, 3)}, gan_share=0.5)
+    with pytest.raises(ValueError, match="gan_share"):
+        interpolate_weights(pixel, gan, gan_share=1.5)
+
+
+def test_auto_share_is_the_largest_that_keeps_every_val_scan_above_the_baselines(
+    tiny_dataset, pixel_and_gan, tmp_path
+):
+    pixel, gan = pixel_and_gan
+    out = tmp_path / "blend"
+    root = f"root={tiny_dataset.path.parent}"
+    assert main(["interpolate", f"pixel={pixel}", f"gan={gan}", root, "max_slices=2", f"out={out}"]) == 0
+    meta = json.loads((out / "checkpoint.json").read_text())
+    record = meta["interpolation"]
+    trials = record["trials"]
+    assert [t["gan_share"] for t in trials] == [round(1.0 - 0.1 * i, 1) for i in range(len(trials))]
+    assert all(t["split"] == "val" for t in trials)
+    passing = [t["gan_share"] for t in trials if t["slices_below_best_baseline"] == 0]
+    # The search stops at the first share that passes; when none does it ends at 0 and takes it.
+    assert record["gan_share"] == (passing[0] if passing else 0.0) == trials[-1]["gan_share"]
+    assert passing in ([], [trials[-1]["gan_share"]])
+    assert record["gan_started_from_pixel"] is True
+    assert meta["config"]["init"] == str(gan) and meta["step"] == 0
+
+    share = record["gan_share"]
+    expected = interpolate_weights(
+        load_file(str(pixel / "model.safetensors")),
+        load_file(str(gan / "model.safetensors")),
+        gan_share=share,
+    )
+    written = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    load_for_inference(out)  # a checkpoint like any other
+
+    # Shipped with a card: the blend's record and the chain blend <- GAN run <- pixel run.
+    card = tmp_path / "card"
+    assert main(["evaluate", f"checkpoint={out}", root, f"card={card}", "max_slices=1"]) == 0
+    training = json.loads((card / "model_card.json").read_text())["training"]
+    assert training["interpolation"]["gan_share"] == share
+    assert [c["checkpoint"] for c in training["initialised_from"]][:2] == [str(gan), str(pixel)]
+
+
+def test_a_given_share_and_what_is_refused(tiny_dataset, pixel_and_gan, tiny_checkpoint, tmp_path, capsys):
+    pixel, gan = pixel_and_gan
+    root = f"root={tiny_dataset.path.parent}"
+    out = tmp_path / "half"
+    assert main(["interpolate", f"pixel={pixel}", f"gan={gan}", "gan_share=0.5", root, f"out={out}"]) == 0
+    a, b = load_file(str(pixel / "model.safetensors")), load_file(str(gan / "model.safetensors"))
+    half = load_file(str(out / "model.safetensors"))
+    assert all(torch.allclose(half[k], (a[k] + b[k]) / 2) for k in half if half[k].is_floating_point())
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = ["interpolate", f"pixel={pixel}", f"gan={gan}", root]
+    assert main([*args, f"out={mine}"]) == 2  # a folder of the user's files is never replaced
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert main([*args, f"out={gan}"]) == 2
+    assert "one of the two networks" in capsys.readouterr().err
+    assert main(["interpolate", f"pixel={tiny_checkpoint}", f"gan={gan}", root, f"out={tmp_path / 'x'}"]) == 2
+    assert "only two trainings of one architecture" in capsys.readouterr().err
+    assert main([*args, "split=test", f"out={tmp_path / 'x'}"]) == 2
+    assert "choose it on val" in capsys.readouterr().err
+    assert main([*args, "gan_share=1.5", f"out={tmp_path / 'x'}"]) == 2
+    assert main([*args, "gan_share=half", f"out={tmp_path / 'x'}"]) == 2
+    assert not (tmp_path / "x").exists()
