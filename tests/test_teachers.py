@@ -38,7 +38,15 @@ def test_card_matches_the_weights(name):
     assert (
         card["weights"]["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     )
-    assert card["training"]["command"].startswith("edgesr train")
+    # Every teacher reproduces from its card: trained, or blended from two recorded trainings.
+    assert card["training"]["command"].startswith(("edgesr train", "edgesr interpolate"))
+    if card["training"]["command"].startswith("edgesr interpolate"):
+        blend = card["training"]["interpolation"]
+        chain = [c["command"] for c in card["training"]["initialised_from"]]
+        assert chain and all(c.startswith("edgesr train") for c in chain)
+        assert {blend["gan"]["checkpoint"], blend["pixel"]["checkpoint"]} <= {
+            c["checkpoint"] for c in card["training"]["initialised_from"]
+        }
     model, meta = load_model(folder)
     assert meta["model"] == card["model"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
