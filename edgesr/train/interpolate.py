@@ -113,6 +113,15 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
                 f"{gan}: its {key} ({gan_meta.get(key)!r}) differs from {pixel}'s ({pixel_meta.get(key)!r}); "
                 "only two trainings of one architecture can be interpolated"
             )
+    for folder, model in ((pixel, pixel_model), (gan, gan_model)):
+        # A diverged GAN run leaves NaN weights: a blend of them would score as NaN, never as an error.
+        bad = next(
+            (n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), ""
+        )
+        if bad:
+            raise DataError(
+                f"{folder}: tensor {bad} holds NaN or Inf values; this checkpoint cannot be blended"
+            )
     pixel_spec, gan_spec = read_spec(pixel_meta, pixel), read_spec(gan_meta, gan)
     if pixel_spec != gan_spec:
         raise DataError(

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from edgesr.cli import main
-from edgesr.train.checkpoint import load_for_inference
+from edgesr.train.checkpoint import load_for_inference, load_model
 from edgesr.train.interpolate import interpolate_weights
 from tests.conftest import save_model
 
@@ -29,6 +29,13 @@ def pixel_and_gan(tmp_path) -> tuple[Path, Path]:
             parameter.add_(0.05 * torch.randn_like(parameter))
     gan = save_model(tmp_path / "gan", model, "srgan_tiny", options, config={"init": str(pixel)})
     return pixel, gan
+
+
+def _diverged(checkpoint: Path) -> torch.nn.Module:
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    return model
 
 
 def test_weights_blend_linearly_and_a_mismatch_is_named():
@@ -103,6 +110,11 @@ def test_a_given_share_and_what_is_refused(tiny_dataset, pixel_and_gan, tiny_che
     assert "one of the two networks" in capsys.readouterr().err
     assert main(["interpolate", f"pixel={tiny_checkpoint}", f"gan={gan}", root, f"out={tmp_path / 'x'}"]) == 2
     assert "only two trainings of one architecture" in capsys.readouterr().err
+    broken = save_model(
+        tmp_path / "diverged", _diverged(gan), "srgan_tiny", {"scale": 2, "upsampler": "zero-fill"}
+    )
+    assert main(["interpolate", f"pixel={pixel}", f"gan={broken}", root, f"out={tmp_path / 'x'}"]) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
     assert main([*args, "split=test", f"out={tmp_path / 'x'}"]) == 2
     assert "choose it on val" in capsys.readouterr().err
     assert main([*args, "gan_share=1.5", f"out={tmp_path / 'x'}"]) == 2
