@@ -6,6 +6,7 @@ evaluate checkpoint=OUT`` and ship it with ``card=``.
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from dataclasses import dataclass
@@ -58,9 +59,12 @@ class InterpolateConfig:
     @property
     def share(self) -> float:
         try:
-            return float(self.gan_share)
+            share = float(self.gan_share)
         except ValueError:
-            raise ConfigError(f"gan_share={self.gan_share!r}: a number in [0, 1] or auto") from None
+            share = math.nan
+        if not math.isfinite(share):  # float() accepts "nan" and "inf"
+            raise ConfigError(f"gan_share={self.gan_share!r}: a number in [0, 1] or auto")
+        return share
 
 
 def run_interpolate(cfg: InterpolateConfig) -> int:

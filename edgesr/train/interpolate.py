@@ -90,6 +90,7 @@ class Endpoints:
     gan_weights: dict[str, torch.Tensor]
     meta: dict[str, Any]  # the GAN checkpoint's metadata: the blend's architecture and spec
     gan_started_from_pixel: bool
+    sha256: dict[str, str]  # of each input's weights file, taken when it was loaded: "pixel", "gan"
 
     def model(self, gan_share: float) -> torch.nn.Module:
         model = build_model(self.meta)
@@ -107,6 +108,7 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
     pixel, gan = Path(pixel), Path(gan)
     pixel_model, pixel_meta = load_model(pixel)
     gan_model, gan_meta = load_model(gan)
+    sha256 = {"pixel": weights_sha256(pixel), "gan": weights_sha256(gan)}
     for key in ("model", "model_options", "layer_shapes"):
         if (pixel_meta.get(key) or None) != (gan_meta.get(key) or None):
             raise DataError(
@@ -130,7 +132,7 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
     init = str(gan_meta["config"].get("init", ""))
     started_from_pixel = bool(init) and _same_folder(Path(init), pixel)
     return Endpoints(
-        pixel, gan, pixel_model.state_dict(), gan_model.state_dict(), gan_meta, started_from_pixel
+        pixel, gan, pixel_model.state_dict(), gan_model.state_dict(), gan_meta, started_from_pixel, sha256
     )
 
 
@@ -163,7 +165,12 @@ def score_share(
     below = 0
     gains = []
     for comparison in report["comparison"]:
-        real = comparison.get("real_scans") or comparison
+        real = comparison.get("real_scans")
+        if real is None:  # the criterion is about real scans: a template-only split cannot choose
+            raise DataError(
+                f"the {split} split of the data set at {dataset.path} holds only templates; the GAN's "
+                "share is chosen on real scans (give gan_share=... or another split)"
+            )
         below += int(real["slices_below_per_slice_best_baseline"])
         gains.append(float(real["gain_db_over_best_baseline"]))
     return {
@@ -204,12 +211,29 @@ def choose_gan_share(
 
 
 def check_output_folder(out: Path, endpoints: Endpoints) -> None:
-    """Refuses an output that is one of the two inputs, or a folder of other files (never replaced)."""
+    """Refuses an output that is one of the two inputs or holds anything but an earlier blend.
+
+    A checkpoint folder is replaced as a whole, so only a previous ``edgesr interpolate`` result may be:
+    a training run's ``last/`` (its optimizer state) or a shipped model's folder (its card) never is.
+    """
     for source in (endpoints.pixel, endpoints.gan):
         if out.exists() and _same_folder(out, source):
             raise ConfigError(f"out={out}: is one of the two networks; write the blend to another folder")
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not checkpoint_exists(out)):
-        raise ConfigError(f"out={out}: exists and is not a checkpoint folder; name a new or empty folder")
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not _is_blend(out)):
+        raise ConfigError(
+            f"out={out}: exists and is not an earlier blend (edgesr interpolate replaces only its own "
+            "output); name a new or empty folder"
+        )
+
+
+def _is_blend(folder: Path) -> bool:
+    """Whether ``folder`` holds only an earlier ``edgesr interpolate`` checkpoint."""
+    if not checkpoint_exists(folder) or {p.name for p in folder.iterdir()} - {MODEL_FILE, META_FILE}:
+        return False
+    try:
+        return "interpolation" in read_metadata(folder)
+    except DataError:
+        return False
 
 
 def write_interpolated(
@@ -235,6 +259,8 @@ def write_interpolated(
     for key in ("optimizer", "scheduler"):
         meta.pop(key, None)
     meta["step"] = 0
+    # Nothing was trained: the GAN run's machine is in the card's chain, not the blend's.
+    meta["machine"] = {"device": "none: a weighted sum of two checkpoints (see interpolation)"}
     meta["metrics"] = (
         {"val_psnr": chosen["psnr_db"], "val_ssim": chosen["ssim"], "best_val_psnr": chosen["psnr_db"]}
         if chosen is not None and chosen["split"] == "val"
@@ -243,8 +269,8 @@ def write_interpolated(
     meta["config"] = dict(meta["config"]) | {"init": str(endpoints.gan), "command": command}
     meta["interpolation"] = {
         "method": "ESRGAN network interpolation: (1 - gan_share) * pixel + gan_share * gan",
-        "pixel": {"checkpoint": str(endpoints.pixel), "weights_sha256": weights_sha256(endpoints.pixel)},
-        "gan": {"checkpoint": str(endpoints.gan), "weights_sha256": weights_sha256(endpoints.gan)},
+        "pixel": {"checkpoint": str(endpoints.pixel), "weights_sha256": endpoints.sha256["pixel"]},
+        "gan": {"checkpoint": str(endpoints.gan), "weights_sha256": endpoints.sha256["gan"]},
         "gan_started_from_pixel": endpoints.gan_started_from_pixel,
         "gan_share": gan_share,
         "chosen_by": chosen_by,

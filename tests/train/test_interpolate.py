@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,13 @@ def test_a_given_share_and_what_is_refused(tiny_dataset, pixel_and_gan, tiny_che
     args = ["interpolate", f"pixel={pixel}", f"gan={gan}", root]
     assert main([*args, f"out={mine}"]) == 2  # a folder of the user's files is never replaced
     assert (mine / "notes.txt").read_text() == "keep me"
-    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert "not an earlier blend" in capsys.readouterr().err
+    other = shutil.copytree(tiny_checkpoint, tmp_path / "other-run")  # a training run's checkpoint
+    assert main([*args, f"out={other}"]) == 2
+    assert sorted(p.name for p in other.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+    assert "interpolation" not in json.loads((other / "checkpoint.json").read_text())
+    assert main([*args, "gan_share=0.25", f"out={out}"]) == 0  # an earlier blend is replaced
+    assert json.loads((out / "checkpoint.json").read_text())["interpolation"]["gan_share"] == 0.25
     assert main([*args, f"out={gan}"]) == 2
     assert "one of the two networks" in capsys.readouterr().err
     assert main(["interpolate", f"pixel={tiny_checkpoint}", f"gan={gan}", root, f"out={tmp_path / 'x'}"]) == 2
@@ -119,4 +126,49 @@ def test_a_given_share_and_what_is_refused(tiny_dataset, pixel_and_gan, tiny_che
     assert "choose it on val" in capsys.readouterr().err
     assert main([*args, "gan_share=1.5", f"out={tmp_path / 'x'}"]) == 2
     assert main([*args, "gan_share=half", f"out={tmp_path / 'x'}"]) == 2
+    assert main([*args, "gan_share=nan", f"out={tmp_path / 'x'}"]) == 2
+    assert "a number in [0, 1] or auto" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_search_stops_at_the_first_share_that_keeps_every_real_scan_up(pixel_and_gan, monkeypatch):
+    """Scores made up: slices below the baseline fall as the GAN's share falls, none from 0.6 down."""
+    from edgesr.train import interpolate
+
+    def fake_score(endpoints, share, dataset, *, split, max_slices=0):
+        return {
+            "gan_share": share,
+            "split": split,
+            "slices_below_best_baseline": max(0, round(10 * share) - 6),
+        }
+
+    monkeypatch.setattr(interpolate, "score_share", fake_score)
+    endpoints = interpolate.load_endpoints(*pixel_and_gan)
+    share, trials = interpolate.choose_gan_share(endpoints, dataset=None)  # type: ignore[arg-type]
+    assert share == 0.6
+    assert [t["gan_share"] for t in trials] == [1.0, 0.9, 0.8, 0.7, 0.6]  # nothing below 0.6 was scored
+
+    monkeypatch.setattr(
+        interpolate,
+        "score_share",
+        lambda e, s, d, **k: fake_score(e, s, d, **k) | {"slices_below_best_baseline": 3},
+    )
+    share, trials = interpolate.choose_gan_share(endpoints, dataset=None)  # type: ignore[arg-type]
+    assert share == 0.0 and len(trials) == 11  # none passes: the pixel-loss end
+
+
+def test_a_split_of_templates_only_cannot_choose(pixel_and_gan, monkeypatch, tiny_dataset):
+    from edgesr import evaluate
+    from edgesr.errors import DataError
+    from edgesr.train import interpolate
+
+    real = evaluate.evaluate_model
+
+    def templates_only(*args, **kwargs):
+        report = real(*args, **kwargs)
+        return report | {"comparison": [c | {"real_scans": None} for c in report["comparison"]]}
+
+    monkeypatch.setattr(evaluate, "evaluate_model", templates_only)
+    endpoints = interpolate.load_endpoints(*pixel_and_gan)
+    with pytest.raises(DataError, match="holds only templates"):
+        interpolate.score_share(endpoints, 0.5, tiny_dataset, split="val")
