@@ -18,7 +18,7 @@ Gaussian noise of each ``--noise`` std added to the low-resolution images. Print
 and split: the gain over the best baseline on real scans and the slices below it. Measured 2026-11-30
 (README, "Teachers on other scanners"; 2 min on 2 cores): ``hard`` gains 0.03-0.12 dB on noise-free LR
 images and loses 0.08-0.16 dB at noise 0.03 (already 0.02-0.13 dB on the test split at 0.01), where
-the network's own in-band denoising is worth more; ``soft`` never loses and gains at most 0.03 dB.
+the network's own in-band denoising is worth more; ``soft`` never loses and gains at most 0.04 dB.
 Neither ships.
 """
 
