@@ -6,11 +6,10 @@ evaluate checkpoint=OUT`` and ship it with ``card=``.
 
 from __future__ import annotations
 
-import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -58,20 +57,17 @@ class InterpolateConfig:
 
     @property
     def share(self) -> float:
-        try:
-            share = float(self.gan_share)
-        except ValueError:
-            share = math.nan
-        if not math.isfinite(share):  # float() accepts "nan" and "inf"
+        # A plain decimal only: float() would also take "nan" and "inf".
+        if not re.fullmatch(r"\d+(\.\d*)?|\.\d+", self.gan_share.strip()):
             raise ConfigError(f"gan_share={self.gan_share!r}: a number in [0, 1] or auto")
-        return share
+        return float(self.gan_share)
 
 
 def run_interpolate(cfg: InterpolateConfig) -> int:
     console = Console(stderr=True)
     command = "edgesr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     endpoints = load_endpoints(cfg.pixel, cfg.gan)
-    check_output_folder(Path(cfg.out), endpoints)  # before minutes of scoring, not after
+    check_output_folder(cfg.out, endpoints)  # before minutes of scoring, not after
     if not endpoints.gan_started_from_pixel:
         console.print(
             f"[yellow]warning[/]: {escape(cfg.gan)} was not fine-tuned from {escape(cfg.pixel)} (its init "
@@ -106,7 +102,8 @@ def run_interpolate(cfg: InterpolateConfig) -> int:
         trials = [score_share(endpoints, share, dataset, split=cfg.split, max_slices=cfg.max_slices)]
         show(trials[0])
     written = write_interpolated(
-        cfg.out, endpoints, gan_share=share, chosen_by=chosen_by, trials=trials, command=command
-    )
+        cfg.out, endpoints, gan_share=share, chosen_by=chosen_by, trials=trials, command=command,
+        max_slices=cfg.max_slices,
+    )  # fmt: skip
     console.print(f"[green]wrote[/] {escape(str(written))} (gan_share={share:g})")
     return 0

@@ -20,7 +20,9 @@ that matter here (one architecture, one spec, the GAN fine-tuned from that very 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +108,8 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
             widths (a pruned network) or spec.
     """
     pixel, gan = Path(pixel), Path(gan)
+    if resolve_checkpoint(pixel).resolve() == resolve_checkpoint(gan).resolve():
+        raise DataError(f"{gan}: is the pixel network too; a blend needs two trainings (pixel= and gan=)")
     pixel_model, pixel_meta = load_model(pixel)
     gan_model, gan_meta = load_model(gan)
     sha256 = {"pixel": weights_sha256(pixel), "gan": weights_sha256(gan)}
@@ -129,11 +133,25 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
         raise DataError(
             f"{gan}: its spec ({gan_spec.describe()}) differs from {pixel}'s ({pixel_spec.describe()})"
         )
-    init = str(gan_meta["config"].get("init", ""))
-    started_from_pixel = bool(init) and _same_folder(Path(init), pixel)
+    init = _init_folder(gan, gan_meta["config"])
+    started_from_pixel = init is not None and _same_folder(init, pixel)
     return Endpoints(
         pixel, gan, pixel_model.state_dict(), gan_model.state_dict(), gan_meta, started_from_pixel, sha256
     )
+
+
+def _init_folder(checkpoint: Path, config: dict[str, Any]) -> Path | None:
+    """Where a run's ``init=`` checkpoint is: its paths are relative to the folder the run ran in, which
+    is the checkpoint's folder less the run's ``out`` (``<there>/<out>/last``); else the current one."""
+    init = Path(str(config.get("init", "") or ""))
+    if not str(config.get("init", "") or "") or init.is_absolute():
+        return init if init.is_absolute() else None
+    run_out = Path(str(config.get("out", "") or ""))
+    run_dir = resolve_checkpoint(checkpoint).resolve().parent
+    depth = len(run_out.parts)
+    if depth and not run_out.is_absolute() and run_dir.parts[-depth:] == run_out.parts:
+        return Path(*run_dir.parts[:-depth]) / init
+    return Path.cwd() / init
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -176,6 +194,7 @@ def score_share(
     return {
         "gan_share": gan_share,
         "split": split,
+        "max_slices_per_volume": max_slices,
         "psnr_db": round(sum(r["psnr_db"] for r in mine) / len(mine), 3),
         "ssim": round(sum(r["ssim"] for r in mine) / len(mine), 4),
         "gradient_energy_ratio": round(sum(r["gradient_energy_ratio"] for r in mine) / len(mine), 4),
@@ -210,20 +229,43 @@ def choose_gan_share(
     return trials[-1]["gan_share"], trials
 
 
-def check_output_folder(out: Path, endpoints: Endpoints) -> None:
-    """Refuses an output that is one of the two inputs or holds anything but an earlier blend.
+def check_output_folder(out: str | Path, endpoints: Endpoints) -> Path:
+    """Checks, before minutes of scoring, that the blend can go to ``out``; returns it as an absolute path.
 
-    A checkpoint folder is replaced as a whole, so only a previous ``edgesr interpolate`` result may be:
-    a training run's ``last/`` (its optimizer state) or a shipped model's folder (its card) never is.
+    A checkpoint folder is replaced as a whole (the new one written beside it, then two renames through
+    ``<out>.old``), so ``out`` and ``<out>.old`` may each be absent, an empty folder, or an earlier
+    ``edgesr interpolate`` result, and nothing else: not a training run's ``last/`` (its optimizer state),
+    a shipped model's folder (its card), one of the two inputs, a file, a device or a link.
+
+    Raises:
+        ConfigError: naming ``out`` and the problem.
     """
-    for source in (endpoints.pixel, endpoints.gan):
-        if out.exists() and _same_folder(out, source):
+    out = Path(os.path.abspath(out))
+    if not out.name:
+        raise ConfigError(f"out={out}: names no folder; name a new or empty folder")
+    inputs = {resolve_checkpoint(p).resolve() for p in (endpoints.pixel, endpoints.gan)}
+    old = out.with_name(out.name + ".old")
+    for candidate in (out, old):
+        if candidate.resolve() in inputs:
             raise ConfigError(f"out={out}: is one of the two networks; write the blend to another folder")
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not _is_blend(out)):
-        raise ConfigError(
-            f"out={out}: exists and is not an earlier blend (edgesr interpolate replaces only its own "
-            "output); name a new or empty folder"
-        )
+    for candidate in (out, old):
+        if os.path.lexists(candidate) and (candidate.is_symlink() or not candidate.is_dir()):
+            raise ConfigError(
+                f"out={out}: {candidate} exists and is not a folder; name a new or empty folder"
+            )
+        if candidate.is_dir() and any(candidate.iterdir()) and not _is_blend(candidate):
+            raise ConfigError(
+                f"out={out}: {candidate} exists and is not an earlier blend (edgesr interpolate replaces "
+                "only its own output); name a new or empty folder"
+            )
+    existing = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ConfigError(f"out={out}: {existing} is not a folder")
+    try:  # a real write: permissions alone miss read-only mounts and immutable folders (and root)
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".edgesr-probe-"))
+    except OSError as exc:
+        raise ConfigError(f"out={out}: cannot write in {existing} ({exc.strerror or exc})") from None
+    return out
 
 
 def _is_blend(folder: Path) -> bool:
@@ -244,6 +286,7 @@ def write_interpolated(
     chosen_by: str,
     trials: list[dict[str, Any]],
     command: str,
+    max_slices: int = 0,
 ) -> Path:
     """Writes the blend as a checkpoint (safetensors + JSON) that ``edgesr evaluate card=`` can ship.
 
@@ -252,8 +295,7 @@ def write_interpolated(
     trial's validation figures as ``metrics``, and an ``interpolation`` record: both inputs with their
     weights' sha256, the share, how it was chosen, every trial.
     """
-    out = Path(out)
-    check_output_folder(out, endpoints)
+    out = check_output_folder(out, endpoints)
     chosen = next((t for t in trials if t["gan_share"] == gan_share), None)
     meta = json.loads(json.dumps(endpoints.meta))  # a deep copy of plain JSON
     for key in ("optimizer", "scheduler"):
@@ -274,13 +316,23 @@ def write_interpolated(
         "gan_started_from_pixel": endpoints.gan_started_from_pixel,
         "gan_share": gan_share,
         "chosen_by": chosen_by,
+        "max_slices_per_volume": max_slices,  # 0: every slice of the split scored
         "trials": trials,
     }
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = interpolate_weights(endpoints.pixel_weights, endpoints.gan_weights, gan_share=gan_share)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / MODEL_FILE))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
-    read_metadata(tmp)  # what was written reads back as a checkpoint before it replaces anything
-    return replace_folder(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A private name beside ``out`` (never a user's ``<out>.tmp``), removed if anything fails.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        weights = interpolate_weights(endpoints.pixel_weights, endpoints.gan_weights, gan_share=gan_share)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / MODEL_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        read_metadata(tmp)  # what was written reads back as a checkpoint before it replaces anything
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is shared like any file
+        for file in (MODEL_FILE, META_FILE):
+            os.chmod(tmp / file, 0o666 & ~umask)
+        return replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,70 @@ def test_a_split_of_templates_only_cannot_choose(pixel_and_gan, monkeypatch, tin
     endpoints = interpolate.load_endpoints(*pixel_and_gan)
     with pytest.raises(DataError, match="holds only templates"):
         interpolate.score_share(endpoints, 0.5, tiny_dataset, split="val")
+
+
+def test_what_out_may_replace_and_what_it_leaves_alone(tiny_dataset, pixel_and_gan, tmp_path, capsys):
+    """Only an earlier blend is replaced; devices, links, a user's <out>.old/.tmp and inputs are not."""
+    pixel, gan = pixel_and_gan
+    args = [
+        "interpolate",
+        f"pixel={pixel}",
+        f"gan={gan}",
+        "gan_share=0.5",
+        f"root={tiny_dataset.path.parent}",
+    ]
+
+    def refused(out: str, words: str) -> None:
+        assert main([*args, f"out={out}"]) == 2
+        assert words in capsys.readouterr().err
+
+    os.mkfifo(tmp_path / "fifo")
+    refused(str(tmp_path / "fifo"), "is not a folder")  # never renamed, never opened (would hang)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    refused(str(tmp_path / "dangling"), "is not a folder")
+    (tmp_path / "afile").write_text("x")
+    refused(str(tmp_path / "afile" / "sub"), "is not a folder")
+    refused("/", "names no folder")
+    (tmp_path / "res.old").mkdir()
+    (tmp_path / "res.old" / "mine.txt").write_text("keep")
+    refused(str(tmp_path / "res"), "res.old exists and is not an earlier blend")
+    assert (tmp_path / "res.old" / "mine.txt").read_text() == "keep"
+    assert main(["interpolate", f"pixel={gan}", f"gan={gan}", f"out={tmp_path / 'same'}"]) == 2
+    assert "a blend needs two trainings" in capsys.readouterr().err
+
+    # pixel=k reads k.old (an interrupted save's leftover): out=k would have deleted it.
+    shutil.copytree(pixel, tmp_path / "k.old")
+    assert main([*args[:1], f"pixel={tmp_path / 'k'}", *args[2:], f"out={tmp_path / 'k'}"]) == 2
+    assert "one of the two networks" in capsys.readouterr().err
+    assert (tmp_path / "k.old" / "model.safetensors").is_file()
+
+    (tmp_path / "blend.tmp").mkdir()  # a user's folder that happens to have the name
+    (tmp_path / "blend.tmp" / "mine.txt").write_text("keep")
+    assert main([*args, f"out={tmp_path / 'blend'}"]) == 0
+    assert (tmp_path / "blend.tmp" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "blend" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    for share in ("inf", "nan", "0.5.5"):  # (values are YAML: "0x1" arrives as "1", as for every key)
+        assert main([*args[:3], f"gan_share={share}", args[4], f"out={tmp_path / 'x'}"]) == 2
+        assert "a number in [0, 1] or auto" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_relative_init_is_found_from_the_run_folder(tmp_path, monkeypatch):
+    """A run records ``init`` relative to where it ran (``<there>/<out>/last``), not to today's folder."""
+    from edgesr.models import create_model
+    from edgesr.train import interpolate
+
+    there = tmp_path / "project"
+    model = create_model("srgan_tiny", scale=2)
+    options = {"scale": 2, "upsampler": "zero-fill"}
+    pixel = save_model(there / "runs" / "pixel" / "last", model, "srgan_tiny", options)
+    config = {"init": "runs/pixel/last", "out": "runs/gan"}
+    gan = save_model(there / "runs" / "gan" / "last", model, "srgan_tiny", options, config=config)
+    monkeypatch.chdir(tmp_path)  # elsewhere: "runs/pixel/last" does not exist here
+    assert interpolate.load_endpoints(pixel, gan).gan_started_from_pixel
+    other = save_model(there / "runs" / "other" / "last", model, "srgan_tiny", options)
+    assert not interpolate.load_endpoints(other, gan).gan_started_from_pixel
