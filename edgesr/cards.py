@@ -83,8 +83,7 @@ def _initialised_from(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 "command": parent.get("config", {}).get("command", ""),
                 "steps": parent.get("step"),
                 "best_val_psnr_db": parent.get("metrics", {}).get("best_val_psnr"),
-                # A blend trained nothing: a run log beside its folder would not be its own.
-                "wall_clock_seconds": None if "interpolation" in meta else _training_seconds(folder.parent),
+                "wall_clock_seconds": _training_seconds(folder.parent),
                 "machine": _training_machine(parent),
             }
         )
@@ -161,7 +160,8 @@ def write_card(
                 "command": meta["config"].get("command", ""),
                 "steps": meta["step"],
                 "best_val_psnr_db": meta["metrics"].get("best_val_psnr"),
-                "wall_clock_seconds": _training_seconds(folder.parent),
+                # A blend trained nothing: a run log beside its folder would not be its own.
+                "wall_clock_seconds": None if "interpolation" in meta else _training_seconds(folder.parent),
                 "machine": _training_machine(meta),
                 "initialised_from": initialised_from,
             }

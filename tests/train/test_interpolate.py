@@ -87,8 +87,12 @@ def test_auto_share_is_the_largest_that_keeps_every_val_scan_above_the_baselines
 
     # Shipped with a card: the blend's record and the chain blend <- GAN run <- pixel run.
     card = tmp_path / "card"
+    (tmp_path / "log.jsonl").write_text('{"step": 6, "seconds": 12.5}\n')  # the runs' log (their folder)
     assert main(["evaluate", f"checkpoint={out}", root, f"card={card}", "max_slices=1"]) == 0
     training = json.loads((card / "model_card.json").read_text())["training"]
+    # The runs' time stays theirs; the blend, written beside them, trained nothing and says so.
+    assert training["wall_clock_seconds"] is None and training["machine"]["device"].startswith("none")
+    assert training["initialised_from"][0]["wall_clock_seconds"] == 12.5
     assert training["interpolation"]["gan_share"] == share
     assert [c["checkpoint"] for c in training["initialised_from"]][:2] == [str(gan), str(pixel)]
 
