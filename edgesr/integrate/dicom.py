@@ -202,6 +202,21 @@ class DerivedSeries:
     comments: str = ""
 
 
+def _drop_overlays(ds: Any) -> None:
+    """Removes overlay planes (groups 6000-601E) and retired curves (5000-501E): bitmaps and points on the
+    source's pixel grid, which a viewer would draw misplaced on the finer grid (as for the palettes)."""
+    repeating = [
+        element.tag
+        for element in ds
+        if element.tag.group % 2 == 0
+        and 0x5000 <= element.tag.group <= 0x501E
+        or element.tag.group % 2 == 0
+        and 0x6000 <= element.tag.group <= 0x601E
+    ]
+    for tag in repeating:
+        del ds[tag]
+
+
 def _stamp_identity(ds: Any, series: DerivedSeries, series_number: int | None) -> None:
     """What makes ``ds`` (a copy of its source's header) a new instance of the derived series: ImageType,
     UIDs, number, description, dates, comments and edgesr as contributing equipment."""
@@ -210,6 +225,7 @@ def _stamp_identity(ds: Any, series: DerivedSeries, series_number: int | None) -
     from pydicom.uid import generate_uid
 
     ds.remove_private_tags()  # recursive: vendors' per-frame scaling headers describe the source's pixels
+    _drop_overlays(ds)
     image_type = list(ds.get("ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     ds.SOPInstanceUID = generate_uid()

@@ -311,6 +311,19 @@ def test_a_warning_reaches_the_derived_series_image_comments(tiny_checkpoint, tm
     assert {str(pydicom.dcmread(f).ImageComments) for f in out.iterdir()} == {"scanner note"}
 
 
+def test_overlays_drawn_on_the_source_grid_are_not_carried_over(tiny_checkpoint, tmp_path):
+    """A real Siemens MR with an overlay plane (group 6000, 484x484 bits): on the 968x968 output it would
+    cover the top-left quarter, so the derived image has none."""
+    source = _pydicom_data_file("MR-SIEMENS-DICOM-WithOverlays.dcm")
+    assert any(e.tag.group == 0x6000 for e in pydicom.dcmread(source, stop_before_pixels=True))
+    out = tmp_path / "derived"
+    assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={source}", f"output={out}"]) == 0
+    (file,) = out.iterdir()
+    derived = pydicom.dcmread(file)
+    assert (derived.Rows, derived.Columns) == (968, 968)
+    assert not [e.tag for e in derived if 0x5000 <= e.tag.group <= 0x60FF]
+
+
 def test_an_mr_model_refuses_a_ct_series_unless_told(tiny_checkpoint, tmp_path, capsys):
     """As a CT model refuses MR: CT numbers (air at -1000) are not the magnitudes an MR model enhances."""
     from pydicom.data import get_testdata_file
