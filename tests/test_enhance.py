@@ -493,3 +493,29 @@ def test_a_missing_input_is_named_before_the_output_is_judged(tmp_path, sr_check
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "needs a DICOM input" not in err
     assert not (tmp_path / "series").exists()
+
+
+def test_values_clipped_to_the_inputs_integer_type_are_counted(tmp_path, sr_checkpoint, capsys):
+    # An 8-bit image of hard 0/255 edges: the zero-fill base rings below 0 and above 255 around them.
+    data = np.zeros((20, 18, 1), dtype=np.uint8)
+    data[5:15, 4:12] = 255
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "edges.nii.gz")
+    out = tmp_path / "sr.nii.gz"
+    assert (
+        main(
+            ["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'edges.nii.gz'}", f"output={out}"]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert f"warning: {out}: " in err and "outside the input's uint8 range and were clipped to 0..255" in err
+    assert nib.load(out).get_data_dtype() == np.uint8
+    # As floats nothing is clipped, and nothing is said.
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), tmp_path / "float.nii.gz")
+    assert (
+        main(
+            ["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'float.nii.gz'}", f"output={out}"]
+        )
+        == 0
+    )
+    assert "were clipped" not in capsys.readouterr().err

@@ -20,7 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgesr.config import check_choice, check_exactly_one, check_range, opt
 from edgesr.data.images import is_dicom_path, load_image
 from edgesr.data.kspace import load_kspace
-from edgesr.data.writers import WRITABLE, check_output, check_png_type, check_slices, write_image
+from edgesr.data.writers import (
+    WRITABLE,
+    check_output,
+    check_png_type,
+    check_slices,
+    clipping,
+    write_image,
+)
 from edgesr.errors import ConfigError, DataError
 from edgesr.integrate.api import Enhancer
 from edgesr.integrate.dicom import check_derivable, check_output_folder, write_derived_series
@@ -163,6 +170,9 @@ def run_enhance(cfg: EnhanceConfig) -> int:
                 warnings=result.warnings,
             )
         else:
+            clipped = clipping(result.image, volume.dtype)
+            if clipped:
+                console.print(f"[yellow]warning[/]: {escape(cfg.output)}: {escape(clipped)}", soft_wrap=True)
             write_image(cfg.output, result.image, dtype=volume.dtype, affine=result.affine)
         units = f" ({result.units})" if spec.intensity.is_ct else ""
         what = " as a derived DICOM series" if dicom_series else ""

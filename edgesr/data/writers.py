@@ -30,6 +30,29 @@ def cast_to(data: np.ndarray, dtype: str) -> np.ndarray:
     raise DataError(f"cannot write data of type {dtype}")
 
 
+def clipping(data: np.ndarray, dtype: str) -> str:
+    """What :func:`cast_to` would clip writing ``data`` as ``dtype``, in words ("" when nothing).
+
+    An SR result may leave the input's integer range: ringing at sharp edges dips below a magnitude
+    image's zero, and an 8-bit input's brightest tissue overshoots 255. The result is still written in
+    the input's type (what its readers expect), but the user is told how much was cut.
+    """
+    target = np.dtype(dtype)
+    if target.kind not in "iu":
+        return ""
+    info = np.iinfo(target)
+    rounded = np.rint(data)
+    below, above = int((rounded < info.min).sum()), int((rounded > info.max).sum())
+    if not below and not above:
+        return ""
+    share = 100.0 * (below + above) / data.size
+    return (
+        f"{share:.2g}% of the result's values lie outside the input's {target.name} range and were clipped "
+        f"to {info.min}..{info.max} ({below} below, lowest {data.min():.0f}; {above} above, highest "
+        f"{data.max():.0f}); the input's own type is kept"
+    )
+
+
 def write_image(
     path: str | Path, data: np.ndarray, *, dtype: str = "float32", affine: np.ndarray | None = None
 ) -> Path:
