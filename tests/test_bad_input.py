@@ -200,7 +200,9 @@ def test_too_few_coils_for_the_model_names_the_file(tmp_path, capsys):
     ("meta", "weights", "needle"),
     [("[]", None, "not an edgesr checkpoint"), (b"\xff\xfe", None, "corrupt"),
      ('{"format": "edgesr-checkpoint"}', None, "'model'"), (None, b"", "empty"),
-     (None, b"\x80\x02garbage", "pickle"), (None, "truncate", "safetensors"), (None, "missing", "missing")],
+     (None, b"\x80\x02garbage", "pickle"), (None, b"\x80\x04garbage", "pickle"),
+     (None, b"PK\x03\x04torch.save zip", "pickle"), (None, "truncate", "safetensors"),
+     (None, "missing", "missing")],
 )  # fmt: skip
 def test_damaged_checkpoints_are_clear_errors(tmp_path, good_npy, capsys, meta, weights, needle):
     folder = tmp_path / "ckpt"

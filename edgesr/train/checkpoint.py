@@ -179,7 +179,10 @@ def _read_weights(path: Path, map_location: str | torch.device) -> dict[str, tor
     try:
         return load_file(str(path), device=str(map_location))
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        hint = " (a pickle? edgesr loads only safetensors)" if path.read_bytes()[:2] == b"\x80\x02" else ""
+        head = path.read_bytes()[:4]
+        # A pickle (protocol 2-5) or torch.save's zip of pickles: named, never unpickled.
+        pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        hint = " (a pickle? edgesr loads only safetensors)" if pickled or head == b"PK\x03\x04" else ""
         raise DataError(f"{path}: not a readable safetensors file{hint} ({exc})") from None
 
 
