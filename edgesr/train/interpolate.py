@@ -104,8 +104,8 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
     """Both checkpoints, checked to be one architecture with one spec.
 
     Raises:
-        DataError: a checkpoint is missing or unreadable, or the two differ in model, options, layer
-            widths (a pruned network) or spec.
+        DataError: a checkpoint is missing or unreadable, holds NaN/Inf weights, is given twice, or the
+            two differ in model, options, layer widths (a pruned network) or spec.
     """
     pixel, gan = Path(pixel), Path(gan)
     if resolve_checkpoint(pixel).resolve() == resolve_checkpoint(gan).resolve():
@@ -143,9 +143,12 @@ def load_endpoints(pixel: str | Path, gan: str | Path) -> Endpoints:
 def _init_folder(checkpoint: Path, config: dict[str, Any]) -> Path | None:
     """Where a run's ``init=`` checkpoint is: its paths are relative to the folder the run ran in, which
     is the checkpoint's folder less the run's ``out`` (``<there>/<out>/last``); else the current one."""
-    init = Path(str(config.get("init", "") or ""))
-    if not str(config.get("init", "") or "") or init.is_absolute():
-        return init if init.is_absolute() else None
+    recorded = str(config.get("init", "") or "")
+    if not recorded:
+        return None
+    init = Path(recorded)
+    if init.is_absolute():
+        return init
     run_out = Path(str(config.get("out", "") or ""))
     run_dir = resolve_checkpoint(checkpoint).resolve().parent
     depth = len(run_out.parts)
@@ -164,8 +167,9 @@ def _same_folder(a: Path, b: Path) -> bool:
 def score_share(
     endpoints: Endpoints, gan_share: float, dataset: PreparedDataset, *, split: str, max_slices: int = 0
 ) -> dict[str, Any]:
-    """The blend at ``gan_share`` on ``split``, next to the baselines: PSNR, SSIM, sharpness, and the
-    real scans below the per-slice best baseline (all settings of the spec together)."""
+    """The blend at ``gan_share`` on ``split``, next to the baselines: PSNR, SSIM and sharpness over all
+    the split's slices (templates too, as training's validation curve), and on its real scans alone the
+    gain over the best baseline and the slices below the per-slice best (all settings of the spec)."""
     from edgesr.evaluate import evaluate_model
     from edgesr.pipeline import TorchPredictor
 
