@@ -4,7 +4,7 @@ For machines with an NVIDIA GPU but no TensorRT (a console PC with a CUDA build 
 H100/H200 check machine) the fastest verified path is PyTorch itself under autocast. The artifact is the
 checkpoint's two files (``model.safetensors``, ``checkpoint.json``: no pickle) copied with a manifest,
 so it is opened, hash-checked and run like every other artifact. Autocast keeps reductions, the FFTs and
-data consistency in FP32 (:func:`edgesr.physics.fft._full_precision`); convolutions run in the
+data consistency in FP32 (:func:`edgesr.physics.fft.full_precision`); convolutions run in the
 artifact's precision.
 
 The export verifies the artifact on CUDA where there is a GPU, else on the CPU (autocast supports BF16

@@ -1,4 +1,4 @@
-"""Centered, orthonormal 2-D FFTs and complex arithmetic on real/imag channel pairs.
+"""Centered orthonormal FFTs (2-D, and 1-D along the width) and complex arithmetic on channel pairs.
 
 The one place where edgesr converts between its channel-pair layout ``[B, 2C, H, W]`` (channel ``2c``
 real, ``2c+1`` imaginary) and torch's complex dtype. Centered means the zero frequency sits at index
@@ -97,15 +97,29 @@ def ifft2_ortho(z: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(z, norm="forward") * (z.shape[-2] * z.shape[-1]) ** -0.5
 
 
-def _shift_pairs(z: torch.Tensor, *, inverse: bool) -> torch.Tensor:
-    """``fftshift`` (or ``ifftshift``) over the last two axes of a *real* tensor, as gathers.
+def fft1c_complex(z: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal FFT along the last axis (the width) of a complex tensor."""
+    z = torch.fft.ifftshift(z, dim=-1)
+    z = torch.fft.fft(z, dim=-1, norm="backward") * z.shape[-1] ** -0.5
+    return torch.fft.fftshift(z, dim=-1)
+
+
+def ifft1c_complex(z: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal inverse FFT along the last axis (the width) of a complex tensor."""
+    z = torch.fft.ifftshift(z, dim=-1)
+    z = torch.fft.ifft(z, dim=-1, norm="forward") * z.shape[-1] ** -0.5
+    return torch.fft.fftshift(z, dim=-1)
+
+
+def _shift_pairs(z: torch.Tensor, *, inverse: bool, axes: int = 2) -> torch.Tensor:
+    """``fftshift`` (or ``ifftshift``) over the last ``axes`` axes of a *real* tensor, as gathers.
 
     Used while torch.export traces (see :func:`_exported_fft2c`). ``torch.roll`` by ``H // 2`` has a
     symbolic shift once H is dynamic, which the ONNX exporter cannot translate without a decomposition
     pass over the whole exported program (about 20 s of a deepcomplex-r4 export on 2 cores); slices of
     symbolic length make torch.export specialise the size; a gather with computed indices does neither.
     """
-    for dim in (z.dim() - 2, z.dim() - 1):
+    for dim in range(z.dim() - axes, z.dim()):
         size = z.shape[dim]
         shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
         # Output i takes input (i + shift) mod N: a gather with computed indices sets no guards on N
@@ -124,7 +138,17 @@ def _exported_fft2c(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     return _shift_pairs(from_complex(transform(z, norm="ortho")), inverse=False)
 
 
-def _full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager[Any]]:
+def _exported_fft1c(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    """:func:`fft1c`/:func:`ifft1c` as torch.export traces them (see :func:`_exported_fft2c`)."""
+    z = to_complex(_shift_pairs(x, inverse=True, axes=1))
+    # Unnormalised, then scaled by a tensor: torch's 1-D "ortho" computes sqrt(N) in Python, which
+    # fixes a dynamic width to the traced size inside MoDL's loop body (dynamo traces it).
+    z = torch.fft.ifft(z, dim=-1, norm="forward") if inverse else torch.fft.fft(z, dim=-1, norm="backward")
+    width = torch.full((), x.shape[-1], device=x.device, dtype=x.dtype)
+    return _shift_pairs(from_complex(z), inverse=False, axes=1) * torch.rsqrt(width)
+
+
+def full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager[Any]]:
     """``x`` as float32 with autocast off, when a mixed-precision region hands it over in half precision.
 
     Under bf16 autocast the convolutions of a recon network return bfloat16, but there is no
@@ -137,9 +161,15 @@ def _full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractC
     return x, contextlib.nullcontext()
 
 
+def channel_pairs_only() -> bool:
+    """Whether code must stay on real channel pairs: while torch.export traces (exported graphs carry
+    no complex tensors) and in the DFT-as-matmul form. Elsewhere torch's complex dtype may be used."""
+    return _dft_form.matmul or torch.compiler.is_exporting()
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of a channel-pair tensor ``[..., 2C, H, W]`` (same shape out)."""
-    x, precision = _full_precision(x)
+    x, precision = full_precision(x)
     with precision:
         if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=False)
@@ -150,13 +180,39 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
 
 def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of a channel-pair tensor ``[..., 2C, H, W]``."""
-    x, precision = _full_precision(x)
+    x, precision = full_precision(x)
     with precision:
         if _dft_form.matmul:
             return _dft2c_matmul(x, inverse=True)
         if torch.compiler.is_exporting():
             return _exported_fft2c(x, inverse=True)
         return from_complex(ifft2c_complex(to_complex(x)))
+
+
+def fft1c(x: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal FFT along the width (last axis) of a channel-pair tensor ``[..., 2C, H, W]``.
+
+    Half of :func:`fft2c`: with a mask of whole k-space columns, ``F^H M F`` needs only this axis
+    (see :meth:`edgesr.physics.mri.MultiCoilSense.normal`).
+    """
+    x, precision = full_precision(x)
+    with precision:
+        if _dft_form.matmul:
+            return _dft1c_matmul(x, inverse=False)
+        if torch.compiler.is_exporting():
+            return _exported_fft1c(x, inverse=False)
+        return from_complex(fft1c_complex(to_complex(x)))
+
+
+def ifft1c(x: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal inverse FFT along the width (last axis) of a channel-pair tensor."""
+    x, precision = full_precision(x)
+    with precision:
+        if _dft_form.matmul:
+            return _dft1c_matmul(x, inverse=True)
+        if torch.compiler.is_exporting():
+            return _exported_fft1c(x, inverse=True)
+        return from_complex(ifft1c_complex(to_complex(x)))
 
 
 # --- DFT-as-matmul ------------------------------------------------------------------------------------
@@ -224,14 +280,25 @@ def centered_dft_matrix(
     return torch.cos(angle) * norm, torch.sin(angle) * sign
 
 
+def _dft1c_matmul(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    _check_pairs(x, "x")
+    real, imag = _width_matmul(x[..., 0::2, :, :], x[..., 1::2, :, :], inverse=inverse)
+    return torch.stack([real, imag], dim=-3).flatten(-4, -3)
+
+
+def _width_matmul(
+    real: torch.Tensor, imag: torch.Tensor, *, inverse: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centered DFT along the width of ``real + i imag``: ``x M^T`` (the matrices are symmetric,
+    but the transpose says what is meant)."""
+    cols_re, cols_im = centered_dft_matrix(real.shape[-1], inverse, device=real.device, dtype=real.dtype)
+    return real @ cols_re.T - imag @ cols_im.T, real @ cols_im.T + imag @ cols_re.T
+
+
 def _dft2c_matmul(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     _check_pairs(x, "x")
-    height, width = x.shape[-2], x.shape[-1]
-    rows_re, rows_im = centered_dft_matrix(height, inverse, device=x.device, dtype=x.dtype)
-    cols_re, cols_im = centered_dft_matrix(width, inverse, device=x.device, dtype=x.dtype)
-    real, imag = x[..., 0::2, :, :], x[..., 1::2, :, :]
-    # Along the width: x M^T (the matrices are symmetric, but the transpose says what is meant).
-    real, imag = real @ cols_re.T - imag @ cols_im.T, real @ cols_im.T + imag @ cols_re.T
+    rows_re, rows_im = centered_dft_matrix(x.shape[-2], inverse, device=x.device, dtype=x.dtype)
+    real, imag = _width_matmul(x[..., 0::2, :, :], x[..., 1::2, :, :], inverse=inverse)
     # Along the height: M x.
     real, imag = rows_re @ real - rows_im @ imag, rows_im @ real + rows_re @ imag
     return torch.stack([real, imag], dim=-3).flatten(-4, -3)

@@ -13,7 +13,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgesr.physics.fft import complex_conj, complex_mul, fft2c, ifft2c
+from edgesr.physics.fft import (
+    channel_pairs_only,
+    complex_conj,
+    complex_mul,
+    fft1c,
+    fft1c_complex,
+    fft2c,
+    from_complex,
+    full_precision,
+    ifft1c,
+    ifft1c_complex,
+    ifft2c,
+    to_complex,
+)
 from edgesr.physics.loops import fixed_count_loop
 
 
@@ -57,8 +70,27 @@ class MultiCoilSense(nn.Module):
         return coil_images.unflatten(1, (-1, 2)).sum(dim=1)
 
     def normal(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
-        """``A^H A x``, the operator that CG-SENSE and MoDL's data consistency invert."""
-        return self.A_adjoint(self.A(image, mask, sens_maps), mask, sens_maps)
+        """``A^H A x``, the operator that CG-SENSE and MoDL's data consistency invert.
+
+        With a mask of whole k-space columns (``[B, 1, 1, W]``, as every Cartesian mask edgesr makes),
+        ``F^H M F`` is a filter along the width alone: the transforms along the height cancel
+        (``F = F_H F_W``, ``M`` commutes with ``F_H``, ``F_H^H F_H = I``). So only 1-D transforms along
+        the width run: the same operator to float rounding, at about half the cost (9.3 -> 3.9 ms for
+        8 coils at 256x256 on 2 threads), and MoDL spends most of its time here (10 CG steps per unroll).
+        """
+        if mask.shape[-2] != 1:
+            return self.A_adjoint(self.A(image, mask, sens_maps), mask, sens_maps)
+        _check_shapes(image, None, sens_maps, mask)
+        if channel_pairs_only():
+            filtered = ifft1c(fft1c(complex_mul(sens_maps, image)) * mask)
+            return complex_mul(complex_conj(sens_maps), filtered).unflatten(1, (-1, 2)).sum(dim=1)
+        # Eager: the same in torch's complex dtype, half the time again (2.0 against 3.9 ms): on channel
+        # pairs every complex product is six kernels and a stack.
+        image, precision = full_precision(image)
+        with precision:
+            maps = to_complex(sens_maps.to(image.dtype))
+            coils = fft1c_complex(maps * to_complex(image)) * mask
+            return from_complex((maps.conj() * ifft1c_complex(coils)).sum(dim=-3, keepdim=True))
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         return self.A(image, mask, sens_maps)

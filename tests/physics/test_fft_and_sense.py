@@ -71,6 +71,54 @@ def test_sense_operator_is_adjoint(mask_rows):
     assert abs(lhs - rhs) <= 1e-5 * abs(rhs)
 
 
+@pytest.mark.parametrize("width", [31, 32])
+def test_fft1c_is_the_centered_orthonormal_transform_along_the_width(width):
+    from edgesr.physics.fft import dft_as_matmul, fft1c, ifft1c
+
+    x = _randn(2, 4, 5, width)
+    z = to_complex(x).numpy()
+    expected = np.fft.fftshift(np.fft.fft(np.fft.ifftshift(z, axes=-1), norm="ortho", axis=-1), axes=-1)
+    np.testing.assert_allclose(to_complex(fft1c(x)).numpy(), expected, atol=1e-10)
+    torch.testing.assert_close(ifft1c(fft1c(x)), x)
+    with dft_as_matmul():  # the form exports use
+        torch.testing.assert_close(fft1c(x), from_complex(torch.from_numpy(expected)))
+        torch.testing.assert_close(ifft1c(fft1c(x)), x)
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 31), (16, 24)])
+def test_sense_normal_with_a_column_mask_equals_the_adjoint_of_the_forward(height, width):
+    """The 1-D shortcut of ``A^H A`` (transforms along the width only) is the operator itself, in torch's
+    complex dtype (eager) and on channel pairs (DFT-as-matmul, as exported), per batch item's mask."""
+    from edgesr.physics.fft import dft_as_matmul
+
+    coils = 3
+    maps = torch.stack([simulate_coil_maps(height, width, coils, seed=s).double() for s in (5, 6)])
+    mask = torch.stack([cartesian_mask(width, 3, seed=s).double().view(1, 1, width) for s in (1, 2)])
+    A = MultiCoilSense()
+    x = _randn(2, 2, height, width, seed=8)
+    expected = A.A_adjoint(A(x, mask, maps), mask, maps)
+    torch.testing.assert_close(A.normal(x, mask, maps), expected)
+    with dft_as_matmul():
+        torch.testing.assert_close(A.normal(x, mask, maps), expected)
+    # A mask per k-space sample (not whole columns) takes the 2-D transforms.
+    full_mask = mask.expand(2, 1, height, width).clone()
+    full_mask[:, :, 0] = 1.0
+    torch.testing.assert_close(
+        A.normal(x, full_mask, maps), A.A_adjoint(A(x, full_mask, maps), full_mask, maps)
+    )
+
+
+def test_sense_normal_under_bf16_autocast_runs_in_fp32():
+    maps = simulate_coil_maps(12, 10, 2, seed=1).unsqueeze(0)
+    mask = cartesian_mask(10, 2, seed=1).view(1, 1, 1, 10)
+    x = _randn(1, 2, 12, 10).float()
+    A = MultiCoilSense()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = A.normal(x.bfloat16(), mask, maps)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, A.normal(x.bfloat16().float(), mask, maps))
+
+
 def test_sense_operator_rejects_bad_shapes():
     A = MultiCoilSense()
     maps = torch.zeros(1, 8, 10, 12)
