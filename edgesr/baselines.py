@@ -72,8 +72,13 @@ def recon_cg_sense(
 ) -> torch.Tensor:
     """CG-SENSE: solves ``(A^H A + lam I) x = A^H y``; ``[B, 2C, H, W]`` -> ``[B, 2, H, W]``."""
     op = MultiCoilSense()
-    rhs = op.A_adjoint(kspace, mask, sens_maps)
-    return conjugate_gradient(lambda x: op.normal(x, mask, sens_maps) + lam * x, rhs, n_iter=n_iter, tol=1e-6)
+    rhs = to_complex(op.A_adjoint(kspace, mask, sens_maps))
+    maps = to_complex(sens_maps)
+    # The solve in torch's complex dtype (see MultiCoilSense.normal_complex): a baseline is never exported.
+    solution = conjugate_gradient(
+        lambda x: op.normal_complex(x, mask, maps) + lam * x, rhs, n_iter=n_iter, tol=1e-6
+    )
+    return from_complex(solution)
 
 
 def recon_l1_wavelet(

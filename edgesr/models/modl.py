@@ -9,6 +9,7 @@ i.e. ``(A^H A + lam I) x = A^H y + lam z_k``, solved by conjugate gradient (10 s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 
 from edgesr.models._blocks import conv3x3, zero_init
 from edgesr.models._registry import register_model
+from edgesr.physics.fft import channel_pairs_only, from_complex, to_complex
 from edgesr.physics.loops import fixed_count_loop
 from edgesr.physics.mri import MultiCoilSense, conjugate_gradient
 
@@ -78,21 +80,40 @@ class MoDL(nn.Module):
         self, masked_kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor
     ) -> torch.Tensor:
         lam = self.lam
-        rhs0 = self.physics.A_adjoint(masked_kspace, mask, sens_maps)
+        normal: Callable[[torch.Tensor], torch.Tensor]
+        to_solver: Callable[[torch.Tensor], torch.Tensor]
+        from_solver: Callable[[torch.Tensor], torch.Tensor]
+        if channel_pairs_only():  # exported: no complex tensor in the graph
+            to_solver, from_solver = _same, _same
+            normal = lambda v: self.physics.normal(v, mask, sens_maps)  # noqa: E731
+        else:
+            # Eager: the solve stays in torch's complex dtype (a third faster a CG step than converting
+            # channel pairs at each one); the denoiser still sees channel pairs. Same result to rounding.
+            to_solver, from_solver = _to_complex_fp32, from_complex
+            maps = _to_complex_fp32(sens_maps)
+            normal = lambda v: self.physics.normal_complex(v, mask, maps)  # noqa: E731
+        rhs0 = to_solver(self.physics.A_adjoint(masked_kspace, mask, sens_maps))
 
         def unroll(x: torch.Tensor) -> tuple[torch.Tensor]:
-            z = self.denoiser(x)
+            z = to_solver(self.denoiser(from_solver(x)))
             x = conjugate_gradient(
-                lambda v: self.physics.normal(v, mask, sens_maps) + lam * v,
-                rhs0 + lam * z,
-                x0=z,
-                n_iter=self.cg_iterations,
+                lambda v: normal(v) + lam * v, rhs0 + lam * z, x0=z, n_iter=self.cg_iterations
             )
             return (x,)
 
         # A Python loop in eager mode; one ONNX Loop (the denoiser and CG traced once) when exported.
         (x,) = fixed_count_loop(unroll, (rhs0,), self.iterations)
-        return x
+        return from_solver(x)
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _to_complex_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Channel pairs as complex64 (complex128 for float64): a bf16 denoiser output under autocast
+    has no complex dtype, and the solve runs in full precision anyway (edgesr.physics.fft)."""
+    return to_complex(x if x.dtype == torch.float64 else x.float())
 
 
 @register_model("recon")

@@ -20,11 +20,13 @@ from edgesr.physics.fft import (
     fft1c,
     fft1c_complex,
     fft2c,
+    fft2c_complex,
     from_complex,
     full_precision,
     ifft1c,
     ifft1c_complex,
     ifft2c,
+    ifft2c_complex,
     to_complex,
 )
 from edgesr.physics.loops import fixed_count_loop
@@ -89,8 +91,22 @@ class MultiCoilSense(nn.Module):
         image, precision = full_precision(image)
         with precision:
             maps = to_complex(sens_maps.to(image.dtype))
-            coils = fft1c_complex(maps * to_complex(image)) * mask
-            return from_complex((maps.conj() * ifft1c_complex(coils)).sum(dim=-3, keepdim=True))
+            return from_complex(self.normal_complex(to_complex(image), mask, maps))
+
+    def normal_complex(self, image: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """:meth:`normal` on torch's complex dtype: image ``[B, 1, H, W]``, maps ``[B, C, H, W]`` (complex).
+
+        For eager code only (CG-SENSE, MoDL's solver outside an export), which keeps its whole solve in
+        complex tensors: converting to and from channel pairs at every CG step cost a third of a step.
+        """
+        if not (torch.is_complex(image) and torch.is_complex(maps)):
+            raise ValueError(f"image and maps must be complex tensors; got {image.dtype} and {maps.dtype}")
+        if mask.shape[-2] == 1:  # whole k-space columns: the transforms along the height cancel
+            return (maps.conj() * ifft1c_complex(fft1c_complex(maps * image) * mask)).sum(
+                dim=-3, keepdim=True
+            )
+        coils = ifft2c_complex(fft2c_complex(maps * image) * mask)
+        return (maps.conj() * coils).sum(dim=-3, keepdim=True)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         return self.A(image, mask, sens_maps)
@@ -112,8 +128,12 @@ def add_complex_noise(
 
 
 def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real inner product per batch item, shaped ``[B, 1, 1, 1]`` for broadcasting."""
-    return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
+    """Real inner product ``Re<a, b>`` per batch item, shaped ``[B, 1, 1, 1]`` for broadcasting.
+
+    On channel pairs that is ``sum(a * b)``; on complex tensors ``sum(Re(conj(a) b))``.
+    """
+    product = (a.conj() * b).real if torch.is_complex(a) else a * b
+    return product.flatten(1).sum(dim=1).view(-1, 1, 1, 1)
 
 
 def conjugate_gradient(
@@ -127,8 +147,9 @@ def conjugate_gradient(
     """Solves ``normal_op(x) = rhs`` for a Hermitian positive-definite operator, per batch item.
 
     On channel-pair tensors the real inner product ``sum(a * b)`` equals ``Re<a, b>``, which is what CG
-    needs for a Hermitian operator. The loop is differentiable (MoDL back-propagates through it). With
-    ``tol=0`` it is a :func:`~edgesr.physics.loops.fixed_count_loop`, which exports as one ONNX ``Loop``.
+    needs for a Hermitian operator; complex tensors work too (eager code keeps its solve in them).
+    The loop is differentiable (MoDL back-propagates through it). With ``tol=0`` it is a
+    :func:`~edgesr.physics.loops.fixed_count_loop`, which exports as one ONNX ``Loop``.
 
     Args:
         normal_op: maps ``[B, 2, H, W]`` to the same shape, e.g. ``x -> A^H A x + lam * x``.
@@ -142,7 +163,7 @@ def conjugate_gradient(
     r = rhs - normal_op(x) if x0 is not None else rhs.clone()
     p = r.clone()
     rr = _batch_dot(r, r)
-    tiny = torch.finfo(rhs.dtype).tiny
+    tiny = torch.finfo(rhs.real.dtype).tiny
 
     def step(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, rr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         Ap = normal_op(p)
