@@ -89,8 +89,8 @@ class MoDL(nn.Module):
         else:
             # Eager: the solve stays in torch's complex dtype (a third faster a CG step than converting
             # channel pairs at each one); the denoiser still sees channel pairs. Same result to rounding.
-            to_solver, from_solver = _to_complex_fp32, from_complex
-            maps = _to_complex_fp32(sens_maps)
+            to_solver, from_solver = _to_solver_complex, from_complex
+            maps = _to_solver_complex(sens_maps)
             normal = lambda v: self.physics.normal_complex(v, mask, maps)  # noqa: E731
         rhs0 = to_solver(self.physics.A_adjoint(masked_kspace, mask, sens_maps))
 
@@ -110,9 +110,9 @@ def _same(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _to_complex_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Channel pairs as complex64 (complex128 for float64): a bf16 denoiser output under autocast
-    has no complex dtype, and the solve runs in full precision anyway (edgesr.physics.fft)."""
+def _to_solver_complex(x: torch.Tensor) -> torch.Tensor:
+    """Channel pairs as the solver's complex tensor: complex64, or complex128 for float64 (a bf16
+    denoiser output under autocast has no complex dtype; the solve runs in full precision anyway)."""
     return to_complex(x if x.dtype == torch.float64 else x.float())
 
 

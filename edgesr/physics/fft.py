@@ -111,15 +111,15 @@ def ifft1c_complex(z: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(z, dim=-1)
 
 
-def _shift_pairs(z: torch.Tensor, *, inverse: bool, axes: int = 2) -> torch.Tensor:
-    """``fftshift`` (or ``ifftshift``) over the last ``axes`` axes of a *real* tensor, as gathers.
+def _shift_pairs(z: torch.Tensor, *, inverse: bool, last_axes: int = 2) -> torch.Tensor:
+    """``fftshift`` (or ``ifftshift``) over the last ``last_axes`` axes of a *real* tensor, as gathers.
 
     Used while torch.export traces (see :func:`_exported_fft2c`). ``torch.roll`` by ``H // 2`` has a
     symbolic shift once H is dynamic, which the ONNX exporter cannot translate without a decomposition
     pass over the whole exported program (about 20 s of a deepcomplex-r4 export on 2 cores); slices of
     symbolic length make torch.export specialise the size; a gather with computed indices does neither.
     """
-    for dim in range(z.dim() - axes, z.dim()):
+    for dim in range(z.dim() - last_axes, z.dim()):
         size = z.shape[dim]
         shift = size // 2 if inverse else (size + 1) // 2  # ifftshift rolls by -(N // 2), fftshift by N // 2
         # Output i takes input (i + shift) mod N: a gather with computed indices sets no guards on N
@@ -140,12 +140,12 @@ def _exported_fft2c(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
 
 def _exported_fft1c(x: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     """:func:`fft1c`/:func:`ifft1c` as torch.export traces them (see :func:`_exported_fft2c`)."""
-    z = to_complex(_shift_pairs(x, inverse=True, axes=1))
+    z = to_complex(_shift_pairs(x, inverse=True, last_axes=1))
     # Unnormalised, then scaled by a tensor: torch's 1-D "ortho" computes sqrt(N) in Python, which
     # fixes a dynamic width to the traced size inside MoDL's loop body (dynamo traces it).
     z = torch.fft.ifft(z, dim=-1, norm="forward") if inverse else torch.fft.fft(z, dim=-1, norm="backward")
     width = torch.full((), x.shape[-1], device=x.device, dtype=x.dtype)
-    return _shift_pairs(from_complex(z), inverse=False, axes=1) * torch.rsqrt(width)
+    return _shift_pairs(from_complex(z), inverse=False, last_axes=1) * torch.rsqrt(width)
 
 
 def full_precision(x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager[Any]]:

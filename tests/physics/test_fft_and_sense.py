@@ -108,6 +108,46 @@ def test_sense_normal_with_a_column_mask_equals_the_adjoint_of_the_forward(heigh
     )
 
 
+def test_exported_fft1c_keeps_dynamic_sizes_and_matches_eager():
+    """The form torch.export traces (shifts as gathers, an unnormalised 1-D FFT scaled by a tensor)."""
+    from edgesr.physics.fft import fft1c, ifft1c
+
+    class Transforms(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return fft1c(x), ifft1c(x)
+
+    dims = {"x": {2: torch.export.Dim("height", min=4, max=64), 3: torch.export.Dim("width", min=4, max=64)}}
+    program = torch.export.export(Transforms(), (torch.randn(2, 4, 8, 11),), dynamic_shapes=dims)
+    for height, width in ((8, 11), (13, 16)):  # the traced size and another, odd and even widths
+        x = torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(height))
+        for exported, eager in zip(program.module()(x), Transforms()(x), strict=True):
+            torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_sense_normal_complex_takes_any_mask_and_checks_shapes():
+    from edgesr.physics.fft import to_complex as complex_of
+
+    height, width, coils = 9, 10, 2
+    maps = simulate_coil_maps(height, width, coils, seed=2).double().unsqueeze(0)
+    x = _randn(1, 2, height, width, seed=9)
+    A = MultiCoilSense()
+    weights = torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for mask in (weights, weights[:, :, :1]):  # per sample, and whole columns (weights, not 0/1)
+        expected = A.A_adjoint(A(x, mask, maps), mask, maps)
+        torch.testing.assert_close(
+            from_complex(A.normal_complex(complex_of(x), mask, complex_of(maps))), expected
+        )
+        torch.testing.assert_close(A.normal(x, mask, maps), expected)
+    with pytest.raises(ValueError, match="complex"):
+        A.normal_complex(x, weights, complex_of(maps))
+    with pytest.raises(ValueError, match="mask must be"):
+        A.normal_complex(complex_of(x), weights[0], complex_of(maps))
+    with pytest.raises(ValueError, match=r"image must be \[B, 1, H, W\]"):
+        A.normal_complex(complex_of(x)[..., :-1], weights, complex_of(maps))
+    # A float32 image with float64 maps computes in float64, as A and A^H do.
+    assert A.normal(x.float(), weights[:, :, :1], maps).dtype == torch.float64
+
+
 def test_sense_normal_under_bf16_autocast_runs_in_fp32():
     maps = simulate_coil_maps(12, 10, 2, seed=1).unsqueeze(0)
     mask = cartesian_mask(10, 2, seed=1).view(1, 1, 1, 10)
