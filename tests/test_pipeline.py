@@ -225,3 +225,24 @@ def test_given_coil_maps_are_compressed_with_the_kspace():
     assert item.inputs["sens_maps"].shape == (1, 8, 33, 29)
     predicted = MultiCoilSense().A(sample.target[None], item.inputs["mask"], item.inputs["sens_maps"])
     torch.testing.assert_close(predicted, item.inputs["masked_kspace"], rtol=0, atol=1e-4)
+
+
+def test_torch_predictor_runs_a_channels_last_copy_on_the_cpu_and_leaves_the_module_alone():
+    """On the CPU the predictor runs a channels-last copy (faster convolutions, same outputs); the
+    caller's module keeps its contiguous weights, which safetensors needs to save them."""
+    from edgesr.pipeline import TorchPredictor
+    from edgesr.spec import sr_spec
+
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    spec = sr_spec(modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill", receptive_radius=8)
+    inputs = {"lr": torch.rand(1, 1, 13, 10)}
+    inputs["base"] = interpolate_base(inputs["lr"], 2, "zero-fill", "mr-kspace")
+    fast = TorchPredictor(model, spec, "cpu")
+    plain = TorchPredictor(model, spec, "cpu", channels_last=False)
+    assert (fast.memory_format, plain.memory_format) == ("channels_last", "contiguous")
+    assert fast.module is not model and plain.module is model
+    assert all(p.is_contiguous() for p in model.parameters())
+    conv = next(m for m in fast.module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(inputs), plain(inputs), atol=1e-5, rtol=1e-5)
