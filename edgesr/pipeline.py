@@ -59,10 +59,10 @@ class TorchPredictor:
 
     On the CPU the predictor runs a copy of the module with its convolution weights in channels-last
     layout (``channels_last=None`` means: on the CPU), which oneDNN's convolutions take without
-    reordering: measured on 2 Zen 5 cores at 256x256 output, `rdn-mr-x2` 91 -> 62 ms, `rdn-mr-x4` 45 ->
-    30, `rdn-ct-x2` 97 -> 61, `srgan-mr-x4` 24 -> 20, MoDL's denoiser 28 -> 16 per pass, outputs within
-    3e-6 (README, "Compression"). A copy, because the caller's module may still be trained, pruned or
-    saved (safetensors refuses tensors that are not contiguous). :attr:`memory_format` says which ran.
+    reordering: on 2 Zen 5 cores at 256x256 output the shipped SR models ran 1.14-1.32x faster and
+    `modl-r4` 1.18x, outputs within 5e-7 of their range (``benchmarks/torch_layout.py``; README,
+    "Compression"). A copy, because the caller's module may still be trained, pruned or saved
+    (safetensors refuses tensors that are not contiguous). :attr:`memory_format` says which ran.
     """
 
     def __init__(
