@@ -156,6 +156,27 @@ def test_cg_sense_baseline_in_complex_dtype_matches_channel_pairs():
     torch.testing.assert_close(recon_cg_sense(kspace, mask, maps, n_iter=10), pairs, atol=1e-5, rtol=1e-4)
 
 
+def test_complex_convs_of_a_channels_last_copy_give_the_same_reconstruction():
+    """TorchPredictor's CPU copy is channels-last; the complex convolutions, which build their weights
+    at run time, follow it (and must not change the result)."""
+    from edgesr.pipeline import TorchPredictor
+    from edgesr.spec import recon_spec
+
+    torch.manual_seed(0)
+    model = create_model("deepcomplex_tiny")
+    for conv in model.modules():
+        if isinstance(conv, ComplexConv2d):
+            torch.nn.init.normal_(conv.real.weight, std=0.1)  # the last conv of each block starts at zero
+    kspace, mask, maps = _recon_inputs(4, batch=1)
+    inputs = {"masked_kspace": kspace, "mask": mask, "sens_maps": maps}
+    spec = recon_spec(coils=4)
+    fast = TorchPredictor(model, spec, "cpu")
+    conv = next(m for m in fast.module.modules() if isinstance(m, ComplexConv2d))
+    assert conv.real.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = TorchPredictor(model, spec, "cpu", channels_last=False)
+    torch.testing.assert_close(fast(inputs), plain(inputs), atol=1e-5, rtol=1e-5)
+
+
 def test_discriminator_accepts_any_patch_size():
     for norm in ("batch", "none"):
         disc = Discriminator(features=8, norm=norm)
