@@ -169,24 +169,12 @@ def channel_pairs_only() -> bool:
 
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of a channel-pair tensor ``[..., 2C, H, W]`` (same shape out)."""
-    x, precision = full_precision(x)
-    with precision:
-        if _dft_form.matmul:
-            return _dft2c_matmul(x, inverse=False)
-        if torch.compiler.is_exporting():
-            return _exported_fft2c(x, inverse=False)
-        return from_complex(fft2c_complex(to_complex(x)))
+    return _transform(x, axes=2, inverse=False)
 
 
 def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of a channel-pair tensor ``[..., 2C, H, W]``."""
-    x, precision = full_precision(x)
-    with precision:
-        if _dft_form.matmul:
-            return _dft2c_matmul(x, inverse=True)
-        if torch.compiler.is_exporting():
-            return _exported_fft2c(x, inverse=True)
-        return from_complex(ifft2c_complex(to_complex(x)))
+    return _transform(x, axes=2, inverse=True)
 
 
 def fft1c(x: torch.Tensor) -> torch.Tensor:
@@ -195,24 +183,30 @@ def fft1c(x: torch.Tensor) -> torch.Tensor:
     Half of :func:`fft2c`: with a mask of whole k-space columns, ``F^H M F`` needs only this axis
     (see :meth:`edgesr.physics.mri.MultiCoilSense.normal`).
     """
-    x, precision = full_precision(x)
-    with precision:
-        if _dft_form.matmul:
-            return _dft1c_matmul(x, inverse=False)
-        if torch.compiler.is_exporting():
-            return _exported_fft1c(x, inverse=False)
-        return from_complex(fft1c_complex(to_complex(x)))
+    return _transform(x, axes=1, inverse=False)
 
 
 def ifft1c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal inverse FFT along the width (last axis) of a channel-pair tensor."""
+    return _transform(x, axes=1, inverse=True)
+
+
+def _transform(x: torch.Tensor, *, axes: int, inverse: bool) -> torch.Tensor:
+    """The centered transform over the last ``axes`` (1 or 2) axes in the form the context needs:
+    matrix products (DFT-as-matmul), the traceable form while exporting, else torch's complex FFT."""
     x, precision = full_precision(x)
     with precision:
         if _dft_form.matmul:
-            return _dft1c_matmul(x, inverse=True)
+            return (_dft1c_matmul if axes == 1 else _dft2c_matmul)(x, inverse=inverse)
         if torch.compiler.is_exporting():
-            return _exported_fft1c(x, inverse=True)
-        return from_complex(ifft1c_complex(to_complex(x)))
+            return (_exported_fft1c if axes == 1 else _exported_fft2c)(x, inverse=inverse)
+        eager = {
+            (1, False): fft1c_complex,
+            (1, True): ifft1c_complex,
+            (2, False): fft2c_complex,
+            (2, True): ifft2c_complex,
+        }[(axes, inverse)]
+        return from_complex(eager(to_complex(x)))
 
 
 # --- DFT-as-matmul ------------------------------------------------------------------------------------
