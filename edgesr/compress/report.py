@@ -482,7 +482,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"fingerprint {report['dataset'].get('fingerprint', 'not recorded')}); timed on "
         f"{machine['cpu']} ({report['recipe']['threads'] or machine['torch_threads']} threads, load "
         f"{machine.get('load_average_1min')}), {report['recipe']['latency_size']} px output, batch 1, "
-        "each run in its own process.",
+        "each run in its own process"
+        # Reports written before 2026-11-30 ran torch in its default layout and do not say so.
+        + (
+            f"; torch in {machine['torch_cpu_memory_format']}."
+            if "torch_cpu_memory_format" in machine
+            else "."
+        ),
         "",
         "## Stages",
         "",

@@ -66,6 +66,9 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     assert "scans" not in capsys.readouterr().out
     assert {b["name"] for b in report["baselines"]} == {"bicubic", "zero-fill"}
     assert report["gate"]["passed"] and "Gate passed" in (out / "report.md").read_text()
+    # How torch ran is recorded and said: its timings of different layouts do not compare.
+    assert report["machine"]["torch_cpu_memory_format"] == "channels_last"
+    assert "torch in channels_last." in (out / "report.md").read_text()
     assert "no external MR source" in report["external"]["skipped"]
     assert (out / "recipe.resolved.yaml").is_file()
     # The page a person opens, with its plots embedded.
