@@ -1,13 +1,16 @@
 """MoDL's speed / quality curve over its solver budget (issue 11's `modl_r4_edge` target: 3x at <= 0.3 dB).
 
-    .venv/bin/python benchmarks/modl_cg_curve.py [--checkpoint LABEL=DIR ...] [--rounds 3]
+    .venv/bin/python benchmarks/modl_cg_curve.py [--checkpoint LABEL=DIR ...] [--rounds 3] [--bf16]
 
 The shipped `modl-r4` teacher's own weights run at other unroll counts (K) and CG steps per
 data-consistency solve (no training: the denoiser is shared across unrolls, so any K and CG step count
 runs), plus any trained students given with ``--checkpoint``. For each: PSNR/SSIM on the test split
-(R=4, simulated maps, 4 slices per volume, per source), and the torch FP32 p50 at 256x256 with 8 coils
+(R=4, simulated maps, 4 slices per volume, per source), and the torch p50 at 256x256 with 8 coils
 on 2 threads, timed interleaved in one process (each round times every model once, ``--rounds``
-rounds, the median kept), so the ratios to the teacher are of one run on one machine state.
+rounds, the median kept), so the ratios to the teacher are of one run on one machine state. Every
+model runs through :class:`~edgesr.pipeline.TorchPredictor` (channels-last on the CPU), as edgesr
+runs it; ``--bf16`` adds each model in BF16 autocast (the denoiser's convolutions in BF16, the
+solver in FP32), scored and timed the same way. The reference is the teacher in FP32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", action="append", default=[], help="LABEL=DIR of a trained student")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also run every model in BF16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -47,32 +51,35 @@ def main() -> int:
     for item in args.checkpoint:
         label, _, folder = item.rpartition("=")
         models[label], _, _ = load_for_inference(Path(folder))
+    predictors = {f"{label}, fp32": TorchPredictor(model, spec) for label, model in models.items()}
+    if args.bf16:
+        for label, model in models.items():
+            predictors[f"{label}, bf16"] = TorchPredictor(model, spec, precision="bf16")
 
     dataset = open_or_prepare("")
     scores = {}
-    for label, model in models.items():
-        scored = score_predictor(spec, TorchPredictor(model, spec), dataset, split="test", max_slices=4)
+    for label, predictor in predictors.items():
+        scored = score_predictor(spec, predictor, dataset, split="test", max_slices=4)
         scores[label] = scored
         print(f"scored {label}: {scored['psnr']:.2f} dB", flush=True)
 
     inputs = latency_inputs(spec, 256)
-    times: dict[str, list[float]] = {label: [] for label in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model(**inputs)  # warm-up
-        for _ in range(args.rounds):
-            for label, model in models.items():
-                started = time.perf_counter()
-                model(**inputs)
-                times[label].append((time.perf_counter() - started) * 1000.0)
+    times: dict[str, list[float]] = {label: [] for label in predictors}
+    for predictor in predictors.values():
+        predictor(inputs)  # warm-up
+    for _ in range(args.rounds):
+        for label, predictor in predictors.items():
+            started = time.perf_counter()
+            predictor(inputs)
+            times[label].append((time.perf_counter() - started) * 1000.0)
 
-    teacher_label = next(label for label in models if "teacher" in label)
+    teacher_label = next(label for label in predictors if "teacher" in label and label.endswith("fp32"))
     reference = statistics.median(times[teacher_label])
     base = scores[teacher_label]
     print(f"\n{machine_info()}")
     print("| model | torch p50 ms | speed-up | PSNR dB | vs teacher | real scans vs teacher | SSIM |")
     print("|---|---|---|---|---|---|---|")
-    for label in models:
+    for label in predictors:
         p50 = statistics.median(times[label])
         real = [s for s in scores[label]["by_source"] if not s.startswith("mni152")]
         real_delta = statistics.mean(

@@ -14,19 +14,15 @@ import torch
 from torch import nn
 
 from edgesr.physics.fft import (
+    centered_filter1c,
+    centered_filter_complex,
     channel_pairs_only,
     complex_conj,
     complex_mul,
-    fft1c,
-    fft1c_complex,
     fft2c,
-    fft2c_complex,
     from_complex,
     full_precision,
-    ifft1c,
-    ifft1c_complex,
     ifft2c,
-    ifft2c_complex,
     to_complex,
 )
 from edgesr.physics.loops import fixed_count_loop
@@ -80,13 +76,15 @@ class MultiCoilSense(nn.Module):
         the width run: the same operator to float rounding, at about half the cost (9.3 -> 3.9 ms for
         8 coils at 256x256 on 2 threads), and MoDL spends most of its time here (10 CG steps per unroll).
         The mask enters squared (``A`` and ``A^H`` each apply it), so a mask of weights other than 0/1
-        gives the same operator on either path.
+        gives the same operator on either path. The centering shifts cancel as well (the filter is
+        circular, see :func:`~edgesr.physics.fft.centered_filter_complex`): eager 1.54 -> 1.08 ms a
+        step, `modl-r4` ~350 -> ~260 ms at 256x256, 8 coils, 2 threads.
         """
         if mask.shape[-2] != 1:
             return self.A_adjoint(self.A(image, mask, sens_maps), mask, sens_maps)
         _check_shapes(image, None, sens_maps, mask)
         if channel_pairs_only():
-            filtered = ifft1c(fft1c(complex_mul(sens_maps, image)) * (mask * mask))
+            filtered = centered_filter1c(complex_mul(sens_maps, image), mask * mask)
             return complex_mul(complex_conj(sens_maps), filtered).unflatten(1, (-1, 2)).sum(dim=1)
         # Eager: the same in torch's complex dtype, half the time again (2.0 against 3.9 ms): on channel
         # pairs every complex product is six kernels and a stack.
@@ -120,10 +118,9 @@ class MultiCoilSense(nn.Module):
                 f"mask must be [B or 1, 1, 1 or {height}, {width}]; got shape {tuple(mask.shape)}"
             )
         weights = mask * mask  # A and A^H each apply the mask
-        if mask.shape[-2] == 1:  # whole k-space columns: the transforms along the height cancel
-            coils = ifft1c_complex(fft1c_complex(maps * image) * weights)
-        else:
-            coils = ifft2c_complex(fft2c_complex(maps * image) * weights)
+        # Whole k-space columns: the transforms along the height cancel. Either way the centering
+        # shifts cancel too (a circular filter commutes with them): see centered_filter_complex.
+        coils = centered_filter_complex(maps * image, weights, axes=1 if mask.shape[-2] == 1 else 2)
         return (maps.conj() * coils).sum(dim=-3, keepdim=True)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
