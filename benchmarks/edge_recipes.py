@@ -39,7 +39,9 @@ TARGETS: dict[str, tuple[float, float | None, float, float | None]] = {
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     runs = [r for r in report["runs"] if "error" not in r]
-    teacher_torch = next(r for r in runs if r["model"] == "teacher" and r["runtime"] == "torch")
+    teacher_torch = next(
+        r for r in runs if r["model"] == "teacher" and r["runtime"] == "torch" and r["precision"] == "fp32"
+    )
     # The teacher's runtime runs are each at that runtime's default precision (ONNX Runtime FP32,
     # OpenVINO's own choice); the fastest of them and torch is the teacher at its best.
     teacher_best = min(

@@ -63,6 +63,12 @@ class TorchPredictor:
     `modl-r4` 1.18x, outputs within 5e-7 of their range (``benchmarks/torch_layout.py``; README,
     "Compression"). A copy, because the caller's module may still be trained, pruned or saved
     (safetensors refuses tensors that are not contiguous). :attr:`memory_format` says which ran.
+
+    ``precision="bf16"`` (or ``"fp16"``) runs the module under torch's autocast on its device: the
+    convolutions and matrix products in that dtype, reductions, FFTs and data consistency in FP32
+    (:func:`edgesr.physics.fft.full_precision`). On CPUs with native BF16 (AVX512-BF16, AMX) that is a
+    faster torch path; on others autocast emulates it, slower than FP32. It is a precision of the same
+    model, scored like any other: :attr:`executed_precision` says what ran (``"bf16+fp32"``).
     """
 
     def __init__(
@@ -73,7 +79,10 @@ class TorchPredictor:
         *,
         fixed_lr_size: int | None = None,
         channels_last: bool | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
         module = module.eval()
         self.input_names = spec.input_names
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
@@ -82,6 +91,10 @@ class TorchPredictor:
             channels_last = self.device.type == "cpu"
         self.module = _channels_last_copy(module) if channels_last else module
         self.memory_format = "channels_last" if channels_last else "contiguous"
+        self.precision = precision
+        self._autocast_dtype = AUTOCAST_DTYPES[precision]
+        # Autocast runs convolutions and matrix products in the dtype and keeps the rest in FP32.
+        self.executed_precision = "fp32" if self._autocast_dtype is None else f"{precision}+fp32"
 
     @torch.no_grad()
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -91,7 +104,14 @@ class TorchPredictor:
                 f"predictor inputs lack {', '.join(missing)} (the spec names {self.input_names})"
             )
         args = [inputs[name].to(self.device, torch.float32) for name in self.input_names]
-        return self.module(*args).float().cpu()
+        if self._autocast_dtype is None:
+            return self.module(*args).float().cpu()
+        with torch.autocast(self.device.type, dtype=self._autocast_dtype):
+            return self.module(*args).float().cpu()
+
+
+# The precisions a torch predictor runs at: FP32, or autocast to a half-precision dtype.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _channels_last_copy(module: nn.Module) -> nn.Module:

@@ -246,3 +246,38 @@ def test_torch_predictor_runs_a_channels_last_copy_on_the_cpu_and_leaves_the_mod
     conv = next(m for m in fast.module.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast(inputs), plain(inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_predictor_runs_bf16_autocast_on_request_and_names_it():
+    """``precision="bf16"``: the convolutions under autocast, the output back in FP32, close to FP32;
+    MoDL's solver stays in FP32 inside it (its FFTs have no BF16 form)."""
+    from edgesr.physics.simulate import simulate_multicoil
+    from edgesr.pipeline import TorchPredictor
+    from edgesr.spec import recon_spec, sr_spec
+
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    spec = sr_spec(modality="MR", scale=2, degradation="mr-kspace", upsampler="zero-fill", receptive_radius=8)
+    inputs = {"lr": torch.rand(1, 1, 13, 10)}
+    inputs["base"] = interpolate_base(inputs["lr"], 2, "zero-fill", "mr-kspace")
+    half = TorchPredictor(model, spec, "cpu", precision="bf16")
+    full = TorchPredictor(model, spec, "cpu")
+    assert (half.executed_precision, full.executed_precision) == ("bf16+fp32", "fp32")
+    out = half(inputs)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 26, 20)
+    torch.testing.assert_close(out, full(inputs), atol=0.05, rtol=0.05)  # BF16 keeps 8 bits of mantissa
+
+    image = torch.rand(21, 19)
+    sample = simulate_multicoil(image, acceleration=3, seed=1, n_coils=2, noise_std=0.0)
+    modl = create_model("modl_tiny")
+    recon_inputs = {
+        "masked_kspace": sample.kspace[None].float(),
+        "mask": sample.mask.view(1, 1, 1, -1).float(),
+        "sens_maps": sample.sens_maps[None].float(),
+    }
+    modl_half = TorchPredictor(modl, recon_spec(coils=2), "cpu", precision="bf16")(recon_inputs)
+    modl_full = TorchPredictor(modl, recon_spec(coils=2), "cpu")(recon_inputs)
+    assert modl_half.dtype == torch.float32 and torch.isfinite(modl_half).all()
+    torch.testing.assert_close(modl_half, modl_full, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16; got 'int8'"):
+        TorchPredictor(model, spec, "cpu", precision="int8")

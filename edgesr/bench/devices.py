@@ -58,7 +58,9 @@ class DeviceProfile:
     )
     cores: list[int] = opt([], "pin: the CPU cores to use (default: the first `threads` allowed ones)")
     precision: str = opt(
-        "fp32", "torch runs: fp32, bf16 or fp16 (autocast, CUDA); an artifact runs at its own precision"
+        "fp32",
+        "torch runs: fp32, bf16 (autocast; CPUs with BF16 units, CUDA) or fp16 (autocast, CUDA); an "
+        "artifact runs at its own precision",
     )
     size: int = opt(256, "output size in pixels (SR: the LR input is size / scale)")
     throughput_batch: int = opt(4, "images per call of the offline (throughput) run")

@@ -689,9 +689,15 @@ def float_precision_of(runtime: str, precision: str, kind: str) -> str:
     if runtime == "tensorrt" or kind in ("cuda", "jetson"):
         return "fp16"
     if runtime == "openvino" and kind == "cpu":
-        flags, _ = _cpu_flags_and_mhz()
-        return "bf16" if {"amx_bf16", "avx512_bf16"} & flags else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies BF16 in hardware (AVX512-BF16 or AMX): where BF16 can be faster than
+    FP32 (OpenVINO's default there; torch's autocast). Elsewhere BF16 is emulated, slower than FP32."""
+    flags, _ = _cpu_flags_and_mhz()
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 def threads_default(threads: int) -> int:

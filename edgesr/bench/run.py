@@ -111,7 +111,9 @@ def bench(
     # The teacher in torch FP32, timed by the same rules, is the reference of every ratio: for a
     # student, and for an artifact of the teacher itself (what the runtime buys over torch).
     teacher_folder = teacher_path(subject.teacher) if subject.teacher else None
-    timed_teacher = teacher_folder is not None and (subject.artifact or subject.teacher != subject.name)
+    timed_teacher = teacher_folder is not None and (
+        subject.artifact or subject.teacher != subject.name or profile.precision != "fp32"
+    )
     runs: list[dict[str, Any]] = []
     if timed_teacher and teacher_folder is not None:
         with console.status(f"timing the teacher {subject.teacher} in torch fp32 ({device_name} rules)"):

@@ -7,8 +7,9 @@
   every file it ships), per source volume too, and the stage's seconds;
 * ``runs``: one entry per (model, runtime, precision): the teacher in torch FP32 and in each runtime at
   that runtime's default precision, the final float model in every runtime (OpenVINO's default, BF16 on
-  CPUs with AMX, and FP32), each INT8 artifact. Each run is scored in its runtime on the same slices and
-  timed in a process of its own (:mod:`edgesr.bench.worker`), with the precision that actually ran;
+  CPUs with AMX, and FP32; on CPUs with BF16 units also torch under BF16 autocast), each INT8
+  artifact. Each run is scored in its runtime on the same slices and timed in a process of its own
+  (:mod:`edgesr.bench.worker`), with the precision that actually ran;
 * ``gate``: the final model against the teacher; ``quantization``: every INT8 attempt and remedy.
 """
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from edgesr.bench.devices import first_cores
+from edgesr.bench.roofline import cpu_has_native_bf16
 from edgesr.bench.timing import latency_inputs, machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
 from edgesr.compress.prune import count_macs_params
@@ -42,6 +44,12 @@ if TYPE_CHECKING:
 # (runtime, requested precision) for the teacher and for the final float model.
 TEACHER_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"))
 FINAL_FLOAT_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"), ("openvino", "fp32"))
+
+
+def final_float_runs() -> tuple[tuple[str, str], ...]:
+    """:data:`FINAL_FLOAT_RUNS`, plus torch under BF16 autocast where the CPU has BF16 units (the
+    fastest torch path there, e.g. for MoDL, which no other runtime runs faster; emulated elsewhere)."""
+    return FINAL_FLOAT_RUNS + ((("torch", "bf16"),) if cpu_has_native_bf16() else ())
 
 
 def _predictor(runtime: str, precision: str, model: Any, threads: int) -> Predictor:
@@ -118,7 +126,7 @@ def build_report(
     for candidate in float_chain[1:-1]:
         plan.append((candidate, "torch", "fp32", None))
     if final_float is not teacher:
-        for runtime, precision in FINAL_FLOAT_RUNS:
+        for runtime, precision in final_float_runs():
             if runtime in recipe.report_runtimes:
                 plan.append(
                     (final_float, runtime, precision,
@@ -134,8 +142,12 @@ def build_report(
         label = f"{candidate.name}/{runtime}/{precision}"
         role = "teacher" if candidate is teacher else "student"
         try:
-            if file is None:
+            if file is None and precision == "fp32":
                 scores, model_ref = torch_scores[id(candidate)], str(candidate.folder)
+            elif file is None:  # torch under autocast: scored in it, like any other runtime
+                model_ref = str(candidate.folder)
+                predictor = TorchPredictor(candidate.model, candidate.spec, "cpu", precision=precision)
+                scores = score(predictor, label)
             else:
                 model_ref = str(file())
                 scores = score(_predictor(runtime, precision, model_ref, recipe.threads), label)
@@ -325,13 +337,19 @@ def _fastest_at_equal_quality(
 
     INT8 is not always the fastest (narrow layers can leave the matrix units idle, and BF16 may win),
     so this is measured: among the final model's runs in each runtime (BF16 and INT8 alike), those
-    within ``gate`` (the quantize stage's) of the float model in torch FP32, the lowest p50.
+    within ``gate`` (the quantize stage's) of the float model in torch FP32, the lowest p50. Torch is
+    listed when it ran at a precision other than FP32 (BF16 autocast), FP32 being the reference.
     """
     names = {final.name, final_float.name}
     reference = next((r for r in runs if r["name"] == f"{final_float.name}/torch/fp32"), None)
+    torch_precisions = {
+        r["precision"] for r in runs if r["name"].split("/")[0] in names and r["runtime"] == "torch"
+    }
     chosen: dict[str, dict[str, Any]] = {}
     for run in runs:
-        if run["name"].split("/")[0] not in names or run["runtime"] == "torch" or reference is None:
+        if run["name"].split("/")[0] not in names or reference is None:
+            continue
+        if run["runtime"] == "torch" and torch_precisions <= {"fp32"}:
             continue
         within = (
             reference["psnr"] - run["psnr"] <= gate["max_psnr_drop_db"] + 1e-9

@@ -706,7 +706,8 @@ def _verify(
     graph an FP16 engine is built from by parity, a QDQ graph by quality.
     """
     # The artifact is opened the way users will open it, from its folder (its manifest comes after).
-    candidate = runtime_predictor(path, runtime=runtime, precision=precision, threads=threads)
+    device = None if target.device == "auto" else target.device
+    candidate = runtime_predictor(path, runtime=runtime, precision=precision, threads=threads, device=device)
     executed = getattr(candidate, "executed_precision", None)
     parity = compare_outputs(reference, candidate, inputs, expected=checks.expected)
     figures: dict[str, Any] = {

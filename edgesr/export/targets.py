@@ -51,6 +51,11 @@ class ExportTarget:
         False, "the runtime file (a TensorRT engine) is built on the device that runs it, not here"
     )
     workspace_gb: float = opt(4.0, "TensorRT: the builder's workspace memory limit, GiB")
+    device: str = opt(
+        "auto",
+        "torch artifacts: the device they are verified on: auto (CUDA where there is a GPU, else the "
+        "CPU), cpu or cuda; the artifact runs wherever its user puts it",
+    )
     verify: VerifySettings = opt(VerifySettings(), "how every export is checked against PyTorch")
 
     def __post_init__(self) -> None:
@@ -64,6 +69,9 @@ class ExportTarget:
         check_choice("fft", self.fft, FFT_FORMS)
         check_range("input_size", self.input_size, low=16)
         check_range("workspace_gb", self.workspace_gb, low=0.0)
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        if self.device != "auto" and self.runtime != "torch":
+            raise ConfigError(f"device is for torch artifacts; runtime {self.runtime} picks its own")
         if self.runtime == "tensorrt" and self.dynamic_shapes:
             # edgesr builds one engine per size (no optimisation profiles), as Jetson deployments do.
             raise ConfigError("runtime tensorrt needs dynamic_shapes=false (an engine is built for one size)")

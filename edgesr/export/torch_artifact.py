@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-from edgesr.pipeline import TorchPredictor
+from edgesr.pipeline import AUTOCAST_DTYPES, TorchPredictor
 from edgesr.train.checkpoint import META_FILE, MODEL_FILE, load_for_inference, resolve_checkpoint
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def copy_checkpoint(source: str | Path, folder: Path) -> None:
@@ -46,23 +44,18 @@ class TorchArtifactPredictor:
     def __init__(
         self, folder: str | Path, *, precision: str, device: str | None = None, threads: int = 0
     ) -> None:
-        if precision not in AUTOCAST:
-            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}; got {precision!r}")
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, spec, _ = load_for_inference(folder)
-        self._inner = TorchPredictor(model.to(self.device), spec, device=self.device)
+        self._inner = TorchPredictor(model.to(self.device), spec, device=self.device, precision=precision)
         self.input_names = spec.input_names
-        self._dtype = AUTOCAST[precision]
-        # Autocast runs convolutions and matrix products in the dtype and keeps the rest in FP32.
-        self.executed_precision = "fp32" if self._dtype is None else f"{precision}+fp32"
+        self.executed_precision = self._inner.executed_precision
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if self._dtype is None:
-            return self._inner(inputs)
-        with torch.autocast(self.device.type, dtype=self._dtype):
-            return self._inner(inputs)
+        return self._inner(inputs)
 
 
-__all__ = ["AUTOCAST", "TorchArtifactPredictor", "copy_checkpoint"]
+__all__ = ["AUTOCAST_DTYPES", "TorchArtifactPredictor", "copy_checkpoint"]

@@ -42,7 +42,11 @@ def _recipe(tmp_path, teacher, root, steps: int = 4, student: str = "student: rd
     return str(path)
 
 
-def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teacher, tmp_path, capsys):
+def test_a_distillation_recipe_runs_resumes_and_reports(
+    tiny_dataset, tiny_teacher, tmp_path, capsys, monkeypatch
+):
+    # As on a CPU with BF16 units (this one's are): the student is also run under torch's BF16 autocast.
+    monkeypatch.setattr("edgesr.compress.report.cpu_has_native_bf16", lambda: True)
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
     out = tmp_path / "out"
     assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
@@ -50,13 +54,20 @@ def test_a_distillation_recipe_runs_resumes_and_reports(tiny_dataset, tiny_teach
     assert report["task"] == "sr" and report["teacher"]["model"] == "rdn_tiny"
     [stage] = report["stages"]
     assert stage["name"] == "1-distill" and {"psnr", "ssim", "params"} <= stage.keys()
-    assert [r["model"] for r in report["runs"]] == ["teacher", "student"]
+    assert [(r["model"], r["precision"]) for r in report["runs"]] == [
+        ("teacher", "fp32"), ("student", "fp32"), ("student", "bf16")
+    ]  # fmt: skip
     for run in report["runs"]:
         assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys()
-        assert run["runtime"] == "torch" and run["executed_precision"] == "fp32"
+        assert run["runtime"] == "torch"
+        assert run["executed_precision"] == ("fp32" if run["precision"] == "fp32" else "bf16+fp32")
         assert len(run["cpu_affinity"]) == run["threads"]  # timed pinned to `threads` cores
         assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
     assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
+    # Scored in BF16 (not a copy of the FP32 figures), and a candidate for the fastest torch run.
+    student_fp32, student_bf16 = report["runs"][1:]
+    assert student_bf16["psnr"] != student_fp32["psnr"]
+    assert report["fastest_at_equal_quality"]["torch"]["run"] in {student_fp32["name"], student_bf16["name"]}
     # Figures per source volume too (a template would be listed apart and never be the headline).
     assert report["dataset"]["templates"] == []
     for row in [report["teacher"], stage, *report["runs"], *report["baselines"]]:

@@ -27,6 +27,10 @@ def test_every_shipped_profile_loads_and_bad_keys_name_themselves():
     with pytest.raises(ConfigError, match="fft"):
         load_target("cpu-openvino", ["fft=fast"])
     assert load_target("cpu-openvino", ["fft=dft"]).fft == "dft"  # the DFT op stays a choice
+    with pytest.raises(ConfigError, match="device is for torch artifacts"):
+        load_target("cpu-openvino", ["device=cpu"])
+    with pytest.raises(ConfigError, match="device"):
+        load_target("cpu-torch", ["device=tpu"])
 
 
 def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset, tiny_checkpoint, tmp_path):
@@ -297,6 +301,20 @@ def test_a_gpu_torch_export_is_the_checkpoints_weights_verified_at_half_precisio
         from edgesr.export.build import _check_buildable
 
         _check_buildable(load_target("gpu-torch", ["precisions=[int8]"]), "gpu-torch")
+
+
+def test_a_cpu_torch_export_is_verified_on_the_cpu_at_fp32_by_parity_and_at_bf16_by_quality(
+    tiny_dataset, tiny_checkpoint, tmp_path
+):
+    """``cpu-torch``: the weights again, verified on the CPU even where a GPU is (the target says so)."""
+    out = tmp_path / "cpu-torch"
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, "target=cpu-torch", "verify.slices=1") == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert set(summary["artifacts"]) == {"fp32", "bf16"}
+    fp32, bf16 = (summary["artifacts"][p]["verification"] for p in ("fp32", "bf16"))
+    assert fp32["check"] == "parity" and fp32["device"] == "cpu" and fp32["executed_precision"] == "fp32"
+    assert bf16["check"] == "quality" and bf16["device"] == "cpu"
+    assert bf16["executed_precision"] == "bf16+fp32" and bf16["psnr_drop_db"] <= 0.3
 
 
 def test_solver_loops_take_the_dft_op_in_openvino_below_fp32():
