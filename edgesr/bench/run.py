@@ -206,6 +206,7 @@ def _run_row(
         "threads": timed.get("threads"),
         "cpu_affinity": timed.get("cpu_affinity"),
         "runtime_version": timed.get("runtime_version"),
+        "malloc": timed.get("malloc"),
         **{
             k: timed[k]
             for k in ("gpu", "cuda_peak_allocated_mb", "nvml_used_mb", "tegrastats", "timed_shapes")

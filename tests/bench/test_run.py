@@ -30,6 +30,7 @@ def test_bench_times_an_artifact_beside_its_source_and_scores_it_in_the_same_run
     assert run["throughput_ips"] > 0 and run["throughput_batch"] == 4 and run["peak_memory_mb"] >= 0
     first_core = sorted(os.sched_getaffinity(0))[0]
     assert run["threads"] == 1 and run["cpu_affinity"] == [first_core]  # pinned to threads=1 core
+    assert run["malloc"] == "steady"  # the worker keeps freed memory in the heap (steady-state timing)
     assert {b["name"] for b in result["baselines"]} == {"bicubic", "zero-fill"} and run["psnr"] > 0
     assert set(result["dataset"]["input_sha256"]) == {"fake-mr"} and result["machine"]["cpu"]
 

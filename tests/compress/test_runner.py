@@ -62,6 +62,7 @@ def test_a_distillation_recipe_runs_resumes_and_reports(
         assert run["runtime"] == "torch"
         assert run["executed_precision"] == ("fp32" if run["precision"] == "fp32" else "bf16+fp32")
         assert len(run["cpu_affinity"]) == run["threads"]  # timed pinned to `threads` cores
+        assert run["malloc"] == "steady"  # freed memory kept in the heap: the steady state is timed
         assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
     assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
     # Scored in BF16 (not a copy of the FP32 figures), and a candidate for the fastest torch run.
