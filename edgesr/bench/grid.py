@@ -33,9 +33,9 @@ from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import load_for_inference
 
 
-def _torch_model(folder: Path) -> tuple[Predictor, ModelSpec]:
+def _torch_model(folder: Path, precision: str = "fp32") -> tuple[Predictor, ModelSpec]:
     model, spec, _ = load_for_inference(folder)
-    return TorchPredictor(model, spec, device="cpu"), spec
+    return TorchPredictor(model, spec, device="cpu", precision=precision), spec
 
 
 def _teacher_folder(name_or_path: str) -> Path | None:
@@ -63,15 +63,20 @@ def models_of(kind: str, folder: Path, data: dict[str, Any]) -> dict[str, Any] |
         if not subject.get("folder") or not Path(subject["folder"]).is_dir():
             return None
         subject_folder = Path(subject["folder"])
+        precision = "fp32"
         if subject.get("artifact"):
             from edgesr.export.artifact import open_artifact
 
             student, manifest = open_artifact(subject_folder)
             spec = manifest.spec
         else:
-            student, spec = _torch_model(subject_folder)
+            # The subject's own run is the last (after the teacher's): its precision, BF16 autocast too.
+            precision = str((data.get("runs") or [{}])[-1].get("precision", "fp32"))
+            student, spec = _torch_model(subject_folder, precision)
         teacher_folder = _teacher_folder(str(subject.get("teacher", "")))
         label = str(subject.get("name", "student"))
+        if precision != "fp32":
+            label += f" (torch {precision})"
         if subject.get("artifact"):  # which file ran: the runtime and precision, not only the model
             label += f" ({manifest.runtime} {manifest.precision})"
     teacher = _torch_model(teacher_folder)[0] if teacher_folder is not None else None

@@ -154,7 +154,8 @@ def stage_plot(source: Source) -> bytes | None:
     names = [r["name"] for r in rows]
     torch_ms = {}
     for run in report["runs"]:
-        if run.get("runtime") == "torch" and "latency_ms" in run:
+        # FP32 only: a stage also timed under BF16 autocast would otherwise overwrite its FP32 bar.
+        if run.get("runtime") == "torch" and run.get("precision", "fp32") == "fp32" and "latency_ms" in run:
             torch_ms[run["name"].split("/")[0]] = run["latency_ms"]["p50"]
     panels = [
         ("parameters (M)", [r["params"] / 1e6 for r in rows]),

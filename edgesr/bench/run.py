@@ -231,7 +231,8 @@ def _quality(
         predictor, _ = open_artifact(subject.folder, threads=profile.threads, device=device)
     else:
         model, _, _ = load_for_inference(subject.folder)
-        predictor = TorchPredictor(model.to(device), subject.spec)
+        # Scored at the precision it was timed at (BF16 autocast when the profile asks for it).
+        predictor = TorchPredictor(model.to(device), subject.spec, precision=profile.precision)
     protocol = ReconProtocol(accelerations=(4.0,))
     with console.status(f"scoring {subject.name} and the baselines on the test split"):
         evaluation = evaluate_model(

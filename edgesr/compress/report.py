@@ -263,8 +263,9 @@ def _external_figures(
     teacher does on scanners it never saw, measured against the recipe's own gate (not enforced: the
     gate is the ``eval_split``'s; this says whether it also holds there).
 
-    The final float model in torch and each INT8 file in its runtime, at most ``eval_slices`` per
-    source; a file that cannot take an external image (a fixed-shape export) is reported, not fatal.
+    The final float model in torch (FP32, and BF16 where the report runs it) and each INT8 file in its
+    runtime, at most ``eval_slices`` per source; a file that cannot take an external image (a
+    fixed-shape export) is reported, not fatal.
     """
     teacher, final = chain[0], chain[-1]
     final_float = [c for c in chain if c.quantization is None][-1]
@@ -286,10 +287,14 @@ def _external_figures(
     # (run name, a factory of its predictor: a runtime session is opened only when it is scored)
     plan: list[tuple[str, Callable[[], Predictor]]] = []
     if final_float is not teacher:
-        plan.append(
-            (f"{final_float.name}/torch/fp32",
-             lambda: TorchPredictor(final_float.model, final_float.spec, "cpu"))
-        )  # fmt: skip
+        # The final float model in torch at each precision the report runs it at (BF16 autocast too,
+        # which fastest_at_equal_quality may recommend).
+        for runtime, precision in final_float_runs():
+            if runtime == "torch":
+                plan.append(
+                    (f"{final_float.name}/torch/{precision}",
+                     partial(TorchPredictor, final_float.model, final_float.spec, "cpu", precision=precision))
+                )  # fmt: skip
     if final.quantization is not None:
         for runtime in final.quantization["runtimes"]:
             path = str(final.artifacts[runtime])

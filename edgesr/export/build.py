@@ -482,6 +482,10 @@ def _check_buildable(target: ExportTarget, name: str) -> None:
         raise ConfigError(f"target {name}: edgesr builds TensorRT engines at fp32, fp16 and int8")
     if target.runtime == "torch" and "int8" in target.precisions:
         raise ConfigError(f"target {name}: PyTorch artifacts run at fp32, bf16 or fp16 (autocast)")
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"target {name}: device=cuda, but torch sees no CUDA device here (device=auto or cpu)"
+        )
 
 
 def _fixed_shape_cost(

@@ -1,14 +1,18 @@
-"""``gpu-torch`` artifacts: the checkpoint's safetensors weights and JSON, run by PyTorch at BF16 or FP16.
+"""``torch`` artifacts (``gpu-torch``, ``cpu-torch``): the checkpoint's safetensors weights and JSON, run by
+PyTorch at FP32 or under autocast at BF16/FP16.
 
 For machines with an NVIDIA GPU but no TensorRT (a console PC with a CUDA build of PyTorch, this project's
-H100/H200 check machine) the fastest verified path is PyTorch itself under autocast. The artifact is the
-checkpoint's two files (``model.safetensors``, ``checkpoint.json``: no pickle) copied with a manifest,
-so it is opened, hash-checked and run like every other artifact. Autocast keeps reductions, the FFTs and
-data consistency in FP32 (:func:`edgesr.physics.fft.full_precision`); convolutions run in the
-artifact's precision.
+H100/H200 check machine) the fastest verified path is PyTorch itself under autocast; on a CPU, for MoDL,
+whose CG solve the other runtimes run slower than torch, it is torch too (BF16 where the CPU has BF16
+units). The artifact is the checkpoint's two files (``model.safetensors``, ``checkpoint.json``: no
+pickle) copied with a manifest, so it is opened, hash-checked and run like every other artifact.
+Autocast keeps reductions, the FFTs and data consistency in FP32
+(:func:`edgesr.physics.fft.full_precision`); convolutions run in the artifact's precision
+(:class:`edgesr.pipeline.TorchPredictor` does it).
 
-The export verifies the artifact on CUDA where there is a GPU, else on the CPU (autocast supports BF16
-and FP16 there too, slowly); the manifest records which (``verification.device``).
+The export verifies the artifact on the target's ``device``: ``auto`` is CUDA where there is a GPU, else
+the CPU (autocast supports BF16 and FP16 there too, slowly without BF16 units); the manifest records
+which (``verification.device``).
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def ifft1c_complex(z: torch.Tensor) -> torch.Tensor:
 
 def centered_filter_complex(z: torch.Tensor, weights: torch.Tensor, *, axes: int) -> torch.Tensor:
     """``ifftNc(fftNc(z) * weights)`` over the last ``axes`` (1 or 2) axes of a complex tensor: a k-space
-    filter given by its *centered* weights (broadcastable to ``z``, e.g. a mask ``[B, 1, 1, W]``).
+    filter given by its *centered* real weights, broadcastable to ``z`` and full-sized along the
+    transformed axes (a column mask ``[B, 1, 1, W]`` for ``axes=1``, ``[B, 1, H, W]`` for ``axes=2``).
 
     Computed without the centering shifts, exactly: with ``P`` the fftshift permutation the centered
     transform is ``P F P^-1``, so the filter is ``P F^H (P^-1 W P) F P^-1``; ``F^H W' F`` is a circular
@@ -210,25 +211,6 @@ def fft1c(x: torch.Tensor) -> torch.Tensor:
 def ifft1c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal inverse FFT along the width (last axis) of a channel-pair tensor."""
     return _transform(x, axes=1, inverse=True)
-
-
-def centered_filter1c(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``ifft1c(fft1c(x) * weights)`` of a channel-pair tensor ``[..., 2C, H, W]``, with real centered
-    k-space weights along the width (e.g. a column mask ``[B, 1, 1, W]``): see
-    :func:`centered_filter_complex`, whose shift-free form this takes wherever torch's FFT runs."""
-    x, precision = full_precision(x)
-    with precision:
-        if _dft_form.matmul:  # the DFT matrices hold the shifts already: nothing to save
-            return ifft1c(fft1c(x) * weights)
-        if torch.compiler.is_exporting():
-            # One gather of the W weights instead of four over the coil images; the scale as a tensor
-            # (a Python 1/W would fix a dynamic width, see _exported_fft1c).
-            shifted = _shift_pairs(weights, inverse=True, last_axes=1)
-            spectrum = from_complex(torch.fft.fft(to_complex(x), dim=-1, norm="backward")) * shifted
-            width = torch.full((), x.shape[-1], device=x.device, dtype=x.dtype)
-            filtered = torch.fft.ifft(to_complex(spectrum), dim=-1, norm="forward")
-            return from_complex(filtered) / width
-        return from_complex(centered_filter_complex(to_complex(x), weights, axes=1))
 
 
 def _transform(x: torch.Tensor, *, axes: int, inverse: bool) -> torch.Tensor:

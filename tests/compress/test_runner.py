@@ -105,8 +105,10 @@ def test_a_distillation_recipe_runs_resumes_and_reports(
 
 
 def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figures(
-    tiny_dataset_with_external, tiny_teacher, tmp_path
+    tiny_dataset_with_external, tiny_teacher, tmp_path, monkeypatch
 ):
+    # As on a CPU with BF16 units: the torch BF16 run the report may recommend is scored here too.
+    monkeypatch.setattr("edgesr.compress.report.cpu_has_native_bf16", lambda: True)
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset_with_external.path.parent)
     out, card = tmp_path / "out", tmp_path / "tiny-edge"
     assert main(["compress", f"recipe={recipe}", f"out={out}", f"card={card}"]) == 0
@@ -124,9 +126,10 @@ def test_the_report_shows_whether_the_student_keeps_the_teachers_external_figure
     assert report["dataset"]["sources"] == ["fake-mr"]  # the recipe's own split: no external source
     external = report["external"]
     assert external["sources"] == ["elsewhere-mr"] and external["images"] == 1  # eval_slices: 1
-    teacher, student = external["models"]
+    teacher, student, student_bf16 = external["models"]
     assert teacher["name"].endswith("/torch/fp32") and teacher["psnr_vs_teacher_db"] == 0
     assert student["name"] == "1-distill/torch/fp32" and set(student["by_source"]) == {"elsewhere-mr"}
+    assert student_bf16["name"] == "1-distill/torch/bf16" and student_bf16["psnr"] != student["psnr"]
     assert student["psnr_vs_teacher_db"] == pytest.approx(student["psnr"] - teacher["psnr"], abs=1e-3)
     assert {b["name"] for b in external["baselines"]} == {"bicubic", "zero-fill"}
     assert (

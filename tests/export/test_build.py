@@ -31,6 +31,11 @@ def test_every_shipped_profile_loads_and_bad_keys_name_themselves():
         load_target("cpu-openvino", ["device=cpu"])
     with pytest.raises(ConfigError, match="device"):
         load_target("cpu-torch", ["device=tpu"])
+    if not torch.cuda.is_available():  # refused before anything is exported, with the reason
+        from edgesr.export.build import _check_buildable
+
+        with pytest.raises(ConfigError, match="device=cuda, but torch sees no CUDA device"):
+            _check_buildable(load_target("gpu-torch", ["device=cuda"]), "gpu-torch")
 
 
 def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset, tiny_checkpoint, tmp_path):

@@ -73,7 +73,7 @@ def test_sense_operator_is_adjoint(mask_rows):
 
 @pytest.mark.parametrize("width", [31, 32])
 def test_fft1c_is_the_centered_orthonormal_transform_along_the_width(width):
-    from edgesr.physics.fft import dft_as_matmul, fft1c, ifft1c
+    from edgesr.physics.fft import fft1c, ifft1c
 
     x = _randn(2, 4, 5, width)
     z = to_complex(x).numpy()
@@ -89,7 +89,6 @@ def test_fft1c_is_the_centered_orthonormal_transform_along_the_width(width):
 def test_sense_normal_with_a_column_mask_equals_the_adjoint_of_the_forward(height, width):
     """The 1-D shortcut of ``A^H A`` (transforms along the width only) is the operator itself, in torch's
     complex dtype (eager) and on channel pairs (DFT-as-matmul, as exported), per batch item's mask."""
-    from edgesr.physics.fft import dft_as_matmul
 
     coils = 3
     maps = torch.stack([simulate_coil_maps(height, width, coils, seed=s).double() for s in (5, 6)])
@@ -113,7 +112,6 @@ def test_sense_normal_with_a_column_mask_equals_the_adjoint_of_the_forward(heigh
 def test_centered_filter_without_shifts_equals_the_centered_transforms(height, width, axes):
     """``F_c^H W F_c == F^H ifftshift(W) F`` for odd and even sizes, 1-D and 2-D, any real weights."""
     from edgesr.physics.fft import (
-        centered_filter1c,
         centered_filter_complex,
         fft1c_complex,
         fft2c_complex,
@@ -128,36 +126,23 @@ def test_centered_filter_without_shifts_equals_the_centered_transforms(height, w
     forward, inverse = (fft1c_complex, ifft1c_complex) if axes == 1 else (fft2c_complex, ifft2c_complex)
     expected = inverse(forward(z) * weights)
     torch.testing.assert_close(centered_filter_complex(z, weights, axes=axes), expected)
-    if axes == 1:  # the channel-pair form, in its eager and matrix forms
-        pairs = from_complex(z)
-        torch.testing.assert_close(centered_filter1c(pairs, weights), from_complex(expected))
-        with dft_as_matmul():
-            torch.testing.assert_close(centered_filter1c(pairs, weights), from_complex(expected))
     with pytest.raises(ValueError, match="axes must be 1 or 2"):
         centered_filter_complex(z, weights, axes=3)
 
 
 def test_exported_fft1c_keeps_dynamic_sizes_and_matches_eager():
-    """The form torch.export traces (shifts as gathers, an unnormalised 1-D FFT scaled by a tensor),
-    and the shift-free filter of the SENSE normal operator (one gather of the weights)."""
-    from edgesr.physics.fft import centered_filter1c, fft1c, ifft1c
+    """The form torch.export traces (shifts as gathers, an unnormalised 1-D FFT scaled by a tensor)."""
+    from edgesr.physics.fft import fft1c, ifft1c
 
     class Transforms(torch.nn.Module):
-        def forward(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return fft1c(x), ifft1c(x), centered_filter1c(x, weights)
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return fft1c(x), ifft1c(x)
 
-    width_dim = torch.export.Dim("width", min=4, max=64)
-    dims = {
-        "x": {2: torch.export.Dim("height", min=4, max=64), 3: width_dim},
-        "weights": {3: width_dim},
-    }
-    traced = (torch.randn(2, 4, 8, 11), torch.rand(2, 1, 1, 11))
-    program = torch.export.export(Transforms(), traced, dynamic_shapes=dims)
+    dims = {"x": {2: torch.export.Dim("height", min=4, max=64), 3: torch.export.Dim("width", min=4, max=64)}}
+    program = torch.export.export(Transforms(), (torch.randn(2, 4, 8, 11),), dynamic_shapes=dims)
     for height, width in ((8, 11), (13, 16)):  # the traced size and another, odd and even widths
-        generator = torch.Generator().manual_seed(height)
-        x = torch.randn(2, 4, height, width, generator=generator)
-        weights = torch.rand(2, 1, 1, width, generator=generator)
-        for exported, eager in zip(program.module()(x, weights), Transforms()(x, weights), strict=True):
+        x = torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(height))
+        for exported, eager in zip(program.module()(x), Transforms()(x), strict=True):
             torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
 
 
