@@ -74,6 +74,8 @@ class DeviceProfile:
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("memory", self.memory, MEMORY_PROBES)
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.kind == "cpu" and self.precision == "fp16":
+            raise ConfigError("precision=fp16 is timed on CUDA devices only; on the CPU use fp32 or bf16")
         check_range("threads", self.threads, low=0)
         if self.cores and len(self.cores) != self.threads:
             raise ConfigError(f"cores lists {len(self.cores)} cores for threads={self.threads}")

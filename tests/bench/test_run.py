@@ -52,7 +52,7 @@ def test_a_device_that_is_not_here_is_refused_never_measured(tiny_checkpoint, ca
 
 def test_tensorrt_and_jetson_profiles_load_and_are_refused_where_their_device_is_missing():
     from edgesr.bench.devices import check_present, list_devices, load_device
-    from edgesr.errors import SourceUnavailableError
+    from edgesr.errors import ConfigError, SourceUnavailableError
     from edgesr.export.tensorrt import on_jetson
 
     assert {"gpu-tensorrt", "jetson-orin-nano", "jetson-agx-orin", "cpu-torch", "gpu-torch"} <= set(
@@ -67,6 +67,10 @@ def test_tensorrt_and_jetson_profiles_load_and_are_refused_where_their_device_is
     if not torch.cuda.is_available():
         with pytest.raises(SourceUnavailableError, match="needs a CUDA GPU"):
             check_present(load_device("gpu-tensorrt"), "gpu-tensorrt")
+    # torch on the CPU: FP32 or BF16 autocast; FP16 is refused by the profile, before any worker starts.
+    assert load_device("cpu-torch", ["precision=bf16"]).precision == "bf16"
+    with pytest.raises(ConfigError, match="precision=fp16 is timed on CUDA devices only"):
+        load_device("cpu-torch", ["precision=fp16"])
 
 
 def test_a_fixed_shape_artifact_is_timed_at_its_own_size(tmp_path):
