@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import edgesr
+from edgesr.cli import main as cli_main
 from edgesr.errors import ConfigError, DataError
 from edgesr.models import create_model
 from edgesr.physics.fft import to_complex
@@ -107,6 +108,27 @@ def test_bad_calls_name_the_problem(ct_checkpoint, tmp_path):
         edgesr.Enhancer.from_source()
     with pytest.raises(DataError, match="manifest"):
         edgesr.Enhancer.from_source(artifact=ct_checkpoint)  # a checkpoint is not an artifact
+
+
+def test_a_model_runs_in_bf16_on_request_and_says_so(ct_checkpoint, tmp_path, capsys):
+    """``precision="bf16"``: torch autocast, recorded in the provenance; close to FP32; not for artifacts."""
+    hu = np.random.default_rng(1).normal(40, 30, (1, 29, 23)).astype(np.float32)
+    full = edgesr.Enhancer.from_checkpoint(ct_checkpoint, device="cpu")
+    half = edgesr.Enhancer.from_source(checkpoint=ct_checkpoint, device="cpu", precision="bf16")
+    assert (full.provenance.precision, half.provenance.precision) == ("fp32", "bf16+fp32")
+    expected = full.enhance(hu, units="hu").image
+    np.testing.assert_allclose(half.enhance(hu, units="hu").image, expected, atol=0.02 * np.ptp(expected))
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        edgesr.Enhancer.from_checkpoint(ct_checkpoint, precision="int8")
+    with pytest.raises(ValueError, match="an artifact runs at the precision it was exported"):
+        edgesr.Enhancer.from_source(artifact=tmp_path, precision="bf16")
+    # The command: the same option, refused for an artifact before anything runs.
+    np.save(tmp_path / "hu.npy", hu)
+    argv = ["enhance", f"checkpoint={ct_checkpoint}", f"input={tmp_path / 'hu.npy'}", "units=hu"]
+    assert cli_main([*argv, f"output={tmp_path / 'sr.npy'}", "precision=bf16"]) == 0
+    assert cli_main(["enhance", f"artifact={tmp_path}", f"input={tmp_path / 'hu.npy'}",
+                            f"output={tmp_path / 'x.npy'}", "precision=bf16"]) == 2  # fmt: skip
+    assert "an artifact runs at the precision it was exported" in capsys.readouterr().err
 
 
 def test_one_enhancer_from_several_threads_gives_the_serial_results(ct_checkpoint):
