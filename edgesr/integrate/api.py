@@ -204,7 +204,7 @@ class Enhancer:
 
         ``precision="bf16"`` runs it under torch's BF16 autocast: convolutions in BF16, FFTs and data
         consistency in FP32. Faster on CPUs with BF16 units (AVX512-BF16, AMX) and on GPUs; measured
-        on a Zen 5 EPYC: `modl-r4-edge` 1.3x its FP32 time at the same PSNR. Elsewhere slower than FP32.
+        on a Zen 5 EPYC: `modl-r4-edge` 1.3x faster than in FP32 at the same PSNR. Elsewhere slower.
         """
         from edgesr.teachers import teacher_path
 
