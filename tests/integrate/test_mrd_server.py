@@ -254,3 +254,31 @@ def test_a_model_that_raises_is_reported_to_its_client_only(server):
         assert (len(images), texts) == (1, [])
     finally:
         del server.configs["broken"]
+
+
+def test_the_servers_run_shipped_models_at_the_precision_asked_and_artifacts_at_their_own(
+    monkeypatch, tmp_path
+):
+    """``precision=bf16`` reaches every shipped model or checkpoint a server loads (its provenance says
+    so); an artifact keeps the precision it was verified at; the DICOM node refuses bf16 for an artifact."""
+    from edgesr.cli import _parse
+    from edgesr.commands import serve
+    from edgesr.errors import ConfigError
+
+    served: dict[str, edgesr.Enhancer] = {}
+
+    class FakeServer:  # stands in for the MRD server: records what it would serve
+        def __init__(self, enhancers, settings):
+            served.update(enhancers)
+
+        def serve_forever(self):
+            return None
+
+    monkeypatch.setattr("edgesr.integrate.mrd_server.MrdServer", FakeServer)
+    config = _parse(serve.ServeMrdConfig, ["configs=[modl-r4-edge]", "precision=bf16", "device=cpu"])
+    assert serve.run_serve_mrd(config) == 0
+    assert served["modl-r4-edge"].provenance.precision == "bf16+fp32"
+    with pytest.raises(ConfigError, match="precision"):
+        _parse(serve.ServeMrdConfig, ["precision=int8"])
+    with pytest.raises(ConfigError, match="an artifact runs at the precision it was exported"):
+        _parse(serve.ServeDicomConfig, [f"root={tmp_path}", f"artifact={tmp_path}", "precision=bf16"])
