@@ -113,16 +113,11 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
 def _load(runtime: str, precision: str, model: str, spec: ModelSpec, threads: int) -> tuple[Any, str, str]:
     """The predictor of a torch checkpoint or a runtime file, what it executes, and the runtime version."""
     if runtime == "torch":
-        from edgesr.pipeline import TorchPredictor
-        from edgesr.train.checkpoint import load_for_inference
-
         if precision not in ("fp32", "bf16"):  # the CPU: FP32, or BF16 autocast (see TorchPredictor)
             raise EdgesrError(f"torch runs on the CPU are timed in fp32 or bf16; got precision {precision!r}")
-        if threads > 0:
-            torch.set_num_threads(threads)
-        module, _, _ = load_for_inference(model)
-        torch_predictor = TorchPredictor(module, spec, device="cpu", precision=precision)
-        return torch_predictor, torch_predictor.executed_precision, torch.__version__
+        request = {"model": model, "precision": precision}
+        torch_predictor, executed = _torch_predictor(request, spec, "cpu", threads)
+        return torch_predictor, executed, torch.__version__
     if runtime == "onnxruntime":
         import onnxruntime
 
