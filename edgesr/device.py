@@ -7,7 +7,9 @@ thing everywhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,15 +44,38 @@ def training_machine(device: torch.device, world_size: int) -> dict[str, Any]:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU, {torch.get_num_threads()} torch threads"
-    return {"device": name, "processes": world_size, "torch": torch.__version__}
+    machine: dict[str, Any] = {"device": name, "processes": world_size, "torch": torch.__version__}
+    if device.type == "cpu":  # whether amp (bf16 autocast) took effect here
+        machine["bf16_units"] = cpu_has_native_bf16()
+    return machine
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies BF16 in hardware (AVX512-BF16 or AMX): where BF16 can be faster than
+    FP32 (OpenVINO's default there; torch's autocast). Elsewhere BF16 is emulated, slower than FP32, and
+    so is never chosen. False where the CPU's flags cannot be read (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return bool(match and {"amx_bf16", "avx512_bf16"} & set(match.group(1).split()))
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (convolutions on the tensor cores); a no-op elsewhere or when not ``enabled``.
+    """bf16 autocast where the hardware multiplies bf16 (CUDA's tensor cores; a CPU with AVX512-BF16 or
+    AMX); a no-op elsewhere (bf16 emulated in software is slower than fp32) or when not ``enabled``.
 
     The training objectives wrap only their networks' forward passes in it: the recon models' FFTs
-    leave autocast on their own (:mod:`edgesr.physics.fft`) and the losses are computed in fp32.
+    leave autocast on their own (:mod:`edgesr.physics.fft`) and the losses are computed in fp32. The
+    weights and the optimiser stay fp32. Measured on a 2-core Zen 5 (AVX512-BF16), distilling the
+    quick start's pruned RDN from ``rdn-mr-x2``: the teacher's forward 0.10 -> 0.04 s per batch of 8
+    (with channels-last), the student's forward and backward 0.105 -> 0.065 s, the teacher's bf16
+    outputs 82 dB from its fp32 ones (README, "The quick start, measured").
     """
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -534,6 +534,20 @@ def score_predictor(
         "slices": int(summary["slices"]),
         "by_source": summary["by_source"],
     }
+
+
+def real_scan_scores(row: Mapping[str, Any], templates: Collection[str]) -> dict[str, float] | None:
+    """Mean PSNR and SSIM over the slices of the real (non-template) sources of a scored row (its
+    ``by_source``, as :func:`score_predictor` gives it), and how many slices; None when it has none.
+    Each source's means are weighted by its slices, as the overall means are."""
+    real = [v for name, v in row.get("by_source", {}).items() if name not in templates]
+    slices = sum(v["slices"] for v in real)
+    if not slices:
+        return None
+    scores = {"psnr": sum(v["psnr_db"] * v["slices"] for v in real) / slices, "slices": slices}
+    if all("ssim" in v for v in real):  # rows of PSNR only (a card's per-source summary) have none
+        scores["ssim"] = sum(v["ssim"] * v["slices"] for v in real) / slices
+    return scores
 
 
 def sr_predict(model: nn.Module, lr: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

@@ -117,7 +117,7 @@ def real_data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _prepare_tiny(tmp_path, monkeypatch, *, external: bool) -> PreparedDataset:
+def _prepare_tiny(tmp_path, monkeypatch, *, external: bool, template: bool = False) -> PreparedDataset:
     yy, xx = np.meshgrid(np.linspace(-1, 1, 37), np.linspace(-1, 1, 33), indexing="ij")
     slices = [np.exp(-((yy - 0.2 * np.sin(k / 5)) ** 2 + xx**2) * 3) * (1 + 0.1 * k / 80) for k in range(80)]
     volume = (np.stack(slices) * 100).astype(np.float32)
@@ -141,7 +141,17 @@ def _prepare_tiny(tmp_path, monkeypatch, *, external: bool) -> PreparedDataset:
                 source, name="elsewhere-mr", role="external", load=lambda p: SourceVolume(other, (1, 1, 1))
             ),
         )
+    if template:
+        # A population average: the blobs of every slice averaged, smooth, trained on and scored apart.
+        mean = np.repeat(volume.mean(axis=0, keepdims=True), len(volume), axis=0)
+        sources += (
+            dataclasses.replace(
+                source, name="fake-atlas", template=True, load=lambda p: SourceVolume(mean, (1, 1, 1))
+            ),
+        )
     monkeypatch.setattr(prepare_module, "SOURCES", sources)
+    if template:
+        monkeypatch.setattr("edgesr.data.sources.SOURCES", sources)  # is_template reads it
     prepare_dataset(PrepareConfig(root=str(tmp_path / "cache")))
     return PreparedDataset(tmp_path / "cache")
 
@@ -150,6 +160,12 @@ def _prepare_tiny(tmp_path, monkeypatch, *, external: bool) -> PreparedDataset:
 def tiny_dataset(tmp_path, monkeypatch) -> PreparedDataset:
     """A prepared data set of one synthetic MR volume of smooth blobs (odd in-plane size)."""
     return _prepare_tiny(tmp_path, monkeypatch, external=False)
+
+
+@pytest.fixture
+def tiny_dataset_with_template(tmp_path, monkeypatch) -> PreparedDataset:
+    """``tiny_dataset`` and a template (a population average) among its training and test sources."""
+    return _prepare_tiny(tmp_path, monkeypatch, external=False, template=True)
 
 
 @pytest.fixture

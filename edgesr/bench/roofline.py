@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from edgesr.bench.devices import DEVICES_DIR, DeviceProfile, PeakFigures
+from edgesr.device import cpu_has_native_bf16
 from edgesr.errors import ConfigError, EdgesrError
 
 ERROR_RECORD = DEVICES_DIR / "roofline_error.json"
@@ -691,13 +692,6 @@ def float_precision_of(runtime: str, precision: str, kind: str) -> str:
     if runtime == "openvino" and kind == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies BF16 in hardware (AVX512-BF16 or AMX): where BF16 can be faster than
-    FP32 (OpenVINO's default there; torch's autocast). Elsewhere BF16 is emulated, slower than FP32."""
-    flags, _ = _cpu_flags_and_mhz()
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 def threads_default(threads: int) -> int:

@@ -60,8 +60,10 @@ def _rebuild_command(
         f"gate_psnr_drop_db: {gate['max_psnr_drop_db']}, gate_ssim_drop: {gate['max_ssim_drop']}, "
         f"gate_slices: {gate['slices_per_volume']}}}"
     )
+    # The slices the gate was judged on decide whether a remedy runs: the rebuild judges on the same.
     return (
         f"edgesr compress recipe={recipe_name} teacher={name} seed={seed} "
+        f"gate_on={gate.get('scored_on', 'all')} "
         + shlex.quote(f"stages=[{quantize}]")
         + f" out=runs/compress/{name}-int8-{runtime}"
     )

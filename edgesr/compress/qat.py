@@ -21,6 +21,7 @@ quantizer kernels are compiled on first use, which needs a C++ compiler).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import warnings
@@ -169,7 +170,10 @@ def finetune(
     distill(
         float_model.cpu(), fake_quantized, spec=spec, student_name=f"{model_name}+nncf-qat",
         student_options=model_options,
-        dataset=dataset, settings=settings, out=out, env=env, config={"qat": True},
+        # amp off: the fake quantizers emulate INT8 rounding of fp32 values; under bf16 autocast the
+        # convolutions between them would round again, to another grid than the runtime's.
+        dataset=dataset, settings=dataclasses.replace(settings, amp=False), out=out, env=env,
+        config={"qat": True},
         resume=resume, console=console,
     )  # fmt: skip
     reached = read_metadata(out / "last")["step"]

@@ -3,7 +3,7 @@
 A recipe names a teacher, how the result is scored and gated, and an ordered list of stages::
 
     teacher: rdn-mr-x2            # a shipped teacher, or a checkpoint folder
-    max_psnr_drop_db: 0.15        # the gate, against the teacher on the same images
+    max_psnr_drop_db: 0.15        # the gate, against the teacher on the same images (real scans)
     stages:
       - kind: distill
         student: rdn_tiny
@@ -28,6 +28,7 @@ STUDENT_INITS = ("scratch", "teacher")
 IMPORTANCES = ("l1", "l2", "taylor", "lamp")
 QUANTIZE_RUNTIMES = ("openvino", "onnxruntime")
 QUANTIZE_REMEDIES = ("keep_fp", "more_calibration", "bias_correction", "qat")
+GATE_ON = ("real_scans", "all")
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
@@ -66,6 +67,11 @@ class Stage:
     output_weight: float = opt(1.0, "distill: weight of L1 to the teacher's output")
     target_weight: float = opt(0.5, "distill: weight of L1 to the ground truth")
     eval_every: int = opt(250, "distill: validate and checkpoint every N steps")
+    amp: bool = opt(
+        True,
+        "distill: the networks' forward passes in bf16 autocast where the hardware multiplies bf16 (CUDA, "
+        "a CPU with AVX512-BF16 or AMX; weights and optimiser stay fp32); false: fp32 throughout",
+    )
     feature_layers: list[str] = opt(
         [], "distill: module names whose outputs the student matches to the teacher's (e.g. blocks.2)"
     )
@@ -193,6 +199,11 @@ class Recipe:
     eval_slices: int = opt(0, "at most this many slices per volume when scoring (0: all)")
     max_psnr_drop_db: float = opt(0.15, "the gate: the final model may lose at most this much PSNR")
     max_ssim_drop: float = opt(0.003, "the gate: and at most this much SSIM")
+    gate_on: str = opt(
+        "real_scans",
+        "the slices the gate scores: 'real_scans' (the eval split's real scans; a template, an average "
+        "of many subjects that no console sends, is reported apart) or 'all' (every slice)",
+    )
     latency_size: int = opt(256, "timing: output size in pixels (SR: the LR input is size / scale)")
     latency_repeats: int = opt(20, "timing: timed runs after 3 warm-up runs")
     report_runtimes: list[str] = opt(
@@ -210,6 +221,7 @@ class Recipe:
         check_choice("eval_split", self.eval_split, ("train", "val", "test"))
         check_range("max_psnr_drop_db", self.max_psnr_drop_db, low=0.0)
         check_range("max_ssim_drop", self.max_ssim_drop, low=0.0)
+        check_choice("gate_on", self.gate_on, GATE_ON)
         check_range("latency_repeats", self.latency_repeats, low=1)
         check_range("latency_size", self.latency_size, low=16)
         for runtime in self.report_runtimes:

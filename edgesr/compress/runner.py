@@ -230,7 +230,7 @@ def _fingerprint(
         # stages keep their fingerprints).
         **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
         "seed": recipe.seed + index,
-        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
+        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop, recipe.gate_on],
         # steps are left out (above), but a stage of no steps made an untrained model: raising its
         # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
         **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
@@ -367,7 +367,7 @@ def _distill_settings(stage: Stage, *, seed: int, teacher: Candidate) -> Distill
         feature_weight=stage.feature_weight, perceptual_weight=stage.perceptual_weight,
         adversarial_weight=stage.adversarial_weight, disc_lr=stage.disc_lr,
         perceptual_steps=stage.perceptual_steps, select_by=stage.select_by, noise_max=noise_max,
-        variety=variety,
+        variety=variety, amp=stage.amp,
     )  # fmt: skip
 
 
@@ -414,7 +414,7 @@ def _quantize_stage(
         remedies=tuple(stage.remedies),
         max_psnr_drop_db=stage.gate_psnr_drop_db if stage.gate_psnr_drop_db >= 0 else recipe.max_psnr_drop_db,
         max_ssim_drop=stage.gate_ssim_drop if stage.gate_ssim_drop >= 0 else recipe.max_ssim_drop,
-        val_slices=stage.gate_slices,
+        val_slices=stage.gate_slices, gate_on=recipe.gate_on,
     )  # fmt: skip
     qat = None
     if "qat" in stage.remedies:  # fine-tuned from the float model, towards it (see edgesr.compress.qat)

@@ -178,7 +178,11 @@ class TrainConfig:
     log_every: int = opt(50, "log every N steps")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
-    amp: bool = opt(True, "bf16 autocast on CUDA (convolutions in bf16; FFTs and data consistency in fp32)")
+    amp: bool = opt(
+        True,
+        "bf16 autocast where the hardware multiplies bf16: CUDA, a CPU with AVX512-BF16 or AMX "
+        "(convolutions in bf16; FFTs, data consistency, losses, weights and optimiser in fp32)",
+    )
     data: DataSection = opt(DataSection(), "data")
     optim: OptimSection = opt(OptimSection(), "optimiser")
     loss: LossSection = opt(LossSection(), "losses")

@@ -177,7 +177,8 @@ def teacher_objective(
 
     Args:
         cfg: the run's configuration (its task, ``loss`` section and ``amp``).
-        device: where the model runs (bf16 autocast on CUDA when ``cfg.amp``).
+        device: where the model runs (bf16 autocast when ``cfg.amp`` and the device multiplies bf16:
+            :func:`edgesr.device.bf16_autocast`).
         perceptual: the perceptual loss module, when ``loss.perceptual_weight > 0``.
         discriminator: SRGAN's discriminator as it runs (DDP-wrapped under torchrun): the objective
             steps it with ``disc_optimizer`` before returning the generator's loss.
@@ -213,8 +214,9 @@ def _content_loss(
     honest), the SSIM term on magnitudes, as the metric is.
     """
     coil_images: torch.Tensor | None = None  # DeepcomplexMRI's coil images, when the loss supervises them
-    # bf16 autocast on CUDA: the convolutions run in bf16 on the tensor cores; the recon models'
-    # FFTs leave autocast and run in fp32 (edgesr.physics.fft), and losses are computed in fp32.
+    # bf16 autocast where the device multiplies bf16 (CUDA's tensor cores, a CPU's AVX512-BF16/AMX):
+    # the convolutions run in bf16; the recon models' FFTs leave autocast and run in fp32
+    # (edgesr.physics.fft), and losses are computed in fp32.
     autocast = bf16_autocast(device, cfg.amp)
     if cfg.task == "sr":
         with autocast:

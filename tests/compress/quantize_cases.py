@@ -369,6 +369,47 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
     assert attempt["psnr"] == pytest.approx(entry["attempt"]["psnr"], abs=1e-3)
 
 
+def test_with_a_template_among_the_sources_both_gates_judge_the_real_scans(
+    tiny_dataset_with_template, tmp_path, capsys
+):
+    """The recipe's gate and the quantize stage's gate leave the template out (gate_on: real_scans, the
+    default) and say so; the figures over every slice stay beside them; gate_on=all judges every slice."""
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2)
+    torch.nn.init.normal_(model.to_image.weight, std=0.02)
+    teacher = save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(
+        f"teacher: {teacher}\ndata_root: {tiny_dataset_with_template.path.parent}\neval_split: val\n"
+        "eval_slices: 1\nlatency_size: 32\nlatency_repeats: 2\nthreads: 1\nreport_runtimes: [torch]\n"
+        "max_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
+        "stages:\n  - kind: quantize\n    runtimes: [onnxruntime]\n    calibration_slices: 2\n"
+        "    gate_slices: 1\n    remedies: []\n"
+    )
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["templates"] == ["fake-atlas"]
+    gate = report["gate"]
+    assert gate["scored_on"] == "real_scans" and gate["sources"] == ["fake-mr"] and gate["slices"] == 1
+    assert set(gate["all_slices"]) == {"psnr_drop_db", "ssim_drop"}
+    int8 = next(r for r in report["runs"] if r["precision"] == "int8")
+    teacher_real = report["teacher"]["by_source"]["fake-mr"]
+    int8_real = int8["by_source"]["fake-mr"]
+    assert gate["psnr_drop_db"] == pytest.approx(teacher_real["psnr_db"] - int8_real["psnr_db"], abs=2e-3)
+    quantization = report["quantization"]
+    assert quantization["gate"]["scored_on"] == "real_scans"
+    assert quantization["reference"]["gated"]["scored_on"] == "real_scans"
+    markdown = (out / "report.md").read_text()
+    assert "on the 1 slices of real scans (fake-mr); on every slice, templates included" in markdown
+    assert "judged on the real scans" in markdown
+    assert "on real scans (1 slices; every slice, templates included" in capsys.readouterr().err
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'every'}", "gate_on=all"]) == 0
+    every = json.loads((tmp_path / "every" / "report.json").read_text())
+    assert every["gate"]["scored_on"] == "all" and "all_slices" not in every["gate"]
+    assert every["quantization"]["gate"]["scored_on"] == "all"
+
+
 def test_a_quantize_stage_must_come_last(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("stages:\n  - kind: quantize\n  - kind: distill\n    student: rdn_tiny\n")

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import shlex
+from typing import Any
 
 import pytest
 import torch
@@ -215,6 +216,36 @@ def test_external_models_outside_the_gate_are_named_by_psnr_or_ssim():
     unscored["models"] = [row("t/torch/fp32", 30.0, 0.9), failed]
     text = "\n".join(_external_lines({**report, "external": unscored}))
     assert "Not every shipped model could be scored" in text and "not scored: fixed shape" in text
+
+
+def test_the_gate_scores_real_scans_and_keeps_every_slices_figures_beside_them():
+    """A student that imitates the teacher on real scans but not its gain on a template passes on
+    real scans (the default) and misses with gate_on: all; both figures are in the gate either way."""
+    from edgesr.compress.recipe import Recipe
+    from edgesr.compress.report import _gate, gate_scope
+
+    def row(name, scan, template):  # 8 slices of a real scan, 4 of a template
+        by_source = {"scan": {"slices": 8, "psnr_db": scan[0], "ssim": scan[1]},
+                     "atlas": {"slices": 4, "psnr_db": template[0], "ssim": template[1]}}  # fmt: skip
+        overall = {"psnr": (8 * scan[0] + 4 * template[0]) / 12, "ssim": (8 * scan[1] + 4 * template[1]) / 12}
+        return {"name": name, "scored_in": "torch fp32", "by_source": by_source, **overall}
+
+    teacher, student = row("teacher", (38.0, 0.980), (35.0, 0.960)), row("s", (37.9, 0.979), (34.4, 0.950))
+    gate = _gate(Recipe(), teacher, student, ["atlas"])
+    assert gate["scored_on"] == "real_scans" and gate["sources"] == ["scan"] and gate["slices"] == 8
+    assert gate["psnr_drop_db"] == pytest.approx(0.1) and gate["ssim_drop"] == pytest.approx(0.001)
+    assert gate["all_slices"]["psnr_drop_db"] == pytest.approx(0.267, abs=1e-3) and gate["passed"]
+    assert "on the 8 slices of real scans (scan); on every slice, templates included: 0.267 dB" in (
+        gate_scope(gate)
+    )
+    every = _gate(Recipe(gate_on="all"), teacher, student, ["atlas"])
+    assert every["scored_on"] == "all" and not every["passed"] and "all_slices" not in every
+    assert every["psnr_drop_db"] == pytest.approx(0.267, abs=1e-3) and gate_scope(every) == ""
+    # No template among the sources: every slice is a real scan, scored once.
+    plain = _gate(Recipe(), teacher, student, [])
+    assert plain["scored_on"] == "all" and plain["psnr_drop_db"] == every["psnr_drop_db"]
+    with pytest.raises(ConfigError, match="gate_on"):
+        Recipe(gate_on="templates")
 
 
 def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_teacher, tmp_path, tiny_dataset):
@@ -511,6 +542,55 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over_on_resume(
     log = [json.loads(line) for line in (out / "1-distill" / "run" / "log.jsonl").read_text().splitlines()]
     assert {"step": 1, "loss": 0.5} not in log  # the killed run's log went with it
     assert [r["step"] for r in log if "to_teacher" in r] == [2, 4]
+
+
+@pytest.mark.parametrize(("bf16_units", "amp"), [(True, True), (True, False), (False, True)])
+def test_distillation_runs_bf16_where_the_cpu_has_bf16_units_and_resumes_exactly(
+    tiny_dataset, tiny_teacher, tmp_path, monkeypatch, bf16_units, amp
+):
+    """amp (the default) puts the teacher's and the student's forward passes under bf16 autocast on a
+    CPU with BF16 units, never on one without them (emulated bf16 is slower) nor with amp=false; the
+    weights stay fp32, a resumed run still equals an uninterrupted one bit for bit, and the teacher
+    leaves the stage on its device in its own layout (it is scored and exported afterwards)."""
+    monkeypatch.setattr("edgesr.device.cpu_has_native_bf16", lambda: bf16_units)
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    real, seen, layouts = runner.distill, set(), []
+
+    def spying(teacher, student, **kwargs):
+        convs = [("teacher", next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)))]
+        convs += [("student", next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d)))]
+
+        def record(role: str) -> Any:  # training passes only (validation runs the student in fp32)
+            return lambda m, i, o: seen.add((role, o.dtype)) if role == "teacher" or m.training else None
+
+        hooks = [conv.register_forward_hook(record(role)) for role, conv in convs]
+        try:
+            return real(teacher, student, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            layouts.append(all(p.is_contiguous() and p.device.type == "cpu" for p in teacher.parameters()))
+
+    monkeypatch.setattr(runner, "distill", spying)
+    amp_arg = f"stages.0.amp={str(amp).lower()}"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'full'}", amp_arg]) == 0
+    expected = torch.bfloat16 if bf16_units and amp else torch.float32
+    assert seen == {("teacher", expected), ("student", expected)}
+    assert layouts == [True]
+    if expected == torch.float32:
+        return
+    # Interrupted after 2 of 4 steps, then resumed: the same weights, bit for bit.
+    monkeypatch.setattr(runner, "distill", lambda *a, **k: spying(*a, **(k | {"stop_at": 2})))
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'split'}", amp_arg]) == 2
+    monkeypatch.setattr(runner, "distill", spying)
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'split'}", amp_arg, "resume=true"]) == 0
+    from safetensors.torch import load_file
+
+    full = load_file(str(tmp_path / "full" / "1-distill" / "run" / "last" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "1-distill" / "run" / "last" / "model.safetensors"))
+    assert full.keys() == split.keys() and all(v.dtype == torch.float32 for v in full.values())
+    for key in full:
+        torch.testing.assert_close(full[key], split[key], rtol=0, atol=0, msg=key)
 
 
 def test_feature_distillation_matches_named_layers_through_adapters(tiny_dataset, tiny_teacher, tmp_path):

@@ -47,7 +47,8 @@ def test_forward_and_backward_on_odd_sizes(name):
 
 @pytest.mark.parametrize("name", [n for n in list_models() if model_task(n) == "recon"])
 def test_recon_models_run_under_bf16_autocast(name):
-    """Training on CUDA autocasts to bf16: convolutions go bf16, FFT/data consistency stay fp32."""
+    """Training under bf16 autocast (CUDA, a CPU with bf16 units): convolutions go bf16, FFT and data
+    consistency stay fp32."""
     torch.manual_seed(0)
     options = {"iterations": 2} if name.startswith("modl") else {}
     model = create_model(name, **options).eval()
