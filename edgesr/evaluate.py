@@ -550,6 +550,17 @@ def real_scan_scores(row: Mapping[str, Any], templates: Collection[str]) -> dict
     return scores
 
 
+def gated_scores(score: Mapping[str, Any], gate_on: str) -> dict[str, Any]:
+    """The PSNR and SSIM a gate judges ``score`` by (a :func:`score_predictor` result or a report's run):
+    its real scans' (a template's slices left out) when ``gate_on`` is ``real_scans`` and a template is
+    among its sources, else every slice's; ``scored_on`` says which."""
+    templates = [name for name in score["by_source"] if is_template(name)]
+    real = real_scan_scores(score, templates) if gate_on == "real_scans" and templates else None
+    if real is None or "ssim" not in real:
+        return {"psnr": score["psnr"], "ssim": score["ssim"], "scored_on": "all"}
+    return {"psnr": real["psnr"], "ssim": real["ssim"], "scored_on": "real_scans"}
+
+
 def sr_predict(model: nn.Module, lr: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """Whole-image SR of ``lr [B, 1, h, w]`` with the global skip the spec names (validation in training,
     where the model may be wrapped in DDP and tiling buys nothing)."""

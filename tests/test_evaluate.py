@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from rich.console import Console
 
@@ -226,3 +227,22 @@ def _untimed(report_json: str) -> list[dict]:
     import json
 
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in json.loads(report_json)["results"]]
+
+
+def test_a_gate_judges_the_real_scans_unless_told_every_slice(monkeypatch):
+    """gated_scores: a template's slices left out (real_scans), or every slice (all, or no template)."""
+    from edgesr.evaluate import gated_scores
+
+    monkeypatch.setattr("edgesr.evaluate.is_template", lambda name: name == "atlas")
+    score = {
+        "psnr": 36.0, "ssim": 0.95,
+        "by_source": {"scan": {"slices": 3, "psnr_db": 38.0, "ssim": 0.98},
+                      "other": {"slices": 1, "psnr_db": 34.0, "ssim": 0.94},
+                      "atlas": {"slices": 4, "psnr_db": 35.0, "ssim": 0.93}},
+    }  # fmt: skip
+    real = gated_scores(score, "real_scans")
+    assert real["scored_on"] == "real_scans"
+    assert real["psnr"] == pytest.approx(37.0) and real["ssim"] == pytest.approx(0.97)
+    assert gated_scores(score, "all") == {"psnr": 36.0, "ssim": 0.95, "scored_on": "all"}
+    no_template = score | {"by_source": {k: v for k, v in score["by_source"].items() if k != "atlas"}}
+    assert gated_scores(no_template, "real_scans")["scored_on"] == "all"

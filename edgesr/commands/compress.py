@@ -94,7 +94,8 @@ def run_compress(cfg: CompressConfig) -> int:
     console.print(
         f"{verdict} by {escape(gate['final'])}: PSNR {-gate['psnr_drop_db']:+.3f} dB, "
         f"SSIM {-gate['ssim_drop']:+.4f} vs the teacher"
-        + (f" on real scans ({gate['slices']} slices; every slice, templates included: "
+        + (f" on real scans ({gate['slices']} slice{'' if gate['slices'] == 1 else 's'}; every slice, "
+           "templates included: "
            f"{-every['psnr_drop_db']:+.3f} dB, {-every['ssim_drop']:+.4f})" if on_real_scans else "")
         + f" (limits -{gate['max_psnr_drop_db']} dB, -{gate['max_ssim_drop']}); "
         f"report: {escape(str(page))} (and report.md)"

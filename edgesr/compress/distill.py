@@ -24,7 +24,8 @@ blocks are student options), fed exactly as the teacher is.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -400,15 +401,55 @@ def distill(
         resume: continue an interrupted distillation in ``out`` exactly.
         stop_at: stop after this many steps as if interrupted (tests).
     """
-    # The teacher is moved for the run and back afterwards: the caller scores, counts and exports it
-    # on the device it was on (the CPU, in the compress runner).
-    teacher_home = next(teacher.parameters()).device
-    # On the CPU the frozen teacher runs channels-last (oneDNN's fast layout for its convolutions:
-    # 0.10 -> 0.075 s per batch of the quick start in fp32, 0.053 -> 0.038 in bf16); the student is
-    # left as it is (its backward pass was slower channels-last). Undone in the finally below.
-    teacher_layout = torch.channels_last if env.device.type == "cpu" else torch.preserve_format
+    with _teacher_for_the_run(teacher, env.device):
+        return _distill(
+            teacher, student, spec=spec, student_name=student_name, student_options=student_options,
+            dataset=dataset, settings=settings, out=out, env=env, config=config, resume=resume,
+            stop_at=stop_at, console=console,
+        )  # fmt: skip
+
+
+@contextmanager
+def _teacher_for_the_run(teacher: nn.Module, device: torch.device) -> Iterator[None]:
+    """Moves the frozen teacher to ``device`` for a distillation and back afterwards, whatever happens:
+    the caller scores, counts and exports it where and as it was (the CPU, in the compress runner).
+
+    On the CPU it runs channels-last meanwhile (oneDNN's fast layout for its convolutions: 0.10 -> 0.075
+    s per batch of the quick start in fp32, 0.053 -> 0.038 in bf16); the student is left as it is (its
+    backward pass was slower channels-last).
+    """
+    home = next(teacher.parameters()).device
+    came_channels_last = any(
+        p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+        for p in teacher.parameters()
+    )
+    layout = torch.channels_last if device.type == "cpu" else torch.preserve_format
     # Module.to takes memory_format at run time; torch's type stubs leave the keyword out.
-    teacher = teacher.to(env.device, memory_format=teacher_layout)  # type: ignore[call-overload]
+    try:
+        teacher.to(device, memory_format=layout)  # type: ignore[call-overload]
+        yield
+    finally:
+        back = torch.channels_last if came_channels_last else torch.contiguous_format
+        teacher.to(home, memory_format=back)  # type: ignore[call-overload]
+
+
+def _distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    *,
+    spec: ModelSpec,
+    student_name: str,
+    student_options: dict[str, Any],
+    dataset: PreparedDataset,
+    settings: DistillSettings,
+    out: Path,
+    env: DistEnv,
+    config: dict[str, Any] | None,
+    resume: bool,
+    stop_at: int | None,
+    console: Console | None,
+) -> nn.Module:
+    """:func:`distill` with the teacher already on the run's device."""
     student = student.to(env.device)
     optim = OptimSection(steps=settings.steps, lr=settings.lr, warmup=min(settings.warmup, settings.steps))
     optimizer, scheduler = adamw_warmup_cosine(student.parameters(), optim)
@@ -481,5 +522,4 @@ def distill(
     finally:
         if features is not None:
             features.remove()  # the student leaves without hooks (export, inference)
-        teacher.to(teacher_home, memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return student

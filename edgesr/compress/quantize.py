@@ -19,13 +19,15 @@ and anything named by module or pattern. Data consistency, FFTs and the skip add
 quantized (they are not convolutions).
 
 The gate: each attempt is scored on the validation split (never the test split, which the report
-uses) against the float model. When plain PTQ misses ``max_psnr_drop_db``/``max_ssim_drop``, the
-remedies run in the recipe's order, each on top of the previous: ``keep_fp`` (one more convolution
-kept in float at each end), ``more_calibration`` (four times the calibration slices),
-``bias_correction`` (NNCF's full bias correction; OpenVINO only), ``qat`` (quantization-aware training
-with distillation from the float model, :mod:`edgesr.compress.qat`; trained once, then converted for
-each runtime). The best attempt is kept either way and the result says which attempt met the gate, or
-that none did and the best figures reached.
+uses) against the float model, judged on its real scans when a template is among the split's sources
+(``gate_on``, as the recipe's own gate; :func:`edgesr.evaluate.gated_scores`). When plain PTQ
+misses ``max_psnr_drop_db``/``max_ssim_drop``, the remedies run in the recipe's order, each on top
+of the previous: ``keep_fp`` (one more convolution kept in float at each end), ``more_calibration``
+(four times the calibration slices), ``bias_correction`` (NNCF's full bias correction; OpenVINO
+only), ``qat`` (quantization-aware training with distillation from the float model,
+:mod:`edgesr.compress.qat`; trained once, then converted for each runtime). The best attempt is
+kept either way and the result says which attempt met the gate, or that none did and the best figures
+reached.
 """
 
 from __future__ import annotations
@@ -52,12 +54,11 @@ from edgesr.compress.distill import DistillSettings
 from edgesr.compress.recipe import QUANTIZE_REMEDIES as REMEDIES
 from edgesr.compress.recipe import QUANTIZE_RUNTIMES as RUNTIMES
 from edgesr.data.dataset import PreparedDataset
-from edgesr.data.sources import is_template
 from edgesr.errors import ConfigError
 from edgesr.evaluate import (
+    gated_scores,
     model_recon_method,
     model_sr_method,
-    real_scan_scores,
     recon_samples,
     score_predictor,
     sr_pairs,
@@ -435,9 +436,11 @@ def quantize(
         resume: continue an interrupted QAT fine-tuning in ``out/qat/run``.
 
     Returns:
-        ``{"reference": {psnr, ssim}, "runtimes": {runtime: {artifact, met_gate, chosen, attempts,
-        unavailable}}}``, also written as ``out/quantization.json``; ``unavailable`` lists remedies that
-        could not produce a file for the runtime, with the reason.
+        ``{"reference": {psnr, ssim, by_source, gated}, "gate": {..., scored_on}, "runtimes": {runtime:
+        {artifact, met_gate, chosen, attempts, unavailable}}}``, also written as
+        ``out/quantization.json``. An attempt's ``psnr``/``ssim`` are over every slice; its drops and
+        ``met_gate`` are judged on what ``gate.scored_on`` says (:func:`edgesr.evaluate.gated_scores`).
+        ``unavailable`` lists remedies that could not produce a file for the runtime, with the reason.
     """
     from edgesr.export.onnxruntime import OnnxRuntimePredictor
     from edgesr.export.openvino import OpenVinoPredictor
@@ -450,16 +453,10 @@ def quantize(
         raise ConfigError("quantize: the qat remedy needs the float torch model and its training options")
 
     def scored(predictor: Predictor) -> dict[str, Any]:
-        """The predictor's scores, with the figures the gate judges (``gated``: its real scans' unless
-        the settings say every slice, or the split has no template)."""
         score = score_predictor(
             spec, predictor, dataset, split=settings.val_split, max_slices=settings.val_slices
         )
-        templates = [name for name in score["by_source"] if is_template(name)]
-        real = real_scan_scores(score, templates) if settings.gate_on == "real_scans" and templates else None
-        on = {"psnr": score["psnr"], "ssim": score["ssim"]} if real is None else real
-        return score | {"gated": {"psnr": on["psnr"], "ssim": on["ssim"], "scored_on": "all" if real is None
-                                  else "real_scans"}}  # fmt: skip
+        return score | {"gated": gated_scores(score, settings.gate_on)}
 
     with console.status(f"scoring the float model on the {settings.val_split} split"):
         reference = scored(float_predictor)
@@ -558,16 +555,18 @@ def quantize(
                     export_error,
                 )  # fmt: skip
             )
+            on = " on real scans" if gated["scored_on"] == "real_scans" else ""
             console.print(
                 f"  {runtime} INT8 {remedy}: {score['psnr']:.2f} dB / {score['ssim']:.4f} "
-                f"({-drop:+.3f} dB, {-ssim_drop:+.4f} SSIM vs float) {'meets' if met else 'misses'} the gate"
+                f"({-drop:+.3f} dB, {-ssim_drop:+.4f} SSIM vs float{on}) "
+                f"{'meets' if met else 'misses'} the gate"
             )
             artifacts.append(artifact)
             if met:
                 break
         # The loop stops at the first attempt that meets the gate (the least kept in float); when none
         # does, the best one is kept and reported as missing.
-        chosen = max(range(len(attempts)), key=lambda i: (attempts[i].met_gate, attempts[i].psnr))
+        chosen = max(range(len(attempts)), key=lambda i: (attempts[i].met_gate, -attempts[i].psnr_drop_db))
         path = out / ARTIFACTS[runtime]
         _save_artifact(runtime, artifacts[chosen], path)
         results[runtime] = {

@@ -36,7 +36,7 @@ from edgesr.data.sources import is_template
 from edgesr.data.splits import EXTERNAL
 from edgesr.device import cpu_has_native_bf16
 from edgesr.errors import EdgesrError
-from edgesr.evaluate import evaluate_model, has_slices, real_scan_scores, score_predictor
+from edgesr.evaluate import evaluate_model, gated_scores, has_slices, real_scan_scores, score_predictor
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.train.checkpoint import weights_sha256
 
@@ -189,10 +189,10 @@ def build_report(
     # Population averages, shown apart from the real scans (never the headline, nor the gate's).
     templates = [v["name"] for v in scored if is_template(v["name"])]
 
-    def gated_psnr(row: dict[str, Any]) -> float:
-        """The PSNR the gate judges ``row`` by (its real scans' unless the recipe says every slice)."""
-        real = real_scan_scores(row, templates) if recipe.gate_on == "real_scans" else None
-        return float(row["psnr"] if real is None else real["psnr"])
+    def gated(row: dict[str, Any]) -> tuple[float, float]:
+        """(PSNR, SSIM) as the gate judges ``row`` (its real scans' unless the recipe says every slice)."""
+        scores = gated_scores(row, recipe.gate_on)
+        return float(scores["psnr"]), float(scores["ssim"])
 
     stage_rows = []
     example = tuple(latency_inputs(teacher.spec, recipe.latency_size).values())
@@ -205,7 +205,7 @@ def build_report(
             if not int8:
                 raise EdgesrError(f"no INT8 artifact of {candidate.name} could be run; see the runs above")
             # The worst INT8 file stands for the stage: the gate must hold for every file it ships.
-            scores = min(int8, key=gated_psnr)
+            scores = min(int8, key=gated)  # the lowest PSNR where the gate looks (then SSIM)
             runtime = f"{scores['runtime']} int8"
         else:
             scores, runtime = torch_scores[id(candidate)], "torch fp32"
@@ -217,7 +217,7 @@ def build_report(
         )  # fmt: skip
     own_gate = {"max_psnr_drop_db": recipe.max_psnr_drop_db, "max_ssim_drop": recipe.max_ssim_drop}
     deployment = _fastest_at_equal_quality(
-        measured, final, final_float, (final.quantization or {}).get("gate", own_gate)
+        measured, final, final_float, (final.quantization or {}).get("gate", own_gate), recipe.gate_on
     )
     teacher_macs, teacher_params = count_macs_params(teacher.model, example)
     teacher_row = {
@@ -273,7 +273,7 @@ def _gate(
     with_template = any(name in templates for name in teacher.get("by_source", {}))
     real_teacher = real_scan_scores(teacher, templates) if recipe.gate_on == "real_scans" else None
     real_final = real_scan_scores(final, templates)
-    if with_template and real_teacher is not None and real_final is not None:
+    if with_template and real_teacher and real_final and "ssim" in real_teacher and "ssim" in real_final:
         gate |= {
             "scored_on": "real_scans",
             "sources": sorted(name for name in teacher.get("by_source", {}) if name not in templates),
@@ -294,7 +294,8 @@ def gate_scope(gate: dict[str, Any]) -> str:
         return ""
     every = gate["all_slices"]
     return (
-        f", on the {gate['slices']} slices of real scans ({', '.join(gate['sources'])}); on every slice, "
+        f", on the {gate['slices']} slice{'' if gate['slices'] == 1 else 's'} of real scans "
+        f"({', '.join(gate['sources'])}); on every slice, "
         f"templates included: {every['psnr_drop_db']:.3f} dB, {every['ssim_drop']:.4f} SSIM"
     )
 
@@ -387,14 +388,19 @@ def _external_figures(
 
 
 def _fastest_at_equal_quality(
-    runs: list[dict[str, Any]], final: Candidate, final_float: Candidate, gate: dict[str, Any]
+    runs: list[dict[str, Any]],
+    final: Candidate,
+    final_float: Candidate,
+    gate: dict[str, Any],
+    gate_on: str = "all",
 ) -> dict[str, dict[str, Any]]:
     """Per runtime, the fastest precision of the final model that keeps the float model's quality.
 
     INT8 is not always the fastest (narrow layers can leave the matrix units idle, and BF16 may win),
     so this is measured: among the final model's runs in each runtime (BF16 and INT8 alike), those
-    within ``gate`` (the quantize stage's) of the float model in torch FP32, the lowest p50. Torch is
-    listed when it ran at a precision other than FP32 (BF16 autocast), FP32 being the reference.
+    within ``gate`` (the quantize stage's) of the float model in torch FP32, judged on the slices
+    ``gate_on`` names (:func:`edgesr.evaluate.gated_scores`), the lowest p50. Torch is listed when it
+    ran at a precision other than FP32 (BF16 autocast), FP32 being the reference.
     """
     names = {final.name, final_float.name}
     reference = next((r for r in runs if r["name"] == f"{final_float.name}/torch/fp32"), None)
@@ -407,9 +413,10 @@ def _fastest_at_equal_quality(
             continue
         if run["runtime"] == "torch" and torch_precisions <= {"fp32"}:
             continue
+        mine, theirs = gated_scores(run, gate_on), gated_scores(reference, gate_on)
         within = (
-            reference["psnr"] - run["psnr"] <= gate["max_psnr_drop_db"] + 1e-9
-            and reference["ssim"] - run["ssim"] <= gate["max_ssim_drop"] + 1e-9
+            theirs["psnr"] - mine["psnr"] <= gate["max_psnr_drop_db"] + 1e-9
+            and theirs["ssim"] - mine["ssim"] <= gate["max_ssim_drop"] + 1e-9
         )
         best = chosen.get(run["runtime"])
         if within and (best is None or run["latency_ms"]["p50"] < best["p50_ms"]):

@@ -38,6 +38,7 @@ from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
 from edgesr.data.dataset import PreparedDataset, open_or_prepare
 from edgesr.data.prepare import training_data
+from edgesr.device import bf16_training, pick_device
 from edgesr.errors import ConfigError, DataError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
@@ -206,7 +207,8 @@ def _init_from(student: nn.Module, previous: Candidate) -> tuple[int, int]:
 
 # Left out of a stage's fingerprint: how long it ran and how often it validated. A run stopped at step
 # 468 of 800 can be reported as finished at 468 (README) without redoing it.
-_NOT_FINGERPRINTED = ("steps", "eval_every", "qat_eval_every")
+# amp is fingerprinted by its effect (below): on hardware without bf16 units it changes nothing.
+_NOT_FINGERPRINTED = ("steps", "eval_every", "qat_eval_every", "amp")
 
 
 def _fingerprint(
@@ -223,6 +225,7 @@ def _fingerprint(
     options, or an earlier stage re-run since, makes every later stage's fingerprint differ.
     """
     options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
+    device, trains = pick_device(recipe.device), stage.kind != "quantize" and stage.steps > 0
     made_of = {
         "stage": options,
         "previous_weights_sha256": weights_sha256(previous.folder),
@@ -230,7 +233,13 @@ def _fingerprint(
         # stages keep their fingerprints).
         **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
         "seed": recipe.seed + index,
-        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop, recipe.gate_on],
+        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
+        # Which slices judge the INT8 attempts (the quantize stage picks by it); only added when not
+        # every slice, what stages were judged on before the key existed.
+        **({"gate_on": recipe.gate_on} if stage.kind == "quantize" and recipe.gate_on != "all" else {}),
+        # A stage that trained under bf16 autocast is another model than the same stage in fp32 (only
+        # added then: stages trained in fp32, on any hardware, keep their fingerprints).
+        **({"bf16_autocast": True} if trains and stage.amp and bf16_training(device) else {}),
         # steps are left out (above), but a stage of no steps made an untrained model: raising its
         # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
         **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),

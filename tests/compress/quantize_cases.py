@@ -401,9 +401,9 @@ def test_with_a_template_among_the_sources_both_gates_judge_the_real_scans(
     assert quantization["gate"]["scored_on"] == "real_scans"
     assert quantization["reference"]["gated"]["scored_on"] == "real_scans"
     markdown = (out / "report.md").read_text()
-    assert "on the 1 slices of real scans (fake-mr); on every slice, templates included" in markdown
+    assert "on the 1 slice of real scans (fake-mr); on every slice, templates included" in markdown
     assert "judged on the real scans" in markdown
-    assert "on real scans (1 slices; every slice, templates included" in capsys.readouterr().err
+    assert "on real scans (1 slice; every slice, templates included" in capsys.readouterr().err
     assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'every'}", "gate_on=all"]) == 0
     every = json.loads((tmp_path / "every" / "report.json").read_text())
     assert every["gate"]["scored_on"] == "all" and "all_slices" not in every["gate"]

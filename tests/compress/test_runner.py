@@ -554,14 +554,20 @@ def test_distillation_runs_bf16_where_the_cpu_has_bf16_units_and_resumes_exactly
     leaves the stage on its device in its own layout (it is scored and exported afterwards)."""
     monkeypatch.setattr("edgesr.device.cpu_has_native_bf16", lambda: bf16_units)
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
-    real, seen, layouts = runner.distill, set(), []
+    real, seen, layouts, teacher_layouts = runner.distill, set(), [], set()
 
     def spying(teacher, student, **kwargs):
         convs = [("teacher", next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)))]
         convs += [("student", next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d)))]
 
         def record(role: str) -> Any:  # training passes only (validation runs the student in fp32)
-            return lambda m, i, o: seen.add((role, o.dtype)) if role == "teacher" or m.training else None
+            def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+                if role == "teacher" or module.training:
+                    seen.add((role, output.dtype))
+                if role == "teacher":  # the teacher's activations follow its channels-last weights
+                    teacher_layouts.add(output.is_contiguous(memory_format=torch.channels_last))
+
+            return hook
 
         hooks = [conv.register_forward_hook(record(role)) for role, conv in convs]
         try:
@@ -576,7 +582,7 @@ def test_distillation_runs_bf16_where_the_cpu_has_bf16_units_and_resumes_exactly
     assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'full'}", amp_arg]) == 0
     expected = torch.bfloat16 if bf16_units and amp else torch.float32
     assert seen == {("teacher", expected), ("student", expected)}
-    assert layouts == [True]
+    assert teacher_layouts == {True} and layouts == [True]  # channels-last in the run, restored after
     if expected == torch.float32:
         return
     # Interrupted after 2 of 4 steps, then resumed: the same weights, bit for bit.
