@@ -402,11 +402,88 @@ def distill(
         stop_at: stop after this many steps as if interrupted (tests).
     """
     with _teacher_for_the_run(teacher, env.device):
-        return _distill(
-            teacher, student, spec=spec, student_name=student_name, student_options=student_options,
-            dataset=dataset, settings=settings, out=out, env=env, config=config, resume=resume,
-            stop_at=stop_at, console=console,
-        )  # fmt: skip
+        student = student.to(env.device)
+        optim = OptimSection(
+            steps=settings.steps, lr=settings.lr, warmup=min(settings.warmup, settings.steps)
+        )
+        optimizer, scheduler = adamw_warmup_cosine(student.parameters(), optim)
+        features: FeatureMatcher | None = None
+        extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}
+        if settings.feature_layers:
+            from edgesr.bench.timing import latency_inputs
+
+            example = tuple(t.to(env.device) for t in latency_inputs(spec, 32).values())
+            features = FeatureMatcher(teacher, student, settings.feature_layers, example).to(env.device)
+            if len(features.adapters):  # equal widths need no adapter, hence nothing to train or save
+                feature_optimizer = torch.optim.AdamW(features.parameters(), lr=settings.lr, weight_decay=0.0)
+                extra_state["feature_adapters"] = (features, feature_optimizer)
+        perceptual, discriminator, disc_optimizer = _gan_terms(
+            spec, dataset, settings, env, console, extra_state
+        )
+        acquisition = ReconAcquisition(4.0, n_coils=spec.recon.coils or 8) if spec.recon is not None else None
+
+        teacher_outputs: dict[str, torch.Tensor] = {}
+
+        def validator(model: nn.Module) -> dict[str, float]:
+            metrics = validate(
+                model,
+                dataset,
+                spec,
+                device=env.device,
+                max_slices=settings.val_slices,
+                acquisition=acquisition,
+            )
+            if settings.select_by == "teacher":
+                metrics["val_psnr_to_teacher"] = psnr_to_teacher(
+                    model,
+                    teacher,
+                    dataset,
+                    spec,
+                    device=env.device,
+                    max_slices=settings.val_slices,
+                    cache=teacher_outputs,
+                )
+            return metrics
+
+        try:
+            fit(
+                student,
+                DistillationObjective(
+                    teacher,
+                    settings,
+                    env.device,
+                    features,
+                    extra_state.get("feature_adapters", (None, None))[1],
+                    perceptual,
+                    discriminator,
+                    disc_optimizer,
+                ),  # fmt: skip
+                distillation_batches(spec, dataset, settings),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                settings=FitSettings(
+                    steps=settings.steps,
+                    eval_every=settings.eval_every,
+                    log_every=max(1, min(50, settings.eval_every)),
+                    clip=1.0,
+                    description=f"distil {student_name}",
+                    best_metric="val_psnr" if settings.select_by == "target" else "val_psnr_to_teacher",
+                ),
+                out=out,
+                checkpoint=CheckpointInfo(
+                    model_name=student_name, model_options=student_options, spec=spec, config=config or {}
+                ),
+                env=env,
+                validate=validator,
+                extra_state=extra_state,
+                resume=resume,
+                stop_at=stop_at,
+                console=console,
+            )
+        finally:
+            if features is not None:
+                features.remove()  # the student leaves without hooks (export, inference)
+        return student
 
 
 @contextmanager
@@ -431,95 +508,3 @@ def _teacher_for_the_run(teacher: nn.Module, device: torch.device) -> Iterator[N
     finally:
         back = torch.channels_last if came_channels_last else torch.contiguous_format
         teacher.to(home, memory_format=back)  # type: ignore[call-overload]
-
-
-def _distill(
-    teacher: nn.Module,
-    student: nn.Module,
-    *,
-    spec: ModelSpec,
-    student_name: str,
-    student_options: dict[str, Any],
-    dataset: PreparedDataset,
-    settings: DistillSettings,
-    out: Path,
-    env: DistEnv,
-    config: dict[str, Any] | None,
-    resume: bool,
-    stop_at: int | None,
-    console: Console | None,
-) -> nn.Module:
-    """:func:`distill` with the teacher already on the run's device."""
-    student = student.to(env.device)
-    optim = OptimSection(steps=settings.steps, lr=settings.lr, warmup=min(settings.warmup, settings.steps))
-    optimizer, scheduler = adamw_warmup_cosine(student.parameters(), optim)
-    features: FeatureMatcher | None = None
-    extra_state: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {}
-    if settings.feature_layers:
-        from edgesr.bench.timing import latency_inputs
-
-        example = tuple(t.to(env.device) for t in latency_inputs(spec, 32).values())
-        features = FeatureMatcher(teacher, student, settings.feature_layers, example).to(env.device)
-        if len(features.adapters):  # equal widths need no adapter, hence nothing to train or save
-            feature_optimizer = torch.optim.AdamW(features.parameters(), lr=settings.lr, weight_decay=0.0)
-            extra_state["feature_adapters"] = (features, feature_optimizer)
-    perceptual, discriminator, disc_optimizer = _gan_terms(spec, dataset, settings, env, console, extra_state)
-    acquisition = ReconAcquisition(4.0, n_coils=spec.recon.coils or 8) if spec.recon is not None else None
-
-    teacher_outputs: dict[str, torch.Tensor] = {}
-
-    def validator(model: nn.Module) -> dict[str, float]:
-        metrics = validate(
-            model, dataset, spec, device=env.device, max_slices=settings.val_slices, acquisition=acquisition
-        )
-        if settings.select_by == "teacher":
-            metrics["val_psnr_to_teacher"] = psnr_to_teacher(
-                model,
-                teacher,
-                dataset,
-                spec,
-                device=env.device,
-                max_slices=settings.val_slices,
-                cache=teacher_outputs,
-            )
-        return metrics
-
-    try:
-        fit(
-            student,
-            DistillationObjective(
-                teacher,
-                settings,
-                env.device,
-                features,
-                extra_state.get("feature_adapters", (None, None))[1],
-                perceptual,
-                discriminator,
-                disc_optimizer,
-            ),  # fmt: skip
-            distillation_batches(spec, dataset, settings),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            settings=FitSettings(
-                steps=settings.steps,
-                eval_every=settings.eval_every,
-                log_every=max(1, min(50, settings.eval_every)),
-                clip=1.0,
-                description=f"distil {student_name}",
-                best_metric="val_psnr" if settings.select_by == "target" else "val_psnr_to_teacher",
-            ),
-            out=out,
-            checkpoint=CheckpointInfo(
-                model_name=student_name, model_options=student_options, spec=spec, config=config or {}
-            ),
-            env=env,
-            validate=validator,
-            extra_state=extra_state,
-            resume=resume,
-            stop_at=stop_at,
-            console=console,
-        )
-    finally:
-        if features is not None:
-            features.remove()  # the student leaves without hooks (export, inference)
-    return student

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -296,17 +297,23 @@ def test_a_recon_model_quantizes_its_convolutions_and_says_why_qat_has_no_onnx_f
     assert not (tmp_path / "q" / "qat").exists()  # nothing was trained for a file that cannot exist
 
 
-def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_path, capsys):
+def _quantize_recipe(tmp_path, data_root, *, report: str = "", stage: str = "") -> Path:
+    """A recipe quantizing a tiny RDN teacher (not the plain skip) on ``data_root``, gate wide open."""
     torch.manual_seed(0)
     model = create_model("rdn_tiny", scale=2)
     torch.nn.init.normal_(model.to_image.weight, std=0.02)
     teacher = save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
     recipe = tmp_path / "q.yaml"
     recipe.write_text(
-        f"teacher: {teacher}\ndata_root: {tiny_dataset.path.parent}\neval_split: val\neval_slices: 1\n"
-        "latency_size: 32\nlatency_repeats: 2\nthreads: 1\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
-        "stages:\n  - kind: quantize\n    calibration_slices: 2\n    gate_slices: 1\n    patch: 8\n"
+        f"teacher: {teacher}\ndata_root: {data_root}\neval_split: val\neval_slices: 1\n"
+        f"latency_size: 32\nlatency_repeats: 2\nthreads: 1\nmax_psnr_drop_db: 100\nmax_ssim_drop: 1\n{report}"
+        f"stages:\n  - kind: quantize\n    calibration_slices: 2\n    gate_slices: 1\n    patch: 8\n{stage}"
     )
+    return recipe
+
+
+def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_path, capsys):
+    recipe = _quantize_recipe(tmp_path, tiny_dataset.path.parent)
     out = tmp_path / "out"
     assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -374,18 +381,10 @@ def test_with_a_template_among_the_sources_both_gates_judge_the_real_scans(
 ):
     """The recipe's gate and the quantize stage's gate leave the template out (gate_on: real_scans, the
     default) and say so; the figures over every slice stay beside them; gate_on=all judges every slice."""
-    torch.manual_seed(0)
-    model = create_model("rdn_tiny", scale=2)
-    torch.nn.init.normal_(model.to_image.weight, std=0.02)
-    teacher = save_model(tmp_path / "teacher", model, "rdn_tiny", {"scale": 2, "upsampler": "zero-fill"})
-    recipe = tmp_path / "q.yaml"
-    recipe.write_text(
-        f"teacher: {teacher}\ndata_root: {tiny_dataset_with_template.path.parent}\neval_split: val\n"
-        "eval_slices: 1\nlatency_size: 32\nlatency_repeats: 2\nthreads: 1\nreport_runtimes: [torch]\n"
-        "max_psnr_drop_db: 100\nmax_ssim_drop: 1\n"
-        "stages:\n  - kind: quantize\n    runtimes: [onnxruntime]\n    calibration_slices: 2\n"
-        "    gate_slices: 1\n    remedies: []\n"
-    )
+    recipe = _quantize_recipe(
+        tmp_path, tiny_dataset_with_template.path.parent, report="report_runtimes: [torch]\n",
+        stage="    runtimes: [onnxruntime]\n    remedies: []\n",
+    )  # fmt: skip
     out = tmp_path / "out"
     assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
