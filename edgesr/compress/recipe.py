@@ -54,6 +54,11 @@ class Stage:
     )
     importance: str = opt("l1", f"prune: channel importance, {', '.join(IMPORTANCES)}")
     round_to: int = opt(8, "prune: keep channel counts multiples of this (the CPU's matrix units want 8-32)")
+    keep_blocks: list[int] = opt(
+        [],
+        "prune (RDN): after the channels, keep only these residual dense blocks, by index (depth pruning; "
+        "the global fusion keeps their inputs); []: every block",
+    )
     steps: int = opt(
         1000,
         "distill: optimisation steps (0 only with student_init: teacher); prune: distillation "
@@ -140,6 +145,10 @@ class Stage:
                 "a checkpoint folder, not empty"
             )
         check_choice("stages.importance", self.importance, IMPORTANCES)
+        if self.keep_blocks and self.kind != "prune":
+            raise ConfigError(
+                f"stages.keep_blocks: only a prune stage removes blocks (this one is {self.kind})"
+            )
         check_choice("stages.select_by", self.select_by, ("target", "teacher"))
         check_range("stages.round_to", self.round_to, low=1)
         check_range("stages.target_macs", self.target_macs, low=0.0)

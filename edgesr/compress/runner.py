@@ -32,7 +32,7 @@ from torch import nn
 from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import latency_inputs
 from edgesr.compress.distill import DistillSettings, distill, teacher_training_data
-from edgesr.compress.prune import prune
+from edgesr.compress.prune import keep_blocks, prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
 from edgesr.config import to_yaml
@@ -312,6 +312,8 @@ def _run_stage(
                 previous.model, example, ratio=None if stage.target_macs else stage.ratio,
                 target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
             )  # fmt: skip
+            if stage.keep_blocks:  # then depth: fewer dense blocks (their channels already pruned)
+                student = keep_blocks(student, stage.keep_blocks)
         except ValueError as exc:  # options this model cannot honour (nothing removed, MACs unreachable)
             raise ConfigError(f"stages.{index}: {exc}") from None
     else:

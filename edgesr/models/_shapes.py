@@ -18,6 +18,11 @@ Any other torch layer that holds tensors (``nn.Conv1d``, ``nn.GroupNorm``, a sub
 raises ``ValueError``: its widths live in attributes this module does not know how to rebuild, and
 skipping it would only move the failure to load time.
 
+Depth: a ``nn.ModuleList`` shorter than the preset's (an RDN with some of its dense blocks removed,
+:func:`edgesr.compress.prune.keep_blocks`) is recorded as ``{"type": "ModuleList", "length": n}`` under
+its name; loading keeps the first ``n`` entries before the widths are applied. The kept blocks are
+renumbered from 0 in the pruned model's state dict, so which ones were kept needs no record.
+
 Widths kept as plain attributes: none in edgesr's models. Their forward passes read widths off the
 tensors (``torch.cat`` of RDN's dense features, ``_split`` of complex channel pairs); the attributes they
 do keep (``RDN.in_channels``, ``SRResNet.in_channels``, ``DeepComplexMRI.coils``, ``scale``) are the
@@ -43,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -213,6 +219,26 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     return shapes
 
 
+def _list_lengths(preset: nn.Module, model: nn.Module) -> dict[str, int]:
+    """The ``nn.ModuleList`` s of ``model`` shorter than the preset's list of the same name: their lengths."""
+    lists = {name: module for name, module in preset.named_modules() if isinstance(module, nn.ModuleList)}
+    return {
+        name: len(module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name in lists and len(module) < len(lists[name])
+    }
+
+
+def _truncate(model: nn.Module, lengths: Mapping[str, int]) -> None:
+    """Keeps the first ``lengths[name]`` entries of each named ``nn.ModuleList`` (checked by the caller)."""
+    for name, length in lengths.items():
+        owner_name, _, attribute = name.rpartition(".")
+        owner = _lookup(model, owner_name)
+        found = _lookup(model, name)
+        if isinstance(owner, nn.Module) and isinstance(found, nn.ModuleList):
+            owner._modules[attribute] = nn.ModuleList(list(found)[:length])
+
+
 def shape_changes(preset: nn.Module, model: nn.Module) -> dict[str, dict[str, Any]]:
     """The entries of :func:`layer_shapes` where ``model`` differs from ``preset``: what a checkpoint stores.
 
@@ -228,6 +254,10 @@ def shape_changes(preset: nn.Module, model: nn.Module) -> dict[str, dict[str, An
         ValueError: as :func:`layer_shapes`, or ``model`` is not ``preset`` with other widths (a layer
             or tensor exists in only one of them, or changed type).
     """
+    lengths = _list_lengths(preset, model)
+    if lengths:  # fewer blocks: compare with the preset cut to the same depth
+        preset = copy.deepcopy(preset)
+        _truncate(preset, lengths)
     before, after = layer_shapes(preset), layer_shapes(model)
     if before.keys() != after.keys():
         missing, added = sorted(before.keys() - after.keys()), sorted(after.keys() - before.keys())
@@ -239,7 +269,8 @@ def shape_changes(preset: nn.Module, model: nn.Module) -> dict[str, dict[str, An
             raise ValueError(
                 f"{name!r} is a {entry['type']} in the model but a {before[name]['type']} in the preset"
             )
-    return {name: entry for name, entry in after.items() if entry != before[name]}
+    depth = {name: {"type": "ModuleList", "length": length} for name, length in lengths.items()}
+    return depth | {name: entry for name, entry in after.items() if entry != before[name]}
 
 
 def _lookup(model: nn.Module, name: str) -> object:
@@ -331,7 +362,10 @@ def apply_layer_shapes(model: nn.Module, changes: Mapping[str, Mapping[str, Any]
             ``Conv2d``, found ``Linear``), names a tensor owned by a layer, or cannot be rebuilt
             (missing keys, widths that are not positive integers).
     """
-    replacements = {id(old): (old, new) for old, new in (_prepare(model, n, e) for n, e in changes.items())}
+    lengths = {name: _list_length(model, name, entry) for name, entry in changes.items() if _is_depth(entry)}
+    widths = {name: entry for name, entry in changes.items() if not _is_depth(entry)}
+    replacements = {id(old): (old, new) for old, new in (_prepare(model, n, e) for n, e in widths.items())}
+    _truncate(model, lengths)  # every entry was checked above: nothing has changed until here
     if not replacements:
         return model
     for module in list(model.modules()):
@@ -340,3 +374,21 @@ def apply_layer_shapes(model: nn.Module, changes: Mapping[str, Mapping[str, Any]
                 if id(value) in replacements and replacements[id(value)][0] is value:
                     table[key] = replacements[id(value)][1]  # type: ignore[assignment]
     return model
+
+
+def _is_depth(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and entry.get("type") == "ModuleList"
+
+
+def _list_length(model: nn.Module, name: str, entry: Mapping[str, Any]) -> int:
+    """The checked length of a ``ModuleList`` entry: a list of that name, cut to 1..its length."""
+    found = _lookup(model, name) if name else None
+    if not isinstance(found, nn.ModuleList):
+        raise ValueError(f"layer shape {name!r}: the model has no ModuleList of that name")
+    length = entry.get("length")
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= len(found):
+        raise ValueError(
+            f"layer shape {name!r}: length must be an integer in 1..{len(found)} (the preset's); "
+            f"got {length!r}"
+        )
+    return length

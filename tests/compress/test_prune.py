@@ -4,15 +4,16 @@ channel groups DepGraph cannot see (PixelShuffle's r^2 blocks, complex channel p
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from edgesr.compress.prune import count_macs_params, prune
+from edgesr.compress.prune import count_macs_params, keep_blocks, prune
 from edgesr.models import create_model
-from edgesr.models._shapes import shape_changes
+from edgesr.models._shapes import apply_layer_shapes, shape_changes
 from edgesr.models.deepcomplex import ComplexConv2d
 from edgesr.train.checkpoint import load_model
 from tests.conftest import save_model
@@ -337,3 +338,49 @@ def test_modl_denoiser_pruned_once() -> None:
     _output(pruned, inputs)
     handle.remove()
     assert len(calls) == model.iterations
+
+
+def test_keep_blocks_removes_dense_blocks_and_their_global_fusion_inputs() -> None:
+    """Depth pruning of an RDN: with the dropped block's fusion inputs zeroed the output is unchanged;
+    the checkpoint's shape record (a shorter ModuleList, a narrower fusion) rebuilds it strictly."""
+    torch.manual_seed(0)
+    model = create_model("rdn_tiny", scale=2).eval()  # 2 blocks of 16 features
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.05)
+    with torch.no_grad():  # block 1 then adds nothing to the output: dropping it changes nothing
+        model.global_fusion[0].weight[:, 16:32] = 0
+    lr, base = torch.rand(1, 1, 11, 13), torch.rand(1, 1, 22, 26)
+    shallow = keep_blocks(model, [0])
+    assert len(shallow.blocks) == 1 and shallow.global_fusion[0].in_channels == 16
+    assert len(model.blocks) == 2 and model.global_fusion[0].in_channels == 32  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(shallow(lr, base), model(lr, base), rtol=0, atol=1e-6)
+    changes = shape_changes(create_model("rdn_tiny", scale=2), shallow)
+    assert changes["blocks"] == {"type": "ModuleList", "length": 1}
+    assert changes["global_fusion.0"]["in_channels"] == 16
+    rebuilt = apply_layer_shapes(create_model("rdn_tiny", scale=2), json.loads(json.dumps(changes)))
+    rebuilt.load_state_dict(shallow.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(lr, base), shallow(lr, base), rtol=0, atol=0)
+    # Channels first, then depth: the two records together.
+    narrow = keep_blocks(prune(model, (lr, base), ratio=0.5, round_to=4), [1])
+    both = shape_changes(create_model("rdn_tiny", scale=2), narrow)
+    rebuilt = apply_layer_shapes(create_model("rdn_tiny", scale=2), json.loads(json.dumps(both)))
+    rebuilt.load_state_dict(narrow.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize(
+    ("keep", "match"),
+    [([], "at least one"), ([2], "0..1"), ([1, 0], "increasing"), ([0, 1], "nothing to remove")],
+)
+def test_keep_blocks_refuses_what_it_cannot_do(keep, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        keep_blocks(create_model("rdn_tiny", scale=2), keep)
+    with pytest.raises(ValueError, match="only an RDN"):
+        keep_blocks(create_model("srgan_tiny", scale=4), [0])
+    with pytest.raises(ValueError, match="length must be an integer in 1..2"):
+        apply_layer_shapes(create_model("rdn_tiny", scale=2), {"blocks": {"type": "ModuleList", "length": 3}})
+    with pytest.raises(ValueError, match="no ModuleList"):
+        apply_layer_shapes(
+            create_model("rdn_tiny", scale=2), {"shallow1": {"type": "ModuleList", "length": 1}}
+        )

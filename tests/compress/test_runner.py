@@ -504,6 +504,25 @@ def test_distill_then_prune_chain_and_the_pruned_model_reloads(tiny_dataset, tin
         load_recipe(recipe, ["stages.0.kind=prune", "stages.0.ratio=1.5"])
 
 
+def test_a_prune_stage_can_remove_dense_blocks_too_and_the_shallow_model_reloads(
+    tiny_dataset, tiny_teacher, tmp_path, capsys
+):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    short = "steps: 2, batch_size: 2, patch: 8, eval_every: 2, warmup: 1"
+    stage = f"stages=[{{kind: prune, ratio: 0.5, round_to: 4, keep_blocks: [1], {short}}}]"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'shallow'}", stage]) == 0
+    report = json.loads((tmp_path / "shallow" / "report.json").read_text())
+    model, _, meta = load_for_inference(tmp_path / "shallow" / "1-prune" / "model")
+    assert len(model.blocks) == 1 and meta["layer_shapes"]["blocks"] == {"type": "ModuleList", "length": 1}
+    assert sum(p.numel() for p in model.parameters()) == report["stages"][0]["params"]
+    # What cannot be done is said before anything trains.
+    bad = f"stages=[{{kind: prune, ratio: 0.5, keep_blocks: [0, 1], {short}}}]"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'all'}", bad]) == 2
+    assert "nothing to remove" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="only a prune stage"):
+        load_recipe(recipe, ["stages.0.keep_blocks=[0]"])
+
+
 def test_an_interrupted_stage_resumes_where_it_stopped(
     tiny_dataset, tiny_teacher, tmp_path, capsys, monkeypatch
 ):
