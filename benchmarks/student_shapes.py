@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/student_shapes.py [--shapes 16x6x4,16x3x4,...] [--repeats 20] [--threads 2]
 
 A shape is ``FxDxC``: F channels between blocks and per dense layer (G0 = G), D residual dense blocks,
-C layers per block (the teacher ``rdn_small`` is 32x6x4; the shipped RDN students are 32 -> 16
-channels of it, 16x6x4). Each shape is built with random weights (latency does not depend on them),
-exported to ONNX as ``edgesr compress`` exports a student, and timed in OpenVINO at its default precision
-(BF16 on a CPU with BF16 units) and in ONNX Runtime FP32, each in a fresh worker process
-(:mod:`edgesr.bench.worker`, as the compress report times its runs), at 256x256 output. The reference is
-the shipped ``rdn-mr-x2`` teacher in torch FP32 and in OpenVINO at its default, timed the same way in
-the same run. Printed: parameters, GMAC per output, both p50s and the speed-ups against the teacher.
-Quality is not measured here: a shape that reaches the bar still has to be distilled to within the gate.
+C layers per block (the teacher ``rdn_small`` is 32x6x4; the x2 RDN students shipped until 2026-11-30
+were 16x6x4, ``rdn-mr-x2-edge`` is 16x2x4 since). Each shape is built with random weights (latency
+does not depend on them), exported to ONNX as ``edgesr compress`` exports a student, and timed in
+OpenVINO at its default precision (BF16 on a CPU with BF16 units) and in ONNX Runtime FP32, each in a
+fresh worker process (:mod:`edgesr.bench.worker`, as the compress report times its runs), at 256x256
+output. The reference is the shipped ``rdn-mr-x2`` teacher in torch FP32 and in OpenVINO at its
+default, timed the same way in the same run. Printed: parameters, GMAC per output, both p50s and the
+speed-ups against the teacher. Quality is not measured here: a shape that reaches the bar still has to
+be distilled to within the gate.
 """
 
 from __future__ import annotations

@@ -155,6 +155,13 @@ def read_manifest(folder: str | os.PathLike[str], *, verify: bool = True) -> Man
     if not folder.is_dir():
         raise DataError(f"artifact={folder} is not a folder (an export writes a folder with {MANIFEST_FILE})")
     if not path.is_file():
+        # The folder `edgesr export out=` names holds one artifact per precision: say which to pick.
+        inside = sorted(p.parent.name for p in folder.glob(f"*/{MANIFEST_FILE}"))
+        if inside:
+            raise DataError(
+                f"{folder} is an export's folder with one artifact per precision ({', '.join(inside)}); "
+                f"name one: artifact={folder / inside[0]}"
+            )
         raise DataError(f"{folder} holds no {MANIFEST_FILE}: not an artifact of `edgesr export`")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

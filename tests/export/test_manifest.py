@@ -146,6 +146,16 @@ def test_a_folder_without_a_manifest_is_not_an_artifact(tmp_path):
         read_manifest(tmp_path / "nowhere")
 
 
+def test_the_folder_of_an_export_names_the_artifacts_inside_it(tmp_path):
+    # `edgesr export out=DIR` writes DIR/<precision>/manifest.json; artifact=DIR names the one to use.
+    for precision in ("fp32", "bf16"):
+        (tmp_path / precision).mkdir()
+        (tmp_path / precision / MANIFEST_FILE).write_text("{}")
+    named = r"one artifact per precision \(bf16, fp32\); name one: artifact=.*bf16"
+    with pytest.raises(DataError, match=named):
+        read_manifest(tmp_path)
+
+
 def test_writing_refuses_an_unknown_runtime_and_an_entry_that_is_not_there(tmp_path):
     with pytest.raises(ValueError, match="runtime must be one of"):
         write_manifest(tmp_path, target="t", runtime="tflite", precision="fp32", entry="m", spec=SPEC)
