@@ -17,8 +17,10 @@ from torch import nn
 
 @torch.no_grad()
 def _all_paths_open(model: nn.Module) -> nn.Module:
-    """A float64 copy whose activations stay positive and of order one, so every path carries gradient."""
-    probe = copy.deepcopy(model).double().eval()
+    """A float64 copy on the CPU whose activations stay positive and of order one, so every path carries
+    gradient. On the CPU whatever device the model trains on: the probe's inputs are made there, and
+    float64 convolutions are what the CPU does well (a model on CUDA failed here before)."""
+    probe = copy.deepcopy(model).to("cpu", torch.float64).eval()
     with torch.random.fork_rng(devices=[]):  # a probe during training must not shift its random stream
         for module in probe.modules():
             for name, param in module.named_parameters(recurse=False):
