@@ -130,8 +130,9 @@ def _list_item_class(cls: type, name: str) -> type | None:
 
 
 def _is_valid_key(cls: type, key: str) -> bool:
-    """A leaf key, a nested dataclass given whole (``trainer={...}``), or a list item's key by index
-    (``stages.1.ratio``, validated against the item's dataclass)."""
+    """A leaf key, a nested dataclass given whole (``trainer={...}``), a list item's key by index
+    (``stages.1.ratio``, validated against the item's dataclass), or a key inside a mapping field
+    (``stages.0.student_options.iterations``)."""
     valid = {row.key for row in describe(cls)}
     if key in valid or any(v.startswith(key + ".") for v in valid):
         return True
@@ -141,6 +142,9 @@ def _is_valid_key(cls: type, key: str) -> bool:
     if item_class is not None and index.isdigit():
         return not item_key or _is_valid_key(item_class, item_key)
     nested = typing.get_type_hints(cls).get(head) if dataclasses.is_dataclass(cls) else None
+    if rest and typing.get_origin(nested) is dict:
+        # A key inside a free-form mapping (stages.0.student_options.iterations): its consumer checks it.
+        return True
     return bool(rest) and dataclasses.is_dataclass(nested) and _is_valid_key(typing.cast(type, nested), rest)
 
 

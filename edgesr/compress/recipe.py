@@ -144,6 +144,14 @@ class Stage:
                 f"stages.student_init must be one of {', '.join(STUDENT_INITS)}, a shipped model's name or "
                 "a checkpoint folder, not empty"
             )
+        for key, value in self.student_options.items():
+            if ":" in str(key) and value is None:
+                # YAML/OmegaConf read {iterations:6} as one key "iterations:6" with no value.
+                raise ConfigError(
+                    f"stages.student_options: {key!r} reads as a key without a value; in a "
+                    "{key: value} mapping put a space after each colon ({iterations: 6}), or set one "
+                    "option as stages.N.student_options.iterations=6"
+                )
         check_choice("stages.importance", self.importance, IMPORTANCES)
         if self.keep_blocks and self.kind != "prune":
             raise ConfigError(

@@ -265,6 +265,16 @@ def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_tea
         load_recipe("no-such-recipe")
 
 
+def test_one_student_option_is_set_by_its_dotted_key_and_a_colon_without_space_is_named():
+    recipe = load_recipe("modl_r4_edge", ["stages.0.student_options.iterations=6"])
+    assert recipe.stages[0].student_options == {"iterations": 6, "cg_iterations": 4}
+    whole = load_recipe("modl_r4_edge", ["stages.0.student_options={iterations: 5, cg_iterations: 3}"])
+    assert whole.stages[0].student_options == {"iterations": 5, "cg_iterations": 3}
+    # {iterations:6} (no space) is one key "iterations:6" without a value to YAML: named, not passed on.
+    with pytest.raises(ConfigError, match=re.escape("'iterations:6' reads as a key without a value")):
+        load_recipe("modl_r4_edge", ["stages.0.student_options={iterations:6}"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
