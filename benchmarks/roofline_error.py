@@ -13,6 +13,15 @@ for its runtime (``cpu-openvino``, ``cpu-onnxruntime``):
 Printed and written to ``--out`` (which ``estimate=true`` reads, and refuses to estimate without):
 each pair, the ratio measured / estimated, and per runtime the median and range of the ratios. Run
 it on an idle machine (the load average is recorded).
+
+    .venv/bin/python benchmarks/roofline_error.py --recorded runs/gpu-h200-2026-11-30/bench/*.json
+
+adds measurements made on a device that is not here: each run of a recorded ``bench.json`` (e.g. on a
+lent GPU, `edgesr bench model=M device=gpu-torch`) against the roofline of the model's ONNX graph
+(exported here for ONNX Runtime FP32; the graph is the same network) on that bench's device profile, at
+the shapes it timed and the precision it ran. These entries are merged into the existing record (each
+marked with the file it came from and the machine it was measured on), the CPU entries are kept, and
+the CPU is not measured again unless artifacts are named too.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # (model, target, precisions): float and INT8 where a card carries the quantization settings
@@ -57,6 +67,58 @@ def _default_artifacts() -> list[Path]:
     return folders
 
 
+def _onnx_graph(model: str) -> Path:
+    """The ONNX graph of a shipped model (its FP32 export for ONNX Runtime), exported when not there."""
+    out = ROOT / "runs" / "roofline" / "cpu-onnxruntime" / model
+    if not (out / "fp32" / "manifest.json").is_file():
+        print(f"exporting {model} for cpu-onnxruntime (its graph is counted)", flush=True)
+        command = [sys.executable, "-m", "edgesr", "export", f"model={model}", "target=cpu-onnxruntime",
+                   "precisions=[fp32]", f"out={out}"]  # fmt: skip
+        subprocess.run(command, cwd=ROOT, check=True)
+    return out / "fp32"
+
+
+def recorded_entries(bench_files: list[Path]) -> list[dict[str, Any]]:
+    """Entries of the error record from ``bench.json`` files measured elsewhere (see the module's doc)."""
+    import json
+
+    from edgesr.bench.devices import load_device
+    from edgesr.bench.roofline import estimate_graph, graph_file, profile_peaks
+    from edgesr.export.manifest import read_manifest
+
+    entries = []
+    for path in bench_files:
+        bench = json.loads(path.read_text(encoding="utf-8"))
+        device = str(bench["device"])
+        profile = load_device(device)
+        peaks = profile_peaks(profile.peak, profile.threads, device, profile.kind)
+        for run in bench["runs"]:
+            model = str(run["name"]).split("/")[0]
+            folder = _onnx_graph(model)
+            manifest = read_manifest(folder)  # checks the files against their hashes
+            shapes = {name: tuple(shape) for name, shape in run["timed_shapes"].items()}
+            precision = str(run["precision"])
+            estimate = estimate_graph(
+                graph_file(folder, manifest.entry, manifest.files), shapes, peaks, float_precision=precision
+            )
+            bound = estimate.seconds * 1000.0
+            measured = float(run["latency_ms"]["p50"])
+            label = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            entries.append({
+                "artifact": f"{label}#{run['name']}", "model": model, "runtime": run["runtime"],
+                "precision": precision, "device": device, "kind": profile.kind, "float_precision": precision,
+                "size": profile.size, "measured_p50_ms": measured, "estimated_bound_ms": round(bound, 4),
+                "ratio": round(measured / bound, 3),
+                "compute_bound_ms": round(estimate.seconds_of(lambda op: op.bound == "compute") * 1000, 4),
+                "memory_bound_ms": round(estimate.seconds_of(lambda op: op.bound == "memory") * 1000, 4),
+                "gmacs": round(estimate.macs / 1e9, 3), "memory_gb_s": peaks.memory_gb_s,
+                "measured_on": bench["machine"] | {"gpu": run.get("gpu", "")}, "recorded_from": str(label),
+            })  # fmt: skip
+            print(f"{entries[-1]['artifact']:70} {measured:8.2f}ms {bound:8.3f}ms {measured / bound:7.1f}",
+                  flush=True)  # fmt: skip
+    return entries
+
+
 def main() -> int:
     from edgesr._io import write_json_atomic
     from edgesr.bench.devices import load_device, pinned_cores
@@ -68,7 +130,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="*", type=Path, help="artifact folders (default: shipped models)")
     parser.add_argument("--out", type=Path, default=ROOT / "devices" / "roofline_error.json")
+    parser.add_argument(
+        "--recorded", nargs="+", type=Path, default=[],
+        help="bench.json files measured on a device that is not here, merged into the existing record",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.recorded and not args.artifacts:
+        return _merge_recorded(args.recorded, args.out)
     artifacts = args.artifacts or _default_artifacts()
 
     entries = []
@@ -118,6 +186,28 @@ def main() -> int:
     }
     write_json_atomic(args.out, record)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _merge_recorded(bench_files: list[Path], out: Path) -> int:
+    import json
+
+    from edgesr._io import write_json_atomic
+    from edgesr.bench.roofline import error_summary
+
+    record = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"entries": []}
+    new = recorded_entries([p.resolve() for p in bench_files])
+    replaced = {e["recorded_from"] for e in new}
+    kept = [e for e in record.get("entries", []) if e.get("recorded_from") not in replaced]
+    record["entries"] = kept + new
+    record["summary"] = error_summary(record["entries"])
+    record.setdefault("recorded", [])
+    record["recorded"] = sorted(set(record["recorded"]) | replaced)
+    for key, figures in record["summary"].items():
+        print(f"{key:12} measured/bound median {figures['median']:.2f} (range {figures['min']:.2f}-"
+              f"{figures['max']:.2f}, {figures['count']} entries)")  # fmt: skip
+    write_json_atomic(out, record)
+    print(f"wrote {out}: {len(new)} recorded entries beside {len(kept)} kept")
     return 0
 
 

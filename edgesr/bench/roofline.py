@@ -610,6 +610,7 @@ def estimate_artifact(
             "measured_on": record.get("machine", {}),
             "date": record.get("date", ""),
             "by_runtime": error_summary(entries),
+            "by_kind": _error_by_kind(entries, record),
             "ratio": "measured p50 / estimated bound",
         },  # fmt: skip
     }
@@ -657,6 +658,27 @@ def error_record(path: Path | None = None) -> dict[str, Any]:
         if missing:
             raise EstimatorNotCalibrated(f"{path}: entries.{index} has no {', '.join(missing)}")
     return dict(record)
+
+
+def _error_by_kind(entries: list[Mapping[str, Any]], record: Mapping[str, Any]) -> dict[str, Any]:
+    """The error summary per kind of device (cpu, cuda, ...) with the machines it was measured on: a
+    record holds this CPU's measurements and those recorded on a lent GPU (each entry may name its own
+    machine; the others were measured on the record's)."""
+
+    def machine(entry: Mapping[str, Any]) -> str:
+        own = entry.get("measured_on")
+        if isinstance(own, Mapping):
+            return str(own.get("gpu") or own.get("cpu") or "?")
+        return str(record.get("machine", {}).get("cpu", "?"))
+
+    by_kind: dict[str, Any] = {}
+    for kind in sorted({str(e["kind"]) for e in entries}):
+        of_kind = [e for e in entries if e["kind"] == kind]
+        by_kind[kind] = {
+            "measured_on": sorted({machine(e) for e in of_kind}),
+            "by_runtime": error_summary(of_kind),
+        }
+    return by_kind
 
 
 def error_summary(entries: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

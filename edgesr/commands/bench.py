@@ -122,13 +122,16 @@ def _run_estimate(cfg: BenchConfig, profile: Any, device_name: str, console: Con
     table.add_row("float ops run in", result["float_precision"])
     Console(width=110).print(table)
     console.print(f"peaks: {escape(result['peaks']['source'])}")
-    errors = result["estimator_error"]["by_runtime"]
-    measured = ", ".join(
-        f"{key} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}, n={v['count']})"
-        for key, v in errors.items()
-    )
-    where = result["estimator_error"]["measured_on"].get("cpu", "?")
-    console.print(f"the estimator's error (measured p50 / bound) on {escape(where)}: {escape(measured)}")
+    for kind, errors in result["estimator_error"]["by_kind"].items():
+        measured = ", ".join(
+            f"{key} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}, n={v['count']})"
+            for key, v in errors["by_runtime"].items()
+            if key != "all"
+        )
+        where = ", ".join(errors["measured_on"])
+        console.print(
+            f"the estimator's error (measured p50 / bound) on {kind} ({escape(where)}): {escape(measured)}"
+        )
     if result["uncounted_ops"]:
         console.print(f"[yellow]not counted: {escape(', '.join(result['uncounted_ops']))}[/]")
     if "note" in result:

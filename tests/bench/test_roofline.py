@@ -159,8 +159,19 @@ def exported_for_tensorrt(tiny_dataset, tiny_checkpoint, tmp_path) -> Path:
     return out / "fp16"
 
 
-def _record(path: Path, ratios: list[float]) -> Path:
+def _record(path: Path, ratios: list[float], *, gpu_ratios: tuple[float, ...] = ()) -> Path:
     entries = [{"runtime": "onnxruntime", "precision": "fp32", "kind": "cpu", "ratio": r} for r in ratios]
+    # Measured on a lent GPU and recorded (benchmarks/roofline_error.py --recorded): its own machine.
+    entries += [
+        {
+            "runtime": "torch",
+            "precision": "bf16",
+            "kind": "cuda",
+            "ratio": r,
+            "measured_on": {"gpu": "a test GPU"},
+        }
+        for r in gpu_ratios
+    ]
     path.write_text(json.dumps({"date": "today", "machine": {"cpu": "a test CPU"}, "entries": entries}))
     return path
 
@@ -170,7 +181,8 @@ def test_an_absent_device_gets_a_labelled_figure_and_no_borrowed_error(
 ):
     from edgesr.cli import main
 
-    monkeypatch.setattr(roofline, "ERROR_RECORD", _record(tmp_path / "error.json", [2.0, 3.0, 5.0]))
+    record = _record(tmp_path / "error.json", [2.0, 3.0, 5.0], gpu_ratios=(10.0, 40.0))
+    monkeypatch.setattr(roofline, "ERROR_RECORD", record)
     out = tmp_path / "estimate"
     argv = [
         "bench",
@@ -187,7 +199,20 @@ def test_an_absent_device_gets_a_labelled_figure_and_no_borrowed_error(
     assert result["float_precision"] == "fp16" and result["costliest_ops"]
     assert result["input_shapes"]["lr"] == [1, 1, 20, 20]  # the engine's fixed size, not the profile's
     assert result["uncounted_ops"] == []
-    assert "ESTIMATED, not measured" in capsys.readouterr().out
+    # A GPU measured with torch is not a Jetson with TensorRT: shown, never used to scale the bound.
+    by_kind = result["estimator_error"]["by_kind"]
+    assert by_kind["cuda"] == {
+        "measured_on": ["a test GPU"],
+        "by_runtime": {
+            k: {"median": 25.0, "min": 10.0, "max": 40.0, "count": 2} for k in ("all", "torch", "torch/bf16")
+        },
+    }
+    assert by_kind["cpu"]["measured_on"] == ["a test CPU"]
+    captured = capsys.readouterr()
+    printed = " ".join((captured.out + captured.err).split())
+    assert "ESTIMATED, not measured" in printed
+    assert "on cuda (a test GPU): torch 25.00x (10.00-40.00, n=2)" in printed
+    assert "on cpu (a test CPU): onnxruntime 3.00x" in printed
     assert not (out / "bench.json").exists()
 
 
