@@ -15,7 +15,7 @@
 # checkpoint: resume=true continues it wherever it is run.
 #
 # What travels (the device tool sends the checkout, 64 MiB at most; runs/ is 30 MiB of it, so move it
-# aside for the call and back after):
+# aside for the call and back after; `bash benchmarks/gpu_prepare.sh` makes both files and says how):
 #   .devdata/data.tar.xz   the prepared data set (`tar -cf - v2 | xz -6 -T2` in its root, 16 MiB), so the
 #                          stages see the same fingerprint as on the CPU machine
 #   .whl/                  what the machine's image lacks (python3.12 wheels: omegaconf, pydicom, nibabel,
