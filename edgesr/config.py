@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -150,6 +151,11 @@ def _is_valid_key(cls: type, key: str) -> bool:
 
 def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
     valid = [row.key for row in describe(cls)]
+    head, _, rest = key.partition(".")
+    index, _, _ = rest.partition(".")
+    item_class = _list_item_class(cls, head) if dataclasses.is_dataclass(cls) else None
+    if item_class is not None and index.isdigit():  # stages.0.stepz: the keys of a stage, not the recipe
+        valid = [f"{head}.{index}.{row.key}" for row in describe(item_class)]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key '{key}'{where}{hint}")
@@ -188,6 +194,10 @@ def parse_overrides(
     schema = OmegaConf.structured(cls)
     OmegaConf.set_readonly(schema, False)  # frozen dataclasses come back read-only; we merge into a copy
     where = f" in {source}" if source else ""
+    if base is not None and pairs:
+        # The file alone first: its own errors name the file; what fails after is the command line's.
+        parse_overrides(cls, (), base=base, source=source)
+        where = " (set on the command line)"
     try:
         merged = schema
         if base is not None:
@@ -208,6 +218,12 @@ def parse_overrides(
         return typing.cast(T, OmegaConf.to_object(merged))
     except OmegaConfBaseException as exc:
         full_key = getattr(exc, "full_key", None) or "?"
+        # OmegaConf names a list item's key relative to the item (``steps`` for stages.0.steps): the
+        # override it came from is named whole.
+        dotted = re.sub(r"\[(\d+)\]", r".\1", str(full_key))
+        given = [k for k, _ in pairs if k == dotted or k.endswith("." + dotted) or k.startswith(dotted + ".")]
+        if given:
+            full_key = given[0]
         if type(exc).__name__ == "ConfigKeyError":
             raise _unknown_key_error(cls, str(full_key), where) from None
         message = str(exc).splitlines()[0]
@@ -231,6 +247,8 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(raw).__name__}")
+    if not raw:  # an empty file is a mistake, not a request for every default (a 3-hour default run)
+        raise ConfigError(f"{path} is empty: it must set at least one key")
     return parse_overrides(cls, overrides, base=typing.cast(dict[str, Any], raw), source=str(path))
 
 

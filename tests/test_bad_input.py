@@ -52,6 +52,16 @@ def test_output_equal_to_the_input_is_refused_and_the_input_kept(tmp_path, good_
     assert good_npy.read_bytes() == before
 
 
+def test_an_existing_output_file_is_kept_unless_overwrite_is_given(tmp_path, good_npy, capsys):
+    out = tmp_path / "earlier.npy"
+    np.save(out, np.zeros((3, 3), np.float32))
+    before = out.read_bytes()
+    _fails(capsys, _enhance(good_npy, out), "earlier.npy", "exists", "overwrite=true")
+    assert out.read_bytes() == before
+    assert main(_enhance(good_npy, out, "overwrite=true")) == 0
+    assert np.load(out).shape == (42, 38)  # x2 of the 21x19 input
+
+
 @pytest.mark.parametrize(
     ("output", "needle"),
     [("afile/o.npy", "is a file"), ("folder", "existing folder"), ("o.jpg", "cannot write this format")],

@@ -82,3 +82,13 @@ def test_exactly_one_source_names_the_keys_and_what_was_given():
     )
     with pytest.raises(ConfigError, match="give exactly one of checkpoint= or model=; got none of them"):
         check_exactly_one({"checkpoint": "", "model": ""})
+
+
+def test_a_bad_value_is_blamed_on_the_file_or_on_the_command_line_whichever_set_it(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: kd\ntrainer:\n  steps: many\n")
+    with pytest.raises(ConfigError, match=f"bad value for 'trainer.steps' in {path}"):
+        load_yaml(Recipe, path, ["name=prune"])  # the file's own mistake, whatever the command line adds
+    path.write_text("name: kd\n")
+    with pytest.raises(ConfigError, match=r"'trainer.steps' \(set on the command line\)"):
+        load_yaml(Recipe, path, ["trainer.steps=many"])

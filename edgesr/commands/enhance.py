@@ -69,6 +69,11 @@ class EnhanceConfig:
         "", "recon: coil-map estimation from the ACS lines, lowres or espirit (default: the model's)"
     )
     device: str = opt("auto", "auto, cpu or cuda[:N]")
+    overwrite: bool = opt(
+        False,
+        "replace an output file that exists (default: refused, so that nothing already written is lost; "
+        "a DICOM series always goes to a new or empty folder)",
+    )
     precision: str = opt(
         "fp32",
         "model=/checkpoint=: fp32, or bf16 (torch autocast: convolutions in BF16, FFTs and data "
@@ -137,6 +142,8 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         check_output(
             cfg.output, inputs=(cfg.input,), writable=WRITABLE if spec.sr is not None else RECON_WRITABLE
         )
+        if Path(cfg.output).is_file() and not cfg.overwrite:
+            raise DataError(f"{cfg.output}: exists; pass overwrite=true to replace it, or name another file")
     if spec.sr is not None:
         volume = load_image(cfg.input, series_uid=cfg.series or None)
         if dicom_series:

@@ -38,7 +38,9 @@ class Stage:
     name: str = opt("", "the stage's folder name (default: its number and kind)")
     student: str = opt("", "distill: a registered model to train (default: the previous stage's model)")
     student_options: dict[str, Any] = opt(
-        {}, "distill: the student's builder options beyond those the teacher fixes (scale, coils)"
+        {},
+        "distill: the student's builder options beyond those the teacher fixes (scale, coils); on the "
+        "command line stages.N.student_options.KEY=VALUE sets one, a {KEY: VALUE, ...} mapping replaces all",
     )
     student_init: str = opt(
         "scratch",
@@ -148,9 +150,10 @@ class Stage:
             if ":" in str(key) and value is None:
                 # YAML/OmegaConf read {iterations:6} as one key "iterations:6" with no value.
                 raise ConfigError(
-                    f"stages.student_options: {key!r} reads as a key without a value; in a "
-                    "{key: value} mapping put a space after each colon ({iterations: 6}), or set one "
-                    "option as stages.N.student_options.iterations=6"
+                    f"stages.student_options: {key!r} reads as a key without a value; set one option "
+                    "as stages.N.student_options.iterations=6 (the recipe's other options stay), or "
+                    "give the whole mapping with a space after each colon ({iterations: 6, "
+                    "cg_iterations: 4}: it replaces the recipe's)"
                 )
         check_choice("stages.importance", self.importance, IMPORTANCES)
         if self.keep_blocks and self.kind != "prune":
@@ -259,6 +262,10 @@ def recipe_path(name_or_path: str) -> Path:
     """``recipes/NAME.yaml`` for a name, else the path as given."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if candidate.is_dir():
+            raise ConfigError(
+                f"recipe={candidate} is a folder; name a recipe file (.yaml) or a shipped recipe"
+            )
         if not candidate.is_file():
             raise ConfigError(f"recipe file not found: {candidate}")
         return candidate

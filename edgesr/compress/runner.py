@@ -105,18 +105,23 @@ def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Mo
             f"stages: student {stage.student!r} is a {model_task(stage.student)} model; "
             f"the teacher is {previous.spec.task}"
         )
-    # What the contract fixes comes from the teacher; the stage adds the rest (unrolls, widths...).
-    fixed: dict[str, Any] = {}
-    if previous.spec.sr is not None:
-        fixed = {"scale": previous.spec.sr.scale, "upsampler": previous.spec.sr.upsampler}
-    elif previous.spec.recon is not None and previous.spec.recon.coils:
-        fixed = {"coils": previous.spec.recon.coils}
-    options = fixed | dict(stage.student_options)
+    options = _student_options(stage, previous.spec)
     student = create_model(stage.student, **options)
     if stage.student_init == "teacher":
         shared, total = _init_from(student, previous)
         console.print(f"student starts from {previous.model_name}'s weights: {shared} of {total} tensors")
     return student, stage.student, options
+
+
+def _student_options(stage: Stage, spec: ModelSpec) -> dict[str, Any]:
+    """A preset student's builder options: what the contract fixes comes from the teacher's spec, the
+    stage adds the rest (unrolls, CG steps...)."""
+    fixed: dict[str, Any] = {}
+    if spec.sr is not None:
+        fixed = {"scale": spec.sr.scale, "upsampler": spec.sr.upsampler}
+    elif spec.recon is not None and spec.recon.coils:
+        fixed = {"coils": spec.recon.coils}
+    return fixed | dict(stage.student_options)
 
 
 def _student_init_folder(stage: Stage) -> Path:
@@ -477,6 +482,18 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
     for index, stage in enumerate(recipe.stages):
         if stage.starts_from_checkpoint:
             _check_existing_student(index, stage, spec)
+        if stage.kind == "distill" and stage.student:
+            # Built once here (small, seconds at most), so that an option of the wrong type or value
+            # (iterations=abc, cg_iterations=0) is refused before out= is written, not hours later.
+            if model_task(stage.student) != spec.task:
+                raise ConfigError(
+                    f"stages.{index}.student={stage.student!r} is a {model_task(stage.student)} model; "
+                    f"the teacher is {spec.task}"
+                )
+            try:
+                create_model(stage.student, **_student_options(stage, spec))
+            except ConfigError as exc:
+                raise ConfigError(f"stages.{index}.student_options: {exc}") from None
         trains = stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies
         if not trains:
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from collections.abc import Callable
 
 from torch import nn
@@ -49,13 +50,36 @@ def _check_name(name: str) -> None:
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Builds a registered model; unknown names and keyword arguments are errors."""
+    """Builds a registered model; unknown names and keyword arguments are errors, and so are values of
+    the wrong type or integer options below 1 (every integer option of a builder is a count or a size:
+    unrolls, CG steps, coils, scale), so a bad option is refused before a model is built or trained."""
     _check_name(name)
     builder = _BUILDERS[name]
     accepted = inspect.signature(builder).parameters
-    for key in kwargs:
+    hints = typing.get_type_hints(builder)
+    for key, value in kwargs.items():
         if key not in accepted:
             close = difflib.get_close_matches(key, list(accepted), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(accepted)}"
             raise ConfigError(f"model {name!r} has no option {key!r}{hint}")
+        _check_option(name, key, value, hints.get(key))
     return builder(**kwargs)
+
+
+def _check_option(name: str, key: str, value: object, expected: object) -> None:
+    """``value`` fits the builder's annotation (int, float, bool or str); an int is at least 1."""
+    if expected not in (int, float, bool, str):
+        return  # another annotation: the builder checks it
+    if expected is bool:
+        fits = isinstance(value, bool)
+    elif isinstance(value, bool):  # bool is a subclass of int, but True is not an unroll count
+        fits = False
+    elif expected is float:
+        fits = isinstance(value, (int, float))
+    else:
+        fits = isinstance(value, typing.cast(type, expected))
+    if not fits:
+        kind = typing.cast(type, expected).__name__
+        raise ConfigError(f"model {name!r}: option {key}={value!r} must be of type {kind}")
+    if expected is int and typing.cast(int, value) < 1:
+        raise ConfigError(f"model {name!r}: option {key}={value!r} must be at least 1")

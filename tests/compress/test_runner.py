@@ -265,6 +265,33 @@ def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_tea
         load_recipe("no-such-recipe")
 
 
+def test_a_student_option_of_the_wrong_type_or_value_is_refused_before_out_is_written(
+    tiny_teacher, tmp_path, tiny_dataset, capsys
+):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "o"
+    for option, needle in (("in_channels=abc", "must be of type int"), ("in_channels=0", "at least 1")):
+        argv = ["compress", f"recipe={recipe}", f"out={out}", f"stages.0.student_options.{option}"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "stages.0.student_options" in err and needle in err, err
+        assert not out.exists()
+
+
+def test_recipe_files_that_say_nothing_useful_are_named(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):  # not a default run of hours
+        load_recipe(str(empty))
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_recipe(str(tmp_path))
+    # A bad value typed on the command line is blamed on the command line, by its whole key.
+    with pytest.raises(ConfigError, match=re.escape("'stages.0.steps' (set on the command line)")):
+        load_recipe("modl_r4_edge", ["stages.0.steps=abc"])
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'stages.0.steps'")):
+        load_recipe("modl_r4_edge", ["stages.0.stepz=3"])
+
+
 def test_one_student_option_is_set_by_its_dotted_key_and_a_colon_without_space_is_named():
     recipe = load_recipe("modl_r4_edge", ["stages.0.student_options.iterations=6"])
     assert recipe.stages[0].student_options == {"iterations": 6, "cg_iterations": 4}

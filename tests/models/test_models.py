@@ -189,6 +189,16 @@ def test_registry_is_strict():
         create_model("rdn_smal")
     with pytest.raises(ConfigError, match="has no option 'scael'; did you mean 'scale'"):
         create_model("rdn_tiny", scael=2)
+    # Values are checked against the builder's annotations; every integer option is a count or a size.
+    with pytest.raises(ConfigError, match="option iterations='abc' must be of type int"):
+        create_model("modl_tiny", iterations="abc")
+    with pytest.raises(ConfigError, match="option cg_iterations=0 must be at least 1"):
+        create_model("modl_tiny", cg_iterations=0)
+    with pytest.raises(ConfigError, match="option iterations=True must be of type int"):
+        create_model("modl_tiny", iterations=True)
+    with pytest.raises(ConfigError, match="option batch_norm=1 must be of type bool"):
+        create_model("srgan_tiny", batch_norm=1)
+    assert create_model("modl_tiny", iterations=3).iterations == 3
 
     def rdn_tiny():  # the name of an existing builder
         raise AssertionError("never built")
