@@ -195,8 +195,13 @@ def parse_overrides(
     OmegaConf.set_readonly(schema, False)  # frozen dataclasses come back read-only; we merge into a copy
     where = f" in {source}" if source else ""
     if base is not None and pairs:
-        # The file alone first: its own errors name the file; what fails after is the command line's.
-        parse_overrides(cls, (), base=base, source=source)
+        # The file's keys and types alone first: its own mistakes name the file, and a value of the wrong
+        # type that fails after is the command line's. (Checks across fields come after the overrides,
+        # which may complete the file: steps: 0 in the file, student_init=teacher given.)
+        try:
+            OmegaConf.merge(schema, OmegaConf.create(dict(base)))
+        except OmegaConfBaseException:
+            parse_overrides(cls, (), base=base, source=source)  # raises, naming the file
         where = " (set on the command line)"
     try:
         merged = schema

@@ -451,7 +451,9 @@ def evaluate_model(
         comparisons.append(setting | compare(scores, label))
     else:
         assert spec.recon is not None  # noqa: S101 (a spec has one task section)
-        coils = spec.recon.coils or recon.coils
+        # The protocol's coils, compressed by the pipeline for a model of fewer (a scanner's data as it
+        # comes); more only for a model that needs more.
+        coils = max(spec.recon.coils, recon.coils)
         model_method = {label: model_recon_method(spec, predictor)}
         settings = [(m, k, r) for m in recon.maps for k in recon.masks for r in recon.accelerations]
         for maps, mask_kind, r in settings:
@@ -515,7 +517,7 @@ def score_predictor(
         protocol = ReconProtocol()
         samples = recon_samples(
             dataset, acceleration=acceleration, mask_kind=protocol.masks[0],
-            n_coils=spec.recon.coils or protocol.coils, center_fraction=protocol.center_fraction,
+            n_coils=max(spec.recon.coils, protocol.coils), center_fraction=protocol.center_fraction,
             min_acs_lines=protocol.min_acs_lines, noise_std=protocol.noise_std, split=split,
             max_slices=max_slices,
         )  # fmt: skip

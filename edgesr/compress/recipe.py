@@ -49,6 +49,13 @@ class Stage:
         "shipped model's name or a checkpoint folder: that model, shape and weights, is the student (an "
         "existing student re-distilled from a re-trained teacher)",
     )
+    coils: int = opt(
+        0,
+        "distill (recon, a teacher that takes any number of coils, e.g. MoDL): the student's coils; the "
+        "pipeline SVD-compresses every acquisition to this many virtual coils before the student, so "
+        "each data-consistency step costs less (0: as the teacher). With steps: 0 only (the student is "
+        "not trained on compressed data)",
+    )
     ratio: float = opt(0.5, "prune: fraction of each prunable layer's channels to remove")
     target_macs: float = opt(
         0.0,
@@ -136,6 +143,12 @@ class Stage:
                 "student_init: teacher (the teacher's weights with the stage's student_options)"
             )
         check_range("stages.steps", self.steps, low=0)
+        check_range("stages.coils", self.coils, low=0)
+        if self.coils and (self.kind != "distill" or self.steps):
+            raise ConfigError(
+                f"stages.coils={self.coils}: a distill stage of steps: 0 only (the teacher's or a "
+                "student's weights run on compressed coils); training on compressed coils is not built"
+            )
         if self.starts_from_checkpoint and self.student:
             raise ConfigError(
                 f"stages.student_init={self.student_init!r} is a checkpoint: it gives the student's model "

@@ -74,9 +74,11 @@ def build_report(
     teacher, final = chain[0], chain[-1]
     split, slices = recipe.eval_split, recipe.eval_slices
 
-    def score(predictor: Predictor, label: str) -> dict[str, float]:
+    def score(predictor: Predictor, label: str, candidate: Candidate) -> dict[str, float]:
+        # Through the model's own contract (an SR student's halo, a recon student's virtual coils) on
+        # the same slices and acquisitions as the teacher.
         with console.status(f"scoring {label} on the {split} split"):
-            return score_predictor(teacher.spec, predictor, dataset, split=split, max_slices=slices)
+            return score_predictor(candidate.spec, predictor, dataset, split=split, max_slices=slices)
 
     # The teacher next to the baselines (the same slices every other figure uses).
     with console.status(f"scoring the teacher and the baselines on the {split} split"):
@@ -98,7 +100,7 @@ def build_report(
     torch_scores = {id(teacher): teacher_scores}
     for candidate in float_chain[1:]:
         torch_scores[id(candidate)] = score(
-            TorchPredictor(candidate.model, candidate.spec, "cpu"), candidate.name
+            TorchPredictor(candidate.model, candidate.spec, "cpu"), candidate.name, candidate
         )
 
     onnx_files: dict[int, Path] = {}
@@ -149,10 +151,10 @@ def build_report(
             elif file is None:  # torch under autocast: scored in it, like any other runtime
                 model_ref = str(candidate.folder)
                 predictor = TorchPredictor(candidate.model, candidate.spec, "cpu", precision=precision)
-                scores = score(predictor, label)
+                scores = score(predictor, label, candidate)
             else:
                 model_ref = str(file())
-                scores = score(_predictor(runtime, precision, model_ref, recipe.threads), label)
+                scores = score(_predictor(runtime, precision, model_ref, recipe.threads), label, candidate)
             request = {
                 "runtime": runtime, "model": model_ref, "spec": candidate.spec.to_dict(),
                 "precision": precision, "threads": recipe.threads, "size": recipe.latency_size,

@@ -43,7 +43,7 @@ from edgesr.errors import ConfigError, DataError, EdgesrError
 from edgesr.models import create_model, model_task
 from edgesr.models._probe import receptive_radius
 from edgesr.pipeline import TorchPredictor
-from edgesr.spec import ModelSpec
+from edgesr.spec import ModelSpec, recon_spec
 from edgesr.teachers import teacher_path
 from edgesr.train.checkpoint import (
     checkpoint_exists,
@@ -83,8 +83,11 @@ def _teacher(recipe: Recipe) -> Candidate:
     return Candidate("teacher", model, meta["model"], meta["model_options"], spec, folder)
 
 
-def _student_spec(spec: ModelSpec, student: nn.Module) -> ModelSpec:
-    """The teacher's contract with the student's own receptive radius (its tiles need their own halo)."""
+def _student_spec(spec: ModelSpec, student: nn.Module, *, coils: int = 0) -> ModelSpec:
+    """The teacher's contract with the student's own receptive radius (its tiles need their own halo),
+    or (recon) its own coil count: the pipeline compresses acquisitions to ``coils`` virtual coils."""
+    if spec.recon is not None and coils:
+        return recon_spec(coils=coils, map_estimation=spec.recon.map_estimation)
     if spec.sr is None:
         return spec
     sr = type(spec.sr)(
@@ -178,6 +181,8 @@ def _check_existing_student(index: int, stage: Stage, teacher: ModelSpec) -> Non
 
 def _check_contract(key: str, student: ModelSpec, teacher: ModelSpec) -> None:
     mine, theirs = _contract_key(student), _contract_key(teacher)
+    if theirs.get("coils") == 0:  # a teacher of any coil count: a student of compressed coils fits it
+        mine.pop("coils", None), theirs.pop("coils", None)
     if mine != theirs:
         raise ConfigError(f"{key}: the student's contract {mine} is not the teacher's {theirs}")
 
@@ -323,7 +328,14 @@ def _run_stage(
             raise ConfigError(f"stages.{index}: {exc}") from None
     else:
         student, name, options = _student(stage, previous, console)
-    spec = _student_spec(teacher.spec, student)
+    # A student of compressed coils: the stage's coils, or those of the checkpoint it starts from.
+    coils = stage.coils
+    if not coils and stage.starts_from_checkpoint and teacher.spec.recon is not None:
+        folder_of_student = _student_init_folder(stage)
+        existing = read_spec(read_metadata(folder_of_student), folder_of_student)
+        if existing.recon is not None and not teacher.spec.recon.coils:
+            coils = existing.recon.coils
+    spec = _student_spec(teacher.spec, student, coils=coils)
     if stage.steps == 0:  # no training (a prune without fine-tuning, the teacher's weights re-optioned)
         save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
                         config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
@@ -482,6 +494,16 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
     for index, stage in enumerate(recipe.stages):
         if stage.starts_from_checkpoint:
             _check_existing_student(index, stage, spec)
+        if stage.coils and (spec.recon is None or spec.recon.coils):
+            raise ConfigError(
+                f"stages.{index}.coils={stage.coils}: only for a recon teacher that takes any number of "
+                "coils (MoDL); "
+                + (
+                    "this teacher is SR"
+                    if spec.recon is None
+                    else f"this one's network fixes {spec.recon.coils}"
+                )
+            )
         if stage.kind == "distill" and stage.student:
             # Built once here (small, seconds at most), so that an option of the wrong type or value
             # (iterations=abc, cg_iterations=0) is refused before out= is written, not hours later.

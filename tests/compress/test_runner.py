@@ -706,3 +706,29 @@ def test_gan_distillation_trains_a_discriminator_and_matches_texture(tiny_datase
     assert meta["model"] == "srgan_tiny"
     with pytest.raises(ConfigError, match="stages.adversarial_weight"):
         load_recipe(recipe, ["stages.0.adversarial_weight=-1"])
+
+
+def test_a_recon_student_of_compressed_coils_runs_on_fewer_virtual_coils(
+    tiny_teacher, tmp_path, tiny_dataset, capsys
+):
+    torch.manual_seed(0)
+    teacher = save_model(
+        tmp_path / "modl", create_model("modl_tiny", iterations=2), "modl_tiny", {"iterations": 2}
+    )
+    recipe = _recipe(tmp_path, teacher, tiny_dataset.path.parent, steps=0, student="student: modl_tiny")
+    out = tmp_path / "cc"
+    argv = ["compress", f"recipe={recipe}", f"out={out}", "stages.0.student_init=teacher", "stages.0.coils=3",
+            "stages.0.student_options.cg_iterations=2"]  # fmt: skip
+    assert main(argv) == 0
+    _, spec, _ = load_for_inference(out / "1-distill" / "model")
+    assert spec.recon is not None and spec.recon.coils == 3 and spec.inputs[0].channels == 6
+    report = json.loads((out / "report.json").read_text())
+    student = next(r for r in report["runs"] if r["model"] == "student")
+    assert student["psnr"] > 0  # scored through the pipeline, which compresses the 8 simulated coils to 3
+    # Only where it means something: not for an SR teacher, not with training.
+    sr = ["compress", f"recipe={recipe}", f"out={tmp_path / 'sr'}", f"teacher={tiny_teacher}",
+          "stages.0.student=rdn_tiny", "stages.0.student_init=teacher", "stages.0.coils=3"]  # fmt: skip
+    assert main(sr) == 2
+    assert "stages.0.coils=3: only for a recon teacher" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="training on compressed coils is not built"):
+        load_recipe(recipe, ["stages.0.coils=3", "stages.0.steps=5"])
