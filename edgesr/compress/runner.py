@@ -235,6 +235,8 @@ def _fingerprint(
     options, or an earlier stage re-run since, makes every later stage's fingerprint differ.
     """
     options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
+    if not options["coils"]:  # added 2026-12-01: stages finished before keep their fingerprints
+        del options["coils"]
     device, trains = pick_device(recipe.device), stage.kind != "quantize" and stage.steps > 0
     made_of = {
         "stage": options,
