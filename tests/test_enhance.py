@@ -111,13 +111,29 @@ def test_bad_input_leaves_an_existing_output_untouched(tmp_path, sr_checkpoint, 
     np.save(out, np.zeros(3))
     before = out.read_bytes()
     assert (
-        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'bad.npy'}", f"output={out}"])
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'bad.npy'}",
+                f"output={out}",
+                "overwrite=true",
+            ]
+        )  # fmt: skip
         == 2
     )
-    assert "NaN" in capsys.readouterr().err
+    assert "NaN" in capsys.readouterr().err  # even when told to replace it: bad input writes nothing
     assert out.read_bytes() == before
     assert (
-        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'none.npy'}", f"output={out}"])
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'none.npy'}",
+                f"output={out}",
+                "overwrite=true",
+            ]
+        )  # fmt: skip
         == 2
     )
     assert main(["enhance", "model=rdn-mr-x9", f"input={tmp_path / 'bad.npy'}", f"output={out}"]) == 2
@@ -430,7 +446,15 @@ def test_enhance_warns_when_an_mr_image_is_stored_finer_than_acquired(tmp_path, 
     assert out.exists()  # a warning, not a refusal: the user may still want the result
     Image.fromarray((_natural_image(64, 56) * 4095).astype(np.uint16)).save(tmp_path / "natural.png")
     assert (
-        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'natural.png'}", f"output={out}"])
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'natural.png'}",
+                f"output={out}",
+                "overwrite=true",
+            ]
+        )  # fmt: skip
         == 0
     )
     assert "finer grid" not in capsys.readouterr().err
@@ -460,7 +484,15 @@ def test_nifti_scaling_and_types_survive_and_png_is_refused_for_values_it_cannot
         nib.Nifti1Image((values * 1000).astype(np.int64), np.eye(4), dtype=np.int64), tmp_path / "i64.nii.gz"
     )
     assert (
-        main(["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'i64.nii.gz'}", f"output={out}"])
+        main(
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'i64.nii.gz'}",
+                f"output={out}",
+                "overwrite=true",
+            ]
+        )  # fmt: skip
         == 0
     )
     assert nib.load(out).get_data_dtype() == np.int32
@@ -514,7 +546,13 @@ def test_values_clipped_to_the_inputs_integer_type_are_counted(tmp_path, sr_chec
     nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), tmp_path / "float.nii.gz")
     assert (
         main(
-            ["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / 'float.nii.gz'}", f"output={out}"]
+            [
+                "enhance",
+                f"checkpoint={sr_checkpoint}",
+                f"input={tmp_path / 'float.nii.gz'}",
+                f"output={out}",
+                "overwrite=true",
+            ]  # fmt: skip
         )
         == 0
     )
