@@ -369,7 +369,10 @@ def prepare_sr(
         raise ValueError(f"prepare_sr needs an SR spec; got a {spec.task} spec")
     image = _as_volume(data)
     if min(image.data.shape[1:]) < 2:
-        raise DataError(f"{image.source}: image of shape {image.data.shape[1:]} is too small to upsample")
+        raise DataError(
+            f"{image.source}: image of shape {image.data.shape[1:]} is too small to upsample "
+            "(at least 2x2 pixels)"
+        )
     halo = spec.sr.receptive_radius if halo is None else halo
     if crop is not None and crop <= 2 * halo and max(image.data.shape[1:]) > crop:
         height, width = image.data.shape[1:]

@@ -61,7 +61,7 @@ def _checked(data: np.ndarray, path: Path) -> np.ndarray:
     if data.size == 0:
         raise DataError(f"{path}: the image is empty (shape {data.shape})")
     if min(data.shape[1:]) < 2:
-        raise DataError(f"{path}: image of shape {data.shape[1:]} is too small")
+        raise DataError(f"{path}: image of shape {data.shape[1:]} is too small (at least 2x2 pixels)")
     bad = ~np.isfinite(data)
     if bad.any():
         raise DataError(f"{path}: {int(bad.sum())} NaN/Inf values in the image")
