@@ -103,17 +103,20 @@ def _student(stage: Stage, previous: Candidate, console: Console) -> tuple[nn.Mo
         return _existing_student(stage, previous, console)
     if not stage.student:  # a copy: the previous stage's model stays as that stage left it
         return copy.deepcopy(previous.model), previous.model_name, previous.model_options
-    if model_task(stage.student) != previous.spec.task:
-        raise ConfigError(
-            f"stages: student {stage.student!r} is a {model_task(stage.student)} model; "
-            f"the teacher is {previous.spec.task}"
-        )
+    _check_student_task("stages.student", stage.student, previous.spec)
     options = _student_options(stage, previous.spec)
     student = create_model(stage.student, **options)
     if stage.student_init == "teacher":
         shared, total = _init_from(student, previous)
         console.print(f"student starts from {previous.model_name}'s weights: {shared} of {total} tensors")
     return student, stage.student, options
+
+
+def _check_student_task(key: str, student: str, teacher: ModelSpec) -> None:
+    if model_task(student) != teacher.task:
+        raise ConfigError(
+            f"{key}={student!r} is a {model_task(student)} model; the teacher is {teacher.task}"
+        )
 
 
 def _student_options(stage: Stage, spec: ModelSpec) -> dict[str, Any]:
@@ -509,11 +512,7 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
         if stage.kind == "distill" and stage.student:
             # Built once here (small, seconds at most), so that an option of the wrong type or value
             # (iterations=abc, cg_iterations=0) is refused before out= is written, not hours later.
-            if model_task(stage.student) != spec.task:
-                raise ConfigError(
-                    f"stages.{index}.student={stage.student!r} is a {model_task(stage.student)} model; "
-                    f"the teacher is {spec.task}"
-                )
+            _check_student_task(f"stages.{index}.student", stage.student, spec)
             try:
                 create_model(stage.student, **_student_options(stage, spec))
             except ConfigError as exc:
