@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgesr.commands.compress import GATE_MISSED
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +45,10 @@ def main() -> int:
                        f"stages.0.steps={args.steps}"]  # fmt: skip
             if (out / "recipe.resolved.yaml").is_file():
                 command.append("resume=true")
-            subprocess.run(command, check=True, cwd=ROOT)
+            # A ratio whose model misses the quickstart's gate is a point of the curve all the same.
+            status = subprocess.run(command, cwd=ROOT).returncode
+            if status not in (0, GATE_MISSED):
+                raise SystemExit(f"edgesr compress failed at ratio {ratio} (exit status {status})")
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         machines[f"{ratio:g}"] = report["machine"]
         reference = next(r for r in report["runs"] if r["name"] == "teacher/torch/fp32")

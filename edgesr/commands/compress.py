@@ -1,7 +1,13 @@
 """``edgesr compress recipe=NAME|PATH [out=DIR] [resume=true] [key=value ...]``: run a compression recipe.
 
-The command's own keys are ``recipe``, ``out`` and ``resume``; every other ``key=value`` overrides the
-recipe (``stages.0.steps=200``, ``teacher=rdn-ct-x2``). See :mod:`edgesr.compress.runner`.
+The command's own keys are ``recipe``, ``out``, ``resume`` and ``card``; every other ``key=value``
+overrides the recipe (``stages.0.steps=200``, ``teacher=rdn-ct-x2``). See :mod:`edgesr.compress.runner`.
+
+Exit status: 0 when the final model meets the recipe's quality gate, ``GATE_MISSED`` (3) when it does
+not (the report is written all the same, with the best figures reached, and no model card is: a model
+outside its gate does not ship unless the gate itself is loosened, in the recipe or as
+``max_psnr_drop_db=...`` on the command line, which the resolved recipe and the card then record), 2
+for a user error.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from edgesr.compress.report import real_scan_psnr
 from edgesr.compress.runner import compress
 from edgesr.config import opt
 from edgesr.errors import ConfigError
+
+GATE_MISSED = 3  # the exit status of a run whose final model is outside the recipe's gate
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,15 @@ def run_compress(cfg: CompressConfig) -> int:
     from edgesr.data.dataset import open_or_prepare
 
     page = render(load_sources([out]), out, markdown=False, dataset=open_or_prepare(recipe.data_root))["html"]
-    if cfg.card:
+    gate = report["gate"]
+    if cfg.card and not gate["passed"]:
+        console.print(
+            f"[red]no model card written to {escape(cfg.card)}[/]: the final model is outside the recipe's "
+            "gate (below); to ship it anyway, loosen the gate explicitly (max_psnr_drop_db=..., "
+            "max_ssim_drop=...) and run again with resume=true (a quantize stage, whose remedies the gate "
+            "steers, is then redone: delete its folder first)"
+        )
+    elif cfg.card:
         from edgesr.compress.card import write_student_card
         from edgesr.data.dataset import PreparedDataset
 
@@ -87,7 +103,6 @@ def run_compress(cfg: CompressConfig) -> int:
     Console().print(table)
     if templates:
         console.print(f"templates (population averages, shown apart in report.md): {', '.join(templates)}")
-    gate = report["gate"]
     verdict = "[green]gate passed[/]" if gate["passed"] else "[red]gate missed[/]"
     on_real_scans = gate.get("scored_on") == "real_scans" and "all_slices" in gate
     every = gate.get("all_slices", {})
@@ -100,4 +115,4 @@ def run_compress(cfg: CompressConfig) -> int:
         + f" (limits -{gate['max_psnr_drop_db']} dB, -{gate['max_ssim_drop']}); "
         f"report: {escape(str(page))} (and report.md)"
     )  # fmt: skip
-    return 0
+    return 0 if gate["passed"] else GATE_MISSED

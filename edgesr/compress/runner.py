@@ -231,11 +231,17 @@ def _fingerprint(
     recipe: Recipe,
     dataset: PreparedDataset,
     started_from: dict[str, str],
+    *,
+    gate_in_every_stage: bool = False,
 ) -> str:
-    """What a finished stage was made from: its options, the previous model's weights, seed, gate and data.
+    """What a finished stage was made from: its options, the previous model's weights, seed and data, and
+    for a quantize stage the gate (which steers its remedies).
 
     A finished stage is reused (``resume=true``) only when this matches: a stage re-run with other
-    options, or an earlier stage re-run since, makes every later stage's fingerprint differ.
+    options, or an earlier stage re-run since, makes every later stage's fingerprint differ. Until
+    2026-12-01 every stage's fingerprint held the gate (``gate_in_every_stage``, still accepted on resume):
+    a distillation does not read it, and a run whose final model missed the gate is shipped by loosening
+    the gate and resuming, not by training again.
     """
     options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
     if not options["coils"]:  # added 2026-12-01: stages finished before keep their fingerprints
@@ -248,7 +254,11 @@ def _fingerprint(
         # stages keep their fingerprints).
         **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
         "seed": recipe.seed + index,
-        "gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop],
+        **(
+            {"gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop]}
+            if stage.kind == "quantize" or gate_in_every_stage
+            else {}
+        ),
         # Which slices judge the INT8 attempts (the quantize stage picks by it); only added when not
         # every slice, what stages were judged on before the key existed.
         **({"gate_on": recipe.gate_on} if stage.kind == "quantize" and recipe.gate_on != "all" else {}),
@@ -290,6 +300,10 @@ def _run_stage(
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
     fingerprint = _fingerprint(index, stage, previous, recipe, dataset, started_from)
+    # Stages finished before the gate left non-quantize fingerprints (see _fingerprint).
+    earlier_form = _fingerprint(
+        index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True
+    )
     if (folder / STAGE_DONE).is_file():
         if not resume:  # compress() checks this before it writes anything; kept here for direct callers
             raise ConfigError(
@@ -298,11 +312,12 @@ def _run_stage(
         done = json.loads((folder / STAGE_DONE).read_text(encoding="utf-8"))
         if "fingerprint" not in done:
             console.print(f"[yellow]{escape(str(folder))} predates stage fingerprints: reused unchecked[/]")
-        elif done["fingerprint"] != fingerprint:
+        elif done["fingerprint"] not in (fingerprint, earlier_form):
             raise ConfigError(
                 f"stages.{index}: {folder} was made with other options or from another model (the stage's "
-                "options, the previous stage's weights, the seed, the gate or the data set differ); delete "
-                "the folder to redo it with these, or choose another out="
+                "options, the previous stage's weights, the seed, the data set"
+                + (" or the gate" if stage.kind == "quantize" else "")
+                + " differ); delete the folder to redo it with these, or choose another out="
             )
         model, spec, meta = load_for_inference(model_dir)
         console.print(f"stage {index + 1} ({stage.kind}) finished earlier: {escape(str(model_dir))}")

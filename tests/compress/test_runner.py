@@ -732,3 +732,26 @@ def test_a_recon_student_of_compressed_coils_runs_on_fewer_virtual_coils(
     assert "stages.0.coils=3: only for a recon teacher" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="training on compressed coils is not built"):
         load_recipe(recipe, ["stages.0.coils=3", "stages.0.steps=5"])
+
+
+def test_a_missed_gate_exits_3_with_its_report_and_writes_no_card(
+    tiny_dataset, tiny_teacher, tmp_path, capsys
+):
+    """A final model outside the recipe's gate is not a success: the report (the best figures reached)
+    is written, the command exits with 3, and `card=` ships nothing unless the gate itself is loosened."""
+    from edgesr.commands.compress import GATE_MISSED
+
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out, card = tmp_path / "out", tmp_path / "tiny-edge"
+    # A gate no student meets: nothing lost at all (a learning rate this high spoils it for sure).
+    strict = ["max_psnr_drop_db=0", "max_ssim_drop=0", "stages.0.lr=0.05"]
+    assert main(["compress", f"recipe={recipe}", f"out={out}", f"card={card}", *strict]) == GATE_MISSED
+    said = capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"]["passed"] is False and "gate missed" in said
+    assert "no model card written" in said and not card.exists()
+    # Loosened on the command line (recorded in the resolved recipe), the same finished run ships.
+    assert main(["compress", f"recipe={recipe}", f"out={out}", f"card={card}", "resume=true",
+                 "max_psnr_drop_db=1000", "max_ssim_drop=2", "stages.0.lr=0.05"]) == 0  # fmt: skip
+    assert (card / "model_card.json").is_file()
+    assert "max_psnr_drop_db: 1000" in (out / "recipe.resolved.yaml").read_text()
