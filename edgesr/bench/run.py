@@ -30,7 +30,7 @@ from edgesr.bench.devices import DeviceProfile, check_present, pinned_cores
 from edgesr.bench.tegrastats import TegrastatsSampler
 from edgesr.bench.timing import machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
-from edgesr.data.dataset import PreparedDataset
+from edgesr.data.dataset import PreparedDataset, dataset_name
 from edgesr.data.sources import is_template
 from edgesr.errors import ConfigError
 from edgesr.evaluate import ReconProtocol, evaluate_model, score_predictor
@@ -163,6 +163,7 @@ def bench(
         },  # fmt: skip
         "machine": machine_info() | runtime_versions(),
         "dataset": {
+            "name": dataset_name(dataset.fingerprint["id"]),
             "split": "test",
             "max_slices_per_volume": profile.quality_slices,
             "sources": [v["name"] for v in volumes],

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,18 +63,85 @@ def machine_info() -> dict[str, Any]:
         "torch_cpu_memory_format": "channels_last",
         "python": platform.python_version(),
     }
+    flags = cpu_flags()
+    if flags is not None:
+        info["cpu_flags"] = flags
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    gpu = gpu_info()
+    if gpu:
+        info["gpu"] = gpu
     return info
 
 
+# The instruction sets that decide which kernels the runtimes pick (FP32 FMA, INT8 dot products, BF16 and
+# FP16 matrix units): what makes two CPUs' timings comparable or not. /proc/cpuinfo lists ~150 flags.
+RUNTIME_CPU_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "asimddp",
+    "sve", "sve2", "bf16", "i8mm",
+)  # fmt: skip
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """Which of :data:`RUNTIME_CPU_FLAGS` this CPU has (x86 ``flags``, Arm ``Features``), or None where
+    ``cpuinfo`` cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    present = set(match.group(1).split()) if match else set()
+    return [flag for flag in RUNTIME_CPU_FLAGS if flag in present]
+
+
+def gpu_info() -> dict[str, Any]:
+    """The CUDA device torch sees, its driver and CUDA versions, and a Jetson's L4T release (empty when
+    there is no CUDA device). The driver is read from the kernel module's own file, which needs no NVML."""
+    if not torch.cuda.is_available():
+        return {}
+    major, minor = torch.cuda.get_device_capability()
+    info: dict[str, Any] = {
+        "name": torch.cuda.get_device_name(),
+        "count": torch.cuda.device_count(),
+        "compute_capability": f"{major}.{minor}",
+        "cuda": torch.version.cuda,
+    }
+    driver = _first_match(Path("/proc/driver/nvidia/version"), NVIDIA_DRIVER)
+    if driver:
+        info["driver"] = driver
+    l4t = _first_match(Path("/etc/nv_tegra_release"), L4T_RELEASE)
+    if l4t:
+        info["l4t"] = l4t
+    return info
+
+
+# "NVRM version: NVIDIA UNIX [Open Kernel Module for] x86_64 [Kernel Module]  580.159.04  ..."
+NVIDIA_DRIVER = r"NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s"
+# "# R36 (release), REVISION: 4.3, GCID: ..., BOARD: ..." (JetPack's L4T release)
+L4T_RELEASE = r"^#\s*(R\d+.*?REVISION:\s*[\d.]+)"
+
+
+def _first_match(path: Path, pattern: str) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
 def runtime_versions() -> dict[str, str]:
-    """The versions of the export and runtime libraries that are installed (absent ones are left out)."""
-    versions = {}
-    for name in ("onnx", "onnxruntime", "openvino", "nncf"):
+    """The versions of torch and of the export and runtime libraries that are installed (absent ones are
+    left out): TensorRT's too, where it imports (a GPU machine, a Jetson)."""
+    versions: dict[str, str] = {"torch": str(torch.__version__)}
+    for name in ("onnx", "onnxruntime", "openvino", "nncf", "tensorrt"):
         try:
             module = __import__(name)
         except ImportError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - a broken install (e.g. CUDA libraries missing) is recorded
+            versions[name] = f"unusable: {type(exc).__name__}"
             continue
         versions[name] = str(getattr(module, "__version__", "?"))
     return versions

@@ -59,7 +59,16 @@ def run_compress(cfg: CompressConfig) -> int:
     # The page a person opens: the runs table, latency against PSNR and the per-stage chart.
     from edgesr.data.dataset import open_or_prepare
 
-    page = render(load_sources([out]), out, markdown=False, dataset=open_or_prepare(recipe.data_root))["html"]
+    written = render(load_sources([out]), out, markdown=False, dataset=open_or_prepare(recipe.data_root))
+    page = written["html"]
+    # report.md (the compress report's own) links the same plots the page embeds.
+    plots = [path.name for key, path in written.items() if key != "html"]
+    if plots:
+        from edgesr._io import write_text_atomic
+
+        text = (out / "report.md").read_text(encoding="utf-8").rstrip("\n")
+        links = "\n\n".join(f"![{name}]({name})" for name in plots)
+        write_text_atomic(out / "report.md", f"{text}\n\n## Plots\n\n{links}\n")
     gate = report["gate"]
     if cfg.card and not gate["passed"]:
         console.print(

@@ -31,7 +31,7 @@ from edgesr.bench.timing import latency_inputs, machine_info, runtime_versions
 from edgesr.bench.worker import measure_isolated
 from edgesr.compress.prune import count_macs_params
 from edgesr.compress.recipe import Recipe
-from edgesr.data.dataset import PreparedDataset
+from edgesr.data.dataset import PreparedDataset, dataset_name
 from edgesr.data.sources import is_template
 from edgesr.data.splits import EXTERNAL
 from edgesr.device import cpu_has_native_bf16
@@ -46,6 +46,29 @@ if TYPE_CHECKING:
 # (runtime, requested precision) for the teacher and for the final float model.
 TEACHER_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"))
 FINAL_FLOAT_RUNS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "default"), ("openvino", "fp32"))
+
+
+def schema_precision(requested: str, executed: str) -> dict[str, str]:
+    """A run's ``precision`` (fp32, bf16, fp16 or int8), with ``requested_precision`` beside it when the
+    runtime was asked for its ``default``: OpenVINO's default is BF16 on a CPU with BF16 units and FP32
+    elsewhere, so the run is what the runtime executed (``executed_precision``, e.g. ``bf16`` or
+    ``int8+bf16``, says the details). The run's name keeps ``default``, the request."""
+    if requested != "default":
+        return {"precision": requested}
+    floats = [part for part in executed.split("+") if part in ("bf16", "fp16")]
+    return {"precision": floats[0] if floats else "fp32", "requested_precision": requested}
+
+
+def model_size_mb(path: Path) -> float:
+    """A run's model on disk: a checkpoint folder's safetensors, an ONNX file with its external data, an
+    OpenVINO IR's .xml and .bin. (Single-stream latency only here: ``edgesr bench`` adds throughput.)"""
+    if path.is_dir():
+        files = list(path.glob("*.safetensors"))
+    elif path.suffix == ".xml":
+        files = [path, path.with_suffix(".bin")]
+    else:
+        files = [path, path.with_name(path.name + ".data")]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def final_float_runs() -> tuple[tuple[str, str], ...]:
@@ -168,7 +191,9 @@ def build_report(
                          "error": str(exc)})  # fmt: skip
             continue
         runs.append(
-            {"name": label, "model": role, "runtime": runtime, "precision": precision, **timing,
+            {"name": label, "model": role, "runtime": runtime,
+             **schema_precision(precision, timing["executed_precision"]), **timing,
+             "size_mb": round(model_size_mb(Path(model_ref)), 3),
              "psnr": scores["psnr"], "ssim": scores["ssim"],
              "gradient_energy_ratio": scores["gradient_energy_ratio"], "by_source": scores["by_source"]}
         )  # fmt: skip
@@ -232,7 +257,8 @@ def build_report(
     return {
         "recipe": json.loads(json.dumps(_asdict(recipe))),
         "task": teacher.spec.task,
-        "dataset": {"sources": [v["name"] for v in scored], "split": split, "max_slices_per_volume": slices,
+        "dataset": {"name": dataset_name(dataset.fingerprint["id"]),
+                    "sources": [v["name"] for v in scored], "split": split, "max_slices_per_volume": slices,
                     "images": int(evaluation["results"][0]["slices"]),
                     # The fingerprint: which files and splits the figures come from.
                     "fingerprint": dataset.fingerprint["id"],

@@ -128,6 +128,11 @@ _TOP_LEVEL = {"version": int, "created_by": str, "split_policy": dict, "volumes"
 _VOLUME_TEXT = ("name", "modality", "description", "package", "license", "input_path", "input_sha256", "file")
 
 
+def dataset_name(fingerprint_id: str) -> str:
+    """What reports call a prepared data set: its fingerprint names exactly which files and splits."""
+    return f"edgesr-data-{fingerprint_id}"
+
+
 def _check_manifest(manifest: Any) -> None:
     """The structure every reader of a manifest relies on; raises ``ValueError`` saying what is wrong."""
     if not isinstance(manifest, dict):

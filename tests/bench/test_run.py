@@ -33,12 +33,18 @@ def test_bench_times_an_artifact_beside_its_source_and_scores_it_in_the_same_run
     assert run["malloc"] == "steady"  # the worker keeps freed memory in the heap (steady-state timing)
     assert {b["name"] for b in result["baselines"]} == {"bicubic", "zero-fill"} and run["psnr"] > 0
     assert set(result["dataset"]["input_sha256"]) == {"fake-mr"} and result["machine"]["cpu"]
+    assert result["dataset"]["name"] == f"edgesr-data-{tiny_dataset.fingerprint['id']}"
+    assert run["runtime_version"] == result["machine"]["onnxruntime"]
+    if os.path.exists("/proc/cpuinfo"):
+        assert isinstance(result["machine"]["cpu_flags"], list)
 
     # The torch checkpoint on the torch profile; an artifact on the wrong runtime is refused by name.
     assert (
         main(["bench", f"checkpoint={tiny_checkpoint}", "device=cpu-torch", f"out={tmp_path / 'b2'}", *fast])
         == 0
     )
+    torch_run = json.loads((tmp_path / "b2" / "bench.json").read_text())["runs"][0]
+    assert torch_run["runtime_version"] == torch.__version__
     assert main(["bench", f"checkpoint={tiny_checkpoint}", "device=cpu-openvino", *fast]) == 2
     assert "Export it first" in capsys.readouterr().err
 
@@ -106,3 +112,27 @@ def test_pinning_takes_the_first_usable_cores_or_the_listed_ones():
         pinned_cores(load_device("cpu-openvino", ["threads=1", "cores=[4096]"]))
     with pytest.raises(ConfigError, match="cores are usable here"):
         pinned_cores(load_device("cpu-openvino", [f"threads={len(allowed) + 1}"]))
+
+
+def test_the_machine_record_reads_cpu_flags_driver_and_jetson_release(tmp_path):
+    """What makes two timings comparable: the CPU's matrix and vector units, the NVIDIA driver (both
+    forms of the kernel module's version line) and a Jetson's L4T release."""
+    import re
+
+    from edgesr.bench.timing import L4T_RELEASE, NVIDIA_DRIVER, cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512_bf16 "
+        "avx512_vnni\n"
+    )
+    assert cpu_flags(x86) == ["sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sha512 uscat ilrcpc flagm\n")
+    assert cpu_flags(arm) == ["asimd", "asimddp"]
+    assert cpu_flags(tmp_path / "absent") is None
+    closed = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+    opened = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs)\n"
+    assert [re.search(NVIDIA_DRIVER, t).group(1) for t in (closed, opened)] == ["535.104.05", "580.159.04"]
+    tegra = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan\n"
+    assert re.search(L4T_RELEASE, tegra, re.MULTILINE).group(1) == "R36 (release), REVISION: 4.3"

@@ -330,6 +330,11 @@ def test_a_quantize_recipe_reports_every_runtime_and_resumes(tiny_dataset, tmp_p
     for run in report["runs"]:
         assert {"p50", "p90", "p99", "mean"} <= run["latency_ms"].keys() and run["peak_memory_mb"] >= 0
         assert {"psnr", "ssim", "psnr_vs_teacher_db", "speedup_vs_teacher_torch_fp32"} <= run.keys()
+        assert run["precision"] in ("fp32", "bf16", "fp16", "int8") and run["size_mb"] > 0
+    # OpenVINO asked for its default runs what it executes (BF16 on a CPU with BF16 units, else FP32).
+    default = by_name["teacher/openvino/default"]
+    assert default["requested_precision"] == "default"
+    assert default["precision"] == ("bf16" if "bf16" in default["executed_precision"] else "fp32")
     assert by_name["teacher/onnxruntime/fp32"]["psnr"] == pytest.approx(
         by_name["teacher/torch/fp32"]["psnr"], abs=0.01
     )

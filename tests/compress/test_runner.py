@@ -65,6 +65,8 @@ def test_a_distillation_recipe_runs_resumes_and_reports(
         assert len(run["cpu_affinity"]) == run["threads"]  # timed pinned to `threads` cores
         assert run["malloc"] == "steady"  # freed memory kept in the heap: the steady state is timed
         assert run["gradient_energy_ratio"] > 0 and "sharpness" in (out / "report.md").read_text()
+        assert run["size_mb"] > 0  # the checkpoint's safetensors
+    assert report["dataset"]["name"] == f"edgesr-data-{tiny_dataset.fingerprint['id']}"
     assert report["runs"][0]["sharpness_vs_teacher"] == 1.0  # the teacher against itself
     # Scored in BF16 (not a copy of the FP32 figures), and a candidate for the fastest torch run.
     student_fp32, student_bf16 = report["runs"][1:]
@@ -87,6 +89,7 @@ def test_a_distillation_recipe_runs_resumes_and_reports(
     # The page a person opens, with its plots embedded.
     assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 3
     assert (out / "images_out.png").is_file()  # input, teacher, student, reference and error maps
+    assert "![latency_psnr.png](latency_psnr.png)" in (out / "report.md").read_text()  # the same plots
     # The stage's model carries the teacher's contract with its own receptive radius.
     model, spec, meta = load_for_inference(out / "1-distill" / "model")
     assert spec.sr is not None and spec.sr.scale == 2 and meta["model"] == "rdn_tiny"
