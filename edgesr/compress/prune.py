@@ -280,13 +280,17 @@ def _tp_importance(importance: str) -> tp.importance.Importance:
     return tp.importance.LAMPImportance(p=2)
 
 
-def _check_options(ratio: float | None, target_macs: float | None, importance: str, round_to: int) -> None:
-    if (ratio is None) == (target_macs is None):
-        raise ValueError("give exactly one of ratio and target_macs")
+def _check_options(
+    ratio: float | None, targets: dict[str, float | None], importance: str, round_to: int
+) -> None:
+    given = [name for name, value in {"ratio": ratio, **targets}.items() if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of ratio, {', '.join(targets)}; got {', '.join(given) or 'none'}")
     if ratio is not None and not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be in (0, 1); got {ratio}")
-    if target_macs is not None and not target_macs > 0:
-        raise ValueError(f"target_macs must be positive; got {target_macs}")
+    for name, value in targets.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive; got {value}")
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}; got {importance!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -387,6 +391,7 @@ def prune(
     *,
     ratio: float | None = None,
     target_macs: float | None = None,
+    target_params: float | None = None,
     importance: str = "l1",
     round_to: int = 1,
     ignored: Sequence[str] = (),
@@ -402,6 +407,8 @@ def prune(
         ratio: fraction of each prunable layer's output channels to remove, in (0, 1).
         target_macs: instead of ``ratio``, the MACs (on ``example_inputs``) to reach: the smallest
             ratio that reaches them is found by bisection.
+        target_params: instead of ``ratio``, the parameter count to reach, found the same way (what
+            a memory-bound device or a size budget asks for; latency follows MACs more closely).
         importance: ``"l1"``/``"l2"`` (weight magnitude), ``"taylor"`` (``|w * dL/dw|`` with ``loss_fn``,
             or the output energy ``mean(out^2)`` as a data-free proxy when there is none), ``"lamp"``
             (LAMP scores; with per-layer ratios they rank channels as ``"l2"`` does).
@@ -416,9 +423,9 @@ def prune(
         :func:`edgesr.models._shapes.shape_changes`.
 
     Raises:
-        ValueError: an option is out of range (names it), or ``target_macs`` cannot be reached.
+        ValueError: an option is out of range (names it), or the target cannot be reached.
     """
-    _check_options(ratio, target_macs, importance, round_to)
+    _check_options(ratio, {"target_macs": target_macs, "target_params": target_params}, importance, round_to)
     ignored = (ignored,) if isinstance(ignored, str) else tuple(ignored)
     names = {name for name, _ in model.named_modules()}
     unknown = [name for name in ignored if name not in names]
@@ -433,24 +440,32 @@ def prune(
                 f"rounds up to all its channels (layer widths {widths}); raise the ratio or lower round_to"
             )
         return pruned
-    assert target_macs is not None
-    unpruned = count_macs_params(model, example_inputs)[0]
-    if unpruned <= target_macs:  # the bisection would settle on a ratio that removes nothing
+    # A target: the smallest ratio that reaches it, by bisection (MACs and parameters both fall
+    # monotonically as the ratio grows).
+    index, target, what = (
+        (0, target_macs, "target_macs") if target_macs is not None else (1, target_params, "target_params")
+    )
+    assert target is not None
+    unit = "MACs (counted on the example input)" if index == 0 else "parameters"
+
+    def size(candidate: nn.Module) -> float:
+        return float(count_macs_params(candidate, example_inputs)[index])
+
+    unpruned = size(model)
+    if unpruned <= target:  # the bisection would settle on a ratio that removes nothing
         raise ValueError(
-            f"target_macs={target_macs:.4g} is not below the unpruned model's {unpruned:.4g} MACs "
-            "(counted on the example input): nothing to prune"
+            f"{what}={target:.4g} is not below the unpruned model's {unpruned:.4g} {unit}: nothing to prune"
         )
     low, high = 0.0, 0.99
     best = _prune_at(model, example_inputs, high, importance, round_to, ignored, loss_fn)
-    if count_macs_params(best, example_inputs)[0] > target_macs:
+    if size(best) > target:
         raise ValueError(
-            f"target_macs={target_macs:.4g} is out of reach: pruning 99% of the channels leaves "
-            f"{count_macs_params(best, example_inputs)[0]:.4g} MACs"
+            f"{what}={target:.4g} is out of reach: pruning 99% of the channels leaves {size(best):.4g} {unit}"
         )
-    for _ in range(12):  # bisection on the ratio; MACs fall monotonically as the ratio grows
+    for _ in range(12):
         middle = (low + high) / 2
         candidate = _prune_at(model, example_inputs, middle, importance, round_to, ignored, loss_fn)
-        if count_macs_params(candidate, example_inputs)[0] <= target_macs:
+        if size(candidate) <= target:
             high, best = middle, candidate
         else:
             low = middle

@@ -61,6 +61,9 @@ class Stage:
         0.0,
         "prune: prune until the MACs per latency_size output (as report.md counts) fall to this (0: ratio)",
     )
+    target_params: float = opt(
+        0.0, "prune: prune until the parameter count falls to this (0: ratio; not with target_macs)"
+    )
     importance: str = opt("l1", f"prune: channel importance, {', '.join(IMPORTANCES)}")
     round_to: int = opt(8, "prune: keep channel counts multiples of this (the CPU's matrix units want 8-32)")
     keep_blocks: list[int] = opt(
@@ -176,7 +179,10 @@ class Stage:
         check_choice("stages.select_by", self.select_by, ("target", "teacher"))
         check_range("stages.round_to", self.round_to, low=1)
         check_range("stages.target_macs", self.target_macs, low=0.0)
-        if not self.target_macs and not 0 < self.ratio < 1:
+        check_range("stages.target_params", self.target_params, low=0.0)
+        if self.target_macs and self.target_params:
+            raise ConfigError("stages.target_macs and stages.target_params: give one target, not both")
+        if not (self.target_macs or self.target_params) and not 0 < self.ratio < 1:
             raise ConfigError(f"stages.ratio={self.ratio} must lie in (0, 1)")
         check_range("stages.batch_size", self.batch_size, low=1)
         check_range("stages.eval_every", self.eval_every, low=1)

@@ -244,8 +244,9 @@ def _fingerprint(
     the gate and resuming, not by training again.
     """
     options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
-    if not options["coils"]:  # added 2026-12-01: stages finished before keep their fingerprints
-        del options["coils"]
+    for added in ("coils", "target_params"):  # added 2026-12-01: stages finished before keep theirs
+        if not options[added]:
+            del options[added]
     device, trains = pick_device(recipe.device), stage.kind != "quantize" and stage.steps > 0
     made_of = {
         "stage": options,
@@ -339,8 +340,10 @@ def _run_stage(
         example = tuple(latency_inputs(previous.spec, recipe.latency_size).values())
         try:
             student = prune(
-                previous.model, example, ratio=None if stage.target_macs else stage.ratio,
-                target_macs=stage.target_macs or None, importance=stage.importance, round_to=stage.round_to,
+                previous.model, example,
+                ratio=None if stage.target_macs or stage.target_params else stage.ratio,
+                target_macs=stage.target_macs or None, target_params=stage.target_params or None,
+                importance=stage.importance, round_to=stage.round_to,
             )  # fmt: skip
             if stage.keep_blocks:  # then depth: fewer dense blocks (their channels already pruned)
                 student = keep_blocks(student, stage.keep_blocks)

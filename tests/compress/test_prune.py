@@ -155,6 +155,20 @@ def test_target_macs() -> None:
         prune(model, inputs, target_macs=2 * macs)
 
 
+def test_target_params_and_exactly_one_target() -> None:
+    model = _random_model("rdn_tiny", {"scale": 2})
+    inputs = _inputs(model)
+    _, params = count_macs_params(model, inputs)
+    pruned = prune(model, inputs, target_params=0.5 * params)
+    _, pruned_params = count_macs_params(pruned, inputs)
+    assert 0.3 * params <= pruned_params <= 0.5 * params
+    assert sum(p.numel() for p in pruned.parameters()) == pruned_params
+    with pytest.raises(ValueError, match="not below the unpruned model's .* parameters"):
+        prune(model, inputs, target_params=2 * params)
+    with pytest.raises(ValueError, match="give exactly one of ratio, target_macs, target_params"):
+        prune(model, inputs, ratio=0.5, target_params=0.5 * params)
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "lamp"])
 def test_importances(importance: str) -> None:
     model = _random_model("srgan_tiny", {})
@@ -181,8 +195,9 @@ def test_taylor_with_loss_fn_differs_from_magnitude_only_in_choice() -> None:
         ({"ratio": 0.0}, "ratio"),
         ({"ratio": 1.0}, "ratio"),
         ({"ratio": -0.5}, "ratio"),
-        ({"ratio": 0.5, "target_macs": 1e6}, "ratio and target_macs"),
-        ({}, "ratio and target_macs"),
+        ({"ratio": 0.5, "target_macs": 1e6}, "exactly one of ratio, target_macs, target_params"),
+        ({}, "exactly one of ratio, target_macs, target_params; got none"),
+        ({"target_params": 0.0}, "target_params must be positive"),
         ({"target_macs": -1.0}, "target_macs"),
         ({"ratio": 0.5, "importance": "fisher"}, "importance"),
         ({"ratio": 0.5, "round_to": 0}, "round_to"),

@@ -544,6 +544,19 @@ def test_distill_then_prune_chain_and_the_pruned_model_reloads(tiny_dataset, tin
         load_recipe(recipe, ["stages.0.kind=prune", "stages.0.ratio=1.5"])
 
 
+def test_a_prune_stage_reaches_a_parameter_target(tiny_dataset, tiny_teacher, tmp_path):
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    teacher, _, _ = load_for_inference(tiny_teacher)
+    budget = sum(p.numel() for p in teacher.parameters()) // 2
+    short = "steps: 2, batch_size: 2, patch: 8, eval_every: 2, warmup: 1"
+    stage = f"stages=[{{kind: prune, target_params: {budget}, round_to: 1, {short}}}]"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'small'}", stage]) == 0
+    [pruned] = json.loads((tmp_path / "small" / "report.json").read_text())["stages"]
+    assert 0.6 * budget <= pruned["params"] <= budget
+    with pytest.raises(ConfigError, match="give one target, not both"):
+        load_recipe(recipe, ["stages.0.kind=prune", "stages.0.target_params=100", "stages.0.target_macs=1e6"])
+
+
 def test_a_prune_stage_can_remove_dense_blocks_too_and_the_shallow_model_reloads(
     tiny_dataset, tiny_teacher, tmp_path, capsys
 ):
