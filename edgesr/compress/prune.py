@@ -315,6 +315,7 @@ def _prune_at(
     round_to: int,
     ignored: Sequence[str],
     loss_fn: Callable[[Any], torch.Tensor] | None,
+    taylor_loss: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> nn.Module:
     """One pruning pass at a fixed channel ratio, on a copy of ``model``."""
     model = copy.deepcopy(model)
@@ -324,8 +325,11 @@ def _prune_at(
     if importance == "taylor":
         model.zero_grad()
         with torch.enable_grad():
-            output = model(*example_inputs)
-            loss = loss_fn(output) if loss_fn is not None else _output_energy(output)
+            if taylor_loss is not None:
+                loss = taylor_loss(model)
+            else:
+                output = model(*example_inputs)
+                loss = loss_fn(output) if loss_fn is not None else _output_energy(output)
             loss.backward()
     calls = _trace(model, example_inputs)
 
@@ -396,6 +400,7 @@ def prune(
     round_to: int = 1,
     ignored: Sequence[str] = (),
     loss_fn: Callable[[Any], torch.Tensor] | None = None,
+    taylor_loss: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> nn.Module:
     """A channel-pruned copy of ``model`` (``model`` itself is not changed).
 
@@ -416,7 +421,12 @@ def prune(
             PixelShuffle convs keep a multiple of ``round_to`` groups of ``r^2``.
         ignored: module names (with everything inside them) whose output channels stay as they are;
             their inputs still follow the layers that feed them.
-        loss_fn: for ``"taylor"``: maps the model's output to a scalar loss.
+        loss_fn: for ``"taylor"``: maps the model's output on ``example_inputs`` to a scalar loss.
+        taylor_loss: for ``"taylor"``, instead of ``loss_fn``: the loss of a model (the copy being
+            pruned) on real data, e.g. the distillation loss to the teacher on training batches; the
+            gradients it leaves score the channels. ``edgesr compress`` passes this (see
+            :func:`edgesr.compress.runner`), so Taylor scores come from the task, not from the latency
+            input.
 
     Returns:
         The pruned model, in ``model``'s train/eval mode, its widths describable by
@@ -432,7 +442,7 @@ def prune(
     if unknown:
         raise ValueError(f"ignored names no module of the model: {', '.join(map(repr, unknown))}")
     if ratio is not None:
-        pruned = _prune_at(model, example_inputs, ratio, importance, round_to, ignored, loss_fn)
+        pruned = _prune_at(model, example_inputs, ratio, importance, round_to, ignored, loss_fn, taylor_loss)
         if sum(p.numel() for p in pruned.parameters()) == sum(p.numel() for p in model.parameters()):
             widths = sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)})
             raise ValueError(
@@ -457,14 +467,16 @@ def prune(
             f"{what}={target:.4g} is not below the unpruned model's {unpruned:.4g} {unit}: nothing to prune"
         )
     low, high = 0.0, 0.99
-    best = _prune_at(model, example_inputs, high, importance, round_to, ignored, loss_fn)
+    best = _prune_at(model, example_inputs, high, importance, round_to, ignored, loss_fn, taylor_loss)
     if size(best) > target:
         raise ValueError(
             f"{what}={target:.4g} is out of reach: pruning 99% of the channels leaves {size(best):.4g} {unit}"
         )
     for _ in range(12):
         middle = (low + high) / 2
-        candidate = _prune_at(model, example_inputs, middle, importance, round_to, ignored, loss_fn)
+        candidate = _prune_at(
+            model, example_inputs, middle, importance, round_to, ignored, loss_fn, taylor_loss
+        )
         if size(candidate) <= target:
             high, best = middle, candidate
         else:

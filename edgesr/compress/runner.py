@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from torch import nn
 
 from edgesr._io import write_json_atomic, write_text_atomic
 from edgesr.bench.timing import latency_inputs
-from edgesr.compress.distill import DistillSettings, distill, teacher_training_data
+from edgesr.compress.distill import DistillSettings, distill, distillation_batches, teacher_training_data
 from edgesr.compress.prune import keep_blocks, prune
 from edgesr.compress.recipe import Recipe, Stage, stage_folder_name
 from edgesr.compress.report import build_report, render_markdown
@@ -338,12 +339,17 @@ def _run_stage(
         name, options = previous.model_name, previous.model_options
         # At the report's output size, so that a target_macs read off report.md means the same MACs.
         example = tuple(latency_inputs(previous.spec, recipe.latency_size).values())
+        taylor = (
+            _taylor_loss(stage, previous, teacher, recipe.seed + index, dataset)
+            if stage.importance == "taylor"
+            else None
+        )
         try:
             student = prune(
                 previous.model, example,
                 ratio=None if stage.target_macs or stage.target_params else stage.ratio,
                 target_macs=stage.target_macs or None, target_params=stage.target_params or None,
-                importance=stage.importance, round_to=stage.round_to,
+                importance=stage.importance, round_to=stage.round_to, taylor_loss=taylor,
             )  # fmt: skip
             if stage.keep_blocks:  # then depth: fewer dense blocks (their channels already pruned)
                 student = keep_blocks(student, stage.keep_blocks)
@@ -399,6 +405,41 @@ def _run_stage(
     )  # fmt: skip
     _mark_done(folder, stage, name, started - earlier, fingerprint)
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
+
+
+TAYLOR_BATCHES = 4  # training batches whose loss gradients score the channels (Taylor importance)
+
+
+def _taylor_loss(
+    stage: Stage, previous: Candidate, teacher: Candidate, seed: int, dataset: PreparedDataset
+) -> Callable[[nn.Module], torch.Tensor]:
+    """The prune stage's own objective on a few of its training batches, for Taylor importance: the
+    stage's weights on the teacher's output and on the ground truth (L1), as its fine-tuning weighs
+    them. Channels whose removal would change that loss least go first."""
+    theirs, ours = teacher.spec.recon, previous.spec.recon
+    if theirs is not None and ours is not None and theirs.coils != ours.coils:
+        raise ConfigError(
+            f"importance: taylor scores channels on the teacher's batches ({theirs.coils} coils), but the "
+            f"model to prune takes {ours.coils}; use l1, l2 or lamp"
+        )
+    settings = _distill_settings(stage, seed=seed, teacher=teacher)
+    stream = distillation_batches(teacher.spec, dataset, settings)
+    batches = []
+    with torch.no_grad():
+        for step in range(TAYLOR_BATCHES):
+            batch = stream.batch(step)
+            inputs = tuple(batch[:2] if teacher.spec.sr is not None else batch[:3])  # SR: lr, base
+            batches.append((inputs, teacher.model(*inputs), batch[-1]))  # the last: hr or target
+
+    def loss(model: nn.Module) -> torch.Tensor:
+        total = torch.zeros(())
+        for inputs, teacher_output, target in batches:
+            output = model(*inputs)
+            total = total + stage.output_weight * (output - teacher_output).abs().mean()
+            total = total + stage.target_weight * (output - target).abs().mean()
+        return total / len(batches)
+
+    return loss
 
 
 def _batches_record(settings: DistillSettings) -> dict[str, Any]:

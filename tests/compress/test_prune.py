@@ -169,6 +169,23 @@ def test_target_params_and_exactly_one_target() -> None:
         prune(model, inputs, ratio=0.5, target_params=0.5 * params)
 
 
+def test_taylor_scores_come_from_the_given_loss_on_a_copy() -> None:
+    """`edgesr compress` scores Taylor importance with the stage's loss on training batches: the loss
+    sees the copy being pruned (its gradients score the channels), never the caller's model."""
+    model = _random_model("rdn_tiny", {"scale": 2})
+    inputs = _inputs(model)
+    seen: list[nn.Module] = []
+
+    def loss(copy: nn.Module) -> torch.Tensor:
+        seen.append(copy)
+        return copy(*inputs).abs().mean()
+
+    pruned = prune(model, inputs, ratio=0.5, importance="taylor", taylor_loss=loss)
+    assert len(seen) == 1 and seen[0] is not model
+    assert all(p.grad is None for p in model.parameters()) and torch.isfinite(_output(pruned, inputs)).all()
+    assert prune(model, inputs, ratio=0.5, importance="l1", taylor_loss=loss) is not None and len(seen) == 1
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "lamp"])
 def test_importances(importance: str) -> None:
     model = _random_model("srgan_tiny", {})

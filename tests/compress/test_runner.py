@@ -544,7 +544,7 @@ def test_distill_then_prune_chain_and_the_pruned_model_reloads(tiny_dataset, tin
         load_recipe(recipe, ["stages.0.kind=prune", "stages.0.ratio=1.5"])
 
 
-def test_a_prune_stage_reaches_a_parameter_target(tiny_dataset, tiny_teacher, tmp_path):
+def test_a_prune_stage_reaches_a_parameter_target(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
     teacher, _, _ = load_for_inference(tiny_teacher)
     budget = sum(p.numel() for p in teacher.parameters()) // 2
@@ -553,6 +553,15 @@ def test_a_prune_stage_reaches_a_parameter_target(tiny_dataset, tiny_teacher, tm
     assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'small'}", stage]) == 0
     [pruned] = json.loads((tmp_path / "small" / "report.json").read_text())["stages"]
     assert 0.6 * budget <= pruned["params"] <= budget
+    # Taylor importance scores channels with the stage's loss on its training batches.
+    calls = []
+    real = runner._taylor_loss
+    monkeypatch.setattr(runner, "_taylor_loss", lambda *a: calls.append(a) or real(*a))
+    taylor = f"stages=[{{kind: prune, ratio: 0.5, importance: taylor, round_to: 1, {short}}}]"
+    assert main(["compress", f"recipe={recipe}", f"out={tmp_path / 'taylor'}", taylor]) == 0
+    [(stage, previous, teacher_candidate, _, dataset)] = calls
+    loss = real(stage, previous, teacher_candidate, 0, dataset)(teacher_candidate.model)
+    assert 0 < loss.item() < float("inf")
     with pytest.raises(ConfigError, match="give one target, not both"):
         load_recipe(recipe, ["stages.0.kind=prune", "stages.0.target_params=100", "stages.0.target_macs=1e6"])
 
