@@ -159,18 +159,22 @@ class DeepComplexMRI(nn.Module):
 
 
 @register_model("recon")
-def deepcomplex(*, coils: int = 8) -> DeepComplexMRI:
-    """The paper-size network: 10 blocks of 5 complex conv layers with 64 complex channels."""
-    return DeepComplexMRI(coils=coils, blocks=10, features=64, layers=5)
+def deepcomplex(*, coils: int = 8, blocks: int = 10) -> DeepComplexMRI:
+    """The paper-size network: 10 blocks of 5 complex conv layers with 64 complex channels.
+
+    ``blocks`` is the number of cascades (a complex block, then k-space data consistency): a student
+    of fewer cascades starts from the teacher's first ones (``student_init: teacher``).
+    """
+    return DeepComplexMRI(coils=coils, blocks=blocks, features=64, layers=5)
 
 
 @register_model("recon")
-def deepcomplex_small(*, coils: int = 8) -> DeepComplexMRI:
+def deepcomplex_small(*, coils: int = 8, blocks: int = 5) -> DeepComplexMRI:
     """CPU-trainable: 5 blocks of 4 complex conv layers with 32 complex channels."""
-    return DeepComplexMRI(coils=coils, blocks=5, features=32, layers=4)
+    return DeepComplexMRI(coils=coils, blocks=blocks, features=32, layers=4)
 
 
 @register_model("recon")
-def deepcomplex_tiny(*, coils: int = 4) -> DeepComplexMRI:
+def deepcomplex_tiny(*, coils: int = 4, blocks: int = 2) -> DeepComplexMRI:
     """For tests: 2 blocks of 2 complex conv layers with 4 complex channels."""
-    return DeepComplexMRI(coils=coils, blocks=2, features=4, layers=2)
+    return DeepComplexMRI(coils=coils, blocks=blocks, features=4, layers=2)

@@ -9,7 +9,7 @@ from edgesr.models import create_model, list_models, model_task, register_model
 from edgesr.models.deepcomplex import ComplexConv2d
 from edgesr.models.srgan import Discriminator
 from edgesr.physics.coils import simulate_coil_maps
-from edgesr.physics.fft import from_complex, to_complex
+from edgesr.physics.fft import from_complex, ifft2c, to_complex
 from edgesr.physics.masks import cartesian_mask
 
 
@@ -75,6 +75,28 @@ def test_deepcomplex_rejects_wrong_coil_count():
     model = create_model("deepcomplex_tiny", coils=4)
     with pytest.raises(ValueError, match="for 4 coils"):
         model(*_recon_inputs(6))
+
+
+def test_a_deepcomplex_student_of_fewer_cascades_starts_from_the_teachers_first_ones():
+    """``blocks`` (cascades of a complex block and data consistency) is a student option; a student
+    of fewer starts from the teacher's first cascades, which is also how the teacher begins."""
+    from edgesr.compress.runner import Candidate, _init_from
+
+    teacher = create_model("deepcomplex_tiny", coils=4, blocks=3).eval()
+    for parameter in teacher.parameters():  # not the identity-initialised start
+        torch.nn.init.normal_(parameter, std=0.1)
+    student = create_model("deepcomplex_tiny", coils=4, blocks=1).eval()
+    assert len(student.blocks) == len(student.consistency) == 1
+    shared, total = _init_from(student, Candidate("teacher", teacher, "deepcomplex_tiny", {}, None, None))  # type: ignore[arg-type]
+    assert shared == total
+    kspace, mask, maps = _recon_inputs(4)
+    x = ifft2c(kspace * mask)
+    with torch.no_grad():
+        first = teacher.consistency[0](teacher.blocks[0](x), kspace, mask)
+        expected = from_complex((to_complex(first) * to_complex(maps).conj()).sum(dim=1, keepdim=True))
+        torch.testing.assert_close(student(kspace, mask, maps), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="blocks"):
+        create_model("deepcomplex_tiny", blocks=0)
 
 
 def test_deepcomplex_coil_images_combine_to_its_output():
