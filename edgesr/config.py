@@ -203,8 +203,8 @@ def parse_overrides(
         except OmegaConfBaseException:
             parse_overrides(cls, (), base=base, source=source)  # raises, naming the file
         where = " (set on the command line)"
+    merged = schema
     try:
-        merged = schema
         if base is not None:
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(base)))
         # A dotlist turns ``stages.0.steps`` into a mapping with key "0", which cannot merge into a
@@ -235,10 +235,32 @@ def parse_overrides(
         if message.startswith("Incompatible value 'None'"):  # `key=` with nothing after the '='
             message = "it is empty; give a value after the '='"
         raise ConfigError(f"bad value for '{full_key}'{where}: {message}") from None
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        raise _name_the_item(cls, merged, exc) from None
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
-        raise ConfigError(f"{exc}{where}") from None
+        raise _name_the_item(cls, merged, ConfigError(f"{exc}{where}")) from None
+
+
+def _name_the_item(cls: type, merged: Any, error: ConfigError) -> ConfigError:
+    """``error`` with the index of the list item it is about: a list item's own checks
+    (``Stage.__post_init__``) name their keys ``stages.KEY`` without knowing their index, so the first
+    item that fails alone gives it (``stages.1.importance``)."""
+    message = str(error)
+    for field in dataclasses.fields(cls):
+        item_class = _list_item_class(cls, field.name)
+        unindexed = re.compile(rf"\b{re.escape(field.name)}\.(?!\d)")
+        if item_class is None or not unindexed.search(message):
+            continue
+        try:
+            items = OmegaConf.to_container(merged).get(field.name) or []  # type: ignore[union-attr]
+        except OmegaConfBaseException:
+            return error
+        for index, item in enumerate(items):
+            try:
+                OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(item_class), item))
+            except (ConfigError, ValueError, TypeError, OmegaConfBaseException):
+                return ConfigError(unindexed.sub(f"{field.name}.{index}.", message))
+    return error
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:

@@ -419,9 +419,9 @@ def test_a_quantize_stage_must_come_last(tmp_path):
     path.write_text("stages:\n  - kind: quantize\n  - kind: distill\n    student: rdn_tiny\n")
     with pytest.raises(ConfigError, match="stages.0: a quantize stage must be the last"):
         load_recipe(str(path))
-    with pytest.raises(ConfigError, match="stages.remedies"):
+    with pytest.raises(ConfigError, match="stages.1.remedies"):
         load_recipe("quickstart", ["stages.1.remedies=[sparsify]"])
-    with pytest.raises(ConfigError, match="stages.runtimes"):
+    with pytest.raises(ConfigError, match="stages.1.runtimes"):
         load_recipe("quickstart", ["stages.1.runtimes=[tflite]"])
 
 

@@ -258,7 +258,7 @@ def test_recipe_overrides_reach_list_items_and_bad_keys_name_themselves(tiny_tea
         load_recipe(recipe, ["stages.0.stepz=9"])
     with pytest.raises(ConfigError, match="no item 2"):
         load_recipe(recipe, ["stages.2.steps=9"])
-    with pytest.raises(ConfigError, match="stages.kind"):
+    with pytest.raises(ConfigError, match="stages.0.kind"):  # the item named by its index
         load_recipe(recipe, ["stages.0.kind=sparsify"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher: rdn-mr-x2\nstages:\n  - kind: distill\n    stepz: 3\n")
@@ -310,10 +310,10 @@ def test_one_student_option_is_set_by_its_dotted_key_and_a_colon_without_space_i
     [
         (["stages.1.keep_fp_patterns=['(']"], "keep_fp_patterns: '(' is not a regular expression"),
         (["stages.0.output_weight=0", "stages.0.target_weight=0"], "cannot both be 0"),
-        (["stages.0.patch=0"], "stages.patch=0"),
-        (["stages.0.crop=4"], "stages.crop=4"),
-        (["stages.0.warmup=-1"], "stages.warmup=-1"),
-        (["stages.0.disc_lr=-0.1"], "stages.disc_lr"),
+        (["stages.0.patch=0"], "stages.0.patch=0"),
+        (["stages.0.crop=4"], "stages.0.crop=4"),
+        (["stages.0.warmup=-1"], "stages.0.warmup=-1"),
+        (["stages.0.disc_lr=-0.1"], "stages.0.disc_lr"),
         (["max_ssim_drop=-0.01"], "max_ssim_drop"),
     ],
 )
@@ -470,7 +470,7 @@ def test_an_existing_student_is_re_distilled_from_a_checkpoint(tiny_teacher, tmp
         assert "stages.0.student_init=" in err and said in err and not fresh.exists(), err
     # The checkpoint gives the student's model: a preset named beside it is a recipe error.
     assert main(["compress", f"recipe={recipe}", "stages.0.student=rdn_tiny"]) == 2
-    assert "stages.student='rdn_tiny' must be left out" in capsys.readouterr().err
+    assert "stages.0.student='rdn_tiny' must be left out" in capsys.readouterr().err
 
 
 def test_a_distill_stage_of_no_steps_rebuilds_the_teachers_weights_with_the_stages_options(
@@ -488,7 +488,7 @@ def test_a_distill_stage_of_no_steps_rebuilds_the_teachers_weights_with_the_stag
         assert torch.equal(a, b), name
     assert not (stage / "run").exists()  # nothing trained
     # Without the teacher's weights, a distill stage of no steps would ship an untrained student.
-    with pytest.raises(ConfigError, match=re.escape("stages.steps=0")):
+    with pytest.raises(ConfigError, match=re.escape("stages.0.steps=0")):
         load_recipe(recipe, ["stages.0.steps=0"])
 
 
@@ -729,7 +729,7 @@ def test_gan_distillation_trains_a_discriminator_and_matches_texture(tiny_datase
     assert (out / "1-distill" / "run" / "discriminator").is_dir()
     model, _, meta = load_for_inference(out / "1-distill" / "model")
     assert meta["model"] == "srgan_tiny"
-    with pytest.raises(ConfigError, match="stages.adversarial_weight"):
+    with pytest.raises(ConfigError, match="stages.0.adversarial_weight"):
         load_recipe(recipe, ["stages.0.adversarial_weight=-1"])
 
 
