@@ -54,6 +54,8 @@ def run_compress(cfg: CompressConfig) -> int:
         raise ConfigError(f"card={cfg.card} is a file, not a folder; choose a folder for the model and card")
     out = Path(cfg.out or f"runs/compress/{Path(cfg.recipe).stem}")
     report = compress(recipe, out=out, resume=cfg.resume, console=console)
+    if report is None:  # a torchrun rank other than 0: rank 0 writes the report and the card
+        return 0
     from edgesr.bench.pages import load_sources, render
 
     # The page a person opens: the runs table, latency against PSNR and the per-stage chart.

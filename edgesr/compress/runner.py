@@ -55,7 +55,7 @@ from edgesr.train.checkpoint import (
     weights_sha256,
 )
 from edgesr.train.data import CropTooLarge, check_recon_crop, check_sr_patch
-from edgesr.train.distributed import init_distributed
+from edgesr.train.distributed import DistEnv, barrier, init_distributed
 from edgesr.train.fit import discard_run_without_checkpoint
 
 STAGE_DONE = "stage.json"
@@ -298,7 +298,10 @@ def _run_stage(
     resume: bool,
     console: Console,
     started_from: dict[str, str],
+    env: DistEnv,
 ) -> Candidate:
+    """One stage (a quantize stage on rank 0 only). Under torchrun every rank builds the same student
+    and trains its share of each batch; rank 0 writes, and the others wait for its files."""
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
     fingerprint = _fingerprint(index, stage, previous, recipe, dataset, started_from)
@@ -366,15 +369,18 @@ def _run_stage(
             coils = existing.recon.coils
     spec = _student_spec(teacher.spec, student, coils=coils)
     if stage.steps == 0:  # no training (a prune without fine-tuning, the teacher's weights re-optioned)
-        save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
-                        config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
-        _mark_done(folder, stage, name, started, fingerprint)
+        if env.is_main:
+            save_checkpoint(model_dir, student, model_name=name, model_options=options, spec=spec, step=0,
+                            config={"recipe": _plain(recipe), "stage": index})  # fmt: skip
+            _mark_done(folder, stage, name, started, fingerprint)
+        barrier(env)
         return Candidate(folder.name, student.eval(), name, options, spec, model_dir)
     settings = _distill_settings(stage, seed=recipe.seed + index, teacher=teacher)
     run_dir = folder / "run"
     resuming = resume and checkpoint_exists(run_dir / "last")
-    if not resuming:  # a stage killed before its first checkpoint starts over
+    if not resuming and env.is_main:  # a stage killed before its first checkpoint starts over
         discard_run_without_checkpoint(run_dir)
+    barrier(env)
     # Training time of earlier, interrupted invocations: the stage's seconds are the whole stage's.
     earlier = float(read_metadata(run_dir / "last")["metrics"].get("train_seconds", 0.0)) if resuming else 0.0
     distill(
@@ -386,7 +392,7 @@ def _run_stage(
         dataset=dataset,
         settings=settings,
         out=run_dir,
-        env=init_distributed(recipe.device),
+        env=env,
         config={"recipe": _plain(recipe), "stage": index, "data": _batches_record(settings)},
         resume=resuming,
         console=console,
@@ -399,11 +405,13 @@ def _run_stage(
         )
     # The stage's model is its best validation checkpoint (the run keeps last/ for resumption).
     best, _, best_meta = load_for_inference(run_dir / "best")
-    save_checkpoint(
-        model_dir, best, model_name=name, model_options=options, spec=spec, step=best_meta["step"],
-        metrics=best_meta["metrics"], config=best_meta["config"], machine=best_meta.get("machine"),
-    )  # fmt: skip
-    _mark_done(folder, stage, name, started - earlier, fingerprint)
+    if env.is_main:
+        save_checkpoint(
+            model_dir, best, model_name=name, model_options=options, spec=spec, step=best_meta["step"],
+            metrics=best_meta["metrics"], config=best_meta["config"], machine=best_meta.get("machine"),
+        )  # fmt: skip
+        _mark_done(folder, stage, name, started - earlier, fingerprint)
+    barrier(env)
     return Candidate(folder.name, best.eval(), name, options, spec, model_dir)
 
 
@@ -598,9 +606,16 @@ def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDa
 
 def compress(
     recipe: Recipe, *, out: Path, resume: bool = False, console: Console | None = None
-) -> dict[str, Any]:
-    """Runs ``recipe`` into ``out`` and returns the report (also written as report.json and report.md)."""
-    console = console or Console(stderr=True)
+) -> dict[str, Any] | None:
+    """Runs ``recipe`` into ``out`` and returns the report (also written as report.json and report.md).
+
+    Under ``torchrun`` (``torchrun --nproc_per_node=N -m edgesr compress recipe=...``) the training
+    stages run data-parallel on every rank (DDP: NCCL on GPUs, gloo on the CPU); rank 0 writes every
+    file, runs the quantize stage and the report, and returns the report; the other ranks return None
+    once the training stages are done.
+    """
+    env = init_distributed(recipe.device)
+    console = (console or Console(stderr=True)) if env.is_main else Console(quiet=True)
     if recipe.threads > 0:
         torch.set_num_threads(recipe.threads)
     if out.exists() and not out.is_dir():
@@ -608,7 +623,11 @@ def compress(
     if out.exists() and any(out.iterdir()) and not (out / "recipe.resolved.yaml").is_file():
         raise ConfigError(f"out={out} holds files that are not a compression run; choose another out=")
     teacher = _teacher(recipe)
+    if not env.is_main:  # rank 0 prepares the data set when it is missing; the others then open it
+        barrier(env)
     dataset = _dataset(recipe, console)
+    if env.is_main:
+        barrier(env)
     _check_training_options(recipe, teacher.spec, dataset)  # before anything is written
     finished = [
         i for i, st in enumerate(recipe.stages) if (out / stage_folder_name(i, st) / STAGE_DONE).is_file()
@@ -618,19 +637,25 @@ def compress(
         raise ConfigError(
             f"{folder} holds a finished stage; pass resume=true to reuse it, or choose another out="
         )
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "recipe.resolved.yaml", to_yaml(recipe))
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "recipe.resolved.yaml", to_yaml(recipe))
+    barrier(env)
     chain = [teacher]
     for index, stage in enumerate(recipe.stages):
+        if stage.kind == "quantize" and not env.is_main:
+            break  # rank 0 quantizes (and reports) alone: nothing there to share
         console.print(f"[bold]stage {index + 1}/{len(recipe.stages)}[/]: {stage.kind}")
         # Read before the stage runs: a card= run replaces a shipped student that it started from.
         started_from = _started_from(stage)
         result = _run_stage(
             index, stage, chain[-1], teacher, recipe=recipe, dataset=dataset, out=out, resume=resume,
-            console=console, started_from=started_from,
+            console=console, started_from=started_from, env=env,
         )  # fmt: skip
         result.started_from = started_from
         chain.append(result)
+    if not env.is_main:
+        return None
     report = build_report(recipe, chain, dataset, out=out, console=console)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_markdown(report))

@@ -780,3 +780,45 @@ def test_a_missed_gate_exits_3_with_its_report_and_writes_no_card(
                  "max_psnr_drop_db=1000", "max_ssim_drop=2", "stages.0.lr=0.05"]) == 0  # fmt: skip
     assert (card / "model_card.json").is_file()
     assert "max_psnr_drop_db: 1000" in (out / "recipe.resolved.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_distill_like_one_and_rank_0_alone_writes(tiny_dataset, tiny_teacher, tmp_path):
+    """`torchrun -m edgesr compress`: every rank trains its share of each global batch (DDP), rank 0
+    writes the stages, the report and the card; the result is the one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent, steps=3)
+    # FP32 (amp off): BF16 autocast rounds the two half-batches' gradients differently from the whole's.
+    common = [
+        f"recipe={recipe}",
+        "device=cpu",
+        "stages.0.batch_size=4",
+        "stages.0.eval_every=3",
+        "stages.0.amp=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "edgesr", "compress", *common, f"out={tmp_path / 'single'}"],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    outputs = [f"out={tmp_path / 'ddp'}", f"card={tmp_path / 'card'}"]
+    ddp = subprocess.run(
+        [*launch, "-m", "edgesr", "compress", *common, *outputs],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stderr.count("gate passed") == 1  # one report, by rank 0
+    assert (tmp_path / "card" / "model_card.json").is_file()
+    one = load_file(tmp_path / "single" / "1-distill" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "ddp" / "1-distill" / "model" / "model.safetensors")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
+    report = json.loads((tmp_path / "ddp" / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["1-distill"]
