@@ -54,7 +54,7 @@ from edgesr.compress.distill import DistillSettings
 from edgesr.compress.recipe import QUANTIZE_REMEDIES as REMEDIES
 from edgesr.compress.recipe import QUANTIZE_RUNTIMES as RUNTIMES
 from edgesr.data.dataset import PreparedDataset
-from edgesr.errors import ConfigError
+from edgesr.errors import ConfigError, EdgesrError
 from edgesr.evaluate import (
     gated_scores,
     model_recon_method,
@@ -275,6 +275,7 @@ def quantize_onnxruntime(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._items, None)
 
+    _require_reachable_convolutions(onnx_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # ONNX Runtime logs (twice, on the root logger) that the model should be pre-processed with its
     # symbolic shape inference first; that inference fails on dynamo exports ("Incomplete symbolic shape
@@ -291,7 +292,38 @@ def quantize_onnxruntime(
             },
             nodes_to_exclude=list(keep_fp), calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
+        _require_quantized(tmp, keep_fp)
     return out
+
+
+def _require_reachable_convolutions(onnx_path: Path) -> None:
+    """Refuses a graph with convolutions inside ``Loop`` bodies: neither quantizer reaches them, and the
+    file would be labelled INT8 while running them in float (what MoDL's Loop export gave before its
+    INT8 export wrote the unrolls out: :func:`edgesr.export.onnx.int8_unroll`)."""
+    import onnx
+
+    from edgesr.export.onnx import convolutions_in_subgraphs
+
+    inside = convolutions_in_subgraphs(onnx.load(str(onnx_path), load_external_data=False))
+    if inside:
+        raise EdgesrError(
+            f"{onnx_path}: {inside} convolution(s) lie inside ONNX Loop bodies, which the INT8 quantizers "
+            "do not reach (they would stay float in a file labelled INT8); export the loops written out "
+            "(edgesr.export.onnx.export_onnx(..., unroll=...))"
+        )
+
+
+def _require_quantized(path: Path, keep_fp: Sequence[str]) -> None:
+    """Refuses a QDQ file in which no convolution that was to be quantized got its QDQ pair."""
+    import onnx
+
+    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    dequantized = {node.output[0] for node in nodes if node.op_type == "DequantizeLinear"}
+    convs = [node for node in nodes if node.op_type == "Conv" and node.name not in set(keep_fp)]
+    if convs and not any(len(node.input) > 1 and node.input[1] in dequantized for node in convs):
+        raise EdgesrError(
+            f"ONNX Runtime's quantizer quantized none of the {len(convs)} convolutions to be INT8 in {path}"
+        )
 
 
 class _DropMessage(logging.Filter):
@@ -330,6 +362,7 @@ def quantize_openvino(
     nncf.set_log_level(logging.WARNING)  # NNCF prints its ignored-node tables at INFO
     from edgesr.export.openvino import read_onnx
 
+    _require_reachable_convolutions(onnx_path)
     model = read_onnx(onnx_path)
     patterns = [rf"^{re.escape(name)}(/WithoutBiases)?$" for name in keep_fp]
     # Only convolutions are quantized (as in the ONNX Runtime artifact): the residual and skip

@@ -491,7 +491,7 @@ def _quantize_stage(
     """
     from edgesr.compress.quantize import QatPlan, QuantizeSettings, Scope, quantize
     from edgesr.export.build import fft_for
-    from edgesr.export.onnx import export_onnx
+    from edgesr.export.onnx import export_onnx, int8_unroll
 
     started = time.perf_counter()
     model_dir = folder / "model"
@@ -503,7 +503,10 @@ def _quantize_stage(
     # INT8 runs its float layers at OpenVINO's default (BF16 here): see edgesr.export.build.fft_form.
     fft = fft_for(previous.model, runtimes=stage.runtimes, precisions=["int8"], default="matmul")
     with console.status("exporting the float model to ONNX"):
-        export_onnx(previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path, fft=fft)
+        export_onnx(
+            previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path, fft=fft,
+            unroll=int8_unroll(previous.model),  # the quantizers do not enter Loop bodies (MoDL's unrolls)
+        )  # fmt: skip
     settings = QuantizeSettings(
         runtimes=tuple(stage.runtimes),
         calibration_slices=stage.calibration_slices,

@@ -144,10 +144,22 @@ def export_model(
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         graph: Any = None
+        int8_onnx = onnx_path
         if "int8" in target.precisions and target.runtime != "torch":
             import onnx
 
-            graph = onnx.load(str(onnx_path), load_external_data=False)
+            from edgesr.export.onnx import export_onnx, int8_unroll
+
+            if int8_unroll(model):  # the quantizers do not enter Loop bodies: the unrolls written out
+                int8_onnx = work / "model_int8.onnx"
+                with console.status(
+                    "exporting the unrolls written out for INT8 (quantizers skip Loop bodies)"
+                ):
+                    export_onnx(
+                        model, spec, example, int8_onnx, dynamic=target.dynamic_shapes, fft=fft,
+                        unroll=int8_unroll(model),
+                    )  # fmt: skip
+            graph = onnx.load(str(int8_onnx), load_external_data=False)
             plan = int8_plan(
                 target.runtime, graph, spec, card_quantization, Path(checkpoint) if checkpoint else None
             )
@@ -169,7 +181,7 @@ def export_model(
                     built = _torch_artifact(checkpoint, folder)
                 elif precision == "int8" and plan is not None:
                     built, plan, int8_attempts = _build_int8(
-                        target, onnx_path, folder, _int8_candidates(plan, graph, spec, target), calibration,
+                        target, int8_onnx, folder, _int8_candidates(plan, graph, spec, target), calibration,
                         model=model, spec=spec, reference=reference, dataset=dataset, threads=threads,
                     )  # fmt: skip
                 else:

@@ -27,6 +27,7 @@ from torch import nn
 
 from edgesr._io import atomic_path
 from edgesr.physics.fft import dft_as_matmul
+from edgesr.physics.loops import unrolled
 from edgesr.spec import ModelSpec
 
 
@@ -38,6 +39,7 @@ def export_onnx(
     *,
     dynamic: bool = True,
     fft: str = "matmul",
+    unroll: Sequence[str] = (),
 ) -> Path:
     """Exports ``model`` to an ONNX file whose inputs/outputs carry the spec's names; checks the file.
 
@@ -59,6 +61,9 @@ def export_onnx(
             built in the graph for the input's size, dynamic or fixed; TensorRT before 11.2 has no DFT,
             and ONNX Runtime and OpenVINO ran the DFT op 2.6-9x slower here, DESIGN.md 5) or as the ONNX
             ``DFT`` op (``"dft"``).
+        unroll: named loops to write out step by step instead of as an ONNX ``Loop`` (see
+            :func:`edgesr.physics.loops.unrolled`; INT8 exports unroll the loops that hold
+            convolutions, :func:`int8_unroll`).
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -99,7 +104,7 @@ def export_onnx(
                 "ignore", message=r".*will not be used, since it shares", category=UserWarning
             )
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
-            with dft_as_matmul(fft == "matmul"):
+            with dft_as_matmul(fft == "matmul"), unrolled(*unroll):
                 program = torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
             if _has_rolls(program):  # edgesr's own FFTs shift by slicing while exporting (physics.fft)
                 program = program.run_decompositions(_SYMBOLIC_ROLL)
@@ -321,3 +326,28 @@ _SYMBOLIC_ROLL = {
     torch.ops.aten.fft_fftshift.default: _fftshift,
     torch.ops.aten.fft_ifftshift.default: _ifftshift,
 }
+
+
+def int8_unroll(model: nn.Module) -> tuple[str, ...]:
+    """The loops an INT8 export of ``model`` writes out step by step: those whose bodies hold
+    convolutions (``loops_with_convolutions`` on the model class, MoDL's unrolls), which quantizers
+    would otherwise leave in float (:func:`edgesr.physics.loops.unrolled`)."""
+    return tuple(getattr(model, "loops_with_convolutions", ()))
+
+
+def convolutions_in_subgraphs(graph: Any) -> int:
+    """How many ``Conv`` nodes of an ONNX model (``onnx.ModelProto``) lie inside ``Loop``/``If`` bodies,
+    where post-training quantizers do not reach."""
+    import onnx
+
+    def inside(nodes: Any, depth: int) -> int:
+        count = 0
+        for node in nodes:
+            if depth > 0 and node.op_type == "Conv":
+                count += 1
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    count += inside(attribute.g.node, depth + 1)
+        return count
+
+    return inside(graph.graph.node, 0)

@@ -54,6 +54,9 @@ class MoDL(nn.Module):
     # Its unrolls and CG steps export as ONNX Loops (edgesr.physics.loops), whose bodies OpenVINO runs
     # at the compiled precision whatever the nodes' marks: see edgesr.export.build.fft_form.
     exports_solver_loops = True
+    # The denoiser runs inside the unroll loop: INT8 exports write the unrolls out so that the
+    # quantizers reach its convolutions (edgesr.physics.loops.unrolled).
+    loops_with_convolutions = ("unrolls",)
 
     def __init__(
         self,
@@ -102,7 +105,8 @@ class MoDL(nn.Module):
             return (x,)
 
         # A Python loop in eager mode; one ONNX Loop (the denoiser and CG traced once) when exported.
-        (x,) = fixed_count_loop(unroll, (rhs0,), self.iterations)
+        # (An INT8 export writes the unrolls out, one denoiser each: edgesr.physics.loops.unrolled.)
+        (x,) = fixed_count_loop(unroll, (rhs0,), self.iterations, name="unrolls")
         return from_solver(x)
 
 

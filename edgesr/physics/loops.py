@@ -14,14 +14,38 @@ exporting"; ``torch.compiler.is_exporting`` is the switch torch provides for exa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
 State = tuple[torch.Tensor, ...]
 
+# Loops (by name) that an export writes out step by step instead of as an ONNX Loop: see unrolled().
+_UNROLLED: frozenset[str] = frozenset()
 
-def fixed_count_loop(body: Callable[..., State], state: State, count: int) -> State:
+
+@contextlib.contextmanager
+def unrolled(*names: str) -> Iterator[None]:
+    """While exporting inside this block, the loops called ``names`` are traced step by step (their body
+    repeated in the graph) rather than as one ``Loop``.
+
+    Why: post-training quantizers (ONNX Runtime's static QDQ quantizer, NNCF) calibrate and quantize
+    the nodes of the main graph only, not those inside a ``Loop`` body: MoDL's denoiser, which runs in
+    its unroll loop, came out of them in float with the file labelled INT8. An INT8 export therefore
+    unrolls the loops whose bodies hold convolutions (MoDL's ``"unrolls"``), and keeps the CG loop
+    inside each unroll a ``Loop`` (no convolution in it; unrolling it too is what made exports slow).
+    """
+    global _UNROLLED
+    before = _UNROLLED
+    _UNROLLED = before | frozenset(names)
+    try:
+        yield
+    finally:
+        _UNROLLED = before
+
+
+def fixed_count_loop(body: Callable[..., State], state: State, count: int, *, name: str = "") -> State:
     """Applies ``state = body(*state)`` ``count`` times and returns the final state.
 
     Args:
@@ -29,6 +53,7 @@ def fixed_count_loop(body: Callable[..., State], state: State, count: int) -> St
             tensors (inputs, parameters) from its closure but must not write to any tensor in place.
         state: the loop-carried tensors.
         count: how many times to apply ``body`` (fixed: it is part of the model, not of the data).
+        name: what :func:`unrolled` calls this loop (``"unrolls"``, ``"cg"``).
 
     Raises:
         ValueError: ``count`` is negative or ``state`` is empty.
@@ -40,7 +65,7 @@ def fixed_count_loop(body: Callable[..., State], state: State, count: int) -> St
         raise ValueError(f"count must be >= 0; got {count}")
     if not state:
         raise ValueError("state must hold at least one tensor")
-    if not torch.compiler.is_exporting():
+    if not torch.compiler.is_exporting() or (name and name in _UNROLLED):
         for _ in range(count):
             state = tuple(body(*state))
         return state
@@ -60,4 +85,4 @@ def fixed_count_loop(body: Callable[..., State], state: State, count: int) -> St
     return tuple(final)
 
 
-__all__ = ["fixed_count_loop"]
+__all__ = ["fixed_count_loop", "unrolled"]

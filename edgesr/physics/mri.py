@@ -195,7 +195,7 @@ def conjugate_gradient(
         return x, r, p, rr_new
 
     if tol <= 0:
-        x, *_ = fixed_count_loop(step, (x, r, p, rr), n_iter)
+        x, *_ = fixed_count_loop(step, (x, r, p, rr), n_iter, name="cg")
         return x
     threshold = (tol**2) * _batch_dot(rhs, rhs)
     for _ in range(n_iter):

@@ -461,3 +461,38 @@ def test_qat_says_it_cannot_quantize_complex_convolutions():
     example = (torch.rand(1, 8, 12, 10), torch.ones(1, 1, 1, 10), torch.rand(1, 8, 12, 10))
     with pytest.raises(QatUnavailable, match="complex convolutions"):
         quantize_torch(model, [example], keep_fp=set())
+
+
+def test_convolutions_inside_loop_bodies_are_refused_and_an_int8_export_writes_the_unrolls_out(tmp_path):
+    """Neither quantizer enters an ONNX Loop body: MoDL's denoiser, which runs in its unroll loop, came
+    out of them in float in a file labelled INT8. Such a graph is refused by name; the INT8 export
+    writes the unrolls out (the CG steps, which hold no convolution, stay Loops), and gets quantized."""
+    from edgesr.errors import EdgesrError
+    from edgesr.export.onnx import convolutions_in_subgraphs, int8_unroll
+    from edgesr.spec import recon_spec
+
+    torch.manual_seed(0)
+    model = create_model("modl_tiny").eval()
+    spec = recon_spec(coils=0)
+    example = {"masked_kspace": torch.rand(1, 8, 16, 12), "mask": torch.ones(1, 1, 1, 12),
+               "sens_maps": torch.rand(1, 8, 16, 12)}  # fmt: skip
+    looped = export_onnx(model, spec, example, tmp_path / "looped.onnx")
+    assert convolutions_in_subgraphs(onnx.load(str(looped))) == 3  # the denoiser, inside the Loop
+    calibration = [{k: v.numpy() for k, v in example.items()}]
+    with pytest.raises(EdgesrError, match="inside ONNX Loop bodies"):
+        quantize_onnxruntime(looped, tmp_path / "q.onnx", calibration, keep_fp=[])
+    with pytest.raises(EdgesrError, match="inside ONNX Loop bodies"):
+        quantize_openvino(looped, calibration, keep_fp=[])
+    assert not (tmp_path / "q.onnx").exists()
+
+    assert int8_unroll(model) == ("unrolls",)
+    written_out = export_onnx(model, spec, example, tmp_path / "unrolled.onnx", unroll=int8_unroll(model))
+    graph = onnx.load(str(written_out))
+    assert convolutions_in_subgraphs(graph) == 0
+    assert sum(node.op_type == "Conv" for node in graph.graph.node) == 3 * model.iterations
+    assert sum(node.op_type == "Loop" for node in graph.graph.node) == model.iterations  # one CG loop each
+    quantized = quantize_onnxruntime(written_out, tmp_path / "q.onnx", calibration, keep_fp=[])
+    assert onnxruntime_precision(quantized).startswith("int8")
+    with torch.no_grad():  # written out, the float graph is still the model
+        expected = model(*example.values())
+    torch.testing.assert_close(OnnxRuntimePredictor(written_out)(example), expected, atol=1e-4, rtol=0)

@@ -193,3 +193,67 @@ def test_a_fixed_shape_recon_model_is_scored_on_slices_of_its_size_only(tiny_dat
     assert scores["slices"] >= 1
     with pytest.raises(DataError, match="has no slice of 5x7 k-space"):
         score_predictor(spec, predictor, tiny_dataset, split="test", max_slices=1, kspace_shape=(5, 7))
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="tensorrt imports here: the engine is built instead")
+@pytest.mark.parametrize("name", ["modl_tiny", "deepcomplex_tiny"])
+def test_a_recon_model_exports_for_the_jetson_as_fixed_matmul_onnx_verified_in_onnx_runtime(
+    name, tiny_dataset, tmp_path
+):
+    """What `edgesr export target=jetson-orin` writes for a recon model where no engine can be built:
+    the whole unrolled model (data consistency, MoDL's unroll loop) at the data's fixed size, FFTs as
+    matrix products (no DFT op: TensorRT before 11.2 has none), FP16 checked by parity and INT8 as a
+    symmetric QDQ graph, both run in ONNX Runtime on real slices."""
+    from tests.conftest import save_model
+    from tests.export.test_onnx_smoke import _tiny_model
+
+    model, _ = _tiny_model(name)
+    options = {"coils": 4} if name == "deepcomplex_tiny" else {}
+    checkpoint = save_model(tmp_path / name, model, name, options)
+    out = tmp_path / "jetson"
+    argv = [
+        "target=jetson-orin",
+        "verify.slices=1",
+        "verify.max_psnr_drop_db=3.0",
+        "verify.max_ssim_drop=0.2",
+    ]
+    assert export_cli(tiny_dataset, checkpoint, out, *argv) == 0
+    summary = json.loads((out / "export.json").read_text())
+    assert set(summary["artifacts"]) == {"fp16", "int8"}
+    assert summary["artifacts"]["fp16"]["verification"]["check"] == "parity"
+    for precision, artifact in summary["artifacts"].items():
+        verification = artifact["verification"]
+        assert verification["runtime"] == "onnxruntime" and verification["engine"]["built"] is False
+        graph = onnx.load(str(out / precision / "model.onnx")).graph
+        ops = {node.op_type for node in graph.node}
+        assert "DFT" not in ops, precision
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+        assert all(all(d > 0 for d in dims) for dims in shapes.values()), shapes  # fixed, no symbols
+        if name == "modl_tiny":
+            assert "Loop" in ops  # the unrolls, once, looped: not the body copied K times
+    graphs = _graphs(onnx.load(str(out / "int8" / "model.onnx")).graph)
+    convs = [node.name for graph in graphs for node in graph.node if node.op_type == "Conv"]
+    if name == "deepcomplex_tiny":
+        # Its 2-layer blocks sit between data-consistency steps that read the inputs: every conv is
+        # the first or last next to an input or output, all kept in float by the default scope.
+        assert sorted(summary["artifacts"]["int8"]["verification"]["int8"]["keep_fp"]) == sorted(convs)
+        return
+    # MoDL: its unrolls written out (the quantizers skip Loop bodies), the denoisers' convs quantized
+    # between the ends kept in float; the CG steps stay Loops.
+    assert "Loop" in {node.op_type for node in graphs[0].node}
+    assert all(graph is graphs[0] for graph in graphs if any(n.op_type == "Conv" for n in graph.node))
+    assert any(node.op_type == "QuantizeLinear" for graph in graphs for node in graph.node)
+    zero_points = [
+        onnx.numpy_helper.to_array(t) for graph in graphs for t in graph.initializer if "zero_point" in t.name
+    ]
+    assert zero_points and not any(z.any() for z in zero_points), "TensorRT takes zero points of 0 only"
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph (Loop/If bodies) inside it."""
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += _graphs(attribute.g)
+    return found
