@@ -85,10 +85,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (bash .ci/setup --dev installs it)")
-def test_the_page_renders_in_a_real_browser_with_every_image_loaded(runs, tmp_path):
+def test_the_page_renders_in_a_real_browser_with_every_image_loaded(
+    runs, tmp_path, tiny_dataset, tiny_checkpoint
+):
     playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
     out = tmp_path / "out"
-    assert main(["report", f"runs={runs[0]},{runs[1]}", f"out={out}"]) == 0
+    # The bench result names its model (and a teacher): the page gets the image grid too.
+    bench = json.loads((runs[1] / "bench.json").read_text())
+    bench["subject"] = {"folder": str(tiny_checkpoint), "teacher": str(tiny_checkpoint), "name": "tiny"}
+    (runs[1] / "bench.json").write_text(json.dumps(bench))
+    argv = ["report", f"runs={runs[0]},{runs[1]}", f"out={out}", f"data_root={tiny_dataset.path.parent}"]
+    assert main(argv) == 0
     errors: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -101,7 +108,8 @@ def test_the_page_renders_in_a_real_browser_with_every_image_loaded(runs, tmp_pa
             page.screenshot(path=str(out / "screenshot.png"), full_page=True)
         finally:
             browser.close()
-    assert loaded == [True, True] and errors == []
-    artifacts = Path("test-artifacts")  # kept for people to look at (CI uploads the folder)
+    assert loaded == [True, True, True] and errors == []  # latency/PSNR, the stages and the image grid
+    assert (out / "images_bench.png").is_file()
+    artifacts = Path("test-artifacts")  # kept for people to look at (gitignored; CI keeps the clone's copy)
     artifacts.mkdir(exist_ok=True)
     shutil.copy(out / "screenshot.png", artifacts / "report-screenshot.png")
