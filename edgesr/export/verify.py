@@ -39,7 +39,7 @@ def compare_outputs(
     inputs: Sequence[dict[str, np.ndarray]],
     *,
     expected: Sequence[torch.Tensor] | None = None,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | list[int]]:
     """The candidate's outputs against the reference's on each of ``inputs``.
 
     ``expected`` are the reference's outputs on ``inputs`` when already computed (an export records
@@ -56,6 +56,7 @@ def compare_outputs(
     if not inputs:
         raise ValueError("compare_outputs needs at least one input")
     worst, worst_item, squared, count = 0.0, 0, 0.0, 0
+    worst_at: list[int] = []
     low, high = math.inf, -math.inf
     for index, item in enumerate(inputs):
         feeds = {name: torch.from_numpy(array) for name, array in item.items()}
@@ -71,6 +72,8 @@ def compare_outputs(
         difference = (actual - wanted).abs()
         if float(difference.max()) > worst:
             worst, worst_item = float(difference.max()), index
+            # Where: an error at the borders points at padding, one everywhere at a layer or an op.
+            worst_at = [int(i) for i in torch.unravel_index(difference.argmax(), difference.shape)]
         squared += float((difference.double() ** 2).sum())
         count += difference.numel()
         low, high = min(low, float(wanted.min())), max(high, float(wanted.max()))
@@ -82,8 +85,16 @@ def compare_outputs(
         "relative_error": worst / data_range,
         "psnr_db": math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse),
         "worst_item": worst_item,
+        "worst_at": worst_at,  # [batch, channel, row, column] of the largest error
         "items": len(inputs),
     }
+
+
+def _where(figures: dict[str, Any]) -> str:
+    at = figures.get("worst_at") or []
+    if len(at) != 4:
+        return ""
+    return f" (largest at channel {at[1]}, row {at[2]}, column {at[3]} of the output)"
 
 
 def check_parity(figures: dict[str, Any], *, limit: float, label: str) -> None:
@@ -92,8 +103,8 @@ def check_parity(figures: dict[str, Any], *, limit: float, label: str) -> None:
         raise VerificationError(
             f"{label}: output differs from PyTorch by {figures['max_abs_error']:.3g} "
             f"({figures['relative_error']:.3g} of the data range {figures['data_range']:.3g}) on input "
-            f"{figures['worst_item']} of {figures['items']}; the limit is {limit:g} of the range. The "
-            "runtime computes some layer differently from PyTorch; nothing was kept"
+            f"{figures['worst_item']} of {figures['items']}{_where(figures)}; the limit is {limit:g} of the "
+            "range. The runtime computes some layer differently from PyTorch; nothing was kept"
         )
 
 

@@ -156,6 +156,15 @@ def test_verification_figures_are_computed_not_assumed():
     assert off["relative_error"] == pytest.approx(0.001, rel=1e-3)
     with pytest.raises(VerificationError, match="0.001 of the data range"):
         check_parity(off, limit=1e-4, label="t")
+    # Where the error is largest is said: one wrong pixel at the border points at padding.
+    corner = compare_outputs(
+        reference,
+        lambda i: reference(i).index_put((torch.tensor(0),) * 3 + (torch.tensor(3),), torch.tensor(9.0)),
+        inputs,
+    )
+    assert corner["worst_at"] == [0, 0, 0, 3]
+    with pytest.raises(VerificationError, match="largest at channel 0, row 0, column 3"):
+        check_parity(corner, limit=1e-4, label="t")
     with pytest.raises(VerificationError, match="NaN or Inf"):
         compare_outputs(reference, lambda i: reference(i) * float("nan"), inputs)
 
