@@ -496,3 +496,23 @@ def test_convolutions_inside_loop_bodies_are_refused_and_an_int8_export_writes_t
     with torch.no_grad():  # written out, the float graph is still the model
         expected = model(*example.values())
     torch.testing.assert_close(OnnxRuntimePredictor(written_out)(example), expected, atol=1e-4, rtol=0)
+
+
+def test_a_prune_then_int8_chain_as_the_quickstart_runs(tiny_dataset, tmp_path):
+    """The quick start's shape on a tiny teacher: a pruned, fine-tuned student, then its INT8 files;
+    the quantize stage quantizes the pruned model (not the teacher), and both stages are reported."""
+    recipe = _quantize_recipe(tmp_path, tiny_dataset.path.parent)
+    options = ["kind: prune", "ratio: 0.5", "round_to: 1", "steps: 2", "batch_size: 2", "patch: 8",
+               "eval_every: 2", "warmup: 1"]  # fmt: skip
+    prune = "  - " + "\n    ".join(options) + "\n"
+    text = recipe.read_text()
+    recipe.write_text(text.replace("stages:\n", "stages:\n" + prune, 1))
+    out = tmp_path / "chain"
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "stages.1.runtimes=[onnxruntime]"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pruned, quantized = report["stages"]
+    assert (pruned["name"], quantized["name"]) == ("1-prune", "2-quantize")
+    assert quantized["params"] == pruned["params"] < report["teacher"]["params"]
+    [int8] = [r for r in report["runs"] if r["precision"] == "int8"]
+    assert int8["name"] == "2-quantize/onnxruntime/int8" and int8["executed_precision"].startswith("int8")
+    assert report["gate"]["final"].startswith("2-quantize")
