@@ -542,6 +542,19 @@ def test_distill_then_prune_chain_and_the_pruned_model_reloads(tiny_dataset, tin
     assert spec.sr is not None and spec.sr.receptive_radius >= 1
     with pytest.raises(ConfigError, match="ratio"):
         load_recipe(recipe, ["stages.0.kind=prune", "stages.0.ratio=1.5"])
+    # A later stage re-run with other options: its folder deleted, the earlier stage is reused as it is.
+    import shutil
+
+    distilled_weights = (out / "1-distill" / "model" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "2-prune")
+    milder = f"{{kind: prune, ratio: 0.25, round_to: 1, {short}}}"
+    assert (
+        main(["compress", f"recipe={recipe}", f"out={out}", "resume=true", f"stages=[{first}, {milder}]"])
+        == 0
+    )
+    assert (out / "1-distill" / "model" / "model.safetensors").read_bytes() == distilled_weights
+    again = json.loads((out / "report.json").read_text())["stages"]
+    assert again[0] == distilled and again[1]["params"] > pruned["params"]  # a quarter pruned, not half
 
 
 def test_a_prune_stage_reaches_a_parameter_target(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
