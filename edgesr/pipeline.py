@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -80,9 +80,12 @@ class TorchPredictor:
         fixed_lr_size: int | None = None,
         channels_last: bool | None = None,
         precision: str = "fp32",
+        compile_mode: str = "",
     ) -> None:
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}; got {compile_mode!r}")
         module = module.eval()
         self.input_names = spec.input_names
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
@@ -91,6 +94,13 @@ class TorchPredictor:
             channels_last = self.device.type == "cpu"
         self.module = _channels_last_copy(module) if channels_last else module
         self.memory_format = "channels_last" if channels_last else "contiguous"
+        # torch.compile (TorchInductor): kernels generated for this device on the first call of each
+        # input shape (``dynamic=None``: a second size recompiles once with symbolic sizes). Complex
+        # FFTs and the CG loops fall back to eager where Dynamo breaks the graph; same outputs.
+        self.compile_mode = compile_mode
+        if compile_mode:
+            compiled = torch.compile(self.module, mode=None if compile_mode == "default" else compile_mode)
+            self.module = cast(nn.Module, compiled)  # an OptimizedModule: an nn.Module wrapping the copy
         self.precision = precision
         self._autocast_dtype = AUTOCAST_DTYPES[precision]
         # Autocast runs convolutions and matrix products in the dtype and keeps the rest in FP32.
@@ -109,6 +119,9 @@ class TorchPredictor:
         with torch.autocast(self.device.type, dtype=self._autocast_dtype):
             return self.module(*args).float().cpu()
 
+
+# torch.compile's modes a torch predictor can run under ("": eager).
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 
 # The precisions a torch predictor runs at: FP32, or autocast to a half-precision dtype.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -17,7 +17,13 @@ from edgesr.pipeline import Predictor
 
 
 def runtime_predictor(
-    path: Path, *, runtime: str, precision: str, threads: int = 0, device: str | None = None
+    path: Path,
+    *,
+    runtime: str,
+    precision: str,
+    threads: int = 0,
+    device: str | None = None,
+    compile_mode: str = "",
 ) -> Predictor:
     """The runtime session of one artifact file, compiled at the precision it was built for.
 
@@ -37,7 +43,9 @@ def runtime_predictor(
     if runtime == "torch":
         from edgesr.export.torch_artifact import TorchArtifactPredictor
 
-        return TorchArtifactPredictor(path.parent, precision=precision, device=device, threads=threads)
+        return TorchArtifactPredictor(
+            path.parent, precision=precision, device=device, threads=threads, compile_mode=compile_mode
+        )
     if runtime == "tensorrt":
         if path.suffix == ".onnx":
             raise ConfigError(
@@ -65,8 +73,9 @@ def artifact_predictor(
     path = folder / manifest.entry
     try:
         return runtime_predictor(
-            path, runtime=manifest.runtime, precision=manifest.precision, threads=threads, device=device
-        )
+            path, runtime=manifest.runtime, precision=manifest.precision, threads=threads, device=device,
+            compile_mode=str(manifest.graph.get("torch_compile", "")),
+        )  # fmt: skip
     except ConfigError:
         raise
     except Exception as exc:  # the runtimes raise RuntimeError or their own Fail/InvalidGraph types

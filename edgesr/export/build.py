@@ -271,10 +271,10 @@ def has_solver_loops(model: nn.Module) -> bool:
 
 
 def _graph_record(target: ExportTarget, spec: ModelSpec, onnx_path: Path, fft: str) -> dict[str, Any]:
-    """How the ONNX graph was exported, for the manifest (empty for a torch artifact: no graph); the
-    opset is the exported float graph's, which the INT8 files keep."""
+    """How the ONNX graph was exported, for the manifest; the opset is the exported float graph's, which
+    the INT8 files keep. A torch artifact has no graph: only its ``torch_compile`` mode when it has one."""
     if not onnx_path.is_file():
-        return {}
+        return {"torch_compile": target.compile} if target.compile else {}
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
@@ -723,7 +723,14 @@ def _verify(
     """
     # The artifact is opened the way users will open it, from its folder (its manifest comes after).
     device = None if target.device == "auto" else target.device
-    candidate = runtime_predictor(path, runtime=runtime, precision=precision, threads=threads, device=device)
+    candidate = runtime_predictor(
+        path,
+        runtime=runtime,
+        precision=precision,
+        threads=threads,
+        device=device,
+        compile_mode=target.compile,
+    )
     executed = getattr(candidate, "executed_precision", None)
     parity = compare_outputs(reference, candidate, inputs, expected=checks.expected)
     figures: dict[str, Any] = {

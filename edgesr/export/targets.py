@@ -16,6 +16,7 @@ from pathlib import Path
 from edgesr.config import check_choice, check_range, load_yaml, opt
 from edgesr.errors import ConfigError
 from edgesr.export.manifest import PRECISIONS, RUNTIMES
+from edgesr.pipeline import COMPILE_MODES
 
 EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 FFT_FORMS = ("dft", "matmul")
@@ -56,6 +57,11 @@ class ExportTarget:
         "torch artifacts: the device they are verified on: auto (CUDA where there is a GPU, else the "
         "CPU), cpu or cuda; the artifact runs wherever its user puts it",
     )
+    compile: str = opt(
+        "",
+        "torch artifacts: run under torch.compile in this mode (default, reduce-overhead, max-autotune; "
+        "'': eager); the export is verified compiled and the manifest records it",
+    )
     verify: VerifySettings = opt(VerifySettings(), "how every export is checked against PyTorch")
 
     def __post_init__(self) -> None:
@@ -70,6 +76,11 @@ class ExportTarget:
         check_range("input_size", self.input_size, low=16)
         check_range("workspace_gb", self.workspace_gb, low=0.0)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("compile", self.compile, COMPILE_MODES)
+        if self.compile and self.runtime != "torch":
+            raise ConfigError(
+                f"compile is for torch artifacts; runtime {self.runtime} compiles its own graph"
+            )
         if self.device != "auto" and self.runtime != "torch":
             raise ConfigError(f"device is for torch artifacts; runtime {self.runtime} picks its own")
         if self.runtime == "tensorrt" and self.dynamic_shapes:

@@ -43,10 +43,18 @@ class TorchArtifactPredictor:
         precision: ``fp32``, ``bf16`` or ``fp16``: the autocast dtype of its convolutions.
         device: ``cuda``, ``cpu``...; default CUDA when there is a GPU.
         threads: CPU threads (0: torch's default), for CPU runs.
+        compile_mode: run under ``torch.compile`` in this mode (``""``: eager); the manifest's
+            ``graph.torch_compile``, what the export was verified with.
     """
 
     def __init__(
-        self, folder: str | Path, *, precision: str, device: str | None = None, threads: int = 0
+        self,
+        folder: str | Path,
+        *,
+        precision: str,
+        device: str | None = None,
+        threads: int = 0,
+        compile_mode: str = "",
     ) -> None:
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
@@ -54,7 +62,10 @@ class TorchArtifactPredictor:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, spec, _ = load_for_inference(folder)
-        self._inner = TorchPredictor(model.to(self.device), spec, device=self.device, precision=precision)
+        self._inner = TorchPredictor(
+            model.to(self.device), spec, device=self.device, precision=precision, compile_mode=compile_mode
+        )
+        self.compile_mode = compile_mode
         self.input_names = spec.input_names
         self.executed_precision = self._inner.executed_precision
 

@@ -331,6 +331,27 @@ def test_a_cpu_torch_export_is_verified_on_the_cpu_at_fp32_by_parity_and_at_bf16
     assert bf16["executed_precision"] == "bf16+fp32" and bf16["psnr_drop_db"] <= 0.3
 
 
+@pytest.mark.slow
+def test_a_compiled_torch_export_is_verified_compiled_and_opens_compiled(
+    tiny_dataset, tiny_checkpoint, tmp_path
+):
+    """``compile=...`` (gpu-torch's compiled mode, TorchInductor): the export is verified under
+    torch.compile, the manifest records the mode, and the artifact opens compiled (CPU here: the
+    kernels are generated for whatever device runs it)."""
+    out = tmp_path / "compiled"
+    argv = ["target=cpu-torch", "precisions=[fp32]", "compile=default", "verify.slices=1"]
+    assert export_cli(tiny_dataset, tiny_checkpoint, out, *argv) == 0
+    manifest = json.loads((out / "fp32" / "manifest.json").read_text())
+    assert manifest["graph"] == {"torch_compile": "default"}
+    assert manifest["verification"]["check"] == "parity" and manifest["verification"]["relative_error"] < 1e-4
+    predictor, _ = open_artifact(out / "fp32", device="cpu")
+    assert predictor.compile_mode == "default"
+    with pytest.raises(ConfigError, match="compile is for torch artifacts"):
+        load_target("cpu-onnxruntime", ["compile=default"])
+    with pytest.raises(ConfigError, match="compile"):
+        load_target("cpu-torch", ["compile=fastest"])
+
+
 def test_solver_loops_take_the_dft_op_in_openvino_below_fp32():
     """OpenVINO runs Loop bodies at the compiled precision: MoDL's CG must not do its DFT products in
     BF16 (measured: -4.2 dB), so its OpenVINO BF16/INT8 exports write the DFT op, computed in FP32."""
