@@ -28,6 +28,12 @@ def test_student_card_matches_its_weights_and_its_teacher(name):
         card["weights"]["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     )
     assert card["compression"]["teacher"] in list_teachers()
+    # Distilled from the teacher that ships now, not from an earlier version of it.
+    teacher_weights = teacher_path(card["compression"]["teacher"]) / "model.safetensors"
+    assert (
+        card["compression"]["teacher_weights_sha256"]
+        == hashlib.sha256(teacher_weights.read_bytes()).hexdigest()
+    )
     assert card["compression"]["command"].startswith("edgesr compress recipe=")
     model, spec, meta = load_for_inference(folder)
     assert meta["model"] == card["model"] and card["spec"] == spec.to_dict()
