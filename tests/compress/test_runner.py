@@ -431,7 +431,7 @@ def test_a_student_can_start_from_the_teachers_weights(tiny_teacher, tmp_path, t
     with pytest.raises(ConfigError, match="shares no tensor"):
         runner._init_from(create_model("rdn_tiny", scale=2), teacher)
     assert main(["compress", f"recipe={recipe}", "stages.0.student_init=pretrained"]) == 2
-    assert "stages.student_init" in capsys.readouterr().err
+    assert "stages.0.student_init" in capsys.readouterr().err
 
 
 def test_an_existing_student_is_re_distilled_from_a_checkpoint(tiny_teacher, tmp_path, tiny_dataset, capsys):
