@@ -234,6 +234,7 @@ def _fingerprint(
     started_from: dict[str, str],
     *,
     gate_in_every_stage: bool = False,
+    before_keep_blocks: bool = False,
 ) -> str:
     """What a finished stage was made from: its options, the previous model's weights, seed and data, and
     for a quantize stage the gate (which steers its remedies).
@@ -242,12 +243,15 @@ def _fingerprint(
     options, or an earlier stage re-run since, makes every later stage's fingerprint differ. Until
     2026-12-01 every stage's fingerprint held the gate (``gate_in_every_stage``, still accepted on resume):
     a distillation does not read it, and a run whose final model missed the gate is shipped by loosening
-    the gate and resuming, not by training again.
+    the gate and resuming, not by training again. Stages finished before ``keep_blocks`` existed
+    (2026-11-30) have no such key (``before_keep_blocks``, also accepted).
     """
     options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
     for added in ("coils", "target_params"):  # added 2026-12-01: stages finished before keep theirs
         if not options[added]:
             del options[added]
+    if before_keep_blocks and not options["keep_blocks"]:
+        del options["keep_blocks"]
     device, trains = pick_device(recipe.device), stage.kind != "quantize" and stage.steps > 0
     made_of = {
         "stage": options,
@@ -305,10 +309,15 @@ def _run_stage(
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
     fingerprint = _fingerprint(index, stage, previous, recipe, dataset, started_from)
-    # Stages finished before the gate left non-quantize fingerprints (see _fingerprint).
-    earlier_form = _fingerprint(
-        index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True
-    )
+    # The forms of stages finished before the gate left non-quantize fingerprints and, earlier, before
+    # keep_blocks existed (see _fingerprint): still reused on resume.
+    earlier_forms = {
+        _fingerprint(index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True),
+        _fingerprint(
+            index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True,
+            before_keep_blocks=True,
+        ),
+    }  # fmt: skip
     if (folder / STAGE_DONE).is_file():
         if not resume:  # compress() checks this before it writes anything; kept here for direct callers
             raise ConfigError(
@@ -317,7 +326,7 @@ def _run_stage(
         done = json.loads((folder / STAGE_DONE).read_text(encoding="utf-8"))
         if "fingerprint" not in done:
             console.print(f"[yellow]{escape(str(folder))} predates stage fingerprints: reused unchecked[/]")
-        elif done["fingerprint"] not in (fingerprint, earlier_form):
+        elif done["fingerprint"] != fingerprint and done["fingerprint"] not in earlier_forms:
             raise ConfigError(
                 f"stages.{index}: {folder} was made with other options or from another model (the stage's "
                 "options, the previous stage's weights, the seed, the data set"

@@ -835,3 +835,26 @@ def test_two_gloo_processes_distill_like_one_and_rank_0_alone_writes(tiny_datase
         torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["1-distill"]
+
+
+def test_stages_finished_before_later_options_existed_are_reused_on_resume(
+    tiny_dataset, tiny_teacher, tmp_path
+):
+    """A finished stage keeps being reused after edgesr added stage options: its fingerprint was made
+    without them (``keep_blocks``, before 2026-11-30) and with the gate in every stage (before
+    2026-12-01); another change still refuses it."""
+    recipe = _recipe(tmp_path, tiny_teacher, tiny_dataset.path.parent)
+    out = tmp_path / "out"
+    assert main(["compress", f"recipe={recipe}", f"out={out}"]) == 0
+    done_file = out / "1-distill" / runner.STAGE_DONE
+    done = json.loads(done_file.read_text())
+    loaded = load_recipe(recipe)
+    teacher = runner._teacher(loaded)
+    dataset = runner._dataset(loaded, runner.Console(quiet=True))
+    old = runner._fingerprint(0, loaded.stages[0], teacher, loaded, dataset, {}, gate_in_every_stage=True,
+                              before_keep_blocks=True)  # fmt: skip
+    assert old != done["fingerprint"]
+    done_file.write_text(json.dumps(done | {"fingerprint": old}))
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
+    done_file.write_text(json.dumps(done | {"fingerprint": "0" * 64}))
+    assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 2
