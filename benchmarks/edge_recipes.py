@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/edge_recipes.py [RECIPE ...] [--run]
 
 For each recipe (default: every ``*_edge`` recipe; a ``*_edge_refresh`` recipe has its ``*_edge``
-recipe's bars) it reads ``runs/compress/<recipe>/report.json``;
+recipe's bars) it reads ``runs/compress/<recipe>/report.json``, or ``DIR/report.json`` for
+``RECIPE=DIR`` (the run a shipped card was written from, e.g.
+``srgan_mr_x4_edge=runs/compress/srgan_mr_x4_edge_recard``);
 with ``--run`` it first runs (or resumes) ``edgesr compress recipe=<recipe>``, which takes an hour or
 more per recipe on 2 cores. Every ratio compares runs of one report (same machine, same images,
 each run timed in its own process), never figures from different runs:
@@ -97,8 +99,9 @@ def main() -> int:
     parser.add_argument("--run", action="store_true", help="run or resume each recipe first")
     args = parser.parse_args()
     failed = False
-    for name in args.recipes:
-        out = ROOT / "runs" / "compress" / name
+    for argument in args.recipes:
+        name, _, folder = argument.partition("=")
+        out = Path(folder) if folder else ROOT / "runs" / "compress" / name
         if args.run:
             command = [sys.executable, "-m", "edgesr", "compress", f"recipe={name}", f"out={out}"]
             if (out / "recipe.resolved.yaml").is_file():
