@@ -50,17 +50,23 @@ def training_machine(device: torch.device, world_size: int) -> dict[str, Any]:
     return machine
 
 
+def cpu_flag_set(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The first CPU's feature flags (x86 ``flags``, Arm ``Features``), or None where ``cpuinfo`` cannot
+    be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    return frozenset(match.group(1).split()) if match else frozenset()
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies BF16 in hardware (AVX512-BF16 or AMX): where BF16 can be faster than
     FP32 (OpenVINO's default there; torch's autocast). Elsewhere BF16 is emulated, slower than FP32, and
     so is never chosen. False where the CPU's flags cannot be read (not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
-    return bool(match and {"amx_bf16", "avx512_bf16"} & set(match.group(1).split()))
+    return bool({"amx_bf16", "avx512_bf16"} & (cpu_flag_set() or frozenset()))
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:

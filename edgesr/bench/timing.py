@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from edgesr.bench.harness import latency_statistics
+from edgesr.device import cpu_flag_set
 from edgesr.spec import ModelSpec
 
 
@@ -86,13 +87,8 @@ RUNTIME_CPU_FLAGS = (
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
     """Which of :data:`RUNTIME_CPU_FLAGS` this CPU has (x86 ``flags``, Arm ``Features``), or None where
     ``cpuinfo`` cannot be read (not Linux)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
-    present = set(match.group(1).split()) if match else set()
-    return [flag for flag in RUNTIME_CPU_FLAGS if flag in present]
+    present = cpu_flag_set(cpuinfo)
+    return None if present is None else [flag for flag in RUNTIME_CPU_FLAGS if flag in present]
 
 
 def gpu_info() -> dict[str, Any]:
