@@ -40,6 +40,7 @@ from edgesr.baselines import interpolate_base
 from edgesr.data.images import ImageVolume
 from edgesr.data.kspace import KSpaceVolume
 from edgesr.errors import ConfigError, DataError
+from edgesr.models.fold import fold_subpixel_tail
 from edgesr.physics.coils import ESTIMATION_METHODS, MIN_ACS_LINES, acs_lines, estimate_coil_maps
 from edgesr.physics.degrade import lr_grid_offset
 from edgesr.physics.fft import complex_abs, from_complex, ifft2c_complex
@@ -69,6 +70,11 @@ class TorchPredictor:
     (:func:`edgesr.physics.fft.full_precision`). On CPUs with native BF16 (AVX512-BF16, AMX) that is a
     faster torch path; on others autocast emulates it, slower than FP32. It is a precision of the same
     model, scored like any other: :attr:`executed_precision` says what ran (``"bf16+fp32"``).
+
+    An SR module runs with its convolution to the image folded before the last sub-pixel shuffle
+    (:func:`edgesr.models.fold.fold_subpixel_tail`, on a copy): the same function, outputs within float
+    rounding, and the 9x9 convolution of the SRGAN models about 3x faster in torch on 2 Zen 5 cores (as
+    the ONNX export runs it). ``fold=False`` runs the module as it is.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class TorchPredictor:
         channels_last: bool | None = None,
         precision: str = "fp32",
         compile_mode: str = "",
+        fold: bool = True,
     ) -> None:
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
@@ -92,7 +99,9 @@ class TorchPredictor:
         self.fixed_lr_size = fixed_lr_size
         if channels_last is None:
             channels_last = self.device.type == "cpu"
-        self.module = _channels_last_copy(module) if channels_last else module
+        folded = fold_subpixel_tail(module) if fold else module
+        self.folded = folded is not module
+        self.module = _channels_last_copy(folded) if channels_last else folded
         self.memory_format = "channels_last" if channels_last else "contiguous"
         # torch.compile (TorchInductor): kernels generated for this device on the first call of each
         # input shape (``dynamic=None``: a second size recompiles once with symbolic sizes). Complex

@@ -12,7 +12,8 @@ The request (a JSON object)::
      "spec": {...ModelSpec.to_dict()...},       # the inputs' shapes come from it
      "precision": "fp32" | "default" | "bf16" | "fp16",   # what is asked of the runtime
      "threads": 2, "size": 256, "warmup": 3, "repeats": 20,
-     "cores": [0, 1]}                            # optional: pin the process to these CPU cores
+     "cores": [0, 1],                            # optional: pin the process to these CPU cores
+     "fold": true}                               # optional, torch: false runs an SR tail unfolded
 
 The answer: ``latency_ms`` (p50/p90/p99/mean/min), ``executed_precision`` (what actually ran),
 ``peak_memory_mb`` (the process's peak resident memory above what it held before loading the model),
@@ -92,7 +93,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     spec = ModelSpec.from_dict(request["spec"])
     inputs = latency_inputs(spec, int(request.get("size", 256)))
     before = _status_mb("VmRSS")
-    predictor, executed, version = _load(runtime, precision, request["model"], spec, threads)
+    predictor, executed, version = _load(
+        runtime, precision, request["model"], spec, threads, fold=request.get("fold", True)
+    )
     latency = time_call(
         lambda: predictor(inputs),
         warmup=int(request.get("warmup", 3)),
@@ -110,12 +113,14 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _load(runtime: str, precision: str, model: str, spec: ModelSpec, threads: int) -> tuple[Any, str, str]:
+def _load(
+    runtime: str, precision: str, model: str, spec: ModelSpec, threads: int, *, fold: Any = True
+) -> tuple[Any, str, str]:
     """The predictor of a torch checkpoint or a runtime file, what it executes, and the runtime version."""
     if runtime == "torch":
         if precision not in ("fp32", "bf16"):  # the CPU: FP32, or BF16 autocast (see TorchPredictor)
             raise EdgesrError(f"torch runs on the CPU are timed in fp32 or bf16; got precision {precision!r}")
-        request = {"model": model, "precision": precision}
+        request = {"model": model, "precision": precision, "fold": fold}
         torch_predictor, executed = _torch_predictor(request, spec, "cpu", threads)
         return torch_predictor, executed, torch.__version__
     if runtime == "onnxruntime":
@@ -200,7 +205,11 @@ def _torch_predictor(request: dict[str, Any], spec: ModelSpec, device: str, thre
         # CPU autocast to fp16 runs, but the CPUs edgesr targets lack FP16 matrix units: not a useful figure.
         raise EdgesrError(f"torch fp16 is timed on CUDA only (autocast); this run is on {device}")
     module, _, _ = load_for_inference(request["model"])
-    predictor = TorchPredictor(module.to(device), spec, device=device, precision=precision)
+    # ``fold: false`` times an SR model as trained, without its tail folded (edgesr.models.fold).
+    fold = request.get("fold", True)
+    if not isinstance(fold, bool):
+        raise EdgesrError(f"the request's fold must be true or false; got {fold!r}")
+    predictor = TorchPredictor(module.to(device), spec, device=device, precision=precision, fold=fold)
     return predictor, predictor.executed_precision
 
 

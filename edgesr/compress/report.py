@@ -37,6 +37,7 @@ from edgesr.data.splits import EXTERNAL
 from edgesr.device import cpu_has_native_bf16
 from edgesr.errors import EdgesrError
 from edgesr.evaluate import evaluate_model, gated_scores, has_slices, real_scan_scores, score_predictor
+from edgesr.models.fold import has_subpixel_tail
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.train.checkpoint import weights_sha256
 
@@ -130,8 +131,10 @@ def build_report(
 
     def onnx_of(candidate: Candidate) -> Path:
         if id(candidate) not in onnx_files:
-            # Named by the weights it was exported from: a stage re-run since gets a new file.
-            path = out / "runs" / f"{candidate.name}-{weights_sha256(candidate.folder)[:12]}.onnx"
+            # Named by the weights it was exported from (a stage re-run since gets a new file) and the
+            # form of the graph (an SR tail folded since 2026-12-01, edgesr.models.fold).
+            form = "-folded" if has_subpixel_tail(candidate.model) else ""
+            path = out / "runs" / f"{candidate.name}-{weights_sha256(candidate.folder)[:12]}{form}.onnx"
             if not path.is_file():
                 # OpenVINO is timed at its default (BF16 here) too: see edgesr.export.build.fft_form.
                 fft = fft_for(candidate.model, runtimes=recipe.report_runtimes, precisions=["default"],

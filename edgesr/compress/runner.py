@@ -515,6 +515,7 @@ def _quantize_stage(
         export_onnx(
             previous.model, previous.spec, latency_inputs(previous.spec, 64), onnx_path, fft=fft,
             unroll=int8_unroll(previous.model),  # the quantizers do not enter Loop bodies (MoDL's unrolls)
+            fold=False,  # quantized as trained: QAT and the cards' INT8 settings name its layers
         )  # fmt: skip
     settings = QuantizeSettings(
         runtimes=tuple(stage.runtimes),

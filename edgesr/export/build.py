@@ -47,6 +47,7 @@ from edgesr.export.artifact import runtime_predictor
 from edgesr.export.manifest import write_manifest
 from edgesr.export.targets import ExportTarget
 from edgesr.export.verify import VerificationError, check_parity, check_quality, compare_outputs, quality
+from edgesr.models.fold import has_subpixel_tail
 from edgesr.pipeline import Predictor, TorchPredictor
 from edgesr.spec import ModelSpec
 
@@ -141,6 +142,8 @@ def export_model(
                 export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=fft)
         onnx_seconds = time.perf_counter() - started
         graph_record = _graph_record(target, spec, onnx_path, fft)
+        if has_subpixel_tail(model):  # the precisions whose files (or torch runs) fold it: not INT8's
+            graph_record["subpixel_tail_folded"] = [p for p in target.precisions if p != "int8"]
         calibrations: dict[int, list[dict[str, np.ndarray]]] = {}
         plan: Int8Plan | None = None
         graph: Any = None
@@ -150,14 +153,14 @@ def export_model(
 
             from edgesr.export.onnx import export_onnx, int8_unroll
 
-            if int8_unroll(model):  # the quantizers do not enter Loop bodies: the unrolls written out
+            # The quantizers do not enter Loop bodies: INT8 gets the unrolls written out. And it is
+            # quantized from the graph as trained, not the folded one (export_onnx's ``fold``).
+            if int8_unroll(model) or has_subpixel_tail(model):
                 int8_onnx = work / "model_int8.onnx"
-                with console.status(
-                    "exporting the unrolls written out for INT8 (quantizers skip Loop bodies)"
-                ):
+                with console.status("exporting the graph INT8 is quantized from"):
                     export_onnx(
                         model, spec, example, int8_onnx, dynamic=target.dynamic_shapes, fft=fft,
-                        unroll=int8_unroll(model),
+                        unroll=int8_unroll(model), fold=False,
                     )  # fmt: skip
             graph = onnx.load(str(int8_onnx), load_external_data=False)
             plan = int8_plan(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from edgesr._io import atomic_path
+from edgesr.models.fold import fold_subpixel_tail
 from edgesr.physics.fft import dft_as_matmul
 from edgesr.physics.loops import unrolled
 from edgesr.spec import ModelSpec
@@ -40,6 +41,7 @@ def export_onnx(
     dynamic: bool = True,
     fft: str = "matmul",
     unroll: Sequence[str] = (),
+    fold: bool = True,
 ) -> Path:
     """Exports ``model`` to an ONNX file whose inputs/outputs carry the spec's names; checks the file.
 
@@ -64,6 +66,10 @@ def export_onnx(
         unroll: named loops to write out step by step instead of as an ONNX ``Loop`` (see
             :func:`edgesr.physics.loops.unrolled`; INT8 exports unroll the loops that hold
             convolutions, :func:`int8_unroll`).
+        fold: export an SR model with its convolution to the image moved before the last sub-pixel
+            shuffle (:func:`edgesr.models.fold.fold_subpixel_tail`: the same function, faster; the
+            torch predictor runs the same form). INT8 exports pass ``False``: the shipped cards' INT8
+            settings name the layers of the graph as trained, and QAT weights are of that structure.
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -92,6 +98,8 @@ def export_onnx(
         # copies of a batch-1 example gives the same graph with a symbolic batch.
         args = tuple(torch.cat([a, a]) for a in args)
     shapes = _dynamic_shapes(spec, args) if dynamic else None
+    if fold:
+        model = fold_subpixel_tail(model)  # a copy, or the model itself when there is nothing to fold
 
     was_training = model.training
     model.eval()
