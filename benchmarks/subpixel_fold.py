@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/subpixel_fold.py [--models rdn-mr-x2,srgan-mr-x4,...] [--repeats 40]
 
 Every shipped SR model (teachers and students) is timed at 256x256 output with its convolution to the
-image as trained and folded, in torch FP32 and BF16 (autocast) and in OpenVINO at its default precision
-(BF16 on a CPU with BF16 units), each (model, form, runtime) in a fresh worker process
-(:mod:`edgesr.bench.worker`) on the first ``--threads`` cores; the two forms of one model and runtime
-are timed back to back, so that they share the machine's state. Printed: both p50s and their ratio,
-and the largest difference of the two forms' outputs on one random input (relative to its range).
+image as trained and folded (by default every tail, RDN's 3x3 too, ``--min-kernel 1``; edgesr itself
+folds kernels of ``edgesr.models.fold.MIN_KERNEL`` and up, a choice these figures made), in torch FP32
+and BF16 (autocast) and in OpenVINO at its default precision (BF16 on a CPU with BF16 units), each
+(model, form, runtime) in a fresh worker process (:mod:`edgesr.bench.worker`) on the first
+``--threads`` cores; the two forms of one model and runtime are timed back to back, so that they share
+the machine's state. Printed: both p50s and their ratio, and the largest difference of the two forms'
+outputs on one random input (relative to its range).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> int:
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-kernel", type=int, default=1, help="fold tails of at least this kernel size")
     args = parser.parse_args()
 
     print("| model | runtime | as trained p50 ms | folded p50 ms | speed-up | max difference / range |")
@@ -50,18 +53,20 @@ def main() -> int:
             inputs = latency_inputs(spec, 256)
             with torch.no_grad():
                 trained = model(*inputs.values())
-                folded = fold_subpixel_tail(model)(*inputs.values())
+                folded = fold_subpixel_tail(model, min_kernel=args.min_kernel)(*inputs.values())
             difference = float((folded - trained).abs().max()) / max(float(trained.abs().max()), 1e-12)
             files = {}
             for fold in (False, True):
                 files[fold] = str(Path(scratch) / f"{name}-{fold}.onnx")
-                export_onnx(model, spec, latency_inputs(spec, 64), files[fold], fold=fold)
+                form = fold_subpixel_tail(model, min_kernel=args.min_kernel) if fold else model
+                export_onnx(form, spec, latency_inputs(spec, 64), files[fold], fold=False)
             for runtime, precision in (("torch", "fp32"), ("torch", "bf16"), ("openvino", "default")):
                 p50 = {}
                 for fold in (False, True):
                     request = {
                         "runtime": runtime, "precision": precision, "spec": spec.to_dict(),
                         "model": str(folder) if runtime == "torch" else files[fold], "fold": fold,
+                        "fold_min_kernel": args.min_kernel,
                         "threads": args.threads, "size": 256, "repeats": args.repeats,
                         "cores": first_cores(args.threads),
                     }  # fmt: skip

@@ -40,6 +40,7 @@ from edgesr.baselines import interpolate_base
 from edgesr.data.images import ImageVolume
 from edgesr.data.kspace import KSpaceVolume
 from edgesr.errors import ConfigError, DataError
+from edgesr.models.fold import MIN_KERNEL as FOLD_MIN_KERNEL
 from edgesr.models.fold import fold_subpixel_tail
 from edgesr.physics.coils import ESTIMATION_METHODS, MIN_ACS_LINES, acs_lines, estimate_coil_maps
 from edgesr.physics.degrade import lr_grid_offset
@@ -74,7 +75,8 @@ class TorchPredictor:
     An SR module runs with its convolution to the image folded before the last sub-pixel shuffle
     (:func:`edgesr.models.fold.fold_subpixel_tail`, on a copy): the same function, outputs within float
     rounding, and the 9x9 convolution of the SRGAN models about 3x faster in torch on 2 Zen 5 cores (as
-    the ONNX export runs it). ``fold=False`` runs the module as it is.
+    the ONNX export runs it; RDN's 3x3 tail, which gained nothing, stays unless ``fold_min_kernel=3``).
+    ``fold=False`` runs the module as it is.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class TorchPredictor:
         precision: str = "fp32",
         compile_mode: str = "",
         fold: bool = True,
+        fold_min_kernel: int = FOLD_MIN_KERNEL,
     ) -> None:
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
@@ -99,7 +102,7 @@ class TorchPredictor:
         self.fixed_lr_size = fixed_lr_size
         if channels_last is None:
             channels_last = self.device.type == "cpu"
-        folded = fold_subpixel_tail(module) if fold else module
+        folded = fold_subpixel_tail(module, min_kernel=fold_min_kernel) if fold else module
         self.folded = folded is not module
         self.module = _channels_last_copy(folded) if channels_last else folded
         self.memory_format = "channels_last" if channels_last else "contiguous"

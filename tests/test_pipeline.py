@@ -239,7 +239,7 @@ def test_torch_predictor_runs_a_channels_last_copy_on_the_cpu_and_leaves_the_mod
     inputs = {"lr": torch.rand(1, 1, 13, 10)}
     inputs["base"] = interpolate_base(inputs["lr"], 2, "zero-fill", "mr-kspace")
     fast = TorchPredictor(model, spec, "cpu")
-    plain = TorchPredictor(model, spec, "cpu", channels_last=False, fold=False)
+    plain = TorchPredictor(model, spec, "cpu", channels_last=False)
     assert (fast.memory_format, plain.memory_format) == ("channels_last", "contiguous")
     assert fast.module is not model and plain.module is model
     assert all(p.is_contiguous() for p in model.parameters())

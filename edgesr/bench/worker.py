@@ -13,7 +13,7 @@ The request (a JSON object)::
      "precision": "fp32" | "default" | "bf16" | "fp16",   # what is asked of the runtime
      "threads": 2, "size": 256, "warmup": 3, "repeats": 20,
      "cores": [0, 1],                            # optional: pin the process to these CPU cores
-     "fold": true}                               # optional, torch: false runs an SR tail unfolded
+     "fold": true, "fold_min_kernel": 5}         # optional, torch: the SR tail folded (edgesr.models.fold)
 
 The answer: ``latency_ms`` (p50/p90/p99/mean/min), ``executed_precision`` (what actually ran),
 ``peak_memory_mb`` (the process's peak resident memory above what it held before loading the model),
@@ -43,6 +43,7 @@ import torch
 
 from edgesr.bench.timing import artifact_inputs, latency_inputs, runtime_versions, time_call
 from edgesr.errors import EdgesrError
+from edgesr.models.fold import MIN_KERNEL as FOLD_MIN_KERNEL
 from edgesr.spec import ModelSpec
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -94,8 +95,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     inputs = latency_inputs(spec, int(request.get("size", 256)))
     before = _status_mb("VmRSS")
     predictor, executed, version = _load(
-        runtime, precision, request["model"], spec, threads, fold=request.get("fold", True)
-    )
+        runtime, precision, request["model"], spec, threads,
+        fold=request.get("fold", True), fold_min_kernel=request.get("fold_min_kernel"),
+    )  # fmt: skip
     latency = time_call(
         lambda: predictor(inputs),
         warmup=int(request.get("warmup", 3)),
@@ -114,13 +116,20 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load(
-    runtime: str, precision: str, model: str, spec: ModelSpec, threads: int, *, fold: Any = True
+    runtime: str,
+    precision: str,
+    model: str,
+    spec: ModelSpec,
+    threads: int,
+    *,
+    fold: Any = True,
+    fold_min_kernel: Any = None,
 ) -> tuple[Any, str, str]:
     """The predictor of a torch checkpoint or a runtime file, what it executes, and the runtime version."""
     if runtime == "torch":
         if precision not in ("fp32", "bf16"):  # the CPU: FP32, or BF16 autocast (see TorchPredictor)
             raise EdgesrError(f"torch runs on the CPU are timed in fp32 or bf16; got precision {precision!r}")
-        request = {"model": model, "precision": precision, "fold": fold}
+        request = {"model": model, "precision": precision, "fold": fold, "fold_min_kernel": fold_min_kernel}
         torch_predictor, executed = _torch_predictor(request, spec, "cpu", threads)
         return torch_predictor, executed, torch.__version__
     if runtime == "onnxruntime":
@@ -206,10 +215,14 @@ def _torch_predictor(request: dict[str, Any], spec: ModelSpec, device: str, thre
         raise EdgesrError(f"torch fp16 is timed on CUDA only (autocast); this run is on {device}")
     module, _, _ = load_for_inference(request["model"])
     # ``fold: false`` times an SR model as trained, without its tail folded (edgesr.models.fold).
-    fold = request.get("fold", True)
-    if not isinstance(fold, bool):
-        raise EdgesrError(f"the request's fold must be true or false; got {fold!r}")
-    predictor = TorchPredictor(module.to(device), spec, device=device, precision=precision, fold=fold)
+    fold, min_kernel = request.get("fold", True), request.get("fold_min_kernel") or FOLD_MIN_KERNEL
+    if not isinstance(fold, bool) or not isinstance(min_kernel, int):
+        raise EdgesrError(
+            f"the request's fold must be true or false and fold_min_kernel an integer; got {request}"
+        )
+    predictor = TorchPredictor(
+        module.to(device), spec, device=device, precision=precision, fold=fold, fold_min_kernel=min_kernel
+    )
     return predictor, predictor.executed_precision
 
 

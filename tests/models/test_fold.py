@@ -48,7 +48,7 @@ MODELS = [("rdn_tiny", 2), ("rdn_tiny", 3), ("rdn_tiny", 4), ("srgan_tiny", 4), 
 @pytest.mark.parametrize(("name", "scale"), MODELS)
 def test_folded_models_give_the_same_image(name: str, scale: int) -> None:
     model = _randomised(create_model(name, scale=scale))
-    folded = fold_subpixel_tail(model)
+    folded = fold_subpixel_tail(model, min_kernel=1)  # RDN's 3x3 tail too (not folded by default)
     assert isinstance(folded.to_image, ShuffledConv)
     assert isinstance(model.to_image, nn.Conv2d), "the trained model keeps its structure"
     lr = torch.rand(1, 1, 11, 9)
@@ -72,6 +72,9 @@ def test_srgan_prelu_slopes_follow_their_channels() -> None:
 def test_models_without_the_tail_are_returned_unchanged() -> None:
     modl = create_model("modl_tiny")
     assert not has_subpixel_tail(modl) and fold_subpixel_tail(modl) is modl
+    rdn = create_model("rdn_tiny", scale=2)  # a 3x3 tail: measured no faster folded (MIN_KERNEL)
+    assert not has_subpixel_tail(rdn) and fold_subpixel_tail(rdn) is rdn
+    assert has_subpixel_tail(create_model("srgan_tiny", scale=4))
     strided = nn.Conv2d(4, 1, 3, padding=1, stride=2)
     assert not foldable(strided)
     with pytest.raises(ValueError, match="stride-1"):
@@ -87,3 +90,44 @@ def test_the_predictor_runs_the_folded_copy_of_a_shipped_student() -> None:
     unfolded = TorchPredictor(model, spec, "cpu", fold=False)
     got, expected = predictor({"lr": lr, "base": base}), unfolded({"lr": lr, "base": base})
     assert float((got - expected).abs().max()) < 1e-5 * float(expected.abs().max())
+
+
+def test_an_srgan_export_holds_the_folded_tail_in_float_and_the_trained_one_in_int8(tiny_dataset, tmp_path):
+    """``edgesr export`` of an SRGAN generator: the float file ends Conv -> DepthToSpace (folded) and
+    matches the module as trained; the INT8 file is quantized from the graph as trained (its cards' layer
+    names); the manifest says which precisions fold."""
+    import json
+
+    import onnx
+
+    from edgesr.export.artifact import open_artifact
+    from tests.conftest import export_cli, save_model
+
+    model = _randomised(create_model("srgan_tiny", scale=2))
+    checkpoint = save_model(tmp_path / "ckpt", model, "srgan_tiny", {"scale": 2, "upsampler": "zero-fill"})
+    out = tmp_path / "exported"
+    argv = [
+        "target=cpu-onnxruntime",
+        "precisions=[fp32,int8]",
+        "verify.slices=1",
+        "verify.max_psnr_drop_db=100",
+    ]
+    assert export_cli(tiny_dataset, checkpoint, out, *argv, "verify.max_ssim_drop=1") == 0
+
+    def ops(path) -> list[str]:
+        nodes = onnx.load(str(path)).graph.node
+        return [node.op_type for node in nodes if node.op_type in ("Conv", "DepthToSpace")]
+
+    assert ops(out / "fp32" / "model.onnx")[-2:] == ["Conv", "DepthToSpace"]
+    assert ops(out / "int8" / "model.onnx")[-2:] == ["DepthToSpace", "Conv"]
+    predictor, manifest = open_artifact(out / "fp32")
+    assert manifest.graph["subpixel_tail_folded"] == ["fp32"]
+    assert json.loads((out / "int8" / "manifest.json").read_text())["graph"]["subpixel_tail_folded"] == [
+        "fp32"
+    ]
+    lr = torch.rand(1, 1, 15, 11)
+    base = F.interpolate(lr, scale_factor=2)
+    with torch.no_grad():
+        expected = model.eval()(lr, base)
+    got = predictor({"lr": lr, "base": base})
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
