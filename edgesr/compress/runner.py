@@ -225,60 +225,68 @@ def _init_from(student: nn.Module, previous: Candidate) -> tuple[int, int]:
 _NOT_FINGERPRINTED = ("steps", "eval_every", "qat_eval_every", "amp")
 
 
-def _fingerprint(
+def _fingerprints(
     index: int,
     stage: Stage,
     previous: Candidate,
     recipe: Recipe,
     dataset: PreparedDataset,
     started_from: dict[str, str],
-    *,
-    gate_in_every_stage: bool = False,
-    before_keep_blocks: bool = False,
-) -> str:
+) -> tuple[str, set[str]]:
     """What a finished stage was made from: its options, the previous model's weights, seed and data, and
-    for a quantize stage the gate (which steers its remedies).
+    for a quantize stage the gate (which steers its remedies). Returns the fingerprint and the earlier
+    forms of it that a finished stage may still carry.
 
-    A finished stage is reused (``resume=true``) only when this matches: a stage re-run with other
-    options, or an earlier stage re-run since, makes every later stage's fingerprint differ. Until
-    2026-12-01 every stage's fingerprint held the gate (``gate_in_every_stage``, still accepted on resume):
-    a distillation does not read it, and a run whose final model missed the gate is shipped by loosening
-    the gate and resuming, not by training again. Stages finished before ``keep_blocks`` existed
-    (2026-11-30) have no such key (``before_keep_blocks``, also accepted).
+    A finished stage is reused (``resume=true``) only when its fingerprint is one of these: a stage re-run
+    with other options, or an earlier stage re-run since, makes every later stage's fingerprint differ.
+    Earlier forms: until 2026-12-01 every stage's fingerprint held the gate (a distillation does not read
+    it, and a run whose final model missed the gate is shipped by loosening the gate and resuming, not by
+    training again); stages finished before ``keep_blocks`` existed (2026-11-30) have no such key.
     """
-    options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
-    for added in ("coils", "target_params"):  # added 2026-12-01: stages finished before keep theirs
-        if not options[added]:
-            del options[added]
-    if before_keep_blocks and not options["keep_blocks"]:
-        del options["keep_blocks"]
+    # Hashed once for the three forms (the weights hash reads every tensor of the previous stage).
+    previous_weights = weights_sha256(previous.folder)
+    data_id = training_data(dataset.manifest, previous.spec.intensity.modality)["id"]
     device, trains = pick_device(recipe.device), stage.kind != "quantize" and stage.steps > 0
-    made_of = {
-        "stage": options,
-        "previous_weights_sha256": weights_sha256(previous.folder),
-        # A student started from a checkpoint is made of its weights too (only added then, so other
-        # stages keep their fingerprints).
-        **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
-        "seed": recipe.seed + index,
-        **(
-            {"gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop]}
-            if stage.kind == "quantize" or gate_in_every_stage
-            else {}
-        ),
-        # Which slices judge the INT8 attempts (the quantize stage picks by it); only added when not
-        # every slice, what stages were judged on before the key existed.
-        **({"gate_on": recipe.gate_on} if stage.kind == "quantize" and recipe.gate_on != "all" else {}),
-        # A stage that trained under bf16 autocast is another model than the same stage in fp32 (only
-        # added then: stages trained in fp32, on any hardware, keep their fingerprints).
-        **({"bf16_autocast": True} if trains and stage.amp and bf16_training(device) else {}),
-        # steps are left out (above), but a stage of no steps made an untrained model: raising its
-        # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
-        **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
-        # Only the slices a stage reads (train, val): adding an external source re-scores a finished
-        # run (resume=true) without redoing its stages.
-        "training_data": training_data(dataset.manifest, previous.spec.intensity.modality)["id"],
+
+    def fingerprint(*, gate_in_every_stage: bool = False, before_keep_blocks: bool = False) -> str:
+        options = {k: v for k, v in dataclasses.asdict(stage).items() if k not in _NOT_FINGERPRINTED}
+        for added in ("coils", "target_params"):  # added 2026-12-01: stages finished before keep theirs
+            if not options[added]:
+                del options[added]
+        if before_keep_blocks and not options["keep_blocks"]:
+            del options["keep_blocks"]
+        made_of = {
+            "stage": options,
+            "previous_weights_sha256": previous_weights,
+            # A student started from a checkpoint is made of its weights too (only added then, so other
+            # stages keep their fingerprints).
+            **({"student_init_sha256": started_from["weights_sha256"]} if started_from else {}),
+            "seed": recipe.seed + index,
+            **(
+                {"gate": [recipe.max_psnr_drop_db, recipe.max_ssim_drop]}
+                if stage.kind == "quantize" or gate_in_every_stage
+                else {}
+            ),
+            # Which slices judge the INT8 attempts (the quantize stage picks by it); only added when not
+            # every slice, what stages were judged on before the key existed.
+            **({"gate_on": recipe.gate_on} if stage.kind == "quantize" and recipe.gate_on != "all" else {}),
+            # A stage that trained under bf16 autocast is another model than the same stage in fp32 (only
+            # added then: stages trained in fp32, on any hardware, keep their fingerprints).
+            **({"bf16_autocast": True} if trains and stage.amp and bf16_training(device) else {}),
+            # steps are left out (above), but a stage of no steps made an untrained model: raising its
+            # steps must redo it. (Only added when true, so trained stages keep their fingerprints.)
+            **({"untrained": True} if stage.kind != "quantize" and stage.steps == 0 else {}),
+            # Only the slices a stage reads (train, val): adding an external source re-scores a finished
+            # run (resume=true) without redoing its stages.
+            "training_data": data_id,
+        }
+        return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+
+    earlier = {
+        fingerprint(gate_in_every_stage=True),
+        fingerprint(gate_in_every_stage=True, before_keep_blocks=True),
     }
-    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint(), earlier
 
 
 def _mark_done(folder: Path, stage: Stage, model_name: str, started: float, fingerprint: str) -> None:
@@ -308,16 +316,9 @@ def _run_stage(
     and trains its share of each batch; rank 0 writes, and the others wait for its files."""
     folder = out / stage_folder_name(index, stage)
     model_dir = folder / "model"
-    fingerprint = _fingerprint(index, stage, previous, recipe, dataset, started_from)
-    # The forms of stages finished before the gate left non-quantize fingerprints and, earlier, before
-    # keep_blocks existed (see _fingerprint): still reused on resume.
-    earlier_forms = {
-        _fingerprint(index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True),
-        _fingerprint(
-            index, stage, previous, recipe, dataset, started_from, gate_in_every_stage=True,
-            before_keep_blocks=True,
-        ),
-    }  # fmt: skip
+    # Stages finished before the gate left non-quantize fingerprints and, earlier, before keep_blocks
+    # existed carry earlier forms (see _fingerprints): still reused on resume.
+    fingerprint, earlier_forms = _fingerprints(index, stage, previous, recipe, dataset, started_from)
     if (folder / STAGE_DONE).is_file():
         if not resume:  # compress() checks this before it writes anything; kept here for direct callers
             raise ConfigError(
