@@ -215,7 +215,8 @@ def _torch_predictor(request: dict[str, Any], spec: ModelSpec, device: str, thre
         raise EdgesrError(f"torch fp16 is timed on CUDA only (autocast); this run is on {device}")
     module, _, _ = load_for_inference(request["model"])
     # ``fold: false`` times an SR model as trained, without its tail folded (edgesr.models.fold).
-    fold, min_kernel = request.get("fold", True), request.get("fold_min_kernel") or FOLD_MIN_KERNEL
+    fold, min_kernel = request.get("fold", True), request.get("fold_min_kernel")
+    min_kernel = FOLD_MIN_KERNEL if min_kernel is None else min_kernel
     if not isinstance(fold, bool) or not isinstance(min_kernel, int):
         raise EdgesrError(
             f"the request's fold must be true or false and fold_min_kernel an integer; got {request}"

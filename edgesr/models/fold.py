@@ -94,7 +94,12 @@ def conv_before_shuffle(conv: nn.Conv2d, scale: int) -> nn.Conv2d:
     weight = conv.weight.detach()
     out_channels, in_channels = weight.shape[:2]
     folded = torch.zeros(
-        out_channels * r * r, in_channels * r * r, 2 * reach + 1, 2 * reach + 1, dtype=weight.dtype
+        out_channels * r * r,
+        in_channels * r * r,
+        2 * reach + 1,
+        2 * reach + 1,
+        dtype=weight.dtype,
+        device=weight.device,
     )
     # Fine pixel (y*r + a) reads fine row y*r + a + dy - pad = (y + u)*r + i: coarse offset u, phase i.
     for a in range(r):
@@ -107,8 +112,14 @@ def conv_before_shuffle(conv: nn.Conv2d, scale: int) -> nn.Conv2d:
                     tap = (u + reach, v + reach)
                     folded[a * r + b :: r * r, i * r + j :: r * r, tap[0], tap[1]] += weight[:, :, dy, dx]
     result = nn.Conv2d(
-        in_channels * r * r, out_channels * r * r, 2 * reach + 1, padding=reach, bias=conv.bias is not None
-    ).to(weight.device)
+        in_channels * r * r,
+        out_channels * r * r,
+        2 * reach + 1,
+        padding=reach,
+        bias=conv.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         result.weight.copy_(folded)
         if conv.bias is not None:
@@ -139,7 +150,7 @@ def fold_subpixel_tail(model: nn.Module, *, min_kernel: int = MIN_KERNEL) -> nn.
         slopes = prelu.weight.detach()
         if slopes.numel() > 1:
             slopes = slopes.repeat_interleave(scale * scale)
-        activation = nn.PReLU(slopes.numel()).to(slopes.device)
+        activation = nn.PReLU(slopes.numel(), device=slopes.device, dtype=slopes.dtype)
         with torch.no_grad():
             activation.weight.copy_(slopes)
     folded = copy.deepcopy(model)

@@ -131,3 +131,28 @@ def test_an_srgan_export_holds_the_folded_tail_in_float_and_the_trained_one_in_i
         expected = model.eval()(lr, base)
     got = predictor({"lr": lr, "base": base})
     assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+def test_the_fold_keeps_the_models_dtype() -> None:
+    model = _randomised(create_model("srgan_tiny", scale=2)).double()
+    folded = fold_subpixel_tail(model)
+    assert folded.to_image.conv.weight.dtype == torch.float64
+    assert folded.to_image.activation.weight.dtype == torch.float64
+    lr = torch.rand(1, 1, 9, 7, dtype=torch.float64)
+    base = F.interpolate(lr, scale_factor=2)
+    with torch.no_grad():
+        got, expected = folded(lr, base), model(lr, base)
+    assert float((got - expected).abs().max()) < 1e-10 * float(expected.abs().max())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; torch sees none")
+def test_the_fold_builds_its_layers_on_the_models_device() -> None:
+    model = _randomised(create_model("srgan_tiny", scale=4)).cuda()
+    folded = fold_subpixel_tail(model)
+    assert folded.to_image.conv.weight.is_cuda and folded.to_image.activation.weight.is_cuda
+    lr = torch.rand(1, 1, 9, 7, device="cuda")
+    base = F.interpolate(lr, scale_factor=4)
+    with torch.no_grad():
+        got, expected = folded(lr, base), model(lr, base)
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
