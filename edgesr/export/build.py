@@ -141,6 +141,8 @@ def export_model(
 
                 export_onnx(model, spec, example, onnx_path, dynamic=target.dynamic_shapes, fft=fft)
         onnx_seconds = time.perf_counter() - started
+        if onnx_path.is_file():
+            checks.onnx_path = onnx_path
         graph_record = _graph_record(target, spec, onnx_path, fft)
         if has_subpixel_tail(model):  # the precisions whose files (or torch runs) fold it: not INT8's
             graph_record["subpixel_tail_folded"] = [p for p in target.precisions if p != "int8"]
@@ -545,6 +547,7 @@ class _Checks:
     expected: list[torch.Tensor]
     reference_scores: dict[str, Any] | None = None
     kspace_shape: tuple[int, int] | None = None  # a fixed-shape recon export's only k-space size
+    onnx_path: Path | None = None  # the float graph the artifacts were built from (to locate a failure)
 
 
 def _same_kspace_size(
@@ -705,6 +708,34 @@ def _tensorrt_engine(target: ExportTarget, precision: str, folder: Path, started
     return _Built(PLAN_FILE, "tensorrt", time.perf_counter() - started, {"built": True, **record})
 
 
+def _first_divergent_layer(
+    reference: TorchPredictor,
+    path: Path,
+    runtime: str,
+    inputs: Sequence[dict[str, np.ndarray]],
+    parity: dict[str, Any],
+    checks: _Checks,
+    target: ExportTarget,
+    threads: int,
+) -> str:
+    """The failed parity check's diagnosis (:mod:`edgesr.export.locate`): which layer differs first."""
+    from edgesr.export.locate import describe, first_divergent_layer
+
+    if checks.onnx_path is None or runtime not in ("onnxruntime", "openvino"):
+        return ""
+    # Layers carry float rounding of their own: a layer counts as diverging at a tenth of the output's
+    # error when that is above the limit (a wrong layer is off by orders of magnitude more).
+    limit = max(target.verify.max_abs_error, float(parity["relative_error"]) / 10)
+    try:
+        found = first_divergent_layer(
+            reference.module, reference.input_names, checks.onnx_path, path, runtime,
+            inputs[int(parity["worst_item"])], limit=limit, threads=threads,
+        )  # fmt: skip
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        return f" Layer not located ({type(exc).__name__}: {exc})."
+    return describe(found)
+
+
 def _verify(
     target: ExportTarget,
     precision: str,
@@ -749,7 +780,11 @@ def _verify(
         figures["device"] = str(getattr(candidate, "device", "cpu"))  # CUDA where there is a GPU
     graph_is_float = precision == "fp32" or (precision == "fp16" and runtime == "onnxruntime")
     if graph_is_float:
-        check_parity(parity, limit=target.verify.max_abs_error, label=label)
+        try:
+            check_parity(parity, limit=target.verify.max_abs_error, label=label)
+        except VerificationError as exc:
+            where = _first_divergent_layer(reference, path, runtime, inputs, parity, checks, target, threads)
+            raise VerificationError(f"{exc}.{where}") from None
         return figures | {"check": "parity", "limit": target.verify.max_abs_error, **parity}
     volumes = max(1, len(dataset.volumes(spec.intensity.modality if spec.sr is not None else "MR", "test")))
     per_volume = -(-target.verify.slices // volumes)

@@ -10,7 +10,9 @@ Two checks, chosen by the artifact's precision:
   pipeline on the test split's reference images, against torch FP32's on the same images, within the
   target's (or the recipe's) gate; the PSNR of the artifact's output against torch's is recorded too.
 
-A failure raises :class:`VerificationError` naming the artifact, the output and the figures.
+A failure raises :class:`VerificationError` naming the artifact, the output and the figures; a failed
+parity check of an ONNX Runtime or OpenVINO file also names the first layer that differs
+(:mod:`edgesr.export.locate`).
 """
 
 from __future__ import annotations
