@@ -16,7 +16,6 @@ export passes.
 
 from __future__ import annotations
 
-import ast
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -119,14 +118,10 @@ def describe(found: dict[str, Any]) -> str:
 
 def _innermost(node: Any, modules: set[str]) -> str:
     """The innermost torch module a dynamo-exported node came from (its scopes end with the op's name)."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = [s for s in ast.literal_eval(prop.value) if s in modules]
-            except (ValueError, SyntaxError):
-                return ""
-            return scopes[-1] if scopes else ""
-    return ""
+    from edgesr.compress.quantize import module_path
+
+    scopes = [scope for scope in module_path(node) if scope in modules]
+    return scopes[-1] if scopes else ""
 
 
 def _torch_outputs(
