@@ -36,7 +36,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,10 +134,10 @@ def _load(
     if runtime == "onnxruntime":
         import onnxruntime
 
-        from edgesr.export.onnxruntime import OnnxRuntimePredictor, executed_precision
+        from edgesr.export.onnxruntime import OnnxRuntimePredictor
 
         predictor = OnnxRuntimePredictor(model, threads=threads)
-        return predictor, executed_precision(model), onnxruntime.__version__
+        return predictor, predictor.executed_precision, onnxruntime.__version__
     if runtime == "openvino":
         import openvino
 
@@ -160,16 +159,12 @@ def measure_on_device(request: dict[str, Any]) -> dict[str, Any]:
     before = _status_mb("VmRSS")
     if "artifact" in request:
         from edgesr.export.artifact import open_artifact
-        from edgesr.export.onnxruntime import executed_precision
 
         predictor, manifest = open_artifact(request["artifact"], threads=threads, device=device)
         spec = manifest.spec
         runtime = manifest.runtime
-        entry = Path(request["artifact"]) / manifest.entry
         # OpenVINO's predictor reads it from the compiled model; ONNX Runtime's from the optimised graph.
         executed = str(getattr(predictor, "executed_precision", ""))
-        if runtime == "onnxruntime":
-            executed = executed_precision(entry)
         answer["runtime_version"] = runtime_versions().get(runtime, "")
     else:
         spec = ModelSpec.from_dict(request["spec"])

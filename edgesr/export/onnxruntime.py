@@ -7,6 +7,7 @@ Pre- and post-processing stay in the pipeline; this class only moves tensors in 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,6 +57,12 @@ class OnnxRuntimePredictor:
     def input_names(self) -> tuple[str, ...]:
         """The graph's input names, in the graph's order (the spec's ``input_names`` for edgesr exports)."""
         return self._input_names
+
+    @functools.cached_property
+    def executed_precision(self) -> str:
+        """What ONNX Runtime runs the graph's convolutions in (:func:`executed_precision`; computed once,
+        on first use: it optimises the graph once more)."""
+        return executed_precision(self.path)
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Runs the session on ``inputs`` (by name; extra entries are ignored, as by the torch predictor).

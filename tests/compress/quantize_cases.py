@@ -500,6 +500,52 @@ def test_convolutions_inside_loop_bodies_are_refused_and_an_int8_export_writes_t
     torch.testing.assert_close(OnnxRuntimePredictor(written_out)(example), expected, atol=1e-4, rtol=0)
 
 
+def _float_readers_of_dequantized_activations(path: Path) -> list[str]:
+    """Non-Conv nodes that read the dequantized copy of an activation a float operation made (not a
+    convolution's own INT8 output)."""
+    nodes = list(onnx.load(str(path)).graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    quantized = {
+        n.output[0] for n in nodes
+        if n.op_type == "QuantizeLinear" and getattr(producer.get(n.input[0]), "op_type", "") != "Conv"
+    }  # fmt: skip
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    return [n.op_type for n in nodes if n.op_type != "Conv" and dequantized & set(n.input)]
+
+
+def test_a_recon_graph_quantizes_only_its_convolutions_inputs_not_its_image_path(tmp_path):
+    """ONNX Runtime's quantizer gives every consumer of a quantized convolution's input the 8-bit copy:
+    in MoDL the residual add and the data-consistency solve of each unroll then read the image in 8
+    bits. ``float_paths`` hands them the float tensor back; the convolutions keep their QDQ pairs, and
+    the result moves towards the float model."""
+    from edgesr.export.onnx import int8_unroll
+    from edgesr.spec import recon_spec
+
+    torch.manual_seed(0)
+    model = create_model("modl_tiny").eval()
+    spec = recon_spec(coils=0)
+    example = {"masked_kspace": torch.rand(1, 8, 16, 12), "mask": torch.ones(1, 1, 1, 12),
+               "sens_maps": torch.rand(1, 8, 16, 12)}  # fmt: skip
+    path = export_onnx(model, spec, example, tmp_path / "unrolled.onnx", unroll=int8_unroll(model))
+    calibration = [{k: v.numpy() for k, v in example.items()}]
+    shared = quantize_onnxruntime(path, tmp_path / "shared.onnx", calibration, keep_fp=[])
+    rewired = quantize_onnxruntime(path, tmp_path / "float.onnx", calibration, keep_fp=[], float_paths=True)
+
+    assert "Add" in _float_readers_of_dequantized_activations(shared)  # ORT's default: the residual add
+    assert _float_readers_of_dequantized_activations(rewired) == []
+    for file in (shared, rewired):  # the convolutions are quantized all the same
+        graph = onnx.load(str(file)).graph
+        assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= model.iterations
+        assert onnxruntime_precision(file).startswith("int8")
+    with torch.no_grad():
+        expected = model(*example.values())
+    error = {
+        name: (OnnxRuntimePredictor(file)(example) - expected).abs().max().item()
+        for name, file in (("shared", shared), ("float paths", rewired))
+    }
+    assert error["float paths"] < error["shared"], error
+
+
 def test_a_prune_then_int8_chain_as_the_quickstart_runs(tiny_dataset, tmp_path):
     """The quick start's shape on a tiny teacher: a pruned, fine-tuned student, then its INT8 files;
     the quantize stage quantizes the pruned model (not the teacher), and both stages are reported."""
