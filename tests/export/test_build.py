@@ -47,6 +47,8 @@ def test_onnxruntime_fp32_and_int8_export_verify_and_run_like_torch(tiny_dataset
     assert fp32["check"] == "parity" and fp32["relative_error"] <= 1e-4 and fp32["items"] >= 2
     int8 = summary["artifacts"]["int8"]["verification"]
     assert int8["check"] == "quality" and int8["psnr_drop_db"] <= 0.3 and int8["slices"] >= 1
+    # What ONNX Runtime executes, from its optimised graph: the fused INT8 convolutions and the float ones.
+    assert fp32["executed_precision"] == "fp32" and int8["executed_precision"].startswith("int8")
     assert summary["source"]["model"] == "rdn_tiny" and len(summary["source"]["weights_sha256"]) == 64
     assert not list(tmp_path.glob(".*staging*"))  # nothing left beside the export
 
