@@ -315,7 +315,9 @@ def _float_consumers_read_float(path: Path) -> int:
     whatever the scope. A quantized convolution's own output keeps its shared pair: its readers take
     the INT8 result, and ONNX Runtime fuses a convolution into ``QLinearConv`` only while its
     QuantizeLinear is its sole reader (rewiring those too ran every convolution of ``modl-r4`` in
-    float, and ``rdn-mr-x2`` 2.1x slower). SR graphs keep ONNX Runtime's placement: rewired this way,
+    float, and ``rdn-mr-x2`` 2.1x slower). Not handled (no edgesr graph has one): a quantized tensor
+    that is also a graph output, which ORT's quantizer renames so that the output is the 8-bit copy.
+    SR graphs keep ONNX Runtime's placement: rewired this way,
     ``rdn-mr-x2``'s INT8 file lost 0.036 dB instead of 0.040 at the same speed (143 against 152 ms,
     interleaved), not worth changing the files the shipped cards measured.
 
@@ -333,18 +335,25 @@ def _float_consumers_read_float(path: Path) -> int:
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    dequantized = {node.output[0] for node in nodes if node.op_type == "DequantizeLinear"}
+    # A quantized convolution reads its weight through a DequantizeLinear; one kept in float does not,
+    # and is a float reader like any other.
+    quantized_convs = {
+        id(node) for node in nodes
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in dequantized
+    }  # fmt: skip
     rewired = 0
     for dequantize in nodes:
         quantize = producer.get(dequantize.input[0]) if dequantize.op_type == "DequantizeLinear" else None
         if quantize is None or quantize.op_type != "QuantizeLinear":
             continue  # a weight's pair (its QuantizeLinear folded into an initializer), or not a pair
         source = producer.get(quantize.input[0])
-        if source is not None and source.op_type == "Conv":
+        if source is not None and id(source) in quantized_convs:
             # A quantized convolution's own output: its readers take the INT8 result, and ONNX Runtime
             # fuses the convolution into QLinearConv only while its QuantizeLinear is its sole reader.
             continue
         for node in consumers.get(dequantize.output[0], []):
-            if node.op_type == "Conv":
+            if id(node) in quantized_convs:
                 continue
             for index, name in enumerate(node.input):
                 if name == dequantize.output[0]:
