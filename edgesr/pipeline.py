@@ -197,7 +197,7 @@ def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
             # As a CT model refuses MR: an MR model on CT numbers (negative air) gives nonsense quietly.
             instead = "use a CT model such as rdn-ct-x2, or " if modality == "CT" else ""
             raise DataError(
-                f"{image.source}: a {modality} DICOM series given to an MR model (it enhances MR "
+                f"{image.source}: a DICOM series of modality {modality} given to an MR model (it enhances MR "
                 f"magnitudes); {instead}pass units=raw to run it on these values anyway"
             )
         return "raw"
@@ -208,7 +208,7 @@ def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
         if modality == "CT":
             return "hu"
         raise DataError(
-            f"{image.source}: a {modality or 'untyped'} DICOM series given to a CT model; "
+            f"{image.source}: a DICOM series of modality {modality or '(none)'} given to a CT model; "
             "pass units=raw to run it on these values anyway"
         )
     low = float(image.data.min())
@@ -395,6 +395,11 @@ def prepare_sr(
     if spec.sr is None:
         raise ValueError(f"prepare_sr needs an SR spec; got a {spec.task} spec")
     image = _as_volume(data)
+    if image.volumes > 1:  # one maximum over all of them would scale a dim volume by a bright one's
+        raise ValueError(
+            f"prepare_sr takes one 3-D volume; {image.source} holds {image.volumes}: prepare each "
+            "(image.volume(t)) on its own"
+        )
     if min(image.data.shape[1:]) < 2:
         raise DataError(
             f"{image.source}: image of shape {image.data.shape[1:]} is too small to upsample "

@@ -150,6 +150,23 @@ def test_malformed_geometry_tags_name_the_tag_and_file(tmp_path, capsys, tag, va
     _fails(capsys, _enhance(tmp_path / "series", tmp_path / "o.nii.gz"), "im0.dcm", needle)
 
 
+def test_an_unfilled_zero_pixel_spacing_reads_as_absent_but_one_zero_is_an_error(tmp_path, capsys):
+    """Secondary captures and CR write "0\\0" for a spacing they do not know: read it as 1 mm, as a
+    missing tag is; a single zero is a broken header and names the tag and file."""
+    import pydicom
+
+    files = _series(tmp_path / "series", count=1)
+    ds = pydicom.dcmread(files[0])
+    ds.PixelSpacing = [0.0, 0.0]
+    ds.save_as(files[0])
+    out = tmp_path / "sr.nii.gz"
+    assert main(_enhance(tmp_path / "series", out)) == 0
+    assert nib.load(out).header.get_zooms()[:2] == pytest.approx((0.5, 0.5))
+    ds.PixelSpacing = [0.0, 0.8]
+    ds.save_as(files[0])
+    _fails(capsys, _enhance(tmp_path / "series", tmp_path / "o.nii.gz"), "im0.dcm", "PixelSpacing")
+
+
 def test_dicom_geometry_reaches_the_nifti_output(tmp_path):
     """PixelSpacing 0.7 x 0.8 mm, 2 mm apart: the x2 output has 0.35 / 0.4 / 2 mm voxels, in place."""
     _series(tmp_path / "series")

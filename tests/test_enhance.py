@@ -71,6 +71,43 @@ def test_enhance_nifti_keeps_dtype_and_scales_voxels(tmp_path, sr_checkpoint):
     np.testing.assert_allclose(image.header.get_zooms(), (0.6, 0.7, 3.0), rtol=1e-5)
 
 
+def test_a_4d_nifti_keeps_its_volumes_each_enhanced_as_a_scan_of_its_own(tmp_path, sr_checkpoint, capsys):
+    """A diffusion set: a bright b=0 volume and a dim b=1000 one. Each is normalised by its own maximum,
+    so the 4-D result equals the two 3-D results; TR (pixdim[4]) and its unit survive."""
+    rng = np.random.default_rng(2)
+    bright, dim = rng.random((19, 17, 3)) * 2000, rng.random((19, 17, 3)) * 150
+    affine = np.diag([1.2, 1.4, 3.0, 1.0])
+    image = nib.Nifti1Image(np.stack([bright, dim], axis=-1).astype(np.float32), affine)
+    image.header.set_zooms((1.2, 1.4, 3.0, 2500.0))
+    image.header.set_xyzt_units("mm", "msec")
+    nib.save(image, tmp_path / "dwi.nii.gz")
+    for name, volume in (("b0", bright), ("b1000", dim)):
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), tmp_path / f"{name}.nii.gz")
+
+    def enhance(name: str, output: str) -> int:
+        return main(
+            ["enhance", f"checkpoint={sr_checkpoint}", f"input={tmp_path / name}", f"output={output}"]
+        )
+
+    assert enhance("dwi.nii.gz", str(tmp_path / "sr.nii.gz")) == 0
+    assert "(2 x 3 x 38 x 34)" in " ".join(capsys.readouterr().err.split())  # volumes x slices x H x W
+    result = nib.load(tmp_path / "sr.nii.gz")
+    assert result.shape == (38, 34, 3, 2)
+    np.testing.assert_allclose(result.header.get_zooms(), (0.6, 0.7, 3.0, 2500.0), rtol=1e-5)
+    assert result.header.get_xyzt_units() == ("mm", "msec")
+    for t, name in enumerate(("b0", "b1000")):
+        assert enhance(f"{name}.nii.gz", str(tmp_path / f"sr_{name}.nii.gz")) == 0
+        alone = nib.load(tmp_path / f"sr_{name}.nii.gz").get_fdata()
+        np.testing.assert_allclose(result.get_fdata()[..., t], alone, rtol=1e-5, atol=1e-4)
+    # NPY keeps the fourth axis as [T, Z, H, W]; PNG and TIFF cannot, and say so before any work.
+    assert enhance("dwi.nii.gz", str(tmp_path / "sr.npy")) == 0
+    assert np.load(tmp_path / "sr.npy").shape == (2, 3, 38, 34)
+    capsys.readouterr()
+    assert enhance("dwi.nii.gz", str(tmp_path / "sr.tif")) == 2
+    assert "holds 2 volumes (4-D); write .nii.gz or .npy" in capsys.readouterr().err
+    assert not (tmp_path / "sr.tif").exists()
+
+
 def test_enhance_png_and_npy(tmp_path, sr_checkpoint):
     pixels = (np.random.default_rng(1).random((21, 15)) * 60000).astype(np.uint16)
     Image.fromarray(pixels).save(tmp_path / "lr.png")

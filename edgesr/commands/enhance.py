@@ -25,6 +25,7 @@ from edgesr.data.writers import (
     check_output,
     check_png_type,
     check_slices,
+    check_volumes,
     clipping,
     write_image,
 )
@@ -150,6 +151,7 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             check_derivable(volume)  # before minutes of inference, not after
         else:
             check_slices(cfg.output, volume.data.shape[0])
+            check_volumes(cfg.output, volume.volumes)
             check_png_type(cfg.output, volume.dtype)
             gaps = volume.meta.get("uneven_slices")
             if gaps and cfg.output.lower().endswith((".nii", ".nii.gz")):
@@ -158,7 +160,9 @@ def run_enhance(cfg: EnhanceConfig) -> int:
                     "write a derived DICOM series (name a folder) or .npy/.tif (no geometry)"
                 )
         with Progress(
-            TextColumn(f"super-resolving {volume.data.shape[0]} slice(s) x{spec.sr.scale}"),
+            TextColumn(
+                f"super-resolving {_slices_in_words(volume.data.shape[0], volume.volumes)} x{spec.sr.scale}"
+            ),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("tiles"),
@@ -195,7 +199,15 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             clipped = clipping(result.image, volume.dtype)
             if clipped:
                 console.print(f"[yellow]warning[/]: {escape(cfg.output)}: {escape(clipped)}", soft_wrap=True)
-            write_image(cfg.output, result.image, dtype=volume.dtype, affine=result.affine)
+            write_image(
+                cfg.output,
+                result.image,
+                dtype=volume.dtype,
+                affine=result.affine,
+                volumes=volume.volumes,
+                volume_step=float(volume.meta.get("volume_step", 1.0)),
+                volume_step_unit=str(volume.meta.get("volume_step_unit", "unknown")),
+            )
         units = f" ({result.units})" if spec.intensity.is_ct else ""
         what = " as a derived DICOM series" if dicom_series else ""
     else:
@@ -207,6 +219,16 @@ def run_enhance(cfg: EnhanceConfig) -> int:
         write_image(cfg.output, result.image, dtype="float32", affine=result.affine)
         units = " (prewhitened with the noise scans)" if result.meta.get("prewhitened") else ""
         what = ""
-    shape = " x ".join(map(str, result.image.shape))
+    volumes = int(result.meta.get("volumes", 1))
+    dims = (
+        result.image.shape
+        if volumes == 1
+        else (volumes, result.image.shape[0] // volumes, *result.image.shape[1:])
+    )
+    shape = " x ".join(map(str, dims))
     console.print(f"[green]wrote[/] {escape(cfg.output)} ({shape}){units}{what}")
     return 0
+
+
+def _slices_in_words(slices: int, volumes: int) -> str:
+    return f"{slices} slice(s)" if volumes == 1 else f"{volumes} volumes of {slices // volumes} slices"

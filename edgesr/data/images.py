@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class ImageVolume:
         padding: bool ``[S, H, W]``, True where the scanner padded the image (DICOM
             PixelPaddingValue / PixelPaddingRangeLimit): not tissue, excluded from normalisation and
             restored in outputs.
+        volumes: how many 3-D volumes ``data`` holds one after another (a 4-D NIfTI's time points or
+            diffusion directions: ``S // volumes`` slices each); each is normalised and enhanced on its
+            own, as a scan of its own, and outputs keep the fourth axis.
     """
 
     data: np.ndarray
@@ -47,6 +50,25 @@ class ImageVolume:
     dtype: str = "float32"
     meta: dict[str, Any] = field(default_factory=dict)
     padding: np.ndarray | None = None
+    volumes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.volumes < 1 or self.data.shape[0] % self.volumes:
+            raise ValueError(
+                f"volumes={self.volumes} does not divide the {self.data.shape[0]} slices of data "
+                f"{self.data.shape}"
+            )
+
+    def volume(self, index: int) -> ImageVolume:
+        """The ``index``-th 3-D volume of a 4-D image (itself for a 3-D one), with its own padding."""
+        if not 0 <= index < self.volumes:
+            raise IndexError(f"volume {index} of {self.volumes}")
+        if self.volumes == 1:
+            return self
+        depth = self.data.shape[0] // self.volumes
+        block = slice(index * depth, (index + 1) * depth)
+        padding = self.padding[block] if self.padding is not None else None
+        return replace(self, data=self.data[block], padding=padding, volumes=1)
 
 
 def _checked(data: np.ndarray, path: Path) -> np.ndarray:
@@ -99,7 +121,11 @@ def volume_from_array(
 
 
 def load_nifti(path: str | Path) -> ImageVolume:
-    """A NIfTI file; slices run along the third voxel axis (``[X, Y, Z] -> [Z, X, Y]``); affine kept."""
+    """A NIfTI file; slices run along the third voxel axis (``[X, Y, Z] -> [Z, X, Y]``); affine kept.
+
+    A 4-D file (``[X, Y, Z, T]``) holds its volumes one after another (``[T * Z, X, Y]``,
+    ``volumes=T``); a fourth axis of one is dropped.
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -118,10 +144,19 @@ def load_nifti(path: str | Path) -> ImageVolume:
         raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.ndim == 3:
+    volumes = 1
+    meta: dict[str, Any] = {}
+    if data.ndim == 4:
+        # A time series or diffusion set: its volumes one after another, [X, Y, Z, T] -> [T * Z, X, Y].
+        volumes = data.shape[3]
+        data = np.moveaxis(data, (3, 2), (0, 1)).reshape(-1, *data.shape[:2])
+        zooms4 = image.header.get_zooms()
+        meta["volume_step"] = float(zooms4[3]) if len(zooms4) > 3 else 1.0  # pixdim[4]: TR, or 1
+        meta["volume_step_unit"] = str(image.header.get_xyzt_units()[1])  # sec, msec, usec or unknown
+    elif data.ndim == 3:
         data = np.moveaxis(data, 2, 0)
     elif data.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {data.shape}")
+        raise DataError(f"{path}: expected a 2-D, 3-D or 4-D NIfTI image, got shape {data.shape}")
     zooms = [float(z) for z in image.header.get_zooms()[:3]] + [1.0] * 3
     # Stored integers scaled by scl_slope/scl_inter are not integers any more: outputs keep float32 (the
     # stored type would round them, 0..1 becoming 0 and 1).
@@ -136,6 +171,8 @@ def load_nifti(path: str | Path) -> ImageVolume:
         "nifti",
         affine=np.asarray(image.affine, dtype=np.float64),
         dtype="float32" if scaled else str(image.get_data_dtype()),
+        meta=meta,
+        volumes=volumes,
     )
 
 
@@ -532,7 +569,8 @@ def _undecodable(ds: Any, file: Path, exc: Exception) -> str:
         if _decoder_available(syntax):
             return (
                 f"{file}: pixel data compressed as {syntax.name} ({syntax}) could not be decoded "
-                f"({detail}): the compressed data is damaged"
+                f"({detail}): the compressed data is damaged, or in a variant the installed decoders do "
+                "not read (python-gdcm reads more of them)"
             )
         return (
             f"{file}: pixel data compressed as {syntax.name} ({syntax}), which no installed decoder reads "
@@ -572,6 +610,10 @@ def _numbers(ds: Any, keyword: str, count: int, file: Path) -> list[float] | Non
 
 def _slice_geometry(ds: Any, file: Path) -> _SliceGeometry:
     spacing = _numbers(ds, "PixelSpacing", 2, file) or [1.0, 1.0]
+    if spacing == [0.0, 0.0]:
+        # "0\0" is how some writers (secondary captures, CR) fill a tag they have no value for: the same
+        # as an absent tag, not a geometry to refuse. One zero, or a negative one, is a broken header.
+        spacing = [1.0, 1.0]
     if min(spacing) <= 0:
         raise DataError(f"{file}: PixelSpacing {spacing} must be positive")
     thickness = (_numbers(ds, "SliceThickness", 1, file) or [1.0])[0]

@@ -54,12 +54,22 @@ def clipping(data: np.ndarray, dtype: str) -> str:
 
 
 def write_image(
-    path: str | Path, data: np.ndarray, *, dtype: str = "float32", affine: np.ndarray | None = None
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    dtype: str = "float32",
+    affine: np.ndarray | None = None,
+    volumes: int = 1,
+    volume_step: float = 1.0,
+    volume_step_unit: str = "unknown",
 ) -> Path:
     """Writes slices ``[S, H, W]`` to ``path``; the format follows the suffix.
 
     NIfTI gets ``affine`` (slices along the third voxel axis, as :func:`edgesr.load_image` reads them);
-    PNG takes one slice of 8 or 16 bits; TIFF and NPY take any number of slices.
+    PNG takes one slice of 8 or 16 bits; TIFF and NPY take any number of slices. ``volumes`` > 1 (the
+    volumes of a 4-D input one after another) writes a 4-D NIfTI ``[X, Y, Z, T]`` with ``volume_step``
+    as its fourth pixdim (TR) in ``volume_step_unit`` (nibabel's names: sec, msec, usec, unknown), or
+    NPY ``[T, Z, H, W]``; PNG and TIFF refuse it.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -70,6 +80,9 @@ def write_image(
     if not np.isfinite(data).all():
         raise DataError(f"{path}: refusing to write NaN/Inf values")
     check_slices(path, data.shape[0])
+    check_volumes(path, volumes)
+    if data.shape[0] % volumes:
+        raise ValueError(f"data of shape {data.shape} does not hold {volumes} volumes of equal depth")
     check_png_type(path, dtype)
     if suffix in (".nii", ".nii.gz") and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 8:
         # NIfTI readers refuse 64-bit integers by default (nibabel among them): int32 when it holds the
@@ -77,21 +90,37 @@ def write_image(
         fits = np.iinfo(np.int32).min <= data.min() and data.max() <= np.iinfo(np.int32).max
         dtype = "int32" if fits else "float32"
     out = cast_to(data, dtype)
+    if volumes > 1:
+        out = out.reshape(volumes, -1, *out.shape[1:])  # [T, Z, H, W]
     try:
-        _write(path, tmp_suffix=suffix, out=out, affine=affine)
+        _write(path, tmp_suffix=suffix, out=out, affine=affine, volume_step=(volume_step, volume_step_unit))
     except OSError as exc:
         raise DataError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     return path
 
 
-def _write(path: Path, *, tmp_suffix: str, out: np.ndarray, affine: np.ndarray | None) -> None:
+def _write(
+    path: Path,
+    *,
+    tmp_suffix: str,
+    out: np.ndarray,
+    affine: np.ndarray | None,
+    volume_step: tuple[float, str],
+) -> None:
+    """``out``: ``[S, H, W]``, or ``[T, Z, H, W]`` for several volumes (NIfTI and NPY only)."""
     suffix = tmp_suffix
     with atomic_path(path) as tmp:
         if suffix in (".nii", ".nii.gz"):
             import nibabel as nib
 
-            image = nib.Nifti1Image(np.moveaxis(out, 0, 2), np.eye(4) if affine is None else affine)
+            # [S, H, W] -> [X, Y, Z]; [T, Z, H, W] -> [X, Y, Z, T]
+            voxels = np.moveaxis(out, 0, 2) if out.ndim == 3 else np.moveaxis(out, (0, 1), (3, 2))
+            image = nib.Nifti1Image(voxels, np.eye(4) if affine is None else affine)
             image.header.set_data_dtype(out.dtype)
+            if out.ndim == 4:
+                step, unit = volume_step
+                image.header.set_zooms((*image.header.get_zooms()[:3], step))
+                image.header.set_xyzt_units(xyz="mm", t=unit if unit != "unknown" else None)
             nib.save(image, str(tmp))
         elif suffix == ".png":
             from PIL import Image
@@ -157,6 +186,16 @@ def check_png_type(path: str | Path, dtype: str) -> None:
         raise DataError(
             f"{path}: PNG holds unsigned 8 or 16-bit integers, and this image's values are {dtype} (they "
             "would be rounded or clipped); write .tif, .npy or .nii.gz"
+        )
+
+
+def check_volumes(path: str | Path, volumes: int) -> None:
+    """Several volumes (a 4-D input) go to NIfTI or NPY, which keep the fourth axis: say so before the
+    work, not after it."""
+    if volumes > 1 and _suffix(Path(path)) not in (".nii", ".nii.gz", ".npy"):
+        raise DataError(
+            f"{path}: the input holds {volumes} volumes (4-D); write .nii.gz or .npy, which keep the "
+            "fourth axis"
         )
 
 

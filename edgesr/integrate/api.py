@@ -95,7 +95,8 @@ class EnhancerResult:
 
     Attributes:
         image: float32 ``[S, H, W]``: SR output in the input's units (HU for CT given in HU), or the
-            reconstruction's magnitude in the k-space's own scale.
+            reconstruction's magnitude in the k-space's own scale. A 4-D input's volumes follow one
+            another, as it was read (``meta["volumes"]`` of them).
         spacing: millimetres ``(slice, row, column)`` of ``image``: the input's, with the in-plane
             spacing divided by the SR scale. Recon: the ISMRMRD header's reconSpace voxel size; None
             for arrays and fastMRI files (they carry no geometry).
@@ -103,7 +104,8 @@ class EnhancerResult:
         affine: the output's NIfTI voxel-to-world affine where the input has one (NIfTI, DICOM; ISMRMRD
             acquisitions' positions and directions); else None.
         provenance: the model that made it.
-        meta: the input's format details (DICOM modality, series UID, files), passed through.
+        meta: the input's format details (DICOM modality, series UID, files), passed through, and for
+            SR ``volumes``: how many 3-D volumes ``image`` holds.
         warnings: what the caller should know about this result, in words that name no file (an MR
             input that looks reconstructed finer than it was acquired, see
             :mod:`edgesr.physics.spectrum`); empty when there is nothing to say.
@@ -297,22 +299,27 @@ class Enhancer:
         if self.spec.sr is None:
             raise ConfigError(f"{self.provenance.model} is a recon model: call reconstruct(kspace, mask=...)")
         volume = _image_volume(image, spacing)
-        prepared = prepare_sr(
-            self.spec,
-            volume,
-            units=units,
-            tile=tile,
-            halo=halo,
-            crop=fixed_crop(self._predictor),
-        )
-        results = run(self._predictor, prepared)
-        if progress is not None:
-            results = _reporting(results, prepared.count(), progress)
-        output = finish(self.spec, prepared, results)
+        # A 4-D image's volumes are scans of their own (a b=0 volume is many times brighter than a
+        # b=1000 one): each is prepared, normalised by its own maximum, as in training. All are prepared
+        # before any runs, so that a bad volume fails before minutes of work and progress has one total.
+        crop = fixed_crop(self._predictor)
+        prepared = [
+            prepare_sr(self.spec, volume.volume(t), units=units, tile=tile, halo=halo, crop=crop)
+            for t in range(volume.volumes)
+        ]
+        total, done = sum(p.count() for p in prepared), 0
+        outputs = []
+        for one in prepared:
+            results = run(self._predictor, one)
+            if progress is not None:
+                results = _reporting(results, total, progress, start=done)
+                done += one.count()
+            outputs.append(finish(self.spec, one, results))
+        output = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         warnings: tuple[str, ...] = ()
         # MR only: CT (the model's or the file's) has no k-space acquisition to interpolate.
         if not self.spec.intensity.is_ct and volume.meta.get("modality", "MR") in ("MR", ""):
-            warning = interpolation_warning(volume.data)
+            warning = interpolation_warning(volume.volume(0).data)
             warnings = (warning,) if warning is not None else ()
         sr = self.spec.sr
         affine = None
@@ -322,10 +329,10 @@ class Enhancer:
         return EnhancerResult(
             output,
             (slice_mm, row_mm / sr.scale, col_mm / sr.scale),
-            prepared.intensity.units,
+            prepared[0].intensity.units,
             affine,
             self.provenance,
-            dict(volume.meta),
+            {**volume.meta, "volumes": volume.volumes},
             warnings,
         )
 
@@ -372,9 +379,13 @@ class Enhancer:
 
 
 def _reporting(
-    results: Iterator[tuple[Any, torch.Tensor]], total: int, progress: Callable[[int, int], None]
+    results: Iterator[tuple[Any, torch.Tensor]],
+    total: int,
+    progress: Callable[[int, int], None],
+    *,
+    start: int = 0,
 ) -> Iterator[tuple[Any, torch.Tensor]]:
-    for done, result in enumerate(results, start=1):
+    for done, result in enumerate(results, start=start + 1):
         yield result
         progress(done, total)
 

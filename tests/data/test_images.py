@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -8,6 +10,9 @@ from PIL import Image
 
 from edgesr.data.images import load_dicom_series, load_image
 from edgesr.errors import DataError
+from edgesr.models import create_model
+from edgesr.pipeline import prepare_sr
+from tests.conftest import spec_for
 
 
 def test_dicom_series_sorted_by_position_with_rescale(dicom_series):
@@ -47,6 +52,20 @@ def test_nifti_keeps_affine_and_slices_along_third_axis(tmp_path):
     np.testing.assert_allclose(volume.affine, affine, atol=1e-6)  # NIfTI stores float32
     assert volume.spacing == pytest.approx((2.0, 0.5, 0.6))
     assert volume.dtype == "int16"
+
+
+def test_a_4d_nifti_holds_its_volumes_one_after_another(tmp_path):
+    data = np.arange(5 * 7 * 3 * 2, dtype=np.int16).reshape(5, 7, 3, 2)
+    path = tmp_path / "dwi.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    volume = load_image(path)
+    assert volume.data.shape == (6, 5, 7) and volume.volumes == 2
+    np.testing.assert_array_equal(volume.volume(1).data[2], data[:, :, 2, 1])
+    assert volume.volume(1).volumes == 1 and volume.volume(0).data.shape == (3, 5, 7)
+    with pytest.raises(ValueError, match="prepare each"):  # one maximum for all would dim the dim ones
+        prepare_sr(spec_for(create_model("rdn_tiny", scale=2), "rdn_tiny"), volume)
+    with pytest.raises(ValueError, match="volumes=4 does not divide the 6 slices"):
+        replace(volume, volumes=4)
 
 
 def test_nifti_with_nan_is_rejected(tmp_path):

@@ -331,7 +331,8 @@ def test_an_mr_model_refuses_a_ct_series_unless_told(tiny_checkpoint, tmp_path, 
     ct = get_testdata_file("CT_small.dcm")
     out = tmp_path / "sr.nii.gz"
     assert main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={ct}", f"output={out}"]) == 2
-    assert "a CT DICOM series given to an MR model" in capsys.readouterr().err and not out.exists()
+    err = capsys.readouterr().err
+    assert "a DICOM series of modality CT given to an MR model" in err and not out.exists()
     assert (
         main(["enhance", f"checkpoint={tiny_checkpoint}", f"input={ct}", f"output={out}", "units=raw"]) == 0
     )
