@@ -3,7 +3,9 @@ test data, which no edgesr model trained on, was selected on, or was scored on b
 
     pip download --no-deps dipy==1.12.1 -d /tmp/dipy        # once, from the package registry
     .venv/bin/python benchmarks/holdout_dipy.py --wheel /tmp/dipy/dipy-1.12.1-*.whl \\
-        [--models rdn-mr-x2,rdn-mr-x4,...] [--out runs/holdout-dipy.json]
+        [--models rdn-mr-x2,rdn-mr-x4,runs/NAME/best,...] [--out runs/holdout-dipy.json]
+
+``--models`` takes shipped names and checkpoint folders (anything with a ``/``).
 
 Why apart from the external split: the external split was looked at while the teachers were
 re-trained (its figures were the issue's targets), so it is no longer blind. These files were not
@@ -98,7 +100,7 @@ def main() -> int:
     print("| model | volume | slices | gain over the best baseline | slices below | worst slice |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        model, spec, _ = load_for_inference(teacher_path(name))
+        model, spec, _ = load_for_inference(Path(name) if "/" in name else teacher_path(name))
         if spec.sr is None or spec.intensity.modality != "MR":
             print(f"{name}: not an MR SR model; skipped", file=sys.stderr)
             continue

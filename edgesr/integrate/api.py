@@ -282,7 +282,9 @@ class Enhancer:
 
         Args:
             image: ``[H, W]`` or ``[S, H, W]`` real values, a loaded :class:`~edgesr.ImageVolume`, or a
-                path that :func:`edgesr.load_image` reads (DICOM folder, NIfTI, PNG, TIFF, NPY).
+                path that :func:`edgesr.load_image` reads (DICOM folder, NIfTI, PNG, TIFF, NPY). A
+                volume with ``volumes > 1`` (a 4-D NIfTI: fMRI, diffusion) is enhanced volume by volume,
+                each normalised by its own maximum, and the result keeps the same layout.
             spacing: for arrays, millimetres ``(row, column)`` or ``(slice, row, column)``.
             units: ``hu``, ``raw`` or ``auto`` (see :func:`edgesr.pipeline.resolve_units`): a CT model
                 needs to know whether an array holds Hounsfield units.
