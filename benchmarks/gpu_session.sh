@@ -102,7 +102,7 @@ if [ "$DEVICE" != cpu ]; then
         >"$LOGS/gpu_tests.log" 2>&1; echo "exit $?" >>"$LOGS/gpu_tests.log") &
 fi
 # name | recipe | overrides (the recipe's own steps/eval_every are replaced)
-# The defaults are the next measurements issue 11 wants (README, `deepcomplex_r4_edge` and `modl-r4-edge`):
+# The defaults are the next measurements issue 11 wants (benchmarks/RESULTS.md, `deepcomplex_r4_edge` and `modl-r4-edge`):
 # DeepcomplexMRI pruned to 16 complex channels (ratio 0.75: the one shape past 10x against today's
 # teacher, 11.6x in torch BF16), and MoDL at 6 unrolls x 4 CG steps (about 3.2x the teacher in BF16 on
 # the CPU), each distilled for as long as the time allows. 2026-11-30 ran the recipe's 0.625 prune and

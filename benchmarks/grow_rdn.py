@@ -4,9 +4,9 @@
         [--out runs/rdn_medium-x2-grown/ckpt]
     .venv/bin/edgesr train model=rdn_medium init=runs/rdn_medium-x2-grown/ckpt ...
 
-The experiment of README's issue-13 section "A deeper rdn-mr-x2": does depth help the x2 teacher on
-scans from other scanners? Training the deeper network from scratch on 2 cores would take hours to
-catch up with the shipped one; grown, it starts where the shipped one is. The new residual dense
+The experiment of benchmarks/RESULTS.md's issue-13 section "A deeper rdn-mr-x2": does depth help the
+x2 teacher on scans from other scanners? Training the deeper network from scratch on 2 cores would
+take hours to catch up with the shipped one; grown, it starts where the shipped one is. The new residual dense
 blocks go after the old ones with a zero local fusion (each is the identity: ``x + 0``), and the global
 fusion's columns for their outputs are zero, so the output is unchanged (checked here on a random
 image); their convolutions keep the preset's random initialisation, so the gradient reaches them as

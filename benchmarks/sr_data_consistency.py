@@ -16,10 +16,10 @@ model's output ``y`` are tried, both in the spectrum's acquired band only (nothi
 Scored like ``edgesr evaluate`` (the protocol's slices, degradations and baselines), with complex
 Gaussian noise of each ``--noise`` std added to the low-resolution images. Printed per model, noise
 and split: the gain over the best baseline on real scans and the slices below it. Measured 2026-11-30
-(README, "Teachers on other scanners"; 2 min on 2 cores): ``hard`` gains 0.03-0.12 dB on noise-free LR
-images and loses 0.08-0.16 dB at noise 0.03 (already 0.02-0.13 dB on the test split at 0.01), where
-the network's own in-band denoising is worth more; ``soft`` never loses and gains at most 0.04 dB.
-Neither ships.
+(benchmarks/RESULTS.md, "Teachers on other scanners"; 2 min on 2 cores): ``hard`` gains 0.03-0.12 dB
+on noise-free LR images and loses 0.08-0.16 dB at noise 0.03 (already 0.02-0.13 dB on the test split
+at 0.01), where the network's own in-band denoising is worth more; ``soft`` never loses and gains at
+most 0.04 dB. Neither ships.
 """
 
 from __future__ import annotations

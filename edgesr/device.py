@@ -78,7 +78,7 @@ def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractCon
     weights and the optimiser stay fp32. Measured on a 2-core Zen 5 (AVX512-BF16), distilling the
     quick start's pruned RDN from ``rdn-mr-x2``: the teacher's forward 0.10 -> 0.04 s per batch of 8
     (with channels-last), the student's forward and backward 0.105 -> 0.065 s, the teacher's bf16
-    outputs 82 dB from its fp32 ones (README, "The quick start, measured").
+    outputs 82 dB from its fp32 ones (benchmarks/RESULTS.md, "The quick start").
     """
     if enabled and bf16_training(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)

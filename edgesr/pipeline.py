@@ -62,9 +62,10 @@ class TorchPredictor:
     On the CPU the predictor runs a copy of the module with its convolution weights in channels-last
     layout (``channels_last=None`` means: on the CPU), which oneDNN's convolutions take without
     reordering: on 2 Zen 5 cores at 256x256 output the shipped SR models ran 1.14-1.32x faster and
-    `modl-r4` 1.18x, outputs within 5e-7 of their range (``benchmarks/torch_layout.py``; README,
-    "Compression"). A copy, because the caller's module may still be trained, pruned or saved
-    (safetensors refuses tensors that are not contiguous). :attr:`memory_format` says which ran.
+    `modl-r4` 1.18x, outputs within 5e-7 of their range (``benchmarks/torch_layout.py``;
+    benchmarks/RESULTS.md, "Compression"). A copy, because the caller's module may still be trained,
+    pruned or saved (safetensors refuses tensors that are not contiguous). :attr:`memory_format` says
+    which ran.
 
     ``precision="bf16"`` (or ``"fp16"``) runs the module under torch's autocast on its device: the
     convolutions and matrix products in that dtype, reductions, FFTs and data consistency in FP32
