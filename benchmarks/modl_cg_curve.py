@@ -1,6 +1,7 @@
 """MoDL's speed / quality curve over its solver budget (issue 11's `modl_r4_edge` target: 3x at <= 0.3 dB).
 
     .venv/bin/python benchmarks/modl_cg_curve.py [--checkpoint LABEL=DIR ...] [--rounds 3] [--bf16]
+        [--configs 10x10,10x4] [--compile default]
 
 The shipped `modl-r4` teacher's own weights run at other unroll counts (K) and CG steps per
 data-consistency solve (no training: the denoiser is shared across unrolls, so any K and CG step count
@@ -11,7 +12,10 @@ rounds, the median kept, in malloc's steady state), so the ratios to the teacher
 one machine state. Every
 model runs through :class:`~edgesr.pipeline.TorchPredictor` (channels-last on the CPU), as edgesr
 runs it; ``--bf16`` adds each model in BF16 autocast (the denoiser's convolutions in BF16, the
-solver in FP32), scored and timed the same way. The reference is the teacher in FP32.
+solver in FP32), scored and timed the same way; ``--compile MODE`` adds each model under
+``torch.compile`` in that mode (TorchInductor; compiled on the warm-up call, outside the timing).
+``--configs`` picks the (unrolls x CG steps) settings; the teacher's 10x10 is always run. The reference
+is the teacher in FP32, eager.
 """
 
 from __future__ import annotations
@@ -48,22 +52,38 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also run every model in BF16 autocast")
+    parser.add_argument("--configs", default="", help="UNROLLSxCG,... (default: the full curve)")
+    parser.add_argument("--compile", default="", help="also run every model under torch.compile in this mode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     teacher, spec, _ = load_for_inference(teacher_path("modl-r4"))
     models: dict[str, torch.nn.Module] = {}
-    for unrolls, cg in CONFIGS:
+    configs = CONFIGS
+    if args.configs:
+        configs = [(10, 10)] + [
+            (int(k), int(c)) for k, _, c in (item.partition("x") for item in args.configs.split(","))
+        ]
+        configs = list(dict.fromkeys(configs))
+    for unrolls, cg in configs:
         model = copy.deepcopy(teacher)
         model.iterations, model.cg_iterations = unrolls, cg
         models[f"K={unrolls}, CG={cg}" + (" (teacher)" if (unrolls, cg) == (10, 10) else "")] = model
     for item in args.checkpoint:
         label, _, folder = item.rpartition("=")
         models[label], _, _ = load_for_inference(Path(folder))
-    predictors = {f"{label}, fp32": TorchPredictor(model, spec) for label, model in models.items()}
-    if args.bf16:
-        for label, model in models.items():
-            predictors[f"{label}, bf16"] = TorchPredictor(model, spec, precision="bf16")
+    precisions = ["fp32", "bf16"] if args.bf16 else ["fp32"]
+    if args.compile:
+        # Dynamo keeps 8 compiled versions of a function (MoDL.forward here) per process by default and
+        # runs it eagerly past them; the models here (unroll and CG counts, precisions, the test slices'
+        # sizes) need more, or the "compiled" rows would time eager code.
+        torch._dynamo.config.recompile_limit = 64
+    predictors = {}
+    for mode in ["", args.compile] if args.compile else [""]:
+        for precision in precisions:
+            for label, model in models.items():
+                name = f"{label}, {precision}" + (f", compiled ({mode})" if mode else "")
+                predictors[name] = TorchPredictor(model, spec, precision=precision, compile_mode=mode)
 
     dataset = open_or_prepare("")
     scores = {}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -89,29 +91,8 @@ def run_compress(cfg: CompressConfig) -> int:
             report, cfg.card, recipe_name=Path(cfg.recipe).stem, command=command, dataset=dataset
         )
         console.print(f"model and card written to {escape(str(folder))}")
-    table = Table(
-        title=f"{recipe.teacher}: {report['dataset']['split']} split, {report['dataset']['images']} slices"
-    )
-    # With a template among the sources, "real scans" gives the change against the teacher on the
-    # others: the figure to judge a model by (report.md has every source apart).
     templates = report["dataset"].get("templates", [])
-    teacher_real = real_scan_psnr(report["teacher"], templates) if templates else None
-    columns = ["executed", "PSNR dB", "vs teacher", *(["real scans"] if teacher_real is not None else [])]
-    table.add_column("run", overflow="fold")  # names are paths (stage/runtime/precision): wrap, never cut
-    for column in (*columns, "p50 ms", "speed-up"):
-        table.add_column(column)
-    for run in report["runs"]:
-        if "error" in run:
-            table.add_row(escape(run["name"]), "not measured", *[""] * (len(columns) + 1))
-            continue
-        real = real_scan_psnr(run, templates)
-        change = [] if teacher_real is None else ["" if real is None else f"{real - teacher_real:+.2f}"]
-        table.add_row(
-            escape(run["name"]), run["executed_precision"], f"{run['psnr']:.2f}",
-            f"{run['psnr_vs_teacher_db']:+.2f}", *change,
-            f"{run['latency_ms']['p50']:.1f}", f"{run['speedup_vs_teacher_torch_fp32']:.2f}x",
-        )  # fmt: skip
-    Console().print(table)
+    Console().print(runs_table(report, teacher=recipe.teacher))
     if templates:
         console.print(f"templates (population averages, shown apart in report.md): {', '.join(templates)}")
     verdict = "[green]gate passed[/]" if gate["passed"] else "[red]gate missed[/]"
@@ -127,3 +108,43 @@ def run_compress(cfg: CompressConfig) -> int:
         f"report: {escape(str(page))} (and report.md)"
     )  # fmt: skip
     return 0 if gate["passed"] else GATE_MISSED
+
+
+def runs_table(report: dict[str, Any], *, teacher: str) -> Table:
+    """The report's runs as the terminal table that ``edgesr compress`` ends with.
+
+    It fits an 80-column terminal (the width rich assumes when the output is not a terminal, as in a
+    CI log): no vertical rules, run names (``stage/runtime/precision`` paths) kept on one line, and
+    the short numeric columns right-aligned under headers that may wrap. A run that could not be
+    measured says "no result" (its cause was printed when it failed, and is in ``report.json``).
+    """
+    table = Table(
+        title=f"{teacher}: {report['dataset']['split']} split, {report['dataset']['images']} slices",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    # With a template among the sources, "real scans" gives the change against the teacher on the
+    # others: the figure to judge a model by (report.md has every source apart).
+    templates = report["dataset"].get("templates", [])
+    teacher_real = real_scan_psnr(report["teacher"], templates) if templates else None
+    numbers = ["PSNR dB", "vs teacher", *(["real scans"] if teacher_real is not None else [])]
+    rows: list[list[str]] = []
+    for run in report["runs"]:
+        if "error" in run:
+            rows.append([escape(run["name"]), "no result", *[""] * (len(numbers) + 2)])
+            continue
+        real = real_scan_psnr(run, templates)
+        change = [] if teacher_real is None else ["" if real is None else f"{real - teacher_real:+.2f}"]
+        rows.append(
+            [escape(run["name"]), run["executed_precision"], f"{run['psnr']:.2f}",
+             f"{run['psnr_vs_teacher_db']:+.2f}", *change,
+             f"{run['latency_ms']['p50']:.1f}", f"{run['speedup_vs_teacher_torch_fp32']:.2f}x"]
+        )  # fmt: skip
+    # Each column as wide as its longest figure or header word (headers wrap between words).
+    for index, column in enumerate(["run", "executed", *numbers, "p50 ms", "speed-up"]):
+        width = max(len(text) for text in [*column.split(), *(row[index] for row in rows)])
+        table.add_column(column, justify="left" if index < 2 else "right", width=width, no_wrap=index < 2)
+    for row in rows:
+        table.add_row(*row)
+    return table

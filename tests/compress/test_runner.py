@@ -858,3 +858,33 @@ def test_stages_finished_before_later_options_existed_are_reused_on_resume(
         assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 0
     done_file.write_text(json.dumps(done | {"fingerprint": "0" * 64}))
     assert main(["compress", f"recipe={recipe}", f"out={out}", "resume=true"]) == 2
+
+
+def test_the_terminal_table_fits_80_columns_with_every_run_name_and_figure_whole():
+    """In a CI log rich assumes 80 columns: run names stay on one line and no figure is cut."""
+    from rich.console import Console
+
+    from edgesr.commands.compress import runs_table
+
+    def run(name, executed, psnr, p50, speedup):
+        by_source = {"subj": {"psnr_db": psnr, "slices": 2}, "mni152-t1": {"psnr_db": psnr, "slices": 1}}
+        return {
+            "name": name, "executed_precision": executed, "psnr": psnr, "psnr_vs_teacher_db": psnr - 37.72,
+            "by_source": by_source, "latency_ms": {"p50": p50}, "speedup_vs_teacher_torch_fp32": speedup,
+        }  # fmt: skip
+
+    runs = [
+        run("teacher/torch/fp32", "fp32", 37.72, 2840.13, 1.0),
+        run("2-quantize/onnxruntime/int8", "int8+fp32", 37.5, 25.0, 113.61),
+        {"name": "1-prune/openvino/default", "error": "OpenVINO could not compile it"},
+    ]
+    report = {"dataset": {"split": "test", "images": 4, "templates": ["mni152-t1"]},
+              "teacher": runs[0], "runs": runs}  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(runs_table(report, teacher="rdn-mr-x2"))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80 and not any("…" in line for line in lines)
+    rows = {line.split()[0]: line.split()[1:] for line in lines if "/" in line}
+    assert rows["2-quantize/onnxruntime/int8"] == ["int8+fp32", "37.50", "-0.22", "-0.22", "25.0", "113.61x"]
+    assert rows["teacher/torch/fp32"][-2] == "2840.1"
+    assert rows["1-prune/openvino/default"] == ["no", "result"]
