@@ -110,8 +110,11 @@ class TorchPredictor:
         self.module = folded
         self.memory_format = "channels_last" if channels_last else "contiguous"
         # torch.compile (TorchInductor): kernels generated for this device on the first call of each
-        # input shape (``dynamic=None``: a second size recompiles once with symbolic sizes). Complex
-        # FFTs and the CG loops fall back to eager where Dynamo breaks the graph; same outputs.
+        # input shape (``dynamic=None``: a second size recompiles once with symbolic sizes). MoDL traces
+        # whole (no graph break), but Inductor generates no code for complex tensors, so its CG solve
+        # runs eager kernels inside the graph: on 2 Zen 4 cores compiling gained nothing for it
+        # (benchmarks/RESULTS.md, "modl-r4-edge"). Dynamo keeps 8 compiled versions of a forward per
+        # process (torch._dynamo.config.recompile_limit) and runs eagerly past them, with a warning.
         self.compile_mode = compile_mode
         if compile_mode:
             compiled = torch.compile(self.module, mode=None if compile_mode == "default" else compile_mode)
