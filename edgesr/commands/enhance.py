@@ -216,6 +216,8 @@ def run_enhance(cfg: EnhanceConfig) -> int:
             f"reconstructing {raw.kspace.shape[0]} slice(s) from {raw.kspace.shape[1]} coils"
         ):
             result = enhancer.reconstruct(raw, maps=cfg.maps or None)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning[/]: {escape(cfg.input)}: {escape(warning)}", soft_wrap=True)
         write_image(cfg.output, result.image, dtype="float32", affine=result.affine)
         units = " (prewhitened with the noise scans)" if result.meta.get("prewhitened") else ""
         what = ""

@@ -197,6 +197,16 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
     slices = assembler.pending()
     if not slices:
         raise DataError(f"{path}: no imaging acquisitions")
+    series = sorted({key[1:] for key in slices})
+    if len(series) > 1:  # a volume of slices is one image per slice: not one written over another
+        names = ("contrast", "repetition", "set", "phase")
+        varying = [i for i, _ in enumerate(names) if len({other[i] for other in series}) > 1]
+        found = "; ".join(", ".join(f"{names[i]} {other[i]}" for i in varying) for other in series[:4])
+        raise DataError(
+            f"{path}: holds {len(series)} images per slice ({found}"
+            f"{'; ...' if len(series) > 4 else ''}); a file is read as one image per slice: stream it to "
+            "`edgesr serve mrd`, which reconstructs each one, or split the file"
+        )
     taken = [assembler.take(index) for index in slices]
     kspace = _check_kspace(np.stack([k for k, _, _ in taken]), path)
     mask = np.maximum.reduce([m for _, m, _ in taken]).astype(np.float32)

@@ -5,8 +5,15 @@ streaming server (:mod:`edgesr.integrate.mrd_server`), so that both give the sam
 
 * **lines** go to their ``kspace_encode_step_1`` (shifted so the header's encoding centre lands on
   column ``W // 2``) and ``slice``; parallel-calibration lines are k-space lines like any other (they
-  are the fully sampled centre that coil maps are estimated from); navigator, phase-correction and
-  dummy-scan acquisitions are skipped;
+  are the fully sampled centre that coil maps are estimated from) where no imaging line was measured;
+  lines measured more than once (averages) are averaged; navigator, phase-correction and dummy-scan
+  acquisitions are skipped;
+* **images**: one per slice and per contrast (echo), repetition, set and phase
+  (:data:`ImageKey`), each assembled from its own lines, never one written over another;
+* an **asymmetric echo** (fewer readout samples than ``encodedSpace.x``, the echo at
+  ``center_sample``) is zero-filled onto the encoded readout with the echo at its centre, so the
+  field of view stays the header's;
+* 2-D Cartesian encodings only: a 3-D encoding or a non-Cartesian trajectory is refused;
 * **noise scans** (``ACQ_IS_NOISE_MEASUREMENT``) give the coils' noise covariance; the k-space is
   prewhitened with the inverse of its Cholesky factor, so that the coil combination sees independent
   unit-variance noise (Gadgetron's NoiseAdjustGadget does the same). Without noise scans, or with a
@@ -38,6 +45,16 @@ _SKIPPED_FLAGS = (
     "ACQ_IS_DUMMYSCAN_DATA",
     "ACQ_IS_RTFEEDBACK_DATA",
 )
+
+
+# One image of a stream: (slice, contrast, repetition, set, phase), as the acquisitions' ``idx`` says.
+ImageKey = tuple[int, int, int, int, int]
+
+
+def describe_key(key: ImageKey) -> str:
+    """``slice 2`` or ``slice 2, contrast 1, repetition 3`` (the indices that are not 0 beyond the slice)."""
+    names = ("contrast", "repetition", "set", "phase")
+    return ", ".join([f"slice {key[0]}", *(f"{n} {v}" for n, v in zip(names, key[1:], strict=True) if v)])
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,8 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
         n_pe = int(encoded.y)
         pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
         slices = int(limits.slice.maximum) + 1 if limits.slice else 1
+        trajectory = str(getattr(encoding.trajectory, "value", encoding.trajectory) or "cartesian")
+        partitions = int(encoded.z or 1)
         geometry = MrdGeometry(
             (int(encoded.x), n_pe),
             (int(recon.x), int(recon.y)),
@@ -84,6 +103,16 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
     except Exception as exc:  # pyxb raises many types on malformed or incomplete XML
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DataError(f"{source}: the ISMRMRD header cannot be read ({first})") from None
+    if trajectory.lower() != "cartesian":
+        raise DataError(
+            f"{source}: the header's trajectory is {trajectory}; edgesr reconstructs Cartesian k-space "
+            "only (non-Cartesian data need gridding, which its models do not do)"
+        )
+    if partitions > 1:
+        raise DataError(
+            f"{source}: the header encodes 3-D k-space ({partitions} partitions along encodedSpace z); "
+            "edgesr reconstructs 2-D slices only"
+        )
     if min(geometry.encoded) < 1 or min(geometry.recon) < 1 or geometry.slices < 1:
         raise DataError(
             f"{source}: the header's matrix {geometry.encoded} / reconSpace {geometry.recon} / "
@@ -155,10 +184,18 @@ class SliceAssembler:
         self._noise: list[np.ndarray] = []
         self._whitener: np.ndarray | None = None
         self._whitener_ready = False
-        self._slices: dict[int, np.ndarray] = {}  # [C, X, W] complex64
-        self._sampled: dict[int, np.ndarray] = {}  # [W] bool
-        self._last_header: dict[int, Any] = {}  # the acquisition header of each slice's centre-most line
-        self._shape: tuple[int, int] | None = None  # (coils, samples)
+        self._calibration_flags = [
+            getattr(ismrmrd, name) for name in ("ACQ_IS_PARALLEL_CALIBRATION",) if hasattr(ismrmrd, name)
+        ]
+        self._imaging_too = getattr(ismrmrd, "ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING", None)
+        # Per image: the sum of each line's measurements [C, X, W], how many, and whether they are
+        # imaging lines (which replace calibration lines of the same position: a separate reference
+        # scan may have another contrast).
+        self._slices: dict[ImageKey, np.ndarray] = {}
+        self._counts: dict[ImageKey, np.ndarray] = {}  # [W] int
+        self._imaging: dict[ImageKey, np.ndarray] = {}  # [W] bool
+        self._last_header: dict[ImageKey, Any] = {}  # the acquisition header of each image's centre-most line
+        self._shape: tuple[int, int] | None = None  # (coils, samples as acquired)
         self.acquisitions = 0
 
     @property
@@ -166,8 +203,8 @@ class SliceAssembler:
         """Whether noise scans gave a usable covariance (decided with the first imaging line)."""
         return self._whitener is not None
 
-    def add(self, acquisition: Any) -> int | None:
-        """Adds one acquisition; returns its slice index when it is flagged the slice's last line."""
+    def add(self, acquisition: Any) -> ImageKey | None:
+        """Adds one acquisition; returns its image's key when it is flagged the slice's last line."""
         index = self.acquisitions
         self.acquisitions += 1
         data = np.asarray(acquisition.data)
@@ -192,38 +229,73 @@ class SliceAssembler:
             )
         n_pe = self.geometry.encoded[1]
         line = int(acquisition.idx.kspace_encode_step_1) - self.geometry.pe_center + n_pe // 2
-        slice_index = int(acquisition.idx.slice)
-        if not (0 <= line < n_pe and 0 <= slice_index < self.geometry.slices):
+        idx = acquisition.idx
+        key: ImageKey = (int(idx.slice), int(idx.contrast), int(idx.repetition), int(idx.set), int(idx.phase))
+        if int(idx.kspace_encode_step_2) != 0:
+            raise DataError(
+                f"{self.source}: acquisition {index} is partition {int(idx.kspace_encode_step_2)} of a 3-D "
+                "encoding; edgesr reconstructs 2-D slices only"
+            )
+        if not (0 <= line < n_pe and 0 <= key[0] < self.geometry.slices):
             raise DataError(
                 f"{self.source}: acquisition {index} lies outside the encoded matrix "
-                f"(line {line}, slice {slice_index})"
+                f"(line {line}, slice {key[0]})"
             )
-        if slice_index not in self._slices:
-            needed = (len(self._slices) + 1) * int(np.prod(self._shape)) * n_pe * 8  # complex64
+        data = self._on_encoded_readout(data, int(acquisition.center_sample), index)
+        if key not in self._slices:
+            needed = (len(self._slices) + 1) * data.shape[0] * data.shape[1] * n_pe * 8  # complex64
             if self.max_bytes is not None and needed > self.max_bytes:
                 raise DataError(
-                    f"{self.source}: holding {len(self._slices) + 1} slice(s) of {self._shape[0]} coils x "
-                    f"{self._shape[1]} x {n_pe} samples needs {needed} bytes, past the limit of "
+                    f"{self.source}: holding {len(self._slices) + 1} image(s) of {data.shape[0]} coils x "
+                    f"{data.shape[1]} x {n_pe} samples needs {needed} bytes, past the limit of "
                     f"{self.max_bytes}"
                 )
-            self._slices[slice_index] = np.zeros((*self._shape, n_pe), dtype=np.complex64)
-            self._sampled[slice_index] = np.zeros(n_pe, dtype=bool)
-        self._slices[slice_index][:, :, line] = data
-        self._sampled[slice_index][line] = True
-        if line == n_pe // 2 or slice_index not in self._last_header:
-            self._last_header[slice_index] = acquisition.getHead()
-        return slice_index if acquisition.is_flag_set(self._last_in_slice) else None
+            self._slices[key] = np.zeros((*data.shape, n_pe), dtype=np.complex64)
+            self._counts[key] = np.zeros(n_pe, dtype=np.int64)
+            self._imaging[key] = np.zeros(n_pe, dtype=bool)
+        imaging = not any(acquisition.is_flag_set(flag) for flag in self._calibration_flags) or (
+            self._imaging_too is not None and acquisition.is_flag_set(self._imaging_too)
+        )
+        counts, kind = self._counts[key], self._imaging[key]
+        if imaging and not kind[line]:  # an imaging line replaces calibration lines measured here
+            self._slices[key][:, :, line] = data
+            counts[line], kind[line] = 1, True
+        elif imaging == kind[line] or counts[line] == 0:  # another average of the same kind
+            self._slices[key][:, :, line] += data
+            counts[line] += 1
+        if line == n_pe // 2 or key not in self._last_header:
+            self._last_header[key] = acquisition.getHead()
+        return key if acquisition.is_flag_set(self._last_in_slice) else None
 
-    def pending(self) -> list[int]:
-        """Slices that hold lines and have not been taken."""
+    def _on_encoded_readout(self, data: np.ndarray, center_sample: int, index: int) -> np.ndarray:
+        """``data [C, samples]`` on the encoded readout: an asymmetric echo (fewer samples than
+        ``encodedSpace.x``) zero-filled with its echo (``center_sample``; 0 means not given: centred)
+        at the readout's centre, so that the image keeps the header's field of view."""
+        samples, encoded = data.shape[1], self.geometry.encoded[0]
+        if samples >= encoded:
+            return data
+        start = encoded // 2 - center_sample if center_sample > 0 else (encoded - samples) // 2
+        if start < 0 or start + samples > encoded:
+            raise DataError(
+                f"{self.source}: acquisition {index} has {samples} readout samples with the echo at sample "
+                f"{center_sample}, which do not fit the encoded readout of {encoded} samples"
+            )
+        placed = np.zeros((data.shape[0], encoded), dtype=np.complex64)
+        placed[:, start : start + samples] = data
+        return placed
+
+    def pending(self) -> list[ImageKey]:
+        """Images that hold lines and have not been taken."""
         return sorted(self._slices)
 
-    def take(self, slice_index: int) -> tuple[np.ndarray, np.ndarray, Any]:
-        """Removes a slice: k-space ``[C, H, W]`` (prewhitened, readout oversampling removed), its mask
-        ``[W]`` and the acquisition header its image is placed by."""
-        kspace = self._slices.pop(slice_index)
-        sampled = self._sampled.pop(slice_index)
-        head = self._last_header.pop(slice_index)
+    def take(self, key: ImageKey) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Removes an image: k-space ``[C, H, W]`` (averages averaged, prewhitened, readout oversampling
+        removed), its mask ``[W]`` and the acquisition header its image is placed by."""
+        counts = self._counts.pop(key)
+        kspace = self._slices.pop(key) / np.maximum(counts, 1).astype(np.float32)
+        sampled = counts > 0
+        del self._imaging[key]
+        head = self._last_header.pop(key)
         if self._whitener is not None:
             kspace = np.einsum("vc,cxw->vxw", self._whitener, kspace).astype(np.complex64)
         readout = min(self.geometry.recon[0], kspace.shape[1])
@@ -355,7 +427,9 @@ def write_mrd_file(path: str | os.PathLike[str], xml: str, acquisitions: Iterabl
 
 
 __all__ = [
+    "ImageKey",
     "MrdGeometry",
+    "describe_key",
     "center_crop",
     "SliceAssembler",
     "noise_whitener",

@@ -377,7 +377,15 @@ class Enhancer:
         if volume.recon_shape is not None:  # the header's reconSpace: a larger acquired grid is cropped
             output = np.ascontiguousarray(center_crop(output, volume.recon_shape))
         meta = {"prewhitened": volume.prewhitened, "format": volume.format}
-        return EnhancerResult(output, volume.spacing, "magnitude", volume.affine, self.provenance, meta)
+        warnings: tuple[str, ...] = ()
+        if np.asarray(volume.mask).min() > 0:  # every k-space line measured: nothing to reconstruct
+            warnings = (
+                "the k-space is fully sampled (every line measured): the network was trained to fill "
+                "unmeasured lines and can only alter a complete acquisition; its inverse FFT is the image",
+            )
+        return EnhancerResult(
+            output, volume.spacing, "magnitude", volume.affine, self.provenance, meta, warnings
+        )
 
 
 def _reporting(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgesr.data.mrd import ImageKey, describe_key
 from edgesr.errors import ConfigError, DataError
 from edgesr.integrate._service import serve_until_stopped
 from edgesr.integrate.api import Enhancer
@@ -285,8 +286,8 @@ class Session:
                 log.info("%s says: %s", self.where, self.connection.read_text("TEXT")[:200])
             elif message_id == CLOSE:
                 if self.assembler is not None:
-                    for index in self.assembler.pending():  # slices never flagged LAST_IN_SLICE
-                        self._reconstruct(index)
+                    for key in self.assembler.pending():  # images never flagged LAST_IN_SLICE
+                        self._reconstruct(key)
                 self.connection.send(CLOSE)
                 log.info("%s: %d image(s) with %s; closed", self.where, self.images, self.config)
                 return
@@ -305,16 +306,16 @@ class Session:
             raise ProtocolError(f"unknown config {name[:80]!r}; this server runs: {known}")
         self.enhancer, self.config = self.server.configs[name], name
 
-    def _reconstruct(self, index: int) -> None:
+    def _reconstruct(self, key: ImageKey) -> None:
         import ismrmrd
 
         if self.enhancer is None or self.assembler is None:
             raise ProtocolError("no recon chosen")
-        kspace, mask, head = self.assembler.take(index)
+        kspace, mask, head = self.assembler.take(key)
         try:
             result = self.enhancer.reconstruct(kspace, mask=mask)
         except DataError as exc:
-            raise ProtocolError(f"slice {index}: {exc}") from None
+            raise ProtocolError(f"{describe_key(key)}: {exc}") from None
         image = np.ascontiguousarray(self.assembler.crop(result.image[0]))  # [H readout, W phase]
         meta = ismrmrd.Meta()
         scale = 1.0
@@ -331,8 +332,10 @@ class Session:
             np.ascontiguousarray(pixels.T)[None],
             acquisition=head,
             image_type=ismrmrd.IMTYPE_MAGNITUDE,
-            image_index=index + 1,
-            image_series_index=1,
+            # Numbered in the order sent, from 1; one series per contrast (echo), as scanners number them.
+            # The slice, contrast, repetition, set and phase come with the acquisition's header.
+            image_index=self.images + 1,
+            image_series_index=key[1] + 1,
             field_of_view=tuple(float(v) for v in fov),
         )
         provenance = result.provenance

@@ -71,3 +71,69 @@ def test_enhance_writes_the_recon_space_with_its_voxel_size(tmp_path, capsys):
     assert written.header.get_zooms() == pytest.approx((220 / 32, 220 / 24, 5.0), rel=1e-4)
     # Slices 5 mm apart along the slice direction (+z, LPS and RAS alike).
     np.testing.assert_allclose(written.affine[:3, 2], [0.0, 0.0, 5.0], atol=1e-6)
+
+
+def _copy(acquisition, data=None, **idx):
+    """The acquisition with other samples and/or other loop indices (contrast=1, average=1...)."""
+    import ismrmrd
+
+    head = acquisition.getHead()
+    data = acquisition.data if data is None else np.ascontiguousarray(data, dtype=np.complex64)
+    head.number_of_samples = data.shape[1]
+    for name, value in idx.items():
+        setattr(head.idx, name, value)
+    return ismrmrd.Acquisition(head, data)
+
+
+def test_averages_are_averaged_and_echoes_or_repetitions_are_never_written_over_each_other(tmp_path):
+    import ismrmrd
+
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acceleration=1, acs=0, noise_level=0.0)
+    noise, lines = acquisitions[:1], acquisitions[1:]
+    single = edgesr.load_kspace(write_mrd_file(tmp_path / "one.h5", xml, acquisitions))
+    # Two averages, the second at half the signal: the assembled lines are their mean.
+    averages = [_copy(a, a.data * (1.0 if k == 0 else 0.5), average=k) for k in (0, 1) for a in lines]
+    averaged = edgesr.load_kspace(write_mrd_file(tmp_path / "avg.h5", xml, noise + averages))
+    np.testing.assert_allclose(averaged.kspace, 0.75 * single.kspace, rtol=1e-4, atol=1e-6)
+    # Interleaved echoes, as scanners stream them: a file of one image per slice refuses them by name.
+    echoes = [_copy(a, a.data * (1.0 if e == 0 else 0.5), contrast=e) for a in lines for e in (0, 1)]
+    for echo in echoes[:-1]:
+        echo.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+    with pytest.raises(
+        edgesr.DataError, match=r"echoes\.h5: holds 2 images per slice \(contrast 0; contrast 1\)"
+    ):
+        edgesr.load_kspace(write_mrd_file(tmp_path / "echoes.h5", xml, noise + echoes))
+
+
+def test_an_asymmetric_echo_is_zero_filled_onto_the_encoded_readout(tmp_path):
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acceleration=1, acs=0, noise_level=0.0)
+    full = edgesr.load_kspace(write_mrd_file(tmp_path / "full.h5", xml, acquisitions))
+    # 48 encoded readout samples (2x oversampled), the first 12 not acquired: the echo at sample 12.
+    partial = [acquisitions[0]] + [_copy(a, a.data[:, 12:]) for a in acquisitions[1:]]
+    for acquisition in partial[1:]:
+        acquisition.center_sample = 12
+    echo = edgesr.load_kspace(write_mrd_file(tmp_path / "partial.h5", xml, partial))
+    assert echo.kspace.shape == full.kspace.shape and echo.recon_shape == full.recon_shape
+
+    def rss(kspace):
+        coils = np.fft.fftshift(
+            np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+        )
+        return np.sqrt((np.abs(coils) ** 2).sum(0))
+
+    # The same field of view, a little blurred along the readout (the unmeasured quarter is zero).
+    assert np.corrcoef(rss(echo.kspace[0]).ravel(), rss(full.kspace[0]).ravel())[0, 1] > 0.97
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("<trajectory>cartesian</trajectory>", "<trajectory>radial</trajectory>"), "trajectory is radial"),
+        (("<z>1</z></matrixSize>", "<z>4</z></matrixSize>"), "3-D k-space \\(4 partitions"),
+    ],
+)
+def test_non_cartesian_and_3d_encodings_are_refused_by_name(tmp_path, change, named):
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=2, acceleration=1, acs=0, noise_level=0.0)
+    path = write_mrd_file(tmp_path / "odd.h5", xml.replace(*change, 1), acquisitions)
+    with pytest.raises(edgesr.DataError, match=named):
+        edgesr.load_kspace(path)

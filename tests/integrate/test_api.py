@@ -175,6 +175,10 @@ def test_reconstruct_takes_arrays_and_matches_the_file_path(tmp_path):
         f.create_dataset("mask", data=mask)
     from_file = enhancer.reconstruct(tmp_path / "raw.h5")
     np.testing.assert_allclose(result.image, from_file.image, rtol=1e-5, atol=1e-4)
+    assert result.warnings == ()
+    # Every line measured: it runs, and says there was nothing to reconstruct.
+    (complete,) = enhancer.reconstruct(kspace, mask=np.ones_like(mask)).warnings
+    assert "fully sampled" in complete
 
     with pytest.raises(ConfigError, match="mask= is for k-space arrays"):
         enhancer.reconstruct(tmp_path / "raw.h5", mask=mask)

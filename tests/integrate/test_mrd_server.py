@@ -282,3 +282,28 @@ def test_the_servers_run_shipped_models_at_the_precision_asked_and_artifacts_at_
         _parse(serve.ServeMrdConfig, ["precision=int8"])
     with pytest.raises(ConfigError, match="an artifact runs at the precision it was exported"):
         _parse(serve.ServeDicomConfig, [f"root={tmp_path}", f"artifact={tmp_path}", "precision=bf16"])
+
+
+def test_interleaved_echoes_come_back_as_one_image_each_numbered_apart(server):
+    """Multi-echo lines arrive interleaved (echo 0, echo 1, next line...): each echo is its own image."""
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8)
+    noise, lines = acquisitions[:1], acquisitions[1:]
+    echoes = []
+    for acquisition in lines:
+        for echo in (0, 1):
+            head = acquisition.getHead()
+            head.idx.contrast = echo
+            echoes.append(ismrmrd.Acquisition(head, acquisition.data * (1.0 if echo == 0 else 0.5)))
+    for acquisition in echoes[:-2]:
+        acquisition.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+    images, texts = stream(
+        "127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=noise + echoes
+    )
+    assert texts == [] and len(images) == 2
+    first, second = sorted(images, key=lambda image: image.contrast)
+    assert (first.contrast, second.contrast) == (0, 1)
+    assert {first.image_index, second.image_index} == {1, 2}
+    assert (first.image_series_index, second.image_series_index) == (1, 2)
+    # The second echo was sent at half the signal: its own image, not the first one's lines.
+    ratio = float(second.data.mean() / first.data.mean())
+    assert 0.4 < ratio < 0.6
