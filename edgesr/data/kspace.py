@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -151,7 +152,43 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
     if isinstance(header, bytes):
         header = header.decode("utf-8")
-    return KSpaceVolume(kspace, mask, path, "fastmri", header=header, reference=reference)
+    geometry = _fastmri_geometry(header, kspace.shape[-2:], path)
+    if geometry is None:
+        return KSpaceVolume(kspace, mask, path, "fastmri", header=header, reference=reference)
+    # As the ISMRMRD reader does: readout oversampling removed before the model (fastMRI's brain data
+    # are 640 x 320 for a 320 x 320 image), the output cropped to the reconSpace field of view, and
+    # its voxel size from the header (fastMRI stores no positions: the axes are the array's).
+    from edgesr.data.mrd import remove_readout_oversampling
+
+    rows, cols = geometry.kept(*kspace.shape[-2:])
+    kspace = remove_readout_oversampling(kspace, rows)
+    slice_mm, row_mm, col_mm = geometry.voxel_mm((rows, cols))
+    return KSpaceVolume(
+        kspace,
+        mask,
+        path,
+        "fastmri",
+        header=header,
+        reference=reference,
+        recon_shape=(rows, cols),
+        spacing=(slice_mm, row_mm, col_mm),
+        affine=np.diag([row_mm, col_mm, slice_mm, 1.0]),
+    )
+
+
+def _fastmri_geometry(header: str | None, shape: tuple[int, ...], path: Path) -> Any:
+    """The ``ismrmrd_header``'s grid when it describes this k-space (its encoded matrix is the array's
+    rows x columns); None without a header, with one that cannot be read, or for another matrix: the
+    k-space is then imaged as stored, as before headers were read."""
+    if not header:
+        return None
+    from edgesr.data.mrd import parse_header
+
+    try:
+        _, geometry = parse_header(header, source=str(path))
+    except DataError:
+        return None
+    return geometry if tuple(geometry.encoded) == tuple(shape) else None
 
 
 def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
@@ -217,7 +254,7 @@ def load_ismrmrd(path: str | Path, *, group: str = "dataset") -> KSpaceVolume:
         step = (np.asarray(heads[-1].position) - np.asarray(heads[0].position)) / (len(heads) - 1)
         if np.linalg.norm(step) > 0:
             affine[:3, 2] = np.array([-1.0, -1.0, 1.0]) * step
-    slice_mm, row_mm, col_mm = assembler.geometry.voxel_mm
+    slice_mm, row_mm, col_mm = assembler.geometry.voxel_mm((height, width))
     if len(heads) > 1 and np.linalg.norm(affine[:3, 2]) > 0:
         slice_mm = float(np.linalg.norm(affine[:3, 2]))
     return KSpaceVolume(

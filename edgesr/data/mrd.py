@@ -21,9 +21,10 @@ streaming server (:mod:`edgesr.integrate.mrd_server`), so that both give the sam
 * **readout oversampling** (``encodedSpace.x`` > ``reconSpace.x``, Siemens' 2x) is removed in the
   image domain along the readout before the model runs: the model sees the field of view it was
   trained on, at half the cost;
-* the **output grid** is the header's ``reconSpace``: a phase-encode field of view larger than it is
-  cropped after reconstruction (:meth:`SliceAssembler.crop`), and the voxel size is the reconSpace
-  field of view over its matrix.
+* the **output grid** covers the header's ``reconSpace`` field of view: a phase-encode field of view
+  larger than it is cropped after reconstruction (:meth:`SliceAssembler.crop`), and the voxel size
+  is the reconSpace field of view over the output matrix (the reconSpace matrix, or the acquired
+  resolution where the console would interpolate to a larger one).
 """
 
 from __future__ import annotations
@@ -66,12 +67,29 @@ class MrdGeometry:
     recon_fov_mm: tuple[float, float, float]
     slices: int
     pe_center: int
+    encoded_fov_mm: tuple[float, float] = (0.0, 0.0)  # (readout, phase encode); 0 where not given
 
-    @property
-    def voxel_mm(self) -> tuple[float, float, float]:
-        """(slice, row, column) millimetres of the output: rows run along the readout."""
+    def kept(self, samples: int, lines: int) -> tuple[int, int]:
+        """The (readout, phase-encode) pixels of a ``samples x lines`` acquisition that cover the
+        reconSpace field of view: the encoded field of view over the recon one is the oversampling
+        (Siemens' 2x readout, phase oversampling), each direction cropped by it. Without encoded fields
+        of view, the reconSpace matrix where the acquisition is larger. A reconSpace matrix larger than
+        what covers its field of view (the console's interpolation) is not made up: the image keeps
+        the acquired resolution and its voxel size says so (:meth:`voxel_mm`)."""
+        kept = []
+        for axis, size in enumerate((samples, lines)):
+            encoded_fov, recon_fov = self.encoded_fov_mm[axis], self.recon_fov_mm[axis]
+            if encoded_fov > 0 and recon_fov > 0:
+                kept.append(min(size, max(1, round(size * min(1.0, recon_fov / encoded_fov)))))
+            else:
+                kept.append(min(size, self.recon[axis]))
+        return kept[0], kept[1]
+
+    def voxel_mm(self, shape: tuple[int, int]) -> tuple[float, float, float]:
+        """(slice, row, column) millimetres of an output image of ``shape`` covering the reconSpace field
+        of view: rows run along the readout."""
         fov_x, fov_y, fov_z = self.recon_fov_mm
-        return (fov_z, fov_x / self.recon[0], fov_y / self.recon[1])
+        return (fov_z, fov_x / shape[0], fov_y / shape[1])
 
 
 def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
@@ -85,6 +103,7 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
         encoded = encoding.encodedSpace.matrixSize
         recon = encoding.reconSpace.matrixSize
         fov = encoding.reconSpace.fieldOfView_mm
+        encoded_fov = encoding.encodedSpace.fieldOfView_mm
         limits = encoding.encodingLimits
         n_pe = int(encoded.y)
         pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
@@ -97,6 +116,9 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
             (float(fov.x), float(fov.y), float(fov.z)),
             slices,
             pe_center,
+            (float(encoded_fov.x or 0.0), float(encoded_fov.y or 0.0))
+            if encoded_fov is not None
+            else (0.0, 0.0),
         )
     except DataError:
         raise
@@ -298,17 +320,21 @@ class SliceAssembler:
         head = self._last_header.pop(key)
         if self._whitener is not None:
             kspace = np.einsum("vc,cxw->vxw", self._whitener, kspace).astype(np.complex64)
-        readout = min(self.geometry.recon[0], kspace.shape[1])
+        readout, _ = self.geometry.kept(kspace.shape[1], kspace.shape[2])
         return remove_readout_oversampling(kspace, readout), sampled.astype(np.float32), head
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        """``[..., H, W]`` cropped (centred) to the reconSpace matrix where the acquisition was larger."""
-        return center_crop(image, self.geometry.recon)
+        """``[..., H, W]`` cropped (centred) to what covers the reconSpace field of view (phase
+        oversampling removed; :meth:`MrdGeometry.kept`)."""
+        encoded = self.geometry.encoded
+        rows, _ = self.geometry.kept(*encoded)
+        _, cols = self.geometry.kept(encoded[0], image.shape[-1])
+        return center_crop(image, (min(rows, image.shape[-2]), cols))
 
     def affine(self, head: Any, shape: tuple[int, int]) -> np.ndarray:
         """The NIfTI (RAS) affine of a slice image ``[H, W]`` (rows along the readout) from the acquisition
-        header's position (the slice centre) and directions, with the reconSpace voxel size."""
-        slice_mm, row_mm, col_mm = self.geometry.voxel_mm
+        header's position (the slice centre) and directions, with the reconSpace field of view over it."""
+        slice_mm, row_mm, col_mm = self.geometry.voxel_mm(shape)
         read = np.asarray(head.read_dir, dtype=np.float64)
         phase = np.asarray(head.phase_dir, dtype=np.float64)
         normal = np.asarray(head.slice_dir, dtype=np.float64)

@@ -105,3 +105,38 @@ def test_ismrmrd_without_acquisitions(tmp_path):
         f.create_group("dataset")
     with pytest.raises(DataError, match="no ISMRMRD acquisitions"):
         load_ismrmrd(path)
+
+
+def test_a_fastmri_file_is_imaged_on_its_headers_recon_space(tmp_path):
+    """fastMRI's brain data: 640 readout samples (2x oversampled) x 320 lines for a 320 x 320 image."""
+    from tests.conftest import siemens_like_mrd
+
+    image = np.zeros((20, 16), dtype=np.float32)
+    image[4:16, 3:13] = 1.0
+    xml, _ = siemens_like_mrd(image, coils=2, acceleration=1, acs=0, noise_level=0.0)  # 40 x 16 encoded
+    kspace = (np.random.default_rng(0).standard_normal((1, 2, 40, 16)) * (1 + 1j)).astype(np.complex64)
+    path = tmp_path / "brain.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace)
+        f.attrs["ismrmrd_header"] = xml
+    volume = load_kspace(path)
+    assert volume.kspace.shape == (1, 2, 20, 16) and volume.recon_shape == (20, 16)
+    assert volume.spacing == pytest.approx((5.0, 220 / 20, 220 / 16))
+    # A header of another matrix (or none) leaves the k-space as stored.
+    with h5py.File(path, "a") as f:
+        f.attrs["ismrmrd_header"] = xml.replace("<y>16</y><z>1</z>", "<y>18</y><z>1</z>", 1)
+    assert load_kspace(path).kspace.shape == (1, 2, 40, 16)
+
+
+def test_an_interpolated_recon_space_keeps_the_acquired_resolution_and_its_true_voxel_size(tmp_path):
+    """A console that interpolates to twice the matrix (same field of view): no pixels made up, and
+    the voxel size is the field of view over the pixels there are."""
+    from tests.conftest import siemens_like_mrd, write_mrd_file
+
+    image = np.zeros((20, 16), dtype=np.float32)
+    image[4:16, 3:13] = 300.0
+    xml, acquisitions = siemens_like_mrd(image, coils=2, acceleration=1, acs=0, noise_level=0.0)
+    xml = xml.replace("<x>20</x><y>16</y><z>1</z>", "<x>40</x><y>32</y><z>1</z>", 1)  # reconSpace matrix
+    volume = load_kspace(write_mrd_file(tmp_path / "interp.h5", xml, acquisitions))
+    assert volume.kspace.shape == (1, 2, 20, 16) and volume.recon_shape == (20, 16)
+    assert volume.spacing == pytest.approx((5.0, 220 / 20, 220 / 16))
