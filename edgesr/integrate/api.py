@@ -374,15 +374,14 @@ class Enhancer:
             maps = maps[None]
         prepared = prepare_recon(self.spec, volume, maps=maps)
         output = finish(self.spec, prepared, run(self._predictor, prepared))
+        warnings = _kspace_warnings(volume)
+        silent = ~np.abs(volume.kspace).reshape(volume.kspace.shape[0], -1).any(axis=1)
+        if silent.any():  # nothing measured: the image of zero k-space is zero, not the network's bias
+            output = output.copy()
+            output[silent] = 0.0
         if volume.recon_shape is not None:  # the header's reconSpace: a larger acquired grid is cropped
             output = np.ascontiguousarray(center_crop(output, volume.recon_shape))
         meta = {"prewhitened": volume.prewhitened, "format": volume.format}
-        warnings: tuple[str, ...] = ()
-        if np.asarray(volume.mask).min() > 0:  # every k-space line measured: nothing to reconstruct
-            warnings = (
-                "the k-space is fully sampled (every line measured): the network was trained to fill "
-                "unmeasured lines and can only alter a complete acquisition; its inverse FFT is the image",
-            )
         return EnhancerResult(
             output, volume.spacing, "magnitude", volume.affine, self.provenance, meta, warnings
         )
@@ -413,3 +412,26 @@ def _image_volume(
 
 
 __all__ = ["Enhancer", "EnhancerResult", "Provenance"]
+
+
+def _kspace_warnings(volume: KSpaceVolume) -> tuple[str, ...]:
+    """What a caller should know about raw k-space before trusting its reconstruction."""
+    warnings = []
+    mask = np.asarray(volume.mask) > 0
+    if mask.all():  # every k-space line measured: nothing to reconstruct
+        warnings.append(
+            "the k-space is fully sampled (every line measured): the network was trained to fill "
+            "unmeasured lines and can only alter a complete acquisition; its inverse FFT is the image"
+        )
+    # A measured line holds noise at least; columns of exact zeros in every slice and coil were not
+    # measured, whatever the mask says, and data consistency would hold them at zero.
+    empty = mask & ~np.abs(volume.kspace).reshape(-1, volume.kspace.shape[-1]).any(axis=0)
+    if empty.any():
+        warnings.append(
+            f"the mask marks {int(empty.sum())} of {int(mask.sum())} acquired columns that hold only "
+            "zeros: they are treated as measured zeros (check that the mask belongs to this k-space)"
+        )
+    silent = [str(i) for i, s in enumerate(volume.kspace) if not np.abs(s).any()]
+    if silent:
+        warnings.append(f"slice(s) {', '.join(silent[:8])} hold no signal (all zeros): their images are zero")
+    return tuple(warnings)

@@ -177,8 +177,16 @@ def test_reconstruct_takes_arrays_and_matches_the_file_path(tmp_path):
     np.testing.assert_allclose(result.image, from_file.image, rtol=1e-5, atol=1e-4)
     assert result.warnings == ()
     # Every line measured: it runs, and says there was nothing to reconstruct.
-    (complete,) = enhancer.reconstruct(kspace, mask=np.ones_like(mask)).warnings
-    assert "fully sampled" in complete
+    complete = enhancer.reconstruct(kspace, mask=np.ones_like(mask)).warnings
+    assert any("fully sampled" in w for w in complete)
+    # A mask that claims lines the data do not hold, and a slice of no signal: said, and that slice's
+    # image is zero (not the network's response to nothing).
+    claimed = np.maximum(mask, np.roll(mask, 1))
+    two = np.stack([kspace * mask, np.zeros_like(kspace)])
+    result = enhancer.reconstruct(two, mask=claimed)
+    assert any("acquired columns that hold only zeros" in w for w in result.warnings)
+    assert any("slice(s) 1 hold no signal" in w for w in result.warnings)
+    assert not result.image[1].any() and result.image[0].any()
 
     with pytest.raises(ConfigError, match="mask= is for k-space arrays"):
         enhancer.reconstruct(tmp_path / "raw.h5", mask=mask)
