@@ -27,7 +27,11 @@ class ServeDicomConfig:
     allowed: tuple[str, ...] = opt((), "calling AE titles allowed to connect (empty: any)")
     destination: str = opt("", "HOST:PORT:AE_TITLE to C-STORE derived series to (empty: keep them)")
     quiet: float = opt(10.0, "seconds without a new instance (and no open association) that end a series")
-    stall: float = opt(120.0, "seconds of quiet that end a series even while its association stays open")
+    stall: float = opt(
+        120.0,
+        "seconds of quiet that end a series even while its association stays open; "
+        "how long a series cut by an aborted association waits to be sent again",
+    )
     max_associations: int = opt(10, "concurrent associations; more are rejected")
     max_pending: int = opt(20000, "stored instances not yet processed; more are refused (out of resources)")
     retry_max: float = opt(300.0, "longest wait between forwarding attempts, seconds")

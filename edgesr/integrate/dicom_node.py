@@ -19,6 +19,10 @@ is a rename on one file system, so a ``kill -9`` at any point leaves a state the
 * A series is complete when no instance of it has arrived for ``quiet_seconds`` and no open
   association has sent part of it (or after ``stall_seconds`` of quiet, for callers that keep an
   association open forever).
+* A series whose association was **aborted** is not complete: it waits ``stall_seconds`` for the
+  sender to send it again (instances stored before are acknowledged, not stored twice, so the resend
+  completes the same series); if none comes, its instances go to ``failed/`` with
+  ``edgesr-error.txt`` saying so, and a later resend of the whole series is processed whole.
 * An instance whose SOPInstanceUID was stored before is acknowledged and not stored again, so a
   caller that re-sends after a lost acknowledgement gets exactly-once processing.
 * Forwarding is retried with exponential back-off (1 s doubling to ``retry_max_seconds``) until the
@@ -118,6 +122,17 @@ class _Forward:
     next_try: float = 0.0
 
 
+# How edgesr-error.txt starts for a series given up after an aborted association (not a model failure).
+INTERRUPTED = "Interrupted"
+
+
+def _error_text(folder: Path) -> str:
+    try:
+        return (folder / "edgesr-error.txt").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
 @dataclass
 class _State:
     """What the node keeps in memory, rebuilt from the storage root at every start."""
@@ -129,6 +144,7 @@ class _State:
     claimed: list[str] = field(default_factory=list)  # work/ keys waiting for the model
     pending: int = 0  # instances in incoming/ and work/
     forwards: dict[str, _Forward] = field(default_factory=dict)
+    interrupted: set[str] = field(default_factory=set)  # incoming series whose association was aborted
 
 
 class DicomNode:
@@ -176,6 +192,7 @@ class DicomNode:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_ABORTED, self._on_abort),
         ]
         self._server = ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
@@ -240,6 +257,14 @@ class DicomNode:
             return DATA_SET_MISMATCH
         with self._lock:
             self._state.receiving.setdefault(series, set()).add(id(event.assoc))
+            # pynetdicom reports an abort after the connection's close: the association remembers what
+            # it sent, for _on_abort (an attribute of the association object: gone with it).
+            sent = getattr(event.assoc, "_edgesr_series", None)
+            if sent is None:
+                sent = set()
+                event.assoc._edgesr_series = sent
+            sent.add(series)
+            self._state.interrupted.discard(series)  # sent again: complete when quiet, as any other
             if sop in self._state.seen:
                 return SUCCESS  # stored before: a re-send after a lost acknowledgement
             if self._state.pending >= self.settings.max_pending:
@@ -271,6 +296,19 @@ class DicomNode:
             self._state.last_arrival[series] = time.monotonic()
         return SUCCESS
 
+    def _on_abort(self, event: Any) -> None:
+        with self._lock:
+            # The series it sent that are still incoming (not claimed since: the close came first).
+            sent: set[str] = getattr(event.assoc, "_edgesr_series", set())
+            cut = [series for series in sent if series in self._state.last_arrival]
+            self._state.interrupted.update(cut)
+        for series in cut:
+            log.warning(
+                "series %s: its association was aborted; held for %.0f s for the sender to send it again",
+                series,
+                self.settings.stall_seconds,
+            )
+
     def _on_close(self, event: Any) -> None:
         with self._lock:
             for associations in self._state.receiving.values():
@@ -285,8 +323,9 @@ class DicomNode:
             for series, last in self._state.last_arrival.items():
                 quiet = now - last
                 receiving = bool(self._state.receiving.get(series))
+                held = receiving or series in self._state.interrupted
                 if (
-                    quiet >= self.settings.quiet_seconds and not receiving
+                    quiet >= self.settings.quiet_seconds and not held
                 ) or quiet >= self.settings.stall_seconds:
                     ready.append(series)
         return ready
@@ -307,13 +346,38 @@ class DicomNode:
     def _work_loop(self) -> None:
         while not self._stop.is_set():
             for series in self._ready_series():
-                self._claim(series)
+                with self._lock:
+                    interrupted = series in self._state.interrupted
+                    self._state.interrupted.discard(series)
+                claimed = self._claim(series)
+                if interrupted:
+                    self._give_up_interrupted(claimed)
             with self._lock:
                 key = self._state.claimed.pop(0) if self._state.claimed else None
             if key is None:
                 self._stop.wait(0.1)
                 continue
             self._process(key)
+
+    def _give_up_interrupted(self, key: str) -> None:
+        """A series cut by an aborted association and never sent again: kept in failed/, not enhanced
+        (a derived series of part of it would look complete to whoever receives it). Its instances are
+        forgotten as received, so that a later resend of the whole series is processed whole."""
+        with self._lock:
+            self._state.claimed.remove(key)
+        work, failed = self.root / "work" / key, self.root / "failed" / key
+        sops = [p.stem for p in work.glob("*.dcm")]
+        os.replace(work, failed)
+        message = (
+            f"{INTERRUPTED}: the association that sent this series was aborted after {len(sops)} "
+            f"instance(s), and no sender sent it again within {self.settings.stall_seconds:.0f} s; "
+            "it was not enhanced. Send the whole series again.\n"
+        )
+        (failed / "edgesr-error.txt").write_text(message, encoding="utf-8")
+        with self._lock:
+            self._state.seen.difference_update(sops)
+            self._state.pending -= len(sops)
+        log.error("series %s: %s", key, message.strip())
 
     def _process(self, key: str) -> None:
         """Runs the model on work/KEY once: derived/KEY exists afterwards, or failed/KEY says why."""
@@ -416,6 +480,8 @@ class DicomNode:
                 if name in ("derived", "forwarded"):
                     continue
                 sops = [p.stem for p in folder.glob("*.dcm")]
+                if name == "failed" and _error_text(folder).startswith(INTERRUPTED):
+                    continue  # never enhanced: a resend of the whole series is new
                 state.seen.update(sops)
                 if name == "incoming":
                     state.last_arrival[folder.name] = time.monotonic()  # quiet from now on

@@ -344,3 +344,37 @@ def test_load_with_kill_9_restarts_processes_every_acknowledged_instance_once(ct
     assert len(referenced) == len(set(referenced)) == 1000
     assert set(referenced) == acknowledged
     assert not any((root / "failed").iterdir())
+
+
+def _send_then_abort(port: int, files: list[Path]) -> None:
+    """C-STOREs ``files`` on one association, then aborts it (a console that crashed mid-series)."""
+    ae = AE(ae_title="SCANNER")
+    ae.requested_contexts = StoragePresentationContexts
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGESR")
+    assert assoc.is_established
+    for path in files:
+        assoc.send_c_store(pydicom.dcmread(path))
+    assoc.abort()
+
+
+def test_an_aborted_series_waits_for_its_resend_and_is_never_enhanced_in_part(ct_checkpoint, tmp_path):
+    files = ct_series(tmp_path / "ct", 4)
+    node = make_node(ct_checkpoint, tmp_path / "node", stall_seconds=4.0)
+    try:
+        _send_then_abort(node.port, files[:2])
+        time.sleep(1.0)  # past quiet_seconds: a series whose association ended normally would run now
+        assert not any((tmp_path / "node" / "derived").iterdir())
+        assert send(node.port, files) == [0] * 4  # the resend: two stored before, acknowledged again
+        wait_for(node.idle)
+        (derived,) = (tmp_path / "node" / "derived").iterdir()
+        assert len(list(derived.glob("*.dcm"))) == 4  # one derived series of the whole
+        # Aborted and never sent again: kept in failed/, not enhanced; a later resend is new.
+        other = ct_series(tmp_path / "other", 3)
+        _send_then_abort(node.port, other[:1])
+        wait_for(lambda: any((tmp_path / "node" / "failed").iterdir()), seconds=30)
+        (failed,) = (tmp_path / "node" / "failed").iterdir()
+        assert (failed / "edgesr-error.txt").read_text().startswith("Interrupted: the association")
+        assert send(node.port, other) == [0] * 3
+        wait_for(lambda: len(list((tmp_path / "node" / "derived").iterdir())) == 2, seconds=30)
+    finally:
+        node.stop()
