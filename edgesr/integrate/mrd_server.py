@@ -15,6 +15,8 @@ against ``max_session_bytes``). A session that goes wrong (an unknown config or 
 past a cap, malformed XML, acquisitions out of order or outside the header's matrix, a model that
 raises) gets a TEXT message starting ``ERROR:`` and a CLOSE when the client is still there; the
 server goes on serving every other session. Clients that vanish mid-stream are logged and dropped.
+What a caller should know about an image (fully sampled k-space, a slice of no signal) comes as a
+TEXT message starting ``WARNING:`` before it.
 
 Raw data go through :class:`edgesr.data.mrd.SliceAssembler` (noise prewhitening, readout
 oversampling removed, the header's reconSpace), so the server and ``edgesr enhance`` on the same
@@ -316,6 +318,9 @@ class Session:
             result = self.enhancer.reconstruct(kspace, mask=mask)
         except DataError as exc:
             raise ProtocolError(f"{describe_key(key)}: {exc}") from None
+        for warning in result.warnings:  # e.g. fully sampled: the client's log should say so
+            log.warning("%s, %s: %s", self.where, describe_key(key), warning)
+            self.connection.send_text(f"WARNING: {describe_key(key)}: {warning}")
         image = np.ascontiguousarray(self.assembler.crop(result.image[0]))  # [H readout, W phase]
         meta = ismrmrd.Meta()
         scale = 1.0
@@ -374,7 +379,8 @@ def stream(
     """Sends one MRD session (CONFIG_FILE, HEADER, acquisitions, CLOSE) and collects the answer.
 
     Returns:
-        The images and the TEXT messages the server sent (errors start with ``ERROR:``).
+        The images and the TEXT messages the server sent (errors start with ``ERROR:``, what the
+        caller should know about an image with ``WARNING:``).
     """
     import ismrmrd
     from ismrmrd.serialization import ConfigFile, ProtocolDeserializer, ProtocolSerializer

@@ -307,3 +307,13 @@ def test_interleaved_echoes_come_back_as_one_image_each_numbered_apart(server):
     # The second echo was sent at half the signal: its own image, not the first one's lines.
     ratio = float(second.data.mean() / first.data.mean())
     assert 0.4 < ratio < 0.6
+
+
+def test_what_the_caller_should_know_comes_as_a_warning_text_before_the_image(server):
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acceleration=1, acs=0)  # every line
+    images, texts = stream(
+        "127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=acquisitions
+    )
+    assert len(images) == 1
+    (text,) = texts
+    assert text.startswith("WARNING: slice 0: the k-space is fully sampled")
