@@ -234,6 +234,10 @@ def parse_overrides(
         message = str(exc).splitlines()[0]
         if message.startswith("Incompatible value 'None'"):  # `key=` with nothing after the '='
             message = "it is empty; give a value after the '='"
+        elif "is not a TupleConfig, ListConfig, list, or tuple" in message:  # `scales=2`, `a=x,y`
+            given_value = next((v for k, v in pairs if k == full_key), None)
+            shown = f"; got {given_value}" if given_value is not None else ""
+            message = f"it takes a list, written in brackets: {full_key}=[a,b]{shown}"
         raise ConfigError(f"bad value for '{full_key}'{where}: {message}") from None
     except ConfigError as exc:
         raise _name_the_item(cls, merged, exc) from None

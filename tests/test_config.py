@@ -46,6 +46,11 @@ def test_bad_values_name_their_key():
     # From a sweep of user commands: `key=` with nothing after it.
     with pytest.raises(ConfigError, match="bad value for 'name': it is empty; give a value after the '='"):
         parse_overrides(Recipe, ["name="])
+    # A list without its brackets (`scales=2`, `configs=a,b`): how to write it, and what was given.
+    with pytest.raises(
+        ConfigError, match=r"bad value for 'scales': it takes a list, .*scales=\[a,b\]; got 2,3"
+    ):
+        parse_overrides(Recipe, ["scales=2,3"])
     # A key given twice: the last wins (as in OmegaConf's dotlists; scripts append overrides to a base).
     assert parse_overrides(Recipe, ["trainer.steps=2", "trainer.steps=3"]).trainer.steps == 3
 

@@ -179,13 +179,16 @@ def load_fastmri(path: str | Path) -> KSpaceVolume:
 def _fastmri_geometry(header: str | None, shape: tuple[int, ...], path: Path) -> Any:
     """The ``ismrmrd_header``'s grid when it describes this k-space (its encoded matrix is the array's
     rows x columns); None without a header, with one that cannot be read, or for another matrix: the
-    k-space is then imaged as stored, as before headers were read."""
+    k-space is then imaged as stored, as before headers were read. A header that says 3-D or
+    non-Cartesian is refused (:class:`~edgesr.data.mrd.UnsupportedEncoding`)."""
     if not header:
         return None
-    from edgesr.data.mrd import parse_header
+    from edgesr.data.mrd import UnsupportedEncoding, parse_header
 
     try:
         _, geometry = parse_header(header, source=str(path))
+    except UnsupportedEncoding:
+        raise  # a 3-D or non-Cartesian acquisition, by its own header: not imaged as 2-D Cartesian
     except DataError:
         return None
     return geometry if tuple(geometry.encoded) == tuple(shape) else None

@@ -68,6 +68,17 @@ class MrdGeometry:
     slices: int
     pe_center: int
     encoded_fov_mm: tuple[float, float] = (0.0, 0.0)  # (readout, phase encode); 0 where not given
+    last_average: int = 0  # encodingLimits' average maximum: a slice ends with its last average
+
+    @property
+    def fov_mm(self) -> tuple[float, float, float]:
+        """The field of view the output covers: the reconSpace one, or the encoded one where the
+        acquisition covered less (then nothing is cropped in that direction; :meth:`kept`)."""
+        covered = [
+            min(recon, encoded) if encoded > 0 else recon
+            for recon, encoded in zip(self.recon_fov_mm[:2], self.encoded_fov_mm, strict=True)
+        ]
+        return (covered[0], covered[1], self.recon_fov_mm[2])
 
     def kept(self, samples: int, lines: int) -> tuple[int, int]:
         """The (readout, phase-encode) pixels of a ``samples x lines`` acquisition that cover the
@@ -86,10 +97,14 @@ class MrdGeometry:
         return kept[0], kept[1]
 
     def voxel_mm(self, shape: tuple[int, int]) -> tuple[float, float, float]:
-        """(slice, row, column) millimetres of an output image of ``shape`` covering the reconSpace field
-        of view: rows run along the readout."""
-        fov_x, fov_y, fov_z = self.recon_fov_mm
+        """(slice, row, column) millimetres of an output image of ``shape`` covering :attr:`fov_mm`:
+        rows run along the readout."""
+        fov_x, fov_y, fov_z = self.fov_mm
         return (fov_z, fov_x / shape[0], fov_y / shape[1])
+
+
+class UnsupportedEncoding(DataError):
+    """A header that reads well but describes data edgesr cannot reconstruct (3-D, non-Cartesian)."""
 
 
 def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
@@ -108,6 +123,7 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
         n_pe = int(encoded.y)
         pe_center = int(limits.kspace_encoding_step_1.center) if limits.kspace_encoding_step_1 else n_pe // 2
         slices = int(limits.slice.maximum) + 1 if limits.slice else 1
+        last_average = int(limits.average.maximum) if limits.average else 0
         trajectory = str(getattr(encoding.trajectory, "value", encoding.trajectory) or "cartesian")
         partitions = int(encoded.z or 1)
         geometry = MrdGeometry(
@@ -119,6 +135,7 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
             (float(encoded_fov.x or 0.0), float(encoded_fov.y or 0.0))
             if encoded_fov is not None
             else (0.0, 0.0),
+            max(0, last_average),
         )
     except DataError:
         raise
@@ -126,12 +143,12 @@ def parse_header(xml: str | bytes, *, source: str) -> tuple[Any, MrdGeometry]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DataError(f"{source}: the ISMRMRD header cannot be read ({first})") from None
     if trajectory.lower() != "cartesian":
-        raise DataError(
+        raise UnsupportedEncoding(
             f"{source}: the header's trajectory is {trajectory}; edgesr reconstructs Cartesian k-space "
             "only (non-Cartesian data need gridding, which its models do not do)"
         )
     if partitions > 1:
-        raise DataError(
+        raise UnsupportedEncoding(
             f"{source}: the header encodes 3-D k-space ({partitions} partitions along encodedSpace z); "
             "edgesr reconstructs 2-D slices only"
         )
@@ -225,8 +242,10 @@ class SliceAssembler:
         """Whether noise scans gave a usable covariance (decided with the first imaging line)."""
         return self._whitener is not None
 
-    def add(self, acquisition: Any) -> ImageKey | None:
-        """Adds one acquisition; returns its image's key when it is flagged the slice's last line."""
+    def add(self, acquisition: Any) -> list[ImageKey]:
+        """Adds one acquisition; returns the images it completes (in order): on the slice's last line
+        (``ACQ_LAST_IN_SLICE``) of the last average the header declares, every echo of that slice,
+        repetition, set and phase (echoes arrive interleaved: the last echo's flag ends them all)."""
         index = self.acquisitions
         self.acquisitions += 1
         data = np.asarray(acquisition.data)
@@ -236,11 +255,11 @@ class SliceAssembler:
             raise DataError(f"{self.source}: acquisition {index} holds NaN/Inf samples")
         if acquisition.is_flag_set(self._noise_flag):
             if self._slices:
-                return None  # a noise scan after imaging (a second dependency): the covariance is set
+                return []  # a noise scan after imaging (a second dependency): the covariance is set
             self._noise.append(data.astype(np.complex64))
-            return None
+            return []
         if any(acquisition.is_flag_set(flag) for flag in self._flags.values()):
-            return None
+            return []
         if self._shape is None:
             self._shape = (data.shape[0], data.shape[1])
             if self._noise and self._noise[0].shape[0] == data.shape[0]:
@@ -287,7 +306,9 @@ class SliceAssembler:
             counts[line] += 1
         if line == n_pe // 2 or key not in self._last_header:
             self._last_header[key] = acquisition.getHead()
-        return key if acquisition.is_flag_set(self._last_in_slice) else None
+        if not acquisition.is_flag_set(self._last_in_slice) or int(idx.average) < self.geometry.last_average:
+            return []
+        return [other for other in sorted(self._slices) if other[0] == key[0] and other[2:] == key[2:]]
 
     def _on_encoded_readout(self, data: np.ndarray, center_sample: int, index: int) -> np.ndarray:
         """``data [C, samples]`` on the encoded readout: an asymmetric echo (fewer samples than
@@ -455,6 +476,7 @@ def write_mrd_file(path: str | os.PathLike[str], xml: str, acquisitions: Iterabl
 __all__ = [
     "ImageKey",
     "MrdGeometry",
+    "UnsupportedEncoding",
     "describe_key",
     "center_crop",
     "SliceAssembler",

@@ -421,7 +421,8 @@ def _kspace_warnings(volume: KSpaceVolume) -> tuple[str, ...]:
     if mask.all():  # every k-space line measured: nothing to reconstruct
         warnings.append(
             "the k-space is fully sampled (every line measured): the network was trained to fill "
-            "unmeasured lines and can only alter a complete acquisition; its inverse FFT is the image"
+            "unmeasured lines and can only alter a complete acquisition; the image returned is the "
+            "network's, while the k-space's own inverse FFT would be exact"
         )
     # A measured line holds noise at least; columns of exact zeros in every slice and coil were not
     # measured, whatever the mask says, and data consistency would hold them at zero.

@@ -280,8 +280,8 @@ class Session:
                     finished = self.assembler.add(acquisition)
                 except DataError as exc:
                     raise ProtocolError(str(exc)) from None
-                if finished is not None:
-                    self._reconstruct(finished)
+                for key in finished:
+                    self._reconstruct(key)
             elif message_id == WAVEFORM:
                 ismrmrd.Waveform.deserialize_from(self._capped_read("waveform"))  # ECG/resp: not used
             elif message_id == TEXT:
@@ -331,7 +331,7 @@ class Session:
             meta["EdgesrIntensityScale"] = f"{scale:.9g}"
         else:
             pixels = image.astype(np.float32)
-        fov = self.assembler.geometry.recon_fov_mm
+        fov = self.assembler.geometry.fov_mm  # what the image covers (the reconSpace, or less)
         # MRD images are [channels, z, y, x] with x along read_dir: our rows run along the readout.
         out = ismrmrd.Image.from_array(
             np.ascontiguousarray(pixels.T)[None],

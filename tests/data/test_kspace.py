@@ -126,6 +126,11 @@ def test_a_fastmri_file_is_imaged_on_its_headers_recon_space(tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs["ismrmrd_header"] = xml.replace("<y>16</y><z>1</z>", "<y>18</y><z>1</z>", 1)
     assert load_kspace(path).kspace.shape == (1, 2, 40, 16)
+    # A header that says radial (or 3-D) is believed: such k-space is not imaged as 2-D Cartesian.
+    with h5py.File(path, "a") as f:
+        f.attrs["ismrmrd_header"] = xml.replace("cartesian", "radial")
+    with pytest.raises(DataError, match="trajectory is radial"):
+        load_kspace(path)
 
 
 def test_an_interpolated_recon_space_keeps_the_acquired_resolution_and_its_true_voxel_size(tmp_path):
@@ -140,3 +145,21 @@ def test_an_interpolated_recon_space_keeps_the_acquired_resolution_and_its_true_
     volume = load_kspace(write_mrd_file(tmp_path / "interp.h5", xml, acquisitions))
     assert volume.kspace.shape == (1, 2, 20, 16) and volume.recon_shape == (20, 16)
     assert volume.spacing == pytest.approx((5.0, 220 / 20, 220 / 16))
+
+
+def test_an_acquisition_narrower_than_the_recon_field_of_view_gets_the_voxel_size_it_covers(tmp_path):
+    """Phase-encode lines over 176 mm for a 220 mm reconSpace: nothing is cropped in that direction,
+    and the voxels are 176 mm over the lines, not 220."""
+    from tests.conftest import siemens_like_mrd, write_mrd_file
+
+    image = np.zeros((20, 16), dtype=np.float32)
+    image[4:16, 3:13] = 300.0
+    xml, acquisitions = siemens_like_mrd(image, coils=2, acceleration=1, acs=0, noise_level=0.0)
+    xml = xml.replace(
+        "<y>220.0</y><z>5</z></fieldOfView_mm></encodedSpace>",
+        "<y>176.0</y><z>5</z></fieldOfView_mm></encodedSpace>",
+        1,
+    )
+    volume = load_kspace(write_mrd_file(tmp_path / "narrow.h5", xml, acquisitions))
+    assert volume.recon_shape == (20, 16)
+    assert volume.spacing == pytest.approx((5.0, 220 / 20, 176 / 16))

@@ -285,28 +285,51 @@ def test_the_servers_run_shipped_models_at_the_precision_asked_and_artifacts_at_
 
 
 def test_interleaved_echoes_come_back_as_one_image_each_numbered_apart(server):
-    """Multi-echo lines arrive interleaved (echo 0, echo 1, next line...): each echo is its own image."""
-    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8)
+    """Multi-echo lines arrive interleaved (echo 0, echo 1, next line...), the last echo's line flagged
+    last in the slice: each echo is its own image, and every echo of a slice comes back with it."""
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8, slices=2)
     noise, lines = acquisitions[:1], acquisitions[1:]
     echoes = []
     for acquisition in lines:
+        last = acquisition.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE)
         for echo in (0, 1):
             head = acquisition.getHead()
             head.idx.contrast = echo
-            echoes.append(ismrmrd.Acquisition(head, acquisition.data * (1.0 if echo == 0 else 0.5)))
-    for acquisition in echoes[:-2]:
-        acquisition.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+            copy = ismrmrd.Acquisition(head, acquisition.data * (1.0 if echo == 0 else 0.5))
+            if last and echo == 0:
+                copy.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+            echoes.append(copy)
     images, texts = stream(
         "127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=noise + echoes
     )
-    assert texts == [] and len(images) == 2
-    first, second = sorted(images, key=lambda image: image.contrast)
-    assert (first.contrast, second.contrast) == (0, 1)
-    assert {first.image_index, second.image_index} == {1, 2}
-    assert (first.image_series_index, second.image_series_index) == (1, 2)
+    assert texts == [] and len(images) == 4
+    assert [(image.slice, image.contrast) for image in images] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [image.image_index for image in images] == [1, 2, 3, 4]
+    assert [image.image_series_index for image in images] == [1, 2, 1, 2]
     # The second echo was sent at half the signal: its own image, not the first one's lines.
-    ratio = float(second.data.mean() / first.data.mean())
+    ratio = float(images[1].data.mean() / images[0].data.mean())
     assert 0.4 < ratio < 0.6
+
+
+def test_averages_each_flagged_last_in_slice_are_averaged_into_one_image(server):
+    """Averages that each end with the slice's last-line flag: one image, after the header's last."""
+    xml, acquisitions = siemens_like_mrd(_phantom(), coils=4, acs=8)
+    limits = "<average><minimum>0</minimum><maximum>1</maximum><center>0</center></average>"
+    xml = xml.replace("</encodingLimits>", limits + "</encodingLimits>", 1)
+    noise, lines = acquisitions[:1], acquisitions[1:]
+    averages = []
+    for average in (0, 1):
+        for acquisition in lines:
+            head = acquisition.getHead()
+            head.idx.average = average
+            averages.append(ismrmrd.Acquisition(head, acquisition.data * (1.0 if average == 0 else 0.5)))
+    images, texts = stream(
+        "127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=noise + averages
+    )
+    assert texts == [] and len(images) == 1
+    single, _ = stream("127.0.0.1", server.port, config="edgesr-modl", header=xml, acquisitions=acquisitions)
+    ratio = float(images[0].data.mean() / single[0].data.mean())
+    assert 0.7 < ratio < 0.8  # the mean of 1 and 0.5
 
 
 def test_what_the_caller_should_know_comes_as_a_warning_text_before_the_image(server):
