@@ -9,7 +9,8 @@ streaming server (:mod:`edgesr.integrate.mrd_server`), so that both give the sam
   lines measured more than once (averages) are averaged; navigator, phase-correction and dummy-scan
   acquisitions are skipped;
 * **images**: one per slice and per contrast (echo), repetition, set and phase
-  (:data:`ImageKey`), each assembled from its own lines, never one written over another;
+  (:data:`ImageKey`), each assembled from its own lines, never one written over another; a slice's
+  ``ACQ_LAST_IN_SLICE`` line completes every echo of it, once the header's last average is in;
 * an **asymmetric echo** (fewer readout samples than ``encodedSpace.x``, the echo at
   ``center_sample``) is zero-filled onto the encoded readout with the echo at its centre, so the
   field of view stays the header's;
