@@ -19,10 +19,11 @@ is a rename on one file system, so a ``kill -9`` at any point leaves a state the
 * A series is complete when no instance of it has arrived for ``quiet_seconds`` and no open
   association has sent part of it (or after ``stall_seconds`` of quiet, for callers that keep an
   association open forever).
-* A series whose association was **aborted** is not complete: it waits ``stall_seconds`` for the
-  sender to send it again (instances stored before are acknowledged, not stored twice, so the resend
-  completes the same series); if none comes, its instances go to ``failed/`` with
-  ``edgesr-error.txt`` saying so, and a later resend of the whole series is processed whole.
+* A series whose association was **aborted** is not complete (``incoming/SERIES/.edgesr-interrupted``
+  says so, across restarts): it waits ``stall_seconds`` for the sender to send it again (instances
+  stored before are acknowledged, not stored twice, so the resend completes the same series); if none
+  comes, its instances go to ``failed/`` with ``edgesr-error.txt`` saying so, and a later resend of
+  the whole series is processed whole.
 * An instance whose SOPInstanceUID was stored before is acknowledged and not stored again, so a
   caller that re-sends after a lost acknowledgement gets exactly-once processing.
 * Forwarding is retried with exponential back-off (1 s doubling to ``retry_max_seconds``) until the
@@ -124,6 +125,8 @@ class _Forward:
 
 # How edgesr-error.txt starts for a series given up after an aborted association (not a model failure).
 INTERRUPTED = "Interrupted"
+# The file in incoming/SERIES/ that says its association was aborted (the DICOM reader skips dot files).
+INTERRUPTED_MARK = ".edgesr-interrupted"
 
 
 def _error_text(folder: Path) -> str:
@@ -264,7 +267,9 @@ class DicomNode:
                 sent = set()
                 event.assoc._edgesr_series = sent
             sent.add(series)
-            self._state.interrupted.discard(series)  # sent again: complete when quiet, as any other
+            if series in self._state.interrupted:  # sent again: complete when quiet, as any other
+                self._state.interrupted.discard(series)
+                (self.root / "incoming" / series / INTERRUPTED_MARK).unlink(missing_ok=True)
             if sop in self._state.seen:
                 return SUCCESS  # stored before: a re-send after a lost acknowledgement
             if self._state.pending >= self.settings.max_pending:
@@ -302,6 +307,12 @@ class DicomNode:
             sent: set[str] = getattr(event.assoc, "_edgesr_series", set())
             cut = [series for series in sent if series in self._state.last_arrival]
             self._state.interrupted.update(cut)
+            for series in cut:  # on disk too: a node restarted while it waits still waits
+                try:
+                    (self.root / "incoming" / series / INTERRUPTED_MARK).touch()
+                    fsync_dir(self.root / "incoming" / series)
+                except OSError as exc:
+                    log.warning("series %s: cannot mark it interrupted on disk (%s)", series, exc)
         for series in cut:
             log.warning(
                 "series %s: its association was aborted; held for %.0f s for the sender to send it again",
@@ -336,6 +347,7 @@ class DicomNode:
             batch = self._state.batches.get(series, 0) + 1
             self._state.batches[series] = batch
             key = f"{series}.{batch}"
+            (self.root / "incoming" / series / INTERRUPTED_MARK).unlink(missing_ok=True)
             os.replace(self.root / "incoming" / series, self.root / "work" / key)
             fsync_dir(self.root / "work")
             self._state.last_arrival.pop(series, None)
@@ -485,6 +497,8 @@ class DicomNode:
                 state.seen.update(sops)
                 if name == "incoming":
                     state.last_arrival[folder.name] = time.monotonic()  # quiet from now on
+                    if (folder / INTERRUPTED_MARK).exists():
+                        state.interrupted.add(folder.name)
                     state.pending += len(sops)
                 elif name == "work":
                     state.claimed.append(folder.name)

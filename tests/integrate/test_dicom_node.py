@@ -378,3 +378,24 @@ def test_an_aborted_series_waits_for_its_resend_and_is_never_enhanced_in_part(ct
         wait_for(lambda: len(list((tmp_path / "node" / "derived").iterdir())) == 2, seconds=30)
     finally:
         node.stop()
+
+
+def test_a_node_restarted_while_an_aborted_series_waits_still_waits_for_the_resend(ct_checkpoint, tmp_path):
+    files = ct_series(tmp_path / "ct", 3)
+    node = make_node(ct_checkpoint, tmp_path / "node", stall_seconds=30.0)
+    try:
+        _send_then_abort(node.port, files[:2])
+        wait_for(lambda: any((tmp_path / "node" / "incoming").glob("*/.edgesr-interrupted")), seconds=10)
+    finally:
+        node.stop()
+    node = make_node(ct_checkpoint, tmp_path / "node", stall_seconds=30.0)
+    try:
+        time.sleep(1.0)  # past quiet_seconds: without the mark, the two instances would be enhanced now
+        assert not any((tmp_path / "node" / "derived").iterdir())
+        assert send(node.port, files) == [0] * 3
+        wait_for(node.idle)
+        (derived,) = (tmp_path / "node" / "derived").iterdir()
+        assert len(list(derived.glob("*.dcm"))) == 3
+        assert not list((tmp_path / "node").rglob(".edgesr-interrupted"))
+    finally:
+        node.stop()
