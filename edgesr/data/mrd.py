@@ -224,10 +224,8 @@ class SliceAssembler:
         self._noise: list[np.ndarray] = []
         self._whitener: np.ndarray | None = None
         self._whitener_ready = False
-        self._calibration_flags = [
-            getattr(ismrmrd, name) for name in ("ACQ_IS_PARALLEL_CALIBRATION",) if hasattr(ismrmrd, name)
-        ]
-        self._imaging_too = getattr(ismrmrd, "ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING", None)
+        self._calibration = ismrmrd.ACQ_IS_PARALLEL_CALIBRATION
+        self._imaging_too = ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
         # Per image: the sum of each line's measurements [C, X, W], how many, and whether they are
         # imaging lines (which replace calibration lines of the same position: a separate reference
         # scan may have another contrast).
@@ -295,9 +293,7 @@ class SliceAssembler:
             self._slices[key] = np.zeros((*data.shape, n_pe), dtype=np.complex64)
             self._counts[key] = np.zeros(n_pe, dtype=np.int64)
             self._imaging[key] = np.zeros(n_pe, dtype=bool)
-        imaging = not any(acquisition.is_flag_set(flag) for flag in self._calibration_flags) or (
-            self._imaging_too is not None and acquisition.is_flag_set(self._imaging_too)
-        )
+        imaging = not acquisition.is_flag_set(self._calibration) or acquisition.is_flag_set(self._imaging_too)
         counts, kind = self._counts[key], self._imaging[key]
         if imaging and not kind[line]:  # an imaging line replaces calibration lines measured here
             self._slices[key][:, :, line] = data
