@@ -230,7 +230,8 @@ def parse_overrides(
         if given:
             full_key = given[0]
         if type(exc).__name__ == "ConfigKeyError":
-            raise _unknown_key_error(cls, str(full_key), where) from None
+            full_key = _key_in_list_item(cls, base, str(full_key))
+            raise _unknown_key_error(cls, full_key, where) from None
         message = str(exc).splitlines()[0]
         if message.startswith("Incompatible value 'None'"):  # `key=` with nothing after the '='
             message = "it is empty; give a value after the '='"
@@ -243,6 +244,23 @@ def parse_overrides(
         raise _name_the_item(cls, merged, exc) from None
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
         raise _name_the_item(cls, merged, ConfigError(f"{exc}{where}")) from None
+
+
+def _key_in_list_item(cls: type, base: Mapping[str, Any] | None, key: str) -> str:
+    """``stages.1.stepz`` for the unknown key ``stepz`` that OmegaConf reports relative to a list item
+    of a file (``stages: [{...}, {stepz: 5}]``), so that the error names the item and suggests from its
+    keys; ``key`` itself when it is no item's key."""
+    if "." in key or not isinstance(base, Mapping):
+        return key
+    for field in dataclasses.fields(cls):
+        item_class = _list_item_class(cls, field.name)
+        items = base.get(field.name)
+        if item_class is None or not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping) and key in item and not _is_valid_key(item_class, key):
+                return f"{field.name}.{index}.{key}"
+    return key
 
 
 def _name_the_item(cls: type, merged: Any, error: ConfigError) -> ConfigError:

@@ -45,7 +45,7 @@ from edgesr.models.fold import fold_subpixel_tail
 from edgesr.physics.coils import ESTIMATION_METHODS, MIN_ACS_LINES, acs_lines, estimate_coil_maps
 from edgesr.physics.degrade import lr_grid_offset
 from edgesr.physics.fft import complex_abs, from_complex, ifft2c_complex
-from edgesr.spec import UNITS, ModelSpec
+from edgesr.spec import UNITS, IntensitySpec, ModelSpec
 
 DEFAULT_TILE = 128  # LR pixels per tile side: bounds memory on large images; exact with the spec's halo
 
@@ -180,7 +180,7 @@ class IntensityMap:
         return (network * self.reference - self.offset).astype(np.float32)
 
 
-def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
+def resolve_units(spec: ModelSpec | IntensitySpec, image: ImageVolume, units: str) -> str:
     """``hu`` or ``raw`` for this input, from ``units`` (``auto``, ``hu`` or ``raw``) and the data.
 
     ``auto``: an MR model takes any magnitude scale (``raw``), but not a DICOM series of another
@@ -191,7 +191,8 @@ def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
     """
     if units not in UNITS:
         raise ConfigError(f"units={units!r} is not valid; choose one of {', '.join(UNITS)}")
-    if not spec.intensity.is_ct:
+    intensity = spec if isinstance(spec, IntensitySpec) else spec.intensity
+    if not intensity.is_ct:
         if units == "hu":
             raise ConfigError(
                 "units=hu is for CT models; this model is MR (its input is any magnitude scale)"
@@ -226,7 +227,11 @@ def resolve_units(spec: ModelSpec, image: ImageVolume, units: str) -> str:
 
 
 def intensity_map(
-    spec: ModelSpec, image: ImageVolume, *, units: str = "auto", reference: float | None = None
+    spec: ModelSpec | IntensitySpec,
+    image: ImageVolume,
+    *,
+    units: str = "auto",
+    reference: float | None = None,
 ) -> IntensityMap:
     """The spec's intensity convention for this volume (see :func:`resolve_units`).
 
@@ -234,7 +239,7 @@ def intensity_map(
         reference: the normaliser in offset units; default: the spec's (the volume's maximum over
             non-padding pixels, as in training). Evaluation passes the protocol's.
     """
-    intensity = spec.intensity
+    intensity = spec if isinstance(spec, IntensitySpec) else spec.intensity
     if intensity.normaliser != "max":
         raise ValueError(
             f"image models normalise by the volume maximum; the spec says {intensity.normaliser!r}"

@@ -68,6 +68,23 @@ def test_yaml_unknown_key_names_the_file(tmp_path):
     assert "steps: 5" in to_yaml(cfg)
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    stages: list[Trainer] = opt([Trainer()], "stages")
+
+
+def test_yaml_unknown_key_in_a_list_item_names_the_item(tmp_path):
+    # OmegaConf reports the key relative to its item; the error names the item and suggests its keys
+    # (it used to suggest a top-level key: "unknown key 'stepz'; did you mean 'stages'?").
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("stages:\n  - {steps: 5}\n  - {stepz: 5}\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'stages\.1\.stepz' in .*pipeline\.yaml; did you mean 'stages\.1\.steps'",
+    ):
+        load_yaml(Pipeline, path)
+
+
 def test_describe_lists_nested_keys_with_defaults_and_help():
     rows = {row.key: row for row in describe(Recipe)}
     assert set(rows) == {"name", "scales", "trainer.steps", "trainer.lr"}

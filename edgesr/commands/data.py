@@ -82,7 +82,9 @@ def run_info(cfg: InfoConfig) -> int:
         s = sizes[v["name"]]
         table.add_row(
             v["name"],
-            v.get("role", "train") + (" (template)" if v.get("template") else ""),
+            v.get("role", "train")
+            + (" (template)" if v.get("template") else "")
+            + (" (site)" if v["package"].startswith("local:") else ""),
             v["modality"],
             "x".join(map(str, v["shape"])),
             "x".join(f"{x:.3g}" for x in v["spacing_mm"]),
@@ -90,9 +92,15 @@ def run_info(cfg: InfoConfig) -> int:
         )
     console.print(table)
     for v in manifest["volumes"]:
+        site = v["package"].startswith("local:")
+        origin = f"the site's {v['input_path']}" if site else f"{v['package']} {v.get('package_version', '')}"
         console.print(
-            f"{v['name']}: {v['description']}; from {v['package']} {v.get('package_version', '')}; "
-            f"license: {v['license']}",
+            f"{v['name']}: {v['description']}; from {origin}; license: {v['license']}", highlight=False
+        )
+    if manifest.get("local_sources"):
+        console.print(
+            f"the site's scans are listed in {manifest['local_sources'].get('file')} "
+            "(`edgesr data prepare local=none` drops them)",
             highlight=False,
         )
     for missing in manifest["unavailable"]:

@@ -71,6 +71,12 @@ class PreparedDataset:
         return view
 
     @property
+    def local_sources_file(self) -> str:
+        """The YAML file that added a site's scans (``edgesr data prepare local=``); "" for none."""
+        local = self.manifest.get("local_sources")
+        return str(local.get("file", "")) if isinstance(local, dict) else ""
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         """The data set's identity and sources (:func:`edgesr.data.prepare.dataset_fingerprint`)."""
         return dataset_fingerprint(self.manifest)

@@ -3,7 +3,7 @@
 Layout of a prepared data set (``<root>/v<VERSION>/``)::
 
     manifest.json          # sources (package, version, license, sha256 of the input file), shapes, splits
-    volumes/<name>.npy     # float32 [S, H, W] axial slices in the source's intensity unit
+    volumes/<name>-<sha>.npy  # float32 [S, H, W] axial slices in the source's intensity unit
 
 The manifest is written last and atomically, so an interrupted run leaves no manifest and the next run
 starts over; a run whose inputs (version, split policy, input checksums, and the code that reads and
@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,19 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from edgesr import __version__
-from edgesr._io import save_npy_atomic, sha256_file, write_json_atomic
-from edgesr.config import opt
+from edgesr._io import save_npy_atomic, write_json_atomic
+from edgesr.config import opt, parse_overrides
+from edgesr.data.local import (
+    LocalScan,
+    LocalSources,
+    input_checksum,
+    load_local_sources,
+    load_scan,
+    resolve_scans,
+)
 from edgesr.data.sources import SOURCES, Source
-from edgesr.data.splits import ALL_SPLITS, SplitPolicy, external_slices, split_slices
-from edgesr.errors import SourceUnavailableError
+from edgesr.data.splits import ALL_SPLITS, SPLITS, SplitPolicy, external_slices, split_slices
+from edgesr.errors import ConfigError, DataError, SourceUnavailableError
 
 # 2: sources have roles; held-out sources form the external split.
 DATASET_VERSION = 2
@@ -61,6 +70,11 @@ def dataset_dir(root: str | Path | None = None) -> Path:
 class PrepareConfig:
     root: str = opt("", "data cache folder (default: $EDGESR_DATA or ~/.cache/edgesr/data)")
     force: bool = opt(False, "rebuild even when the cached data set is up to date")
+    local: str = opt(
+        "",
+        "a YAML file of a site's own scans to add (see `edgesr/data/local.py`); empty: keep the ones "
+        "the data set at root already has; none: drop them",
+    )
 
 
 def _rules_sha256() -> str:
@@ -70,7 +84,7 @@ def _rules_sha256() -> str:
     """
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("prepare.py", "sources.py", "splits.py"):
+    for name in ("prepare.py", "sources.py", "splits.py", "local.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
@@ -89,6 +103,8 @@ def usable_slices(volume: np.ndarray) -> list[int]:
 def package_version(package: str) -> str:
     """The installed version of a source's carrier (``pypi:NAME ...`` or ``debian:NAME``), or ``unknown``."""
     kind, _, rest = package.partition(":")
+    if kind == "local":
+        return "site file"
     name = rest.split()[0] if rest else ""
     try:
         if kind == "pypi":
@@ -175,7 +191,14 @@ def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -
     old = {s["name"]: s for s in recorded.get("sources", [])}
     new = {s["name"]: s for s in current.get("sources", [])}
     changes = [
-        f"{name} missing ({old[name]['package']} not installed?)" for name in sorted(old.keys() - new.keys())
+        f"{name} missing ("
+        + (
+            "a site's scan, dropped"
+            if old[name]["package"].startswith("local:")
+            else f"{old[name]['package']} not installed?"
+        )
+        + ")"
+        for name in sorted(old.keys() - new.keys())
     ]
     changes += [f"{name} added" for name in sorted(new.keys() - old.keys())]
     for name in sorted(old.keys() & new.keys()):
@@ -201,25 +224,121 @@ def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -
     return changes
 
 
+@dataclass(frozen=True)
+class _Input:
+    """One volume to prepare: a shipped source or a site's scan, read by ``load``."""
+
+    name: str
+    modality: str
+    role: str  # train (in-domain) or external
+    description: str
+    package: str
+    license: str
+    path: Path
+    load: Callable[[], tuple[np.ndarray, tuple[float, float, float], str]]
+    template: bool = False
+    whole_split: str = ""  # a site's scan given to one split whole (train, val or test); "": by role
+    local: bool = False  # a site's scan, not a shipped source
+
+
+def _shipped_input(source: Source, path: Path) -> _Input:
+    def load() -> tuple[np.ndarray, tuple[float, float, float], str]:
+        loaded = source.load(path)
+        return loaded.data, loaded.spacing, ""
+
+    return _Input(
+        source.name, source.modality, source.role, source.description, source.package, source.license,
+        path, load, template=source.template,
+    )  # fmt: skip
+
+
+def _local_input(scan: LocalScan) -> _Input:
+    source = scan.source
+    return _Input(
+        scan.name, source.modality, scan.role, source.description, scan.package, source.license, scan.path,
+        lambda: load_scan(scan), whole_split=source.split if source.split in SPLITS else "", local=True,
+    )  # fmt: skip
+
+
+def _local_sources(cfg: PrepareConfig, existing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The site's sources this data set holds, as recorded in its manifest: from ``cfg.local`` (a YAML
+    file), else those the data set at ``root`` already has (a later ``edgesr data prepare`` keeps them),
+    else None. Relative paths are made absolute from the YAML file's folder."""
+    if cfg.local.lower() == "none":
+        return None
+    if cfg.local:
+        file = Path(cfg.local).expanduser().resolve()
+        config = load_local_sources(file)
+        sources = [dataclasses.asdict(source) for source in config.sources]
+        for source in sources:
+            path = os.path.expanduser(source["path"])
+            source["path"] = path if os.path.isabs(path) else str(file.parent / path)
+        return {"file": str(file), "builtin": config.builtin, "sources": sources}
+    recorded = existing.get("local_sources") if existing else None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _local_config(record: dict[str, Any]) -> LocalSources:
+    try:
+        return parse_overrides(
+            LocalSources, base={"builtin": record.get("builtin", True), "sources": record.get("sources", [])}
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the site's sources recorded with the data set ({record.get('file')}) are no longer valid: "
+            f"{exc}; pass local=FILE again, or local=none"
+        ) from None
+
+
+def _splits(entry: _Input, usable: list[int], policy: SplitPolicy) -> dict[str, list[int]]:
+    if entry.role == "external":
+        return external_slices(usable)
+    if entry.whole_split:
+        return {name: [] for name in ALL_SPLITS} | {entry.whole_split: usable}
+    return split_slices(usable, policy)
+
+
 def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[str, Any]:
     """Builds (or confirms) the data set and returns its manifest."""
     console = console or Console(stderr=True)
     out = dataset_dir(cfg.root or None)
+    manifest_path = out / "manifest.json"
+    existing: dict[str, Any] | None = None
+    if manifest_path.is_file():
+        try:
+            existing = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            existing = None  # rebuilt below
+        if not isinstance(existing, dict):
+            existing = None
     policy = SplitPolicy()
-    located: list[tuple[Source, Path]] = []
+    local = _local_sources(cfg, existing)
+    local_config = _local_config(local) if local is not None else None
+    inputs: list[_Input] = []
     unavailable: list[dict[str, str]] = []
-    for source in SOURCES:
-        path = source.locate()
-        if path is None:
-            unavailable.append({"name": source.name, "package": source.package, "reason": "not installed"})
-        else:
-            located.append((source, path))
-    if not located:
+    if local_config is None or local_config.builtin:
+        for source in SOURCES:
+            path = source.locate()
+            if path is None:
+                unavailable.append(
+                    {"name": source.name, "package": source.package, "reason": "not installed"}
+                )
+            else:
+                inputs.append(_shipped_input(source, path))
+    if local_config is not None:
+        scans = resolve_scans(local_config, relative_to=Path("/"), reserved=tuple(s.name for s in SOURCES))
+        inputs += [_local_input(scan) for scan in scans]
+        if not cfg.local:
+            console.print(
+                f"keeping the site's {len(scans)} scans of {escape(str(local['file']))} "  # type: ignore[index]
+                "(local=none drops them)"
+            )
+    if not inputs:
         raise SourceUnavailableError(
             "no real data source is installed; run `bash .ci/setup` (Debian packages mricron-data and "
             "invesalius-examples, PyPI nilearn)"
         )
-    checksums = {source.name: sha256_file(path) for source, path in located}
+    checksums = {entry.name: _checksum(entry) for entry in inputs}
     # Round-tripped through JSON so that it compares equal to the one read back from the manifest.
     fingerprint = json.loads(
         json.dumps(
@@ -229,15 +348,10 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
                 "inputs": checksums,
                 "rules_sha256": _rules_sha256(),
             }
+            # A site's sources: their splits, units and volumes decide the set as much as the files.
+            | ({"local": {k: local[k] for k in ("builtin", "sources")}} if local is not None else {})
         )
     )
-    manifest_path = out / "manifest.json"
-    existing: dict[str, Any] | None = None
-    if manifest_path.is_file():
-        try:
-            existing = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            existing = None  # rebuilt below
     if existing is not None and not cfg.force:
         volumes_present = all((out / v["file"]).is_file() for v in existing.get("volumes", []))
         if existing.get("fingerprint") == fingerprint and volumes_present:
@@ -248,32 +362,38 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
 
     started = time.perf_counter()
     volumes: list[dict[str, Any]] = []
+    warnings: list[str] = []
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("preparing data", total=len(located))
-        for source, path in located:
-            progress.update(task, description=f"loading {source.name}")
-            loaded = source.load(path)
-            file_name = f"volumes/{source.name}.npy"
-            save_npy_atomic(out / file_name, loaded.data.astype(np.float32))
-            usable = usable_slices(loaded.data)
-            splits = external_slices(usable) if source.role == "external" else split_slices(usable, policy)
+        task = progress.add_task("preparing data", total=len(inputs))
+        for entry in inputs:
+            progress.update(task, description=f"loading {entry.name}")
+            data, spacing, read = entry.load()
+            data_sha256 = _array_sha256(data)
+            # Named by content: a volume that changed never overwrites the file that the data set's
+            # current manifest names, so a run that fails half way leaves that data set whole.
+            file_name = f"volumes/{entry.name}-{data_sha256[:12]}.npy"
+            save_npy_atomic(out / file_name, data.astype(np.float32))
+            usable = usable_slices(data)
+            splits = _splits(entry, usable, policy)
+            if entry.local:
+                warnings += _local_warnings(entry, data, usable, splits)
             volumes.append(
                 {
-                    "name": source.name,
-                    "modality": source.modality,
-                    "role": source.role,
-                    "template": source.template,
-                    "description": source.description,
-                    "package": source.package,
-                    "package_version": package_version(source.package),
-                    "license": source.license,
-                    "input_path": str(path),
-                    "input_sha256": checksums[source.name],
-                    "data_sha256": _array_sha256(loaded.data),
+                    "name": entry.name,
+                    "modality": entry.modality,
+                    "role": entry.role,
+                    "template": entry.template,
+                    "description": entry.description or f"site scan ({read})",
+                    "package": entry.package,
+                    "package_version": package_version(entry.package),
+                    "license": entry.license,
+                    "input_path": str(entry.path),
+                    "input_sha256": checksums[entry.name],
+                    "data_sha256": data_sha256,
                     "file": file_name,
-                    "shape": list(loaded.data.shape),
-                    "spacing_mm": list(loaded.spacing),
-                    "max_intensity": float(loaded.data.max()),
+                    "shape": list(data.shape),
+                    "spacing_mm": list(spacing),
+                    "max_intensity": float(data.max()),
                     "splits": splits,
                 }
             )
@@ -288,12 +408,20 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         "unavailable": unavailable,
         "prepare_seconds": round(time.perf_counter() - started, 2),
     }
+    if local is not None:
+        manifest["local_sources"] = local
     manifest["id"] = dataset_fingerprint(manifest)["id"]
     write_json_atomic(manifest_path, manifest)
+    kept = {Path(volume["file"]).name for volume in volumes}
+    for stale in (out / "volumes").glob("*.npy"):  # earlier versions; a site's scan dropped: its pixels
+        if stale.name not in kept:
+            stale.unlink()
     console.print(
         f"[green]prepared[/] {len(volumes)} volumes at {escape(str(out))} in {manifest['prepare_seconds']} s "
         f"(fingerprint {manifest['id']})"
     )
+    for warning in warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
     if (
         existing is not None
         and isinstance(existing.get("volumes"), list)
@@ -312,6 +440,34 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
     for missing in unavailable:
         console.print(f"[yellow]not used[/]: {missing['name']} ({missing['package']} not installed)")
     return manifest
+
+
+def _checksum(entry: _Input) -> str:
+    try:
+        return input_checksum(entry.path)
+    except OSError as exc:
+        raise DataError(f"{entry.path}: cannot read it ({exc})") from None
+
+
+def _local_warnings(
+    entry: _Input, data: np.ndarray, usable: list[int], splits: dict[str, list[int]]
+) -> list[str]:
+    """What a site should know about how its scan was split (nothing is silently left out)."""
+    if not usable:
+        return [
+            f"{entry.name} ({entry.path}): none of its {data.shape[0]} slices has "
+            f"{MIN_FOREGROUND_FRACTION:.0%} of its pixels above 5% of the maximum: it adds no slice"
+        ]
+    dropped = data.shape[0] - len(usable)
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} of {data.shape[0]} slices left out as near-empty")
+    if entry.role == "train" and not entry.whole_split and not (splits["val"] and splits["test"]):
+        notes.append(
+            f"split: auto put all {len(splits['train'])} slices in train (too short for blocks of "
+            f"{SplitPolicy().block}); give whole scans split: val and split: test"
+        )
+    return [f"{entry.name}: {'; '.join(notes)}"] if notes else []
 
 
 def split_sizes(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:

@@ -72,8 +72,13 @@ def train(
         torch.manual_seed(cfg.seed)
         dataset = PreparedDataset(cfg.data.root or None)
         val_modality = cfg.data.modality if cfg.task == "sr" else "MR"
-        if next(dataset.slices("val", val_modality), None) is None:
-            raise DataError(f"the data set at {dataset.path} has no {val_modality} slices in its val split")
+        for split in ("train", "val"):
+            if next(dataset.slices(split, val_modality), None) is None:
+                site = dataset.local_sources_file
+                hint = f"; give whole scans `split: {split}` in the site's YAML file ({site})" if site else ""
+                raise DataError(
+                    f"the data set at {dataset.path} has no {val_modality} slices in its {split} split{hint}"
+                )
         trained_on = training_data(dataset.manifest, val_modality)
         if cfg.resume:
             _check_same_training_data(saved, trained_on, out)

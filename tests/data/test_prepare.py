@@ -122,11 +122,10 @@ def test_prepare_redoes_an_interrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake", "CT", volume)]))
     root = tmp_path / "cache"
     prepare_dataset(PrepareConfig(root=str(root)))
-    (
-        root / "v2" / "volumes" / "fake.npy"
-    ).unlink()  # as if the run had died after the manifest... or a user deleted it
+    (file,) = (root / "v2" / "volumes").iterdir()
+    file.unlink()  # as if the run had died after the manifest... or a user deleted it
     prepare_dataset(PrepareConfig(root=str(root)))
-    assert (root / "v2" / "volumes" / "fake.npy").is_file()
+    assert file.is_file()
 
 
 def test_prepare_without_any_source_says_how_to_install(tmp_path, monkeypatch):

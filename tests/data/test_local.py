@@ -1,0 +1,215 @@
+"""A site's own scans as sources: `edgesr data prepare local=site.yaml`."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+import edgesr.data.prepare as prepare_module
+from edgesr.cli import main
+from edgesr.data.dataset import PreparedDataset
+from edgesr.data.prepare import PrepareConfig, prepare_dataset
+from edgesr.errors import ConfigError, DataError
+from tests.conftest import write_dicom_slice
+from tests.data.test_prepare import _fake_sources
+
+
+def _head(slices: int, rows: int = 29, cols: int = 23, *, seed: int = 0) -> np.ndarray:
+    """A bright ellipse on a dark background, a little different in every slice."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
+    rng = np.random.default_rng(seed)
+    volume = [
+        (((yy / 0.8) ** 2 + (xx / (0.6 + 0.002 * k)) ** 2) < 1) * (300 + 40 * np.sin(5 * yy + k / 7))
+        + rng.random((rows, cols)) * 5
+        for k in range(slices)
+    ]
+    return np.stack(volume).astype(np.float32)
+
+
+def _nifti(path, volume_sri: np.ndarray) -> None:
+    """Writes [S, H, W] as a NIfTI whose third voxel axis is the slice axis ([H, W, S] on disk)."""
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(volume_sri.transpose(1, 2, 0)), np.diag([0.9, 0.8, 3.0, 1])),
+        path,
+    )
+
+
+def _ct_series(folder, hu: np.ndarray) -> None:
+    folder.mkdir()
+    uid = generate_uid()
+    for i, image in enumerate(hu):
+        stored = np.round(image + 1024).astype(np.int16)
+        write_dicom_slice(
+            folder / f"{i:03d}.dcm", stored, position_z=2.0 * i, instance=i + 1, series_uid=uid,
+            intercept=-1024.0, signed=True, padding_value=-2000 + 1024,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A site's folder: an 80-slice MR NIfTI, two more MR scans (a pattern), a CT DICOM series with
+    scanner padding, and a YAML file that lists them (relative paths); no shipped source installed."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _nifti(scans / "subject01.nii.gz", _head(80))
+    (scans / "other").mkdir()
+    for i in (1, 2):
+        _nifti(scans / "other" / f"case{i}.nii", _head(9, 31, 27, seed=i) * 3)
+    hu = np.full((4, 21, 19), -1000.0, dtype=np.float32)
+    hu[:, 4:17, 3:16] = 40.0
+    hu[:, :2, :] = -2000.0  # padding outside the scan circle
+    _ct_series(scans / "ct", hu)
+    yaml = tmp_path / "site.yaml"
+    yaml.write_text(
+        "builtin: false\n"
+        "sources:\n"
+        "  - {name: knee-pd, path: scans/subject01.nii.gz, modality: MR, description: knee PD}\n"
+        "  - {name: other-scanner, path: 'scans/other/*.nii', modality: MR, split: external}\n"
+        "  - {name: ct-head, path: scans/ct, modality: CT, split: test}\n"
+    )
+    monkeypatch.setattr(prepare_module, "SOURCES", _fake_sources(tmp_path, [("fake-mr", "MR", _head(60))]))
+    return tmp_path, yaml
+
+
+def test_a_sites_scans_become_the_data_set_with_their_splits_and_units(site):
+    tmp_path, yaml = site
+    root = tmp_path / "cache"
+    manifest = prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    volumes = {v["name"]: v for v in manifest["volumes"]}
+    # builtin: false leaves the shipped sources out; a pattern's matches are numbered.
+    assert sorted(volumes) == ["ct-head", "knee-pd", "other-scanner-001", "other-scanner-002"]
+    knee = volumes["knee-pd"]
+    assert knee["role"] == "train" and all(knee["splits"][s] for s in ("train", "val", "test"))
+    assert knee["spacing_mm"] == pytest.approx([3.0, 0.9, 0.8]) and knee["description"] == "knee PD"
+    assert volumes["other-scanner-002"]["role"] == "external"
+    assert volumes["other-scanner-002"]["splits"]["external"] == list(range(9))
+    ct = volumes["ct-head"]
+    assert ct["splits"]["test"] == [0, 1, 2, 3] and not ct["splits"]["train"]
+    dataset = PreparedDataset(root)
+    pixels = dataset.load_volume("ct-head")
+    # HU + 1024 clipped at 0, as every shipped CT: air 24 (-1000 HU), tissue 1064, padding air (0).
+    assert pixels[0, 10, 10] == pytest.approx(1064.0) and pixels[0, 3, 1] == pytest.approx(24.0)
+    assert np.all(pixels[:, :2, :] == 0.0)
+    np.testing.assert_allclose(dataset.load_volume("knee-pd"), _head(80), rtol=1e-6)
+    # Cards record the fingerprint: it names no path of the site (a folder may be a patient's name).
+    fingerprint = json.dumps(dataset.fingerprint)
+    assert str(tmp_path) not in fingerprint and "local: a site's scan" in fingerprint
+    assert manifest["local_sources"]["sources"][0]["path"] == str(tmp_path / "scans/subject01.nii.gz")
+
+
+def test_a_later_prepare_keeps_the_sites_scans_and_local_none_drops_them(site, capsys):
+    tmp_path, yaml = site
+    root = tmp_path / "cache"
+    first = prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    manifest_path = root / "v2" / "manifest.json"
+    stamp = manifest_path.stat().st_mtime_ns
+    again = prepare_dataset(PrepareConfig(root=str(root)))  # e.g. after an upgrade, without local=
+    assert again["id"] == first["id"] and manifest_path.stat().st_mtime_ns == stamp
+    # A changed split is another data set: rebuilt, and the change named.
+    yaml.write_text(yaml.read_text().replace("split: test", "split: val"))
+    changed = prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    assert changed["id"] != first["id"]
+    assert "ct-head: other splits" in capsys.readouterr().err.replace("\n", " ")
+    dropped = prepare_dataset(PrepareConfig(root=str(root), local="none"))
+    assert [v["name"] for v in dropped["volumes"]] == ["fake-mr"] and "local_sources" not in dropped
+    # The site's pixels leave the cache with them.
+    assert [p.name.split("-")[:2] for p in (root / "v2" / "volumes").iterdir()] == [["fake", "mr"]]
+
+
+def test_builtin_true_keeps_the_shipped_sources_beside_the_sites(site):
+    tmp_path, yaml = site
+    yaml.write_text(yaml.read_text().replace("builtin: false", "builtin: true"))
+    manifest = prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    assert "fake-mr" in {v["name"] for v in manifest["volumes"]}
+    assert {v["package_version"] for v in manifest["volumes"] if v["name"] != "fake-mr"} == {"site file"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "message"),
+    [
+        ("{name: a, path: scans/ct, modalty: CT}", ConfigError,
+         r"unknown key 'sources\.0\.modalty' in .*site\.yaml; did you mean 'sources\.0\.modality'"),
+        ("{name: fake-mr, path: scans/ct, modality: CT}", ConfigError, "the name of a shipped source"),
+        ("{name: Knee, path: scans/ct}", ConfigError, "lower-case"),
+        ("{name: a, path: scans/none.nii}", DataError, r"source 'a': .*none\.nii: no such file"),
+        ("{name: a, path: 'scans/*.png', modality: MR}", DataError, r"nothing matches .*\*\.png"),
+        ("{name: a, path: scans/ct, modality: MR}", DataError,
+         r"scans/ct: a DICOM series of modality CT, listed as MR"),
+        ("{name: a, path: scans/subject01.nii.gz, volume: 2}", DataError, "asks for volume 2"),
+        ("{name: a, path: scans/subject01.nii.gz, units: hu}", ConfigError, "units='hu' is for CT"),
+        ("{name: a, path: scans/subject01.nii.gz, split: later}", ConfigError, "sources.0.split='later'"),
+    ],
+)  # fmt: skip
+def test_a_bad_source_is_a_clear_error_and_the_data_set_is_left_as_it_was(site, entry, error, message):
+    tmp_path, yaml = site
+    root = tmp_path / "cache"
+    before = prepare_dataset(PrepareConfig(root=str(root)))
+    bad = tmp_path / "bad" / "site.yaml"
+    bad.parent.mkdir()
+    (bad.parent / "scans").symlink_to(tmp_path / "scans")
+    bad.write_text(f"sources:\n  - {entry}\n")
+    with pytest.raises(error, match=message):
+        prepare_dataset(PrepareConfig(root=str(root), local=str(bad)))
+    assert json.loads((root / "v2" / "manifest.json").read_text())["id"] == before["id"]
+
+
+def test_a_run_that_fails_half_way_leaves_the_data_set_as_it_was(site):
+    # The first scan changes and loads; the second fails: the data set must still be the old one,
+    # pixels included (it once overwrote volumes/<name>.npy in place before the failure).
+    tmp_path, yaml = site
+    root = tmp_path / "cache"
+    prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    _nifti(tmp_path / "scans" / "subject02.nii.gz", _head(80, seed=5) * 2)
+    _nifti(tmp_path / "scans" / "phase.nii", np.sin(_head(12)) * 3.14)
+    yaml.write_text(
+        "builtin: false\nsources:\n  - {name: knee-pd, path: scans/subject02.nii.gz}\n"
+        "  - {name: p, path: scans/phase.nii}\n"
+    )
+    with pytest.raises(DataError, match="not an MR magnitude"):
+        prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    np.testing.assert_allclose(PreparedDataset(root).load_volume("knee-pd"), _head(80), rtol=1e-6)
+
+
+def test_a_phase_map_is_refused_and_small_overshoots_are_clipped(site):
+    tmp_path, yaml = site
+    volume = _head(12)
+    volume[:, 0, 0] = -0.005 * volume.max()  # interpolation ringing: clipped to 0
+    _nifti(tmp_path / "scans" / "ringing.nii", volume)
+    yaml.write_text("builtin: false\nsources:\n  - {name: r, path: scans/ringing.nii, split: train}\n")
+    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    assert float(PreparedDataset(tmp_path / "cache").load_volume("r").min()) == 0.0
+    _nifti(tmp_path / "scans" / "phase.nii", np.sin(_head(12)) * 3.14)
+    yaml.write_text("sources:\n  - {name: p, path: scans/phase.nii}\n")
+    with pytest.raises(DataError, match=r"phase\.nii: values down to .*not an MR magnitude"):
+        prepare_dataset(PrepareConfig(root=str(tmp_path / "cache2"), local=str(yaml)))
+
+
+def test_a_short_scan_split_auto_is_said_to_be_train_only(site, capsys):
+    tmp_path, yaml = site
+    _nifti(tmp_path / "scans" / "short.nii", _head(20))
+    yaml.write_text("builtin: false\nsources:\n  - {name: s, path: scans/short.nii}\n")
+    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    assert "split: auto put all 20 slices in train" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_the_commands_train_and_score_on_a_sites_scans(site, capsys):
+    """The README's workflow: prepare the site's data set, fine-tune on it, score its external scans."""
+    tmp_path, yaml = site
+    root = tmp_path / "site-data"
+    assert main(["data", "prepare", f"root={root}", f"local={yaml}"]) == 0
+    out = tmp_path / "run"
+    argv = ["train", "model=rdn_tiny", "optim.steps=2", "eval_every=2", "data.patch=8", "data.batch_size=2"]
+    assert main([*argv, f"data.root={root}", f"out={out}", "threads=1"]) == 0
+    meta = json.loads((out / "last" / "checkpoint.json").read_text())
+    assert {s["name"] for s in meta["config"]["training_data"]["sources"]} == {"knee-pd"}
+    capsys.readouterr()
+    assert main(["evaluate", f"checkpoint={out}/last", f"root={root}", "split=external", "format=json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["split"] == "external" and scored["results"]
+    assert all(
+        set(row["by_source"]) == {"other-scanner-001", "other-scanner-002"} for row in scored["results"]
+    )
