@@ -241,6 +241,8 @@ def parse_overrides(
             message = f"it takes a list, written in brackets: {full_key}=[a,b]{shown}"
         raise ConfigError(f"bad value for '{full_key}'{where}: {message}") from None
     except ConfigError as exc:
+        if where.startswith(" in ") and where not in str(exc):  # a file's own value: name the file
+            exc = ConfigError(f"{exc}{where}")
         raise _name_the_item(cls, merged, exc) from None
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
         raise _name_the_item(cls, merged, ConfigError(f"{exc}{where}")) from None

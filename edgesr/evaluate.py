@@ -431,10 +431,7 @@ def evaluate_model(
     recon = recon or ReconProtocol()
     modality = spec.intensity.modality if spec.sr is not None else "MR"
     if not has_slices(dataset, split, modality):
-        raise DataError(
-            f"the {split} split of the data set at {dataset.path} has no {modality} slices"
-            + (" (no external source is installed: run `bash .ci/setup`)" if split == "external" else "")
-        )
+        raise DataError(dataset.no_slices(split, modality))
     results: list[dict[str, Any]] = []
     comparisons: list[dict[str, Any]] = []
     started = time.perf_counter()

@@ -212,9 +212,14 @@ def resolve_units(spec: ModelSpec | IntensitySpec, image: ImageVolume, units: st
         modality = str(image.meta.get("modality", ""))
         if modality == "CT":
             return "hu"
+        hint = (
+            "pass units=hu if these are CT numbers (the series has no Modality tag), or units=raw if they "
+            "are already HU + 1024"
+            if not modality
+            else "pass units=raw to run it on these values anyway"
+        )
         raise DataError(
-            f"{image.source}: a DICOM series of modality {modality or '(none)'} given to a CT model; "
-            "pass units=raw to run it on these values anyway"
+            f"{image.source}: a DICOM series of modality {modality or '(none)'} given to a CT model; {hint}"
         )
     low = float(image.data.min())
     if low < -200:

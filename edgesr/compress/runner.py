@@ -574,6 +574,19 @@ def _dataset(recipe: Recipe, console: Console) -> PreparedDataset:
     return open_or_prepare(recipe.data_root, console)
 
 
+def _check_splits(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
+    """The splits the recipe draws on hold slices of the teacher's modality: train (every stage
+    trains or calibrates on it), val (where a stage trains) and the split every model is scored on.
+    Checked first, not after an hour of distillation (a site's data set may lack one)."""
+    modality = spec.intensity.modality if spec.sr is not None else "MR"
+    trains = any(
+        (stage.steps > 0 if stage.kind != "quantize" else "qat" in stage.remedies) for stage in recipe.stages
+    )
+    for split in dict.fromkeys(("train", *(("val",) if trains else ()), recipe.eval_split)):
+        if next(dataset.slices(split, modality), None) is None:
+            raise DataError(dataset.no_slices(split, modality))
+
+
 def _check_training_options(recipe: Recipe, spec: ModelSpec, dataset: PreparedDataset) -> None:
     """Every stage that trains gets a patch (SR) or crop (recon) its training slices can give, checked
     before stage 1 runs rather than at the step that first draws the smallest slice."""
@@ -642,7 +655,8 @@ def compress(
     dataset = _dataset(recipe, console)
     if env.is_main:
         barrier(env)
-    _check_training_options(recipe, teacher.spec, dataset)  # before anything is written
+    _check_splits(recipe, teacher.spec, dataset)  # before anything is written or trained
+    _check_training_options(recipe, teacher.spec, dataset)
     finished = [
         i for i, st in enumerate(recipe.stages) if (out / stage_folder_name(i, st) / STAGE_DONE).is_file()
     ]

@@ -76,6 +76,22 @@ class PreparedDataset:
         local = self.manifest.get("local_sources")
         return str(local.get("file", "")) if isinstance(local, dict) else ""
 
+    def no_slices(self, split: str, modality: str) -> str:
+        """The message for a ``split`` without ``modality`` slices, with what to do about it."""
+        hints = []
+        others = sorted({v["modality"] for v in self.volumes(split=split)} - {modality})
+        if others:
+            hints.append(f"it has {' and '.join(others)} slices there: is the modality right?")
+        if self.local_sources_file:
+            hints.append(
+                f"give whole scans `split: {split}` in the site's YAML file ({self.local_sources_file})"
+            )
+        elif split == "external":
+            hints.append("no external source is installed: run `bash .ci/setup`")
+        return f"the {split} split of the data set at {self.path} has no {modality} slices" + (
+            f" ({'; '.join(hints)})" if hints else ""
+        )
+
     @property
     def fingerprint(self) -> dict[str, Any]:
         """The data set's identity and sources (:func:`edgesr.data.prepare.dataset_fingerprint`)."""

@@ -6,7 +6,7 @@ calibrates INT8 on them and checks what compression costs on them. A YAML file l
     # site.yaml
     builtin: true                 # keep the shipped sources beside these (false: only the site's)
     sources:
-      - name: knee-pd             # the volume's name; a pattern's matches become knee-pd-001, -002...
+      - name: knee-pd             # the volume's name; a pattern's matches: knee-pd-case01, -case02...
         path: /data/knee/*/       # a DICOM series folder, a NIfTI, PNG, TIFF or NPY file; a glob pattern
         modality: MR              # MR or CT
         split: auto               # auto (cut into train/val/test blocks), train, val, test or external
@@ -50,7 +50,7 @@ MR_NEGATIVE_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class LocalSource:
-    name: str = opt("", "the volume's name in the data set (a pattern's matches get -001, -002...)")
+    name: str = opt("", "the volume's name in the data set (a pattern's matches: NAME-<what varies>)")
     path: str = opt("", "a DICOM series folder or a DICOM, NIfTI, PNG, TIFF or NPY file; a glob pattern")
     modality: str = opt("MR", "MR or CT")
     split: str = opt("auto", "auto (anatomical blocks of train/val/test), train, val, test or external")
@@ -83,6 +83,8 @@ class LocalSources:
     sources: list[LocalSource] = opt([], "the site's scans")
 
     def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("sources: the file lists no scans (give at least one name, path and modality)")
         names = [s.name for s in self.sources]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -117,36 +119,71 @@ def resolve_scans(
 ) -> list[LocalScan]:
     """Every scan the sources name, their paths made absolute (relative ones from ``relative_to``, the
     YAML file's folder). A source with nothing at its path is an error, as is a name of the shipped
-    set (``reserved``): a site's scan must never pass for a shipped one in a card."""
+    set (``reserved``): a site's scan must never pass for a shipped one in a card.
+
+    A path that exists is taken as it is (a folder may be called ``T1 [MPRAGE]``); otherwise it is a
+    glob pattern, whose matches are named after what varies in them (``knee`` with ``train/*/`` gives
+    ``knee-case01``, ``knee-case02``...), so that a scan added later does not rename the others."""
     scans: list[LocalScan] = []
-    for source in config.sources:
+    for index, source in enumerate(config.sources):
         if source.name in reserved:
-            raise ConfigError(f"sources.name={source.name!r} is the name of a shipped source; choose another")
+            raise ConfigError(
+                f"sources.{index}.name={source.name!r} is the name of a shipped source; choose another"
+            )
         pattern = os.path.expanduser(source.path)
         if not os.path.isabs(pattern):
             pattern = str(relative_to / pattern)
-        if glob.has_magic(pattern):
-            matches = sorted(Path(p) for p in glob.glob(pattern) if not Path(p).name.startswith("."))
-            if not matches:
-                raise DataError(f"source {source.name!r}: nothing matches {pattern}")
-            width = max(3, len(str(len(matches))))
-            scans += [
-                LocalScan(f"{source.name}-{i:0{width}d}", match.resolve(), source)
-                for i, match in enumerate(matches, start=1)
-            ]
-        else:
-            found = Path(pattern)
-            if not found.exists():
-                raise DataError(f"source {source.name!r}: {found}: no such file or folder")
-            scans.append(LocalScan(source.name, found.resolve(), source))
+        literal = Path(os.path.abspath(pattern))
+        if literal.exists():
+            scans.append(LocalScan(source.name, literal, source))
+            continue
+        if not glob.has_magic(pattern):
+            raise DataError(f"source {source.name!r}: {literal}: no such file or folder")
+        matches = sorted(
+            Path(os.path.abspath(p)) for p in glob.glob(pattern) if not Path(p).name.startswith(".")
+        )
+        if not matches:
+            raise DataError(f"source {source.name!r}: nothing matches {pattern}")
+        base = _fixed_prefix(pattern)
+        scans += [
+            LocalScan(f"{source.name}-{_label(match, base, i)}", match, source)
+            for i, match in enumerate(matches, 1)
+        ]
     names = [scan.name for scan in scans]
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(reserved)))
     if clash:
         raise ConfigError(
             f"sources: the volume name {', '.join(map(repr, clash))} is taken twice (a pattern's "
-            "matches are named NAME-001, NAME-002...)"
+            "matches are named NAME-<what varies in their paths>); rename a source"
         )
     return scans
+
+
+_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".tif", ".tiff", ".npy")
+
+
+def _fixed_prefix(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its components before the first one with ``*?[``."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path("/")
+
+
+def _label(match: Path, base: Path, index: int) -> str:
+    """A match's part of a volume name: its path below ``base``, image suffix dropped, in the
+    characters a name may hold (``subject01/t1.nii.gz`` -> ``subject01-t1``); its number if nothing
+    is left."""
+    try:
+        relative = match.relative_to(base).as_posix()
+    except ValueError:
+        relative = match.name
+    lowered = relative.lower()
+    for suffix in _SUFFIXES:
+        if lowered.endswith(suffix):
+            lowered = lowered[: -len(suffix)]
+            break
+    label = re.sub(r"[^a-z0-9._-]+", "-", lowered).strip("-.")
+    return label or f"{index:03d}"
 
 
 def input_checksum(path: Path) -> str:
@@ -190,6 +227,13 @@ def load_scan(scan: LocalScan) -> tuple[np.ndarray, tuple[float, float, float], 
     if source.modality == "CT":
         # The same mapping as inference (edgesr.pipeline): HU + 1024 clipped at 0, padding as air.
         mapping = intensity_map(ct_intensity(), image, units=source.units, reference=1.0)
+        if mapping.units == "raw" and float(image.data.min()) < 0:
+            # HU + 1024 clipped at 0 has nothing below 0: these are CT numbers (air -1000) or another
+            # unit, and stored as they are they would train a model on a shifted scale.
+            raise DataError(
+                f"{scan.path}: values down to {float(image.data.min()):g} with units: raw (which means "
+                f"HU + 1024, never negative); source {source.name!r}: use units: hu for CT numbers"
+            )
         data = mapping.forward(image.data)
     else:
         data = image.data

@@ -138,6 +138,8 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": digest,
         "version": manifest["version"],
+        # False for a data set of a site's scans alone (builtin: false): not part of the id.
+        "shipped_sources": bool((manifest.get("local_sources") or {}).get("builtin", True)),
         "sources": [
             {
                 "name": v["name"],
@@ -190,16 +192,15 @@ def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -
         return []
     old = {s["name"]: s for s in recorded.get("sources", [])}
     new = {s["name"]: s for s in current.get("sources", [])}
-    changes = [
-        f"{name} missing ("
-        + (
-            "a site's scan, dropped"
-            if old[name]["package"].startswith("local:")
-            else f"{old[name]['package']} not installed?"
-        )
-        + ")"
-        for name in sorted(old.keys() - new.keys())
-    ]
+
+    def why_missing(source: dict[str, Any]) -> str:
+        if source["package"].startswith("local:"):
+            return "a site's scan, dropped"
+        if current.get("shipped_sources") is False:
+            return "this data set holds a site's scans alone (builtin: false)"
+        return f"{source['package']} not installed?"
+
+    changes = [f"{name} missing ({why_missing(old[name])})" for name in sorted(old.keys() - new.keys())]
     changes += [f"{name} added" for name in sorted(new.keys() - old.keys())]
     for name in sorted(old.keys() & new.keys()):
         before, after = old[name], new[name]
@@ -267,7 +268,12 @@ def _local_sources(cfg: PrepareConfig, existing: dict[str, Any] | None) -> dict[
     if cfg.local.lower() == "none":
         return None
     if cfg.local:
-        file = Path(cfg.local).expanduser().resolve()
+        # Not resolved: relative paths in a linked YAML file are from the link's folder, as a user reads it.
+        file = Path(os.path.abspath(Path(cfg.local).expanduser()))
+        if file.is_dir():
+            raise ConfigError(
+                f"local={cfg.local} is a folder; name the YAML file that lists the site's scans"
+            )
         config = load_local_sources(file)
         sources = [dataclasses.asdict(source) for source in config.sources]
         for source in sources:
@@ -325,13 +331,18 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
                 )
             else:
                 inputs.append(_shipped_input(source, path))
-    if local_config is not None:
-        scans = resolve_scans(local_config, relative_to=Path("/"), reserved=tuple(s.name for s in SOURCES))
+    if local is not None and local_config is not None:
+        try:
+            scans = resolve_scans(
+                local_config, relative_to=Path("/"), reserved=tuple(s.name for s in SOURCES)
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in {local['file']})") from None
         inputs += [_local_input(scan) for scan in scans]
         if not cfg.local:
             console.print(
-                f"keeping the site's {len(scans)} scans of {escape(str(local['file']))} "  # type: ignore[index]
-                "(local=none drops them)"
+                f"keeping the site's {len(scans)} scans as listed in {escape(str(local['file']))} "
+                "when they were added (edits to it take effect with local=FILE; local=none drops them)"
             )
     if not inputs:
         raise SourceUnavailableError(
@@ -339,6 +350,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
             "invesalius-examples, PyPI nilearn)"
         )
     checksums = {entry.name: _checksum(entry) for entry in inputs}
+    _refuse_repeated_scans(checksums, {entry.name for entry in inputs if entry.local})
     # Round-tripped through JSON so that it compares equal to the one read back from the manifest.
     fingerprint = json.loads(
         json.dumps(
@@ -355,6 +367,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
     if existing is not None and not cfg.force:
         volumes_present = all((out / v["file"]).is_file() for v in existing.get("volumes", []))
         if existing.get("fingerprint") == fingerprint and volumes_present:
+            _remove_unlisted_volumes(out, existing)
             console.print(
                 f"[green]data set up to date[/] at {escape(str(out))} (fingerprint {existing.get('id', '?')})"
             )
@@ -412,10 +425,7 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
         manifest["local_sources"] = local
     manifest["id"] = dataset_fingerprint(manifest)["id"]
     write_json_atomic(manifest_path, manifest)
-    kept = {Path(volume["file"]).name for volume in volumes}
-    for stale in (out / "volumes").glob("*.npy"):  # earlier versions; a site's scan dropped: its pixels
-        if stale.name not in kept:
-            stale.unlink()
+    _remove_unlisted_volumes(out, manifest)
     console.print(
         f"[green]prepared[/] {len(volumes)} volumes at {escape(str(out))} in {manifest['prepare_seconds']} s "
         f"(fingerprint {manifest['id']})"
@@ -442,6 +452,30 @@ def prepare_dataset(cfg: PrepareConfig, console: Console | None = None) -> dict[
     return manifest
 
 
+def _remove_unlisted_volumes(out: Path, manifest: dict[str, Any]) -> None:
+    """Deletes cached volumes the manifest does not list: earlier versions, a site's scan dropped, or
+    what a failed prepare wrote (a site's pixels must not linger where nothing names them)."""
+    listed = {Path(str(volume.get("file", ""))).name for volume in manifest.get("volumes", [])}
+    for stale in (out / "volumes").glob("*.npy"):
+        if stale.name not in listed:
+            stale.unlink(missing_ok=True)
+
+
+def _refuse_repeated_scans(checksums: dict[str, str], local: set[str]) -> None:
+    """One input under two names (a pattern that also matches a scan listed on its own) would put
+    the same slices in two splits: test figures on training data. Refused, naming both."""
+    by_input: dict[str, list[str]] = {}
+    for name, checksum in checksums.items():
+        by_input.setdefault(checksum, []).append(name)
+    repeated = [names for names in by_input.values() if len(names) > 1 and local & set(names)]
+    if repeated:
+        pairs = "; ".join(" and ".join(names) for names in repeated)
+        raise DataError(
+            f"the same scan is listed more than once ({pairs}: identical input files); a scan in two "
+            "splits would be scored on slices it was trained on: list each scan once"
+        )
+
+
 def _checksum(entry: _Input) -> str:
     try:
         return input_checksum(entry.path)
@@ -462,10 +496,15 @@ def _local_warnings(
     notes = []
     if dropped:
         notes.append(f"{dropped} of {data.shape[0]} slices left out as near-empty")
+    kept = sum(len(indices) for indices in splits.values())
+    if entry.role == "external" and kept < len(usable):
+        notes.append(f"{kept} of its {len(usable)} slices scored (evenly spaced)")
     if entry.role == "train" and not entry.whole_split and not (splits["val"] and splits["test"]):
+        counts = ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
+        gaps = f", {len(usable) - kept} dropped as neighbours of another split" if kept < len(usable) else ""
         notes.append(
-            f"split: auto put all {len(splits['train'])} slices in train (too short for blocks of "
-            f"{SplitPolicy().block}); give whole scans split: val and split: test"
+            f"split: auto gave {counts}{gaps} (blocks of {SplitPolicy().block} slices take train, train, "
+            "test, train, train, val: a val slice needs about 64); give whole scans split: val and test"
         )
     return [f"{entry.name}: {'; '.join(notes)}"] if notes else []
 

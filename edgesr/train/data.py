@@ -227,7 +227,7 @@ def _require_crop_fits(
 def _split_images(dataset: PreparedDataset, modality: str, split: str) -> list[torch.Tensor]:
     images = [torch.from_numpy(s.image) for s in dataset.slices(split, modality)]
     if not images:
-        raise DataError(f"no {modality} slices in the {split} split of {dataset.path}")
+        raise DataError(dataset.no_slices(split, modality))
     return images
 
 

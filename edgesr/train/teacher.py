@@ -74,11 +74,7 @@ def train(
         val_modality = cfg.data.modality if cfg.task == "sr" else "MR"
         for split in ("train", "val"):
             if next(dataset.slices(split, val_modality), None) is None:
-                site = dataset.local_sources_file
-                hint = f"; give whole scans `split: {split}` in the site's YAML file ({site})" if site else ""
-                raise DataError(
-                    f"the data set at {dataset.path} has no {val_modality} slices in its {split} split{hint}"
-                )
+                raise DataError(dataset.no_slices(split, val_modality))
         trained_on = training_data(dataset.manifest, val_modality)
         if cfg.resume:
             _check_same_training_data(saved, trained_on, out)

@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 import edgesr.data.prepare as prepare_module
 from edgesr.cli import main
 from edgesr.data.dataset import PreparedDataset
-from edgesr.data.prepare import PrepareConfig, prepare_dataset
+from edgesr.data.prepare import PrepareConfig, dataset_fingerprint, fingerprint_differences, prepare_dataset
 from edgesr.errors import ConfigError, DataError
 from tests.conftest import write_dicom_slice
 from tests.data.test_prepare import _fake_sources
@@ -63,6 +63,7 @@ def site(tmp_path, monkeypatch):
     hu[:, 4:17, 3:16] = 40.0
     hu[:, :2, :] = -2000.0  # padding outside the scan circle
     _ct_series(scans / "ct", hu)
+    _nifti(scans / "ct_hu.nii", hu)  # CT numbers in a NIfTI: air at -1000
     yaml = tmp_path / "site.yaml"
     yaml.write_text(
         "builtin: false\n"
@@ -80,13 +81,13 @@ def test_a_sites_scans_become_the_data_set_with_their_splits_and_units(site):
     root = tmp_path / "cache"
     manifest = prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
     volumes = {v["name"]: v for v in manifest["volumes"]}
-    # builtin: false leaves the shipped sources out; a pattern's matches are numbered.
-    assert sorted(volumes) == ["ct-head", "knee-pd", "other-scanner-001", "other-scanner-002"]
+    # builtin: false leaves the shipped sources out; a pattern's matches are named by what varies.
+    assert sorted(volumes) == ["ct-head", "knee-pd", "other-scanner-case1", "other-scanner-case2"]
     knee = volumes["knee-pd"]
     assert knee["role"] == "train" and all(knee["splits"][s] for s in ("train", "val", "test"))
     assert knee["spacing_mm"] == pytest.approx([3.0, 0.9, 0.8]) and knee["description"] == "knee PD"
-    assert volumes["other-scanner-002"]["role"] == "external"
-    assert volumes["other-scanner-002"]["splits"]["external"] == list(range(9))
+    assert volumes["other-scanner-case2"]["role"] == "external"
+    assert volumes["other-scanner-case2"]["splits"]["external"] == list(range(9))
     ct = volumes["ct-head"]
     assert ct["splits"]["test"] == [0, 1, 2, 3] and not ct["splits"]["train"]
     dataset = PreparedDataset(root)
@@ -134,7 +135,7 @@ def test_builtin_true_keeps_the_shipped_sources_beside_the_sites(site):
         ("{name: a, path: scans/ct, modalty: CT}", ConfigError,
          r"unknown key 'sources\.0\.modalty' in .*site\.yaml; did you mean 'sources\.0\.modality'"),
         ("{name: fake-mr, path: scans/ct, modality: CT}", ConfigError, "the name of a shipped source"),
-        ("{name: Knee, path: scans/ct}", ConfigError, "lower-case"),
+        ("{name: Knee, path: scans/ct}", ConfigError, r"lower-case.* in .*bad/site\.yaml"),
         ("{name: a, path: scans/none.nii}", DataError, r"source 'a': .*none\.nii: no such file"),
         ("{name: a, path: 'scans/*.png', modality: MR}", DataError, r"nothing matches .*\*\.png"),
         ("{name: a, path: scans/ct, modality: MR}", DataError,
@@ -142,6 +143,8 @@ def test_builtin_true_keeps_the_shipped_sources_beside_the_sites(site):
         ("{name: a, path: scans/subject01.nii.gz, volume: 2}", DataError, "asks for volume 2"),
         ("{name: a, path: scans/subject01.nii.gz, units: hu}", ConfigError, "units='hu' is for CT"),
         ("{name: a, path: scans/subject01.nii.gz, split: later}", ConfigError, "sources.0.split='later'"),
+        ("{name: a, path: scans/ct_hu.nii, modality: CT, units: raw}", DataError,
+         r"ct_hu\.nii: values down to -2000 with units: raw .*use units: hu"),
     ],
 )  # fmt: skip
 def test_a_bad_source_is_a_clear_error_and_the_data_set_is_left_as_it_was(site, entry, error, message):
@@ -172,6 +175,55 @@ def test_a_run_that_fails_half_way_leaves_the_data_set_as_it_was(site):
     with pytest.raises(DataError, match="not an MR magnitude"):
         prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
     np.testing.assert_allclose(PreparedDataset(root).load_volume("knee-pd"), _head(80), rtol=1e-6)
+    # What the failed run cached (subject02's pixels) goes with the next prepare, up to date as it is.
+    assert len(list((root / "v2" / "volumes").iterdir())) == 5
+    prepare_dataset(PrepareConfig(root=str(root)))
+    assert len(list((root / "v2" / "volumes").iterdir())) == 4
+
+
+def test_the_same_scan_twice_is_refused_and_a_pattern_names_its_matches_by_path(site):
+    tmp_path, yaml = site
+    yaml.write_text(
+        "builtin: false\nsources:\n  - {name: knee, path: 'scans/*/*.nii', split: train}\n"
+        "  - {name: knee-test, path: scans/other/case2.nii, split: test}\n"
+    )
+    with pytest.raises(
+        DataError, match=r"same scan is listed more than once \(knee-other-case2 and knee-test"
+    ):
+        prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    # A scan added later keeps the others' names (it once renumbered them: knee-001 became another scan).
+    yaml.write_text("builtin: false\nsources:\n  - {name: knee, path: 'scans/other/*.nii', split: test}\n")
+    first = prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    _nifti(tmp_path / "scans" / "other" / "case0.nii", _head(9, 31, 27, seed=7))
+    again = prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    assert [v["name"] for v in first["volumes"]] == ["knee-case1", "knee-case2"]
+    assert [v["name"] for v in again["volumes"]] == ["knee-case0", "knee-case1", "knee-case2"]
+    assert [v["input_sha256"] for v in again["volumes"][1:]] == [v["input_sha256"] for v in first["volumes"]]
+
+
+def test_a_path_that_exists_is_not_a_pattern_and_an_empty_list_is_named(site):
+    tmp_path, yaml = site
+    odd = tmp_path / "scans" / "T1 [MPRAGE]"
+    odd.mkdir()
+    _nifti(odd / "t1.nii", _head(9))
+    yaml.write_text(
+        "builtin: false\nsources:\n  - {name: t1, path: 'scans/T1 [MPRAGE]/t1.nii', split: test}\n"
+    )
+    manifest = prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    assert [v["name"] for v in manifest["volumes"]] == ["t1"]
+    yaml.write_text("builtin: false\nsources: []\n")
+    with pytest.raises(ConfigError, match=r"lists no scans.* in .*site\.yaml"):
+        prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    with pytest.raises(ConfigError, match="is a folder; name the YAML file"):
+        prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(tmp_path)))
+
+
+def test_a_site_only_data_set_says_why_the_shipped_sources_are_missing(site):
+    tmp_path, yaml = site
+    shipped = prepare_dataset(PrepareConfig(root=str(tmp_path / "a")))
+    own = prepare_dataset(PrepareConfig(root=str(tmp_path / "b"), local=str(yaml)))
+    changes = fingerprint_differences(dataset_fingerprint(shipped), dataset_fingerprint(own))
+    assert "fake-mr missing (this data set holds a site's scans alone (builtin: false))" in changes
 
 
 def test_a_phase_map_is_refused_and_small_overshoots_are_clipped(site):
@@ -188,12 +240,15 @@ def test_a_phase_map_is_refused_and_small_overshoots_are_clipped(site):
         prepare_dataset(PrepareConfig(root=str(tmp_path / "cache2"), local=str(yaml)))
 
 
-def test_a_short_scan_split_auto_is_said_to_be_train_only(site, capsys):
+def test_a_short_scan_split_auto_says_what_each_split_got(site, capsys):
     tmp_path, yaml = site
-    _nifti(tmp_path / "scans" / "short.nii", _head(20))
+    _nifti(tmp_path / "scans" / "short.nii", _head(30))
     yaml.write_text("builtin: false\nsources:\n  - {name: s, path: scans/short.nii}\n")
-    prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
-    assert "split: auto put all 20 slices in train" in capsys.readouterr().err.replace("\n", " ")
+    manifest = prepare_dataset(PrepareConfig(root=str(tmp_path / "cache"), local=str(yaml)))
+    splits = manifest["volumes"][0]["splits"]
+    said = " ".join(capsys.readouterr().err.split())
+    counts = f"train {len(splits['train'])}, val 0, test {len(splits['test'])}"
+    assert f"split: auto gave {counts}, 4 dropped as neighbours of another split" in said
 
 
 def test_the_commands_train_and_score_on_a_sites_scans(site, capsys):
@@ -211,5 +266,26 @@ def test_the_commands_train_and_score_on_a_sites_scans(site, capsys):
     scored = json.loads(capsys.readouterr().out)
     assert scored["split"] == "external" and scored["results"]
     assert all(
-        set(row["by_source"]) == {"other-scanner-001", "other-scanner-002"} for row in scored["results"]
+        set(row["by_source"]) == {"other-scanner-case1", "other-scanner-case2"} for row in scored["results"]
     )
+
+
+def test_a_missing_split_is_named_with_its_fix_before_anything_runs(site, monkeypatch):
+    tmp_path, yaml = site
+    monkeypatch.setenv("EDGESR_DEBUG", "1")  # the error raised, not printed
+    yaml.write_text(
+        "builtin: false\nsources:\n  - {name: knee, path: scans/subject01.nii.gz, split: train}\n"
+        "  - {name: knee-val, path: scans/other/case1.nii, split: val}\n"
+        "  - {name: ct, path: scans/ct, modality: CT, split: test}\n"
+    )
+    root = tmp_path / "site-data"
+    prepare_dataset(PrepareConfig(root=str(root), local=str(yaml)))
+    out = tmp_path / "compress"
+    # The gate's split is checked before the stages train (it used to fail after them).
+    with pytest.raises(DataError, match=r"test split .* no MR slices \(it has CT slices there.*split: test"):
+        main(["compress", "recipe=quickstart", f"data_root={root}", f"out={out}"])
+    assert not out.exists()
+    with pytest.raises(
+        DataError, match=r"train split .* no CT slices \(it has MR slices there.*`split: train`"
+    ):
+        main(["train", "model=rdn_tiny", "data.modality=CT", f"data.root={root}", f"out={tmp_path / 'r'}"])
