@@ -7,7 +7,7 @@ held-out scans of that scanner and on everything else, through the commands a si
 
 Each source plays a site: its volume (a real brain EPI from another scanner than the training data,
 one of the external sources) is cut into three slabs along the slice axis, two slices apart, and
-written as the site's NIfTI files: the first 60 % of its usable slices train, the next 15 % validate,
+written as the site's NIfTI files: the first half of its usable slices train, the next 15 % validate,
 the rest test (whole slabs, as a site splits by scan; neighbouring slices never straddle a split).
 The teacher is scored on the site's test slab, fine-tuned on the train slab (``rdn_small`` initialised
 from the teacher, lr 1e-4, 32-pixel LR patches, batch 8, the training degradation without scanner
@@ -46,7 +46,7 @@ GAP = 2  # slices between slabs, as the data set's split policy
 def _slabs(usable: list[int]) -> dict[str, list[int]]:
     """Contiguous train / val / test slabs of the usable slices, ``GAP`` slices apart."""
     n = len(usable)
-    n_train, n_val = round(0.6 * n), max(2, round(0.15 * n))
+    n_train, n_val = round(0.5 * n), max(2, round(0.15 * n))
     train = usable[:n_train]
     val = usable[n_train + GAP : n_train + GAP + n_val]
     test = usable[n_train + 2 * GAP + n_val :]

@@ -313,7 +313,8 @@ def card_data_differences(
         before = [s for s in recorded.get("sources", []) if s["name"] in names]
     if only:
         before = [s for s in before if s["name"] in only]
-    return fingerprint_differences({"sources": before}, {"sources": current})
+    shipped = dataset.fingerprint.get("shipped_sources", True)
+    return fingerprint_differences({"sources": before}, {"sources": current, "shipped_sources": shipped})
 
 
 def _modality(dataset: PreparedDataset, name: str) -> str:

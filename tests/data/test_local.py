@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -10,12 +11,15 @@ import pytest
 from pydicom.uid import generate_uid
 
 import edgesr.data.prepare as prepare_module
+from edgesr.cards import card_data_differences
 from edgesr.cli import main
 from edgesr.data.dataset import PreparedDataset
 from edgesr.data.prepare import PrepareConfig, dataset_fingerprint, fingerprint_differences, prepare_dataset
 from edgesr.errors import ConfigError, DataError
 from tests.conftest import write_dicom_slice
 from tests.data.test_prepare import _fake_sources
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _head(slices: int, rows: int = 29, cols: int = 23, *, seed: int = 0) -> np.ndarray:
@@ -224,6 +228,10 @@ def test_a_site_only_data_set_says_why_the_shipped_sources_are_missing(site):
     own = prepare_dataset(PrepareConfig(root=str(tmp_path / "b"), local=str(yaml)))
     changes = fingerprint_differences(dataset_fingerprint(shipped), dataset_fingerprint(own))
     assert "fake-mr missing (this data set holds a site's scans alone (builtin: false))" in changes
+    # As `edgesr evaluate model=rdn-mr-x2 root=<site data>` compares the shipped card's data.
+    card = json.loads((ROOT / "edgesr" / "weights" / "rdn-mr-x2" / "model_card.json").read_text())
+    said = card_data_differences(card, PreparedDataset(tmp_path / "b"))
+    assert said and all("builtin: false" in line for line in said if "missing" in line)
 
 
 def test_a_phase_map_is_refused_and_small_overshoots_are_clipped(site):
